@@ -1,0 +1,25 @@
+"""Ensembles of independently trained Keras/TensorFlow models in one graph."""
+
+from ensemble._backend import require_tensorflow_backend
+
+require_tensorflow_backend()
+
+from ensemble.build import build_ensemble, ensemble_members, ensemble_task  # noqa: E402
+from ensemble.errors import EnsembleError, MemberError  # noqa: E402
+from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
+from ensemble.member import InputSpec, Member  # noqa: E402
+from ensemble.savedmodel import SavedModelLayer  # noqa: E402
+
+__all__ = [
+    "FORMATS",
+    "EnsembleError",
+    "InputSpec",
+    "Member",
+    "MemberError",
+    "SavedModelLayer",
+    "build_ensemble",
+    "detect_format",
+    "ensemble_members",
+    "ensemble_task",
+    "load_member",
+]

@@ -1,0 +1,183 @@
+"""`build_ensemble`: members and a combiner wired into ONE functional `keras.Model`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from combiners import CLASSIFICATION, REGRESSION, TASKS, Combiner
+from ensemble.errors import EnsembleError
+from ensemble.layers import ClassificationUncertainty, FlatFeatures, MemberStack, RegressionSpread
+from ensemble.loading import load_member
+from ensemble.member import InputSpec, Member
+from ensemble.types import Task
+
+__all__ = ["build_ensemble", "ensemble_members", "ensemble_task"]
+
+# Names of the graph's own layers; a member may not take one.
+_RESERVED = ("member_predictions", "uncertainty", "std", "features_flat")
+
+
+def build_ensemble(
+    members: Sequence[Member | keras.Model] | Mapping[str, Member | keras.Model],
+    combiner: Combiner,
+    *,
+    task: Task | None = None,
+    name: str = "ensemble",
+) -> keras.Model:
+    """Wire `members` and `combiner` into one functional model.
+
+    Args:
+        members: `Member`s (from `load_member`), or plain Keras models, as a list
+            or a `{name: model}` mapping (plain models are wrapped by
+            `load_member(model, name=...)`).
+        combiner: a `combiners.Combiner` layer.
+        task: "classification" or "regression"; inferred from the members'
+            declared outputs when None, and checked against them when given.
+        name: the model's name.
+
+    Returns:
+        A `keras.Model` whose inputs are the union of the members' named inputs
+        (one tensor when there is one, else a dict) and whose output is a dict:
+        `prediction` and `member_predictions` and, for classification,
+        `entropy`, `mutual_information`, `disagreement`; for regression, `std`.
+    """
+    member_list = _as_members(members)
+    if not isinstance(combiner, Combiner):
+        raise EnsembleError(
+            f"Expected combiner to be a combiners.Combiner layer. Received: {combiner!r}"
+        )
+    task = _resolve_task(member_list, task)
+    combiner.configure(task)
+
+    inputs = _ensemble_inputs(member_list)
+    predictions = [member({n: inputs[n] for n in member.input_names}) for member in member_list]
+    _check_widths(member_list, predictions)
+    member_predictions = MemberStack(name="member_predictions")(predictions)
+    if combiner.needs_features:
+        features = FlatFeatures(name="features_flat")(list(inputs.values()))
+        prediction = combiner(member_predictions, features)
+    else:
+        prediction = combiner(member_predictions)
+
+    outputs: dict[str, Any] = {"prediction": prediction, "member_predictions": member_predictions}
+    if task == CLASSIFICATION:
+        outputs.update(ClassificationUncertainty(name="uncertainty")(member_predictions, prediction))
+    else:
+        outputs["std"] = RegressionSpread(name="std")(member_predictions)
+    model_inputs = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+    return keras.Model(inputs=model_inputs, outputs=outputs, name=name)
+
+
+def ensemble_members(model: keras.Model) -> list[Member]:
+    """The members of an ensemble built by `build_ensemble`, in order."""
+    return [layer for layer in model.layers if isinstance(layer, Member)]
+
+
+def ensemble_task(model: keras.Model) -> Task:
+    """The task of an ensemble built by `build_ensemble`."""
+    return REGRESSION if "std" in model.output else CLASSIFICATION  # type: ignore[return-value]
+
+
+def _as_members(members: Any) -> list[Member]:
+    if isinstance(members, Mapping):
+        items = list(members.items())
+    elif isinstance(members, Sequence) and not isinstance(members, str):
+        items = [(getattr(m, "name", None), m) for m in members]
+    else:
+        raise EnsembleError(
+            f"Expected members as a list or a name->model mapping. Received: {type(members).__name__}"
+        )
+    if not items:
+        raise EnsembleError("Expected at least one member. Received: an empty collection.")
+    result = []
+    for key, model in items:
+        if isinstance(model, Member):
+            if key != model.name:
+                raise EnsembleError(
+                    f"Member {model.name!r} is listed under the name {key!r}; load it with "
+                    f"name={key!r} or list it under its own name."
+                )
+            result.append(model)
+        elif isinstance(model, keras.Model):
+            result.append(load_member(model, name=str(key)))
+        else:
+            raise EnsembleError(
+                f"Member {key!r}: expected a Member or keras.Model. Received: {type(model).__name__}"
+            )
+    names = [m.name for m in result]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise EnsembleError(f"Member names must be unique. Repeated: {duplicates}")
+    reserved = sorted(set(names) & set(_RESERVED))
+    if reserved:
+        raise EnsembleError(f"Member name(s) {reserved} are reserved for the ensemble's own layers.")
+    return result
+
+
+def _resolve_task(members: list[Member], task: str | None) -> Task:
+    if task is not None and task not in TASKS:
+        raise EnsembleError(f"Expected task in {TASKS} or None. Received: task={task!r}")
+    classifiers = [m.name for m in members if m.output_kind is not None]
+    if task == REGRESSION and classifiers:
+        raise EnsembleError(
+            f"task='regression', but member(s) {classifiers} declare class outputs "
+            "(output='probabilities' or 'logits')."
+        )
+    if task is None:
+        if len(classifiers) == len(members):
+            return CLASSIFICATION
+        undeclared = [m.name for m in members if m.output_kind is None]
+        raise EnsembleError(
+            f"Cannot infer the task: member(s) {undeclared} declare no output kind. Pass "
+            "task='classification' or 'regression' to build_ensemble, or load classifiers "
+            "with output='probabilities' or 'logits'."
+        )
+    return task  # type: ignore[return-value]
+
+
+def _ensemble_inputs(members: list[Member]) -> dict[str, Any]:
+    """One `keras.Input` per distinct input name; members reading a name must agree on it."""
+    specs: dict[str, tuple[InputSpec, str]] = {}
+    for member in members:
+        for spec in member.input_specs:
+            if spec.name not in specs:
+                specs[spec.name] = (spec, member.name)
+                continue
+            seen, owner = specs[spec.name]
+            merged = _merge_shapes(seen.shape, spec.shape)
+            if merged is None or seen.dtype != spec.dtype:
+                raise EnsembleError(
+                    f"Members {owner!r} and {member.name!r} both read input {spec.name!r} but "
+                    f"expect {seen.dtype}{list(seen.shape)} and {spec.dtype}{list(spec.shape)}. "
+                    "Give one of them another input name with load_member(..., inputs=...)."
+                )
+            specs[spec.name] = (InputSpec(spec.name, merged, spec.dtype), owner)
+    return {
+        name: keras.Input(shape=spec.shape, dtype=spec.dtype, name=name)
+        for name, (spec, _) in specs.items()
+    }
+
+
+def _merge_shapes(
+    a: tuple[int | None, ...], b: tuple[int | None, ...]
+) -> tuple[int | None, ...] | None:
+    if len(a) != len(b):
+        return None
+    merged = []
+    for x, y in zip(a, b):
+        if x is not None and y is not None and x != y:
+            return None
+        merged.append(x if x is not None else y)
+    return tuple(merged)
+
+
+def _check_widths(members: list[Member], predictions: list[Any]) -> None:
+    widths = {m.name: p.shape[-1] for m, p in zip(members, predictions)}
+    if len(set(widths.values())) > 1:
+        raise EnsembleError(
+            f"Members' outputs differ in width: {widths}. Every member must predict the "
+            "same classes (or targets) in the same order."
+        )

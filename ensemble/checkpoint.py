@@ -1,0 +1,146 @@
+"""Restore a TensorFlow checkpoint (TF1 `Saver` or TF2 object-based) into a Keras architecture."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ensemble.types import PathLike
+
+__all__ = ["Architecture", "build_architecture", "resolve_checkpoint", "restore_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+Architecture = Union[str, "PathLike", Mapping[str, Any], Callable[[], keras.Model], keras.Model]
+"""A `.keras` file, a Keras model config, a builder (or its dotted import path), or a model."""
+
+_OBJECT_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# Bookkeeping a TF1 Saver or a TF2 Checkpoint writes beside the model's variables.
+_NOT_MODEL = ("global_step", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH", "optimizer")
+
+
+def resolve_checkpoint(path: str) -> str | None:
+    """The checkpoint prefix at `path` (a prefix, or a directory with a `checkpoint` file)."""
+    if tf.io.gfile.isdir(path):
+        return tf.train.latest_checkpoint(path)
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    return None
+
+
+def build_architecture(architecture: Architecture, *, safe_mode: bool = True) -> keras.Model:
+    """A freshly built (randomly initialised) model from any accepted architecture form."""
+    if isinstance(architecture, keras.Model):
+        return architecture
+    if isinstance(architecture, Mapping):
+        model = keras.saving.deserialize_keras_object(dict(architecture), safe_mode=safe_mode)
+    elif callable(architecture):
+        model = architecture()
+    elif str(architecture).endswith(".keras"):
+        model = keras.saving.load_model(architecture, compile=False, safe_mode=safe_mode)
+    else:
+        model = _import(str(architecture))()
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected the architecture to give a keras.Model. Received: {model!r}")
+    return model
+
+
+def restore_checkpoint(
+    model: keras.Model,
+    prefix: str,
+    *,
+    scope: str | None = None,
+    variable_map: Mapping[str, str] | None = None,
+) -> None:
+    """Assign every weight of `model` from the checkpoint at `prefix`, or raise naming the first
+    weight that cannot be matched."""
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    if any(key.endswith(_OBJECT_KEY_SUFFIX) for key in shapes):
+        _restore_object_based(model, prefix, shapes)
+    else:
+        _restore_by_name(model, prefix, reader, shapes, scope or "", dict(variable_map or {}))
+
+
+def _restore_by_name(
+    model: keras.Model,
+    prefix: str,
+    reader: Any,
+    shapes: Mapping[str, list[int]],
+    scope: str,
+    variable_map: dict[str, str],
+) -> None:
+    values = []
+    for weight, relative in _relative_paths(model):
+        key = variable_map.get(relative) or variable_map.get(weight.path)
+        key = key or (f"{scope.rstrip('/')}/{relative}" if scope else relative)
+        if key not in shapes:
+            nearby = sorted(k for k in shapes if k.startswith(scope) and not _bookkeeping(k))
+            raise KeyError(
+                f"Checkpoint {prefix} has no variable {key!r} for weight {relative!r} of the "
+                f"architecture. Its variables{f' under {scope!r}' if scope else ''}: "
+                f"{nearby[:20]}. Set scope= or variable_map={{{relative!r}: <name>}}."
+            )
+        if tuple(shapes[key]) != tuple(weight.shape):
+            raise ValueError(
+                f"Checkpoint variable {key!r} in {prefix} has shape {tuple(shapes[key])}, but "
+                f"weight {relative!r} of the architecture expects {tuple(weight.shape)}."
+            )
+        values.append((weight, reader.get_tensor(key), key))
+    for weight, value, _ in values:
+        weight.assign(np.asarray(value, dtype=weight.dtype))
+    used = {key for _, _, key in values}
+    unused = sorted(
+        k for k in shapes if k.startswith(scope) and k not in used and not _bookkeeping(k)
+    )
+    if unused:
+        log.info("Checkpoint %s: %d variables not used by the architecture: %s", prefix,
+                 len(unused), unused[:10])
+
+
+def _restore_object_based(model: keras.Model, prefix: str, shapes: Mapping[str, Any]) -> None:
+    roots = sorted(
+        {key.split("/", 1)[0] for key in shapes if key.endswith(_OBJECT_KEY_SUFFIX)}
+        - set(_NOT_MODEL)
+    )
+    if len(roots) != 1:
+        raise ValueError(
+            f"Object-based checkpoint {prefix} holds {len(roots)} root objects {roots}; "
+            "expected exactly one model."
+        )
+    status = tf.train.Checkpoint(**{roots[0]: model}).read(prefix)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ValueError(
+            f"Object-based checkpoint {prefix} does not match the architecture: {error}"
+        ) from None
+
+
+def _relative_paths(model: keras.Model) -> list[tuple[Any, str]]:
+    """Each weight with its path inside the model (the model's own name stripped)."""
+    head = f"{model.name}/"
+    return [(w, w.path[len(head):] if w.path.startswith(head) else w.path) for w in model.weights]
+
+
+def _bookkeeping(key: str) -> bool:
+    return any(part in key for part in _NOT_MODEL) or key.rsplit("/", 1)[-1].startswith("Adam")
+
+
+def _import(dotted: str) -> Callable[[], keras.Model]:
+    module, _, attr = dotted.replace(":", ".").rpartition(".")
+    if not module:
+        raise ValueError(
+            f"Expected the architecture as a .keras path, a config, a builder or a dotted "
+            f"'module.function' path. Received: {dotted!r}"
+        )
+    builder = getattr(importlib.import_module(module), attr)
+    if not callable(builder):
+        raise TypeError(f"Architecture builder {dotted!r} is not callable.")
+    return builder  # type: ignore[no-any-return]

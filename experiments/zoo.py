@@ -1,0 +1,101 @@
+"""The demo member zoo: small, honestly different models saved as separate runs would save them.
+
+Each member keeps its preprocessing inside the model (a `Normalization`
+layer), so the ensemble takes raw features. Formats are mixed on purpose:
+a `.keras` file, a legacy HDF5 file, and a SavedModel from `model.export`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from ensemble.data import Dataset
+
+__all__ = ["ZOO", "ZooMember", "ensure_zoo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZooMember:
+    """How to build, train and save one demo member."""
+
+    filename: str
+    build: Callable[[int, int, np.ndarray], keras.Model]
+    epochs: int
+    seed: int
+
+
+def _normalized_input(features: int, x_train: np.ndarray) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inputs = keras.Input((features,), name="pixels")
+    normalize = keras.layers.Normalization()
+    normalize.adapt(x_train)
+    return inputs, normalize(inputs)
+
+
+def _mlp(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
+    inputs, x = _normalized_input(features, x_train)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def _wide_logits(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
+    inputs, x = _normalized_input(features, x_train)
+    x = keras.layers.Dropout(0.2)(keras.layers.Dense(256, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(classes)(x))  # emits logits
+
+
+def _linear(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
+    inputs, x = _normalized_input(features, x_train)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+ZOO: dict[str, ZooMember] = {
+    "mlp": ZooMember("mlp.keras", _mlp, epochs=40, seed=1),
+    "wide": ZooMember("wide.h5", _wide_logits, epochs=30, seed=2),
+    "linear": ZooMember("linear_savedmodel", _linear, epochs=60, seed=3),
+}
+
+
+def ensure_zoo(directory: str, data: Dataset, names: list[str] | None = None) -> list[str]:
+    """Train and save the zoo members missing from `directory`; returns the ones it trained."""
+    if data.task != "classification" or data.classes is None:
+        raise ValueError(f"The demo zoo holds classifiers; dataset {data.name!r} is {data.task}.")
+    os.makedirs(directory, exist_ok=True)
+    trained = []
+    for name in names or list(ZOO):
+        spec = ZOO[name]
+        path = os.path.join(directory, spec.filename)
+        if os.path.exists(path):
+            continue
+        log.info("Training zoo member %r into %s", name, path)
+        keras.utils.set_random_seed(spec.seed)
+        model = spec.build(data.x_train.shape[1], data.classes, data.x_train)
+        from_logits = model.layers[-1].activation is keras.activations.linear
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        )
+        model.fit(data.x_train, data.y_train, epochs=spec.epochs, batch_size=64, verbose=0)
+        _save(model, path)
+        trained.append(name)
+    return trained
+
+
+def _save(model: keras.Model, path: str) -> None:
+    # Write beside, then rename: an interrupted run never leaves a half-written member.
+    root, ext = os.path.splitext(path)
+    partial = f"{root}.partial{ext}"
+    shutil.rmtree(partial, ignore_errors=True)
+    if ext in (".keras", ".h5"):
+        model.save(partial)
+    else:
+        model.export(partial, verbose=False)
+    os.replace(partial, path)
