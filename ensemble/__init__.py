@@ -4,7 +4,7 @@ from ensemble._backend import require_tensorflow_backend
 
 require_tensorflow_backend()
 
-from ensemble.build import build_ensemble, ensemble_members, ensemble_task  # noqa: E402
+from ensemble.build import build_ensemble, ensemble_combiner, ensemble_members, ensemble_task  # noqa: E402
 from ensemble.errors import EnsembleError, MemberError  # noqa: E402
 from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
 from ensemble.member import InputSpec, Member  # noqa: E402
@@ -19,6 +19,7 @@ __all__ = [
     "SavedModelLayer",
     "build_ensemble",
     "detect_format",
+    "ensemble_combiner",
     "ensemble_members",
     "ensemble_task",
     "load_member",

@@ -14,7 +14,7 @@ from ensemble.loading import load_member
 from ensemble.member import InputSpec, Member
 from ensemble.types import Task
 
-__all__ = ["build_ensemble", "ensemble_members", "ensemble_task"]
+__all__ = ["build_ensemble", "ensemble_combiner", "ensemble_members", "ensemble_task"]
 
 # Names of the graph's own layers; a member may not take one.
 _RESERVED = ("member_predictions", "uncertainty", "std", "features_flat")
@@ -74,6 +74,11 @@ def build_ensemble(
 def ensemble_members(model: keras.Model) -> list[Member]:
     """The members of an ensemble built by `build_ensemble`, in order."""
     return [layer for layer in model.layers if isinstance(layer, Member)]
+
+
+def ensemble_combiner(model: keras.Model) -> Combiner:
+    """The combiner layer of an ensemble built by `build_ensemble`."""
+    return next(layer for layer in model.layers if isinstance(layer, Combiner))
 
 
 def ensemble_task(model: keras.Model) -> Task:

@@ -58,8 +58,11 @@ class ClassificationUncertainty(keras.layers.Layer):
         }
 
     def compute_output_spec(self, member_predictions: Any, prediction: Any) -> dict[str, Any]:
-        spec = keras.KerasTensor((prediction.shape[0],), dtype="float32")
-        return {"entropy": spec, "mutual_information": spec, "disagreement": spec}
+        # One KerasTensor per output: a shared one would make them one graph output.
+        return {
+            key: keras.KerasTensor((prediction.shape[0],), dtype="float32")
+            for key in ("entropy", "mutual_information", "disagreement")
+        }
 
 
 @keras.saving.register_keras_serializable(package="ensemble")

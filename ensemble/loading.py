@@ -218,6 +218,7 @@ def _copy_model(model: keras.Model) -> keras.Model:
 def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> list[InputSpec]:
     if isinstance(model, SavedModelLayer):
         own = [(key, spec.shape[1:], spec.dtype.name) for key, spec in model.input_specs.items()]
+        keyed = True
     else:
         try:
             structure = model.input  # keeps a dict of named inputs as a dict
@@ -230,7 +231,8 @@ def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> l
                 "never called). Wrap it in a functional model with keras.Input.",
             )
         flat = keras.tree.flatten(structure)
-        keys = list(structure) if isinstance(structure, Mapping) else [t.name for t in flat]
+        keyed = isinstance(structure, Mapping)
+        keys = list(structure) if keyed else [t.name for t in flat]
         own = [(key, tuple(t.shape[1:]), str(t.dtype)) for key, t in zip(keys, flat, strict=True)]
     if inputs is None:
         names = [DEFAULT_INPUT] if len(own) == 1 else [key for key, _, _ in own]
@@ -243,8 +245,11 @@ def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> l
             f"Received: inputs={inputs!r}",
         )
     return [
-        InputSpec(input_name, tuple(int(d) if d is not None else None for d in shape), dtype)
-        for input_name, (_, shape, dtype) in zip(names, own, strict=True)
+        InputSpec(
+            input_name, tuple(int(d) if d is not None else None for d in shape), dtype,
+            key=key if keyed else None,
+        )
+        for input_name, (key, shape, dtype) in zip(names, own, strict=True)
     ]
 
 

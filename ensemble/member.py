@@ -18,15 +18,23 @@ OUTPUT_KINDS: tuple[str, ...] = ("probabilities", "logits")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input a member reads: the ensemble input `name`, its shape without batch, its dtype."""
+    """One input a member reads: the ensemble input `name`, its shape without batch, its dtype.
+
+    `key` is the source model's own name for the input when the model takes a
+    dict of inputs (a functional model built on a dict, a SavedModel signature).
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    key: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> InputSpec:
-        return cls(name=config["name"], shape=tuple(config["shape"]), dtype=config["dtype"])
+        return cls(
+            name=config["name"], shape=tuple(config["shape"]), dtype=config["dtype"],
+            key=config.get("key"),
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape)}
@@ -91,6 +99,8 @@ class Member(keras.Model):
             values = list(inputs)
         else:
             values = [inputs]
+        if self.input_specs[0].key is not None:
+            return {spec.key: value for spec, value in zip(self.input_specs, values, strict=True)}
         return values[0] if len(values) == 1 else values
 
     def _select_output(self, outputs: Tensor) -> Tensor:

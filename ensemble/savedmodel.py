@@ -74,7 +74,7 @@ class SavedModelLayer(keras.layers.Layer):
 
     def call(self, inputs: Tensor) -> Tensor:
         if isinstance(inputs, Mapping):
-            values = [inputs[name] for name in self.input_names]
+            values = [inputs[key] for key in self.input_names]
         elif isinstance(inputs, (list, tuple)):
             values = list(inputs)
         else:

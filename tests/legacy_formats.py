@@ -116,7 +116,9 @@ class DenseNet:
         layers, activations = [], []
         for layer in model.layers:
             if not isinstance(layer, keras.layers.Dense):
-                raise TypeError(f"Expected only Dense layers. Received: {layer.name} ({type(layer).__name__})")
+                raise TypeError(
+                    f"Expected only Dense layers. Received: {layer.name} ({type(layer).__name__})"
+                )
             kernel, bias = layer.get_weights()
             layers.append((np.asarray(kernel), np.asarray(bias)))
             activations.append(layer.activation.__name__)

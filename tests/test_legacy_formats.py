@@ -7,14 +7,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
-from legacy_formats import (
+from tests.legacy_formats import (
     DenseNet,
     write_tf1_checkpoint,
     write_tf1_saved_model,
     write_tf2_checkpoint,
     write_tf2_module_saved_model,
 )
-from reference import predict_in_fresh_process
+from tests.reference import predict_in_fresh_process
 
 ATOL = 1e-5
 SIZES = (6, 5, 3)
@@ -157,4 +157,5 @@ def test_fresh_process_failure_shows_child_stderr(tmp_path, x):
 def test_fresh_process_loads_keras_export(tmp_path, net, x):
     path = tmp_path / "export"
     net.to_keras(name="member").export(path, verbose=False)
-    np.testing.assert_allclose(predict_in_fresh_process("keras_export", path, x), net.predict(x), atol=ATOL)
+    y = predict_in_fresh_process("keras_export", path, x)
+    np.testing.assert_allclose(y, net.predict(x), atol=ATOL)
