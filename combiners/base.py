@@ -82,7 +82,7 @@ def validate_weights(weights: Iterable[Any] | None) -> list[float] | None:
     return values
 
 
-class Combiner(keras.layers.Layer):  # type: ignore[misc]
+class Combiner(keras.layers.Layer):
     """Merges `(batch, members, width)` member predictions to `(batch, width)`.
 
     Args:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import keras
 
@@ -83,7 +83,7 @@ def ensemble_combiner(model: keras.Model) -> Combiner:
 
 def ensemble_task(model: keras.Model) -> Task:
     """The task of an ensemble built by `build_ensemble`."""
-    return REGRESSION if "std" in model.output else CLASSIFICATION  # type: ignore[return-value]
+    return cast(Task, REGRESSION if "std" in model.output else CLASSIFICATION)
 
 
 def _as_members(members: Any) -> list[Member]:
@@ -133,14 +133,14 @@ def _resolve_task(members: list[Member], task: str | None) -> Task:
         )
     if task is None:
         if len(classifiers) == len(members):
-            return CLASSIFICATION
+            return "classification"
         undeclared = [m.name for m in members if m.output_kind is None]
         raise EnsembleError(
             f"Cannot infer the task: member(s) {undeclared} declare no output kind. Pass "
             "task='classification' or 'regression' to build_ensemble, or load classifiers "
             "with output='probabilities' or 'logits'."
         )
-    return task  # type: ignore[return-value]
+    return cast(Task, task)
 
 
 def _ensemble_inputs(members: list[Member]) -> dict[str, Any]:

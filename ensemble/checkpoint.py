@@ -28,7 +28,8 @@ _NOT_MODEL = ("global_step", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH", "op
 def resolve_checkpoint(path: str) -> str | None:
     """The checkpoint prefix at `path` (a prefix, or a directory with a `checkpoint` file)."""
     if tf.io.gfile.isdir(path):
-        return tf.train.latest_checkpoint(path)
+        latest: str | None = tf.train.latest_checkpoint(path)
+        return latest
     if tf.io.gfile.exists(path + ".index"):
         return path
     return None

@@ -82,9 +82,9 @@ class FlatFeatures(keras.layers.Layer):
         return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=-1)
 
     def compute_output_spec(self, inputs: list[Any]) -> Any:
-        width = 0
+        width: int | None = 0
         for x in inputs:
-            size = 1
+            size: int | None = 1
             for dim in x.shape[1:]:
                 size = None if size is None or dim is None else size * dim
             width = None if width is None or size is None else width + size

@@ -202,11 +202,11 @@ def _load_checkpoint(
 def _copy_model(model: keras.Model) -> keras.Model:
     """A copy with its own variables, so freezing the member never touches the caller's model."""
     try:
-        copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        copy: keras.Model = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
         if not copy.built and model.built:
             copy.build_from_config(model.get_build_config())
         copy.set_weights(model.get_weights())
-        return copy  # type: ignore[no-any-return]
+        return copy
     except Exception as error:  # Subclassed models without a config cannot be copied.
         log.warning(
             "Model %r cannot be copied (%s); the member shares its variables and freezes it.",
