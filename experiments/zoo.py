@@ -35,8 +35,12 @@ class ZooMember:
 
 def _normalized_input(features: int, x_train: np.ndarray) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input((features,), name="pixels")
-    normalize = keras.layers.Normalization()
-    normalize.adapt(x_train)
+    # A feature constant in training (digits has blank border pixels) keeps scale 1, as in
+    # sklearn's StandardScaler: Normalization's own adapt would divide it by 1e-7, and one
+    # nonzero test value would then saturate the member into a probability-0 mistake.
+    variance = x_train.var(axis=0)
+    variance = np.where(variance > 0, variance, 1.0)
+    normalize = keras.layers.Normalization(mean=x_train.mean(axis=0), variance=variance)
     return inputs, normalize(inputs)
 
 
