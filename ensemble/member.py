@@ -9,6 +9,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from ensemble._inputs import input_values
 from ensemble.types import OutputKind, Tensor
 
 __all__ = ["InputSpec", "Member", "OUTPUT_KINDS"]
@@ -93,12 +94,7 @@ class Member(keras.Model):
         return self._as_prediction(self._select_output(outputs))
 
     def _select_inputs(self, inputs: Tensor) -> Tensor:
-        if isinstance(inputs, Mapping):
-            values = [inputs[name] for name in self.input_names]
-        elif isinstance(inputs, (list, tuple)):
-            values = list(inputs)
-        else:
-            values = [inputs]
+        values = input_values(inputs, self.input_names)
         if self.input_specs[0].key is not None:
             return {spec.key: value for spec, value in zip(self.input_specs, values, strict=True)}
         return values[0] if len(values) == 1 else values

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from ensemble._inputs import input_values
 from ensemble.types import Tensor
 
 __all__ = ["SavedModelLayer", "is_saved_model_dir"]
@@ -73,12 +74,7 @@ class SavedModelLayer(keras.layers.Layer):
         return sum(int(v.shape.num_elements() or 0) for v in self._loaded.variables)
 
     def call(self, inputs: Tensor) -> Tensor:
-        if isinstance(inputs, Mapping):
-            values = [inputs[key] for key in self.input_names]
-        elif isinstance(inputs, (list, tuple)):
-            values = list(inputs)
-        else:
-            values = [inputs]
+        values = input_values(inputs, self.input_names)
         feeds = {
             name: tf.cast(value, spec.dtype)
             for (name, spec), value in zip(self.input_specs.items(), values, strict=True)
