@@ -2,9 +2,10 @@
 
 Keras' own `TFSMLayer` cannot choose the MetaGraph tags of a TF1 SavedModel
 nor one output of a multi-output signature, and it tracks copies of the
-variables rather than the ones the signature reads. This layer keeps the
-loaded object (and so its variables) as an attribute, which TensorFlow's
-object tracking follows when the ensemble is saved or exported.
+variables rather than the ones the signature reads. This layer keeps a TF2
+SavedModel's loaded object (and so its variables) as a tracked attribute,
+which TensorFlow follows when the ensemble is exported, and freezes a TF1
+SavedModel's variables into constants, which TF2 could not save again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
 
 from ensemble._inputs import input_values
 from ensemble.types import Tensor
@@ -34,7 +37,8 @@ class SavedModelLayer(keras.layers.Layer):
 
     `tags` selects the MetaGraph of a TF1 SavedModel (`["serve"]` when None and
     the SavedModel has several). The output is the only one of the signature
-    unless `output_key` names one.
+    unless `output_key` names one. A TF1 SavedModel's variables are frozen into
+    constants, so the ensemble exports as one self-contained SavedModel.
     """
 
     def __init__(
@@ -50,17 +54,12 @@ class SavedModelLayer(keras.layers.Layer):
         self.filepath = str(filepath)
         self.tags = list(tags) if tags is not None else None
         self.signature = signature
-        self._loaded = _load(self.filepath, self.tags)
-        signatures = self._loaded.signatures
-        if signature not in signatures:
-            raise ValueError(
-                f"SavedModel {self.filepath} has no signature {signature!r}. "
-                f"Available signatures: {sorted(signatures)}"
-            )
-        self._function = signatures[signature]
-        _, input_specs = self._function.structured_input_signature
-        self.input_specs: dict[str, tf.TensorSpec] = dict(input_specs)
-        outputs: Mapping[str, tf.TensorSpec] = self._function.structured_outputs
+        if _is_tf1(self.filepath):
+            self._signature = _FrozenTF1Signature(self.filepath, self.tags, signature)
+        else:
+            self._signature = _TF2Signature(self.filepath, self.tags, signature)
+        self.input_specs: dict[str, tf.TensorSpec] = self._signature.inputs
+        outputs: Mapping[str, tf.TensorSpec] = self._signature.outputs
         self.output_key = _choose_output(self.filepath, signature, outputs, output_key)
         self.output_spec = outputs[self.output_key]
         self.built = True
@@ -70,8 +69,9 @@ class SavedModelLayer(keras.layers.Layer):
         return list(self.input_specs)
 
     @property
-    def variable_count(self) -> int:
-        return sum(int(v.shape.num_elements() or 0) for v in self._loaded.variables)
+    def parameter_count(self) -> int:
+        """Scalars in the SavedModel's variables (frozen into constants for a TF1 one)."""
+        return self._signature.parameter_count
 
     def call(self, inputs: Tensor) -> Tensor:
         values = input_values(inputs, self.input_names)
@@ -79,7 +79,7 @@ class SavedModelLayer(keras.layers.Layer):
             name: tf.cast(value, spec.dtype)
             for (name, spec), value in zip(self.input_specs.items(), values, strict=True)
         }
-        return self._function(**feeds)[self.output_key]
+        return self._signature(feeds)[self.output_key]
 
     def compute_output_spec(self, inputs: Tensor) -> keras.KerasTensor:
         batch = keras.tree.flatten(inputs)[0].shape[0]
@@ -120,14 +120,95 @@ def _in_safe_mode() -> bool:
     return serialization_lib.in_safe_mode() is not False
 
 
-def _load(path: str, tags: list[str] | None) -> Any:
-    try:
-        return tf.saved_model.load(path, tags=tags)
-    except (ValueError, RuntimeError) as error:
-        if tags is None and "tags" in str(error).lower():
-            # A TF1 SavedModel holding several MetaGraphs: serving is the usual one.
-            return tf.saved_model.load(path, tags=["serve"])
-        raise
+def _is_tf1(path: str) -> bool:
+    """A SavedModel without a TF2 object graph was written by a TF1 graph/session codebase."""
+    return not any(meta.object_graph_def.nodes for meta in _read_meta_graphs(path))
+
+
+def _read_meta_graphs(path: str) -> list[Any]:
+    proto = saved_model_pb2.SavedModel()
+    pb = tf.io.gfile.join(path, "saved_model.pb")
+    if tf.io.gfile.exists(pb):
+        with tf.io.gfile.GFile(pb, "rb") as f:
+            proto.ParseFromString(f.read())
+    else:
+        with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pbtxt")) as f:
+            text_format.Parse(f.read(), proto)
+    return list(proto.meta_graphs)
+
+
+def _missing_signature(path: str, signature: str, available: Any) -> ValueError:
+    return ValueError(
+        f"SavedModel {path} has no signature {signature!r}. "
+        f"Available signatures: {sorted(available)}"
+    )
+
+
+class _TF2Signature(tf.Module):
+    """A signature of a TF2 SavedModel; its variables stay variables, tracked via `loaded`."""
+
+    def __init__(self, path: str, tags: list[str] | None, signature: str) -> None:
+        super().__init__()
+        self.loaded = tf.saved_model.load(path, tags=tags)
+        if signature not in self.loaded.signatures:
+            raise _missing_signature(path, signature, self.loaded.signatures)
+        self.function = self.loaded.signatures[signature]
+        self.inputs = dict(self.function.structured_input_signature[1])
+        self.outputs = dict(self.function.structured_outputs)
+        self.parameter_count = sum(
+            int(v.shape.num_elements() or 0) for v in self.function.variables
+        )
+
+    def __call__(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.function(**feeds)  # type: ignore[no-any-return]
+
+
+class _FrozenTF1Signature(tf.Module):
+    """A signature of a TF1 SavedModel with its variables frozen into constants.
+
+    TF1 graphs keep reference variables that `tf.saved_model.load` neither
+    lists nor saves again, so an ensemble holding one could not be exported.
+    A member is frozen anyway: the classic TF1 freeze (load into a session,
+    `convert_variables_to_constants`) makes the signature self-contained.
+    """
+
+    def __init__(self, path: str, tags: list[str] | None, signature: str) -> None:
+        super().__init__()
+        if tags is None:
+            metas = _read_meta_graphs(path)
+            tags = list(metas[0].meta_info_def.tags) if len(metas) == 1 else ["serve"]
+        with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+            meta = tf.compat.v1.saved_model.load(session, tags, path)
+            if signature not in meta.signature_def:
+                raise _missing_signature(path, signature, meta.signature_def)
+            signature_def = meta.signature_def[signature]
+            self.parameter_count = sum(
+                int(v.shape.num_elements() or 0) for v in tf.compat.v1.global_variables()
+            )
+            fetch_nodes = sorted({info.name.split(":")[0] for info in signature_def.outputs.values()})
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), fetch_nodes
+            )
+        input_names = {key: info.name for key, info in signature_def.inputs.items()}
+        output_names = {key: info.name for key, info in signature_def.outputs.items()}
+        self.inputs = {
+            key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
+            for key, info in signature_def.inputs.items()
+        }
+        self.outputs = {
+            key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
+            for key, info in signature_def.outputs.items()
+        }
+        wrapped = tf.compat.v1.wrap_function(
+            lambda: tf.compat.v1.import_graph_def(frozen, name=""), []
+        )
+        self.function = wrapped.prune(
+            feeds=[wrapped.graph.get_tensor_by_name(input_names[key]) for key in self.inputs],
+            fetches={key: wrapped.graph.get_tensor_by_name(n) for key, n in output_names.items()},
+        )
+
+    def __call__(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.function(*[feeds[key] for key in self.inputs])  # type: ignore[no-any-return]
 
 
 def _choose_output(
