@@ -6,6 +6,7 @@ require_tensorflow_backend()
 
 from ensemble.build import build_ensemble, ensemble_combiner, ensemble_members, ensemble_task  # noqa: E402
 from ensemble.errors import EnsembleError, MemberError  # noqa: E402
+from ensemble.export import export_saved_model, read_manifest  # noqa: E402
 from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
 from ensemble.member import InputSpec, Member  # noqa: E402
 from ensemble.savedmodel import SavedModelLayer  # noqa: E402
@@ -22,5 +23,7 @@ __all__ = [
     "ensemble_combiner",
     "ensemble_members",
     "ensemble_task",
+    "export_saved_model",
     "load_member",
+    "read_manifest",
 ]

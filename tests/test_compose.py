@@ -19,8 +19,10 @@ from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 
+import ensemble
 from ensemble import build_ensemble
 from ensemble.data import load_dataset
 from experiments.compose import load_members, run
@@ -92,6 +94,18 @@ def test_metrics_json(mean_run: Any) -> None:
     for name, metrics in written["members"].items():
         assert set(metrics) == METRICS, name
     assert set(written["ensemble"]) == METRICS
+
+
+def test_the_run_exports_one_verified_saved_model(mean_run: Any, zoo_dir: Path) -> None:
+    result, output_dir = mean_run
+    assert result["export_dir"] == str(output_dir / "export")
+    manifest = ensemble.read_manifest(result["export_dir"])
+    assert [m["name"] for m in manifest["members"]] == list(MEMBERS)
+    assert "combiner:" in (output_dir / "export" / "assets.extra" / "config.yaml").read_text()
+    x = load_digits().data[:5].astype("float32")
+    served = tf.saved_model.load(result["export_dir"]).signatures["prediction"](features=tf.constant(x))
+    expected = np.mean(list(member_probabilities(zoo_dir, x).values()), axis=0)
+    np.testing.assert_allclose(served["prediction"].numpy(), expected, atol=1e-5)
 
 
 def test_metrics_match_an_independent_recomputation(mean_run: Any, zoo_dir: Path) -> None:
