@@ -10,9 +10,11 @@ from ensemble.export import export_saved_model, read_manifest  # noqa: E402
 from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
 from ensemble.member import InputSpec, Member  # noqa: E402
 from ensemble.savedmodel import SavedModelLayer  # noqa: E402
+from ensemble.tflite import QUANTIZATIONS, export_tflite, run_tflite, tflite_report  # noqa: E402
 
 __all__ = [
     "FORMATS",
+    "QUANTIZATIONS",
     "EnsembleError",
     "InputSpec",
     "Member",
@@ -24,6 +26,9 @@ __all__ = [
     "ensemble_members",
     "ensemble_task",
     "export_saved_model",
+    "export_tflite",
     "load_member",
     "read_manifest",
+    "run_tflite",
+    "tflite_report",
 ]

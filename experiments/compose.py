@@ -18,7 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ensemble import EnsembleError, build_ensemble, export_saved_model, load_member
+from ensemble import (
+    EnsembleError,
+    build_ensemble,
+    export_saved_model,
+    export_tflite,
+    load_member,
+    tflite_report,
+)
 from ensemble.data import Dataset
 from ensemble.metrics import classification_metrics, regression_metrics
 from experiments.zoo import ZOO, ensure_zoo
@@ -74,6 +81,22 @@ def export(model: Any, cfg: DictConfig, output_dir: str, rows: np.ndarray) -> st
     return path
 
 
+def tflite(model: Any, cfg: DictConfig, output_dir: str, export_dir: str, data: Dataset) -> Any:
+    """Convert the export to each configured TFLite variant and measure it on the test split."""
+    os.makedirs(os.path.join(output_dir, "tflite"), exist_ok=True)
+    variants = {
+        quantize: export_tflite(
+            export_dir, os.path.join(output_dir, "tflite", f"{quantize}.tflite"),
+            quantize=quantize, overwrite=cfg.export.overwrite,
+        )
+        for quantize in cfg.export.tflite
+    }
+    report = tflite_report(model, variants, data.x_test, data.y_test)
+    for name, row in report.items():
+        log.info("TFLite %s: %s", name, {k: round(v, 5) for k, v in row.items()})
+    return report
+
+
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Build the configured ensemble, evaluate it on the test split, write metrics.json."""
     data: Dataset = instantiate(cfg.data)
@@ -99,6 +122,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         print(f"{name:<12}" + "".join(f"{values[m]:>10.4f}" for m in metric_names))
     if output_dir is not None and cfg.export.enabled:
         result["export_dir"] = export(model, cfg, output_dir, data.x_test[:64])
+        if cfg.export.get("tflite"):
+            result["tflite"] = tflite(model, cfg, output_dir, result["export_dir"], data)
     if output_dir is not None:
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=2)

@@ -108,6 +108,18 @@ def test_the_run_exports_one_verified_saved_model(mean_run: Any, zoo_dir: Path) 
     np.testing.assert_allclose(served["prediction"].numpy(), expected, atol=1e-5)
 
 
+def test_the_run_measures_each_tflite_variant(mean_run: Any) -> None:
+    result, output_dir = mean_run
+    report = result["tflite"]
+    assert sorted(report) == ["dynamic", "float", "float16", "none"]
+    assert report["float"] == result["ensemble"]
+    for variant in ("none", "dynamic", "float16"):
+        assert (output_dir / "tflite" / f"{variant}.tflite").stat().st_size == report[variant]["bytes"]
+        assert report[variant]["agreement"] > 0.95
+    assert report["none"]["max_abs_diff"] < 1e-5
+    assert report["dynamic"]["bytes"] < report["float16"]["bytes"] < report["none"]["bytes"]
+
+
 def test_metrics_match_an_independent_recomputation(mean_run: Any, zoo_dir: Path) -> None:
     result, _ = mean_run
     data = load_dataset("digits")
