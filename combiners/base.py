@@ -155,6 +155,7 @@ class Combiner(keras.layers.Layer):
                 )
             features_dim = int(features_shape[-1])
         self._check_weight_count(members)
+        self.members_: int = members
         self._build_state(members, width, features_dim)
 
     def call(
@@ -190,6 +191,18 @@ class Combiner(keras.layers.Layer):
         )
 
     # Shared by the weighted combiners.
+
+    def set_member_weights(self, weights: Iterable[Any] | None) -> None:
+        """Replace the per-member weights (validated like the constructor's).
+
+        The weights are constants of traced graphs: a model holding this
+        layer must drop its compiled functions afterwards (`fit_mean_weights`
+        does).
+        """
+        values = validate_weights(weights)
+        if self.built and values is not None:
+            self._check_weight_count(self.members_)
+        self.member_weights = values
 
     def _check_weight_count(self, members: int) -> None:
         weights = self.member_weights

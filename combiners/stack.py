@@ -98,7 +98,19 @@ class StackingCombiner(Combiner):
     def _combine(
         self, member_predictions: Tensor, features: Tensor | None
     ) -> Tensor:
+        assert self.meta_model_ is not None  # set by build
+        return self.meta_model_(self.meta_features(member_predictions, features))
+
+    def meta_features(
+        self, member_predictions: Tensor, features: Tensor | None = None
+    ) -> Tensor:
+        """What the meta-model sees: `(batch, members * width [+ d])`.
+
+        Public so that a meta-model fitted outside Keras (scikit-learn's
+        `LogisticRegression`, `Ridge`) is fitted on exactly these features.
+        """
         _, members, width = member_predictions.shape
+        member_predictions = ops.cast(member_predictions, "float32")
         if self.task == CLASSIFICATION:
             member_predictions = ops.log(
                 ops.clip(member_predictions, LOG_EPSILON, 1.0)
@@ -113,8 +125,7 @@ class StackingCombiner(Combiner):
                 )
             features = ops.cast(features, meta_features.dtype)
             meta_features = ops.concatenate([meta_features, features], axis=-1)
-        assert self.meta_model_ is not None  # set by build
-        return self.meta_model_(meta_features)
+        return meta_features
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -57,7 +57,7 @@ def build_ensemble(
     _check_widths(member_list, predictions)
     member_predictions = MemberStack(name="member_predictions")(predictions)
     if combiner.needs_features:
-        features = FlatFeatures(name="features_flat")(list(inputs.values()))
+        features = FlatFeatures(name="features_flat")([inputs[k] for k in sorted(inputs)])
         prediction = combiner(member_predictions, features)
     else:
         prediction = combiner(member_predictions)

@@ -75,7 +75,7 @@ class RegressionSpread(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ensemble")
 class FlatFeatures(keras.layers.Layer):
-    """The raw ensemble inputs, each flattened and cast to float32, concatenated: (batch, d)."""
+    """The raw ensemble inputs (in input-name order), flattened, float32, concatenated: (batch, d)."""
 
     def call(self, inputs: list[Tensor]) -> Tensor:
         flat = [ops.reshape(ops.cast(x, "float32"), (ops.shape(x)[0], -1)) for x in inputs]

@@ -11,6 +11,7 @@ import keras
 
 from ensemble.checkpoint import Architecture, build_architecture, resolve_checkpoint, restore_checkpoint
 from ensemble.errors import MemberError
+from ensemble.fingerprint import load_training_rows
 from ensemble.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.savedmodel import SavedModelLayer, is_saved_model_dir
 from ensemble.types import OutputKind, PathLike
@@ -155,6 +156,8 @@ def load_member(
         name=name,
     )
     _check_output_key(member)
+    if not is_object:
+        member.training_rows = load_training_rows(label)
     log.info("Loaded member %r from %s (%s)", name, label, fmt)
     return member
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from ensemble._inputs import input_values
@@ -77,6 +78,9 @@ class Member(keras.Model):
         self.output_key = output_key
         self.source = source
         self.format = format
+        # Hashes of the rows that trained the source model, when this project trained it
+        # (see ensemble.fingerprint): what the leakage guard checks. Not part of the config.
+        self.training_rows: np.ndarray | None = None
         self.trainable = False
 
     @property

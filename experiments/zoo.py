@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ensemble.data import Dataset
+from ensemble.fingerprint import save_training_rows
 
 __all__ = ["ZOO", "ZooMember", "ensure_zoo"]
 
@@ -88,7 +89,8 @@ def ensure_zoo(directory: str, data: Dataset, names: list[str] | None = None) ->
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         )
         model.fit(data.x_train, data.y_train, epochs=spec.epochs, batch_size=64, verbose=0)
-        _save(model, path)
+        save_training_rows(path, data.x_train)  # what the leakage guard checks; before the
+        _save(model, path)                       # model, so no member is ever without it
         trained.append(name)
     return trained
 

@@ -74,7 +74,10 @@ def member_probabilities(zoo_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_zoo_is_saved_in_three_formats(mean_run: Any, zoo_dir: Path) -> None:
-    assert sorted(os.listdir(zoo_dir)) == ["linear_savedmodel", "mlp.keras", "wide.h5"]
+    assert sorted(os.listdir(zoo_dir)) == [
+        "linear_savedmodel", "linear_savedmodel.training_rows.npy",
+        "mlp.keras", "mlp.keras.training_rows.npy", "wide.h5", "wide.h5.training_rows.npy",
+    ]
     assert zipfile.is_zipfile(zoo_dir / "mlp.keras")
     assert "config.json" in zipfile.ZipFile(zoo_dir / "mlp.keras").namelist()
     assert h5py.is_hdf5(zoo_dir / "wide.h5")

@@ -1,0 +1,280 @@
+"""Fit an ensemble's combiner on level-one predictions, never on the members' training rows.
+
+- `fit_combiner`: Keras training of a combiner's trainable weights (a
+  stacking meta-model) on cached member predictions: the members never run
+  again and stay bit-identical.
+- `fit_stacking`: the convex way for the default stacking meta-model:
+  scikit-learn's `LogisticRegression` (or `Ridge` for regression) fitted on
+  the same meta features, its coefficients baked into the in-graph `Dense`.
+- `fit_mean_weights`: learned `MeanCombiner` weights, by Caruana's ensemble
+  selection or by minimising the validation NLL.
+
+Each first checks the targets and the leakage guard: rows that trained a
+member (as recorded by this project) are refused unless `allow_overlap=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from combiners import MeanCombiner, StackingCombiner
+from combiners.base import Combiner
+from ensemble.build import ensemble_combiner, ensemble_members, ensemble_task
+from ensemble.errors import EnsembleError
+from ensemble.fingerprint import row_hashes
+from ensemble.level_one import Data, LevelOneStore, flat_features, member_inputs
+from ensemble.weights import ensemble_selection, optimal_weights
+
+__all__ = ["check_leakage", "fit_combiner", "fit_mean_weights", "fit_stacking"]
+
+log = logging.getLogger(__name__)
+
+_UNRECORDED_LOGGED: set[str] = set()  # members whose missing record was already logged
+
+
+def check_leakage(model: keras.Model, x: Data, *, allow_overlap: bool = False) -> dict[str, int]:
+    """How many rows of `x` trained each member that carries a training-row record.
+
+    Raises EnsembleError naming the members and overlap counts when any row
+    overlaps, unless `allow_overlap`. Members with no record (trained
+    elsewhere) cannot be checked: that is logged once per member.
+    """
+    overlaps: dict[str, int] = {}
+    for member in ensemble_members(model):
+        if member.training_rows is None:
+            if member.name not in _UNRECORDED_LOGGED:
+                _UNRECORDED_LOGGED.add(member.name)
+                log.info("Member %r carries no training-row record: the leakage guard cannot "
+                         "check it.", member.name)
+            continue
+        hashes = row_hashes(member_inputs(member, x))
+        overlaps[member.name] = int(np.isin(hashes, member.training_rows).sum())
+    leaked = {name: count for name, count in overlaps.items() if count}
+    if leaked and not allow_overlap:
+        raise EnsembleError(
+            f"Rows given to fit the combiner trained member(s) {leaked} (name: overlapping rows "
+            f"of {_rows(x)}). A combiner fitted on them trusts those members' overconfident "
+            "answers. Use held-out rows (the holdout split, or out-of-fold predictions), or pass "
+            "allow_overlap=True if you mean it."
+        )
+    return overlaps
+
+
+def fit_combiner(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    validation_split: float | None = None,
+    verbose: Any = "auto",
+    optimizer: Any = None,
+    store: LevelOneStore | None = None,
+    allow_overlap: bool = False,
+    **fit_options: Any,
+) -> keras.callbacks.History:
+    """Train only the combiner of `model` (from `build_ensemble`) on `(x, y)`.
+
+    Members predict `x` once (through `store`, which caches them); the
+    combiner then trains on those predictions in a small head model with
+    compiled multi-step execution. Members stay bit-identical.
+
+    Returns:
+        The Keras `History` of the head's training.
+    """
+    combiner = ensemble_combiner(model)
+    if not combiner.trainable_weights:
+        raise EnsembleError(
+            f"{type(combiner).__name__} {combiner.name!r} has no trainable weights: nothing for "
+            "fit_combiner to train. A MeanCombiner learns member weights with fit_mean_weights; "
+            "a StackingCombiner has a meta-model to train."
+        )
+    targets = _check_targets(model, x, y)
+    check_leakage(model, x, allow_overlap=allow_overlap)
+    level_one = (store or LevelOneStore()).predictions(model, x)
+    head, inputs = _head(combiner, level_one, x)
+    rows = len(level_one) if validation_split is None else int(len(level_one) * (1 - validation_split))
+    head.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate=0.01),
+        loss=("sparse_categorical_crossentropy" if ensemble_task(model) == "classification"
+              else "mean_squared_error"),
+        # One compiled call per epoch: the head is tiny, Python overhead dominates.
+        steps_per_execution=max(1, min(64, math.ceil(max(rows, 1) / batch_size))),
+    )
+    history: keras.callbacks.History = head.fit(
+        inputs, targets, epochs=epochs, batch_size=batch_size, verbose=verbose,
+        validation_split=validation_split or 0.0, **fit_options,
+    )
+    _drop_compiled(model)
+    return history
+
+
+def fit_stacking(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    *,
+    C: float = 1.0,
+    alpha: float = 1.0,
+    max_iter: int = 2000,
+    store: LevelOneStore | None = None,
+    allow_overlap: bool = False,
+) -> LogisticRegression | Ridge:
+    """Fit the default stacking meta-model the exact convex way and bake it into the graph.
+
+    Classification: a multinomial `LogisticRegression(C=C)`; regression:
+    `Ridge(alpha=alpha)`; both on the meta features the `StackingCombiner`
+    computes (`meta_features`). The ensemble's `prediction` then equals the
+    estimator's `predict_proba` / `predict` on those features.
+
+    Returns:
+        The fitted scikit-learn estimator.
+    """
+    combiner = ensemble_combiner(model)
+    if not isinstance(combiner, StackingCombiner) or combiner.meta_model is not None:
+        raise EnsembleError(
+            "fit_stacking fits the default meta-model of a StackingCombiner (a Dense layer). "
+            f"Received: {type(combiner).__name__} {combiner.name!r}"
+            + (" with a custom meta_model; train it with fit_combiner." if isinstance(
+                combiner, StackingCombiner) else ".")
+        )
+    targets = _check_targets(model, x, y)
+    check_leakage(model, x, allow_overlap=allow_overlap)
+    level_one = (store or LevelOneStore()).predictions(model, x)
+    features = np.asarray(
+        combiner.meta_features(level_one, flat_features(x) if combiner.needs_features else None),
+        dtype="float64",
+    )
+    width = level_one.shape[-1]
+    if ensemble_task(model) == "classification":
+        estimator: LogisticRegression | Ridge = LogisticRegression(C=C, max_iter=max_iter)
+        estimator.fit(features, targets)
+        missing = sorted(set(range(width)) - {int(c) for c in estimator.classes_})
+        if missing:
+            raise EnsembleError(
+                f"Class(es) {missing} have no row in y: the meta-model cannot learn them. Fit on "
+                "rows of every class."
+            )
+        kernel, bias = estimator.coef_.T, estimator.intercept_
+        if width == 2:  # sklearn's binary form: p1 = sigmoid(x.w + b) = softmax([0, x.w + b])[1]
+            kernel = np.hstack([np.zeros_like(kernel), kernel])
+            bias = np.concatenate([[0.0], bias])
+    else:
+        estimator = Ridge(alpha=alpha).fit(features, targets)
+        kernel = np.atleast_2d(estimator.coef_).T
+        bias = np.atleast_1d(estimator.intercept_)
+    dense = combiner.meta_model_
+    assert dense is not None  # built with the ensemble
+    dense.kernel.assign(kernel.astype("float32"))
+    dense.bias.assign(bias.astype("float32"))
+    _drop_compiled(model)
+    return estimator
+
+
+def fit_mean_weights(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    *,
+    method: str = "selection",
+    rounds: int = 50,
+    store: LevelOneStore | None = None,
+    allow_overlap: bool = False,
+) -> np.ndarray:
+    """Learn the weights of the ensemble's `MeanCombiner` on `(x, y)` and set them.
+
+    `method="selection"`: Caruana et al.'s greedy ensemble selection with
+    replacement (`rounds` picks); `"optimal"`: non-negative weights summing to
+    1 that minimise the NLL (MSE for regression). The weights end up in the
+    layer's config.
+
+    Returns:
+        The weights, one per member.
+    """
+    combiner = ensemble_combiner(model)
+    if not isinstance(combiner, MeanCombiner):
+        raise EnsembleError(
+            f"fit_mean_weights learns a MeanCombiner's weights. Received: "
+            f"{type(combiner).__name__} {combiner.name!r}"
+        )
+    if method not in ("selection", "optimal"):
+        raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
+    targets = _check_targets(model, x, y)
+    check_leakage(model, x, allow_overlap=allow_overlap)
+    level_one = (store or LevelOneStore()).predictions(model, x).astype("float64")
+    task = ensemble_task(model)
+    weights = (
+        ensemble_selection(level_one, targets, task=task, rounds=rounds)
+        if method == "selection"
+        else optimal_weights(level_one, targets, task=task)
+    )
+    _set_weights(model, combiner, weights)
+    return weights
+
+
+def _set_weights(model: keras.Model, combiner: Combiner, weights: np.ndarray) -> None:
+    combiner.set_member_weights([float(w) for w in weights])
+    _drop_compiled(model)
+
+
+def _drop_compiled(model: keras.Model) -> None:
+    """Forget traced functions: they hold the combiner's old constants."""
+    model.predict_function = None
+    model.train_function = None
+    model.test_function = None
+
+
+def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[keras.Model, Any]:
+    """A model of the combiner alone, fed level-one predictions (and flat features)."""
+    _, members, width = level_one.shape
+    predictions_in = keras.Input((members, width), name="member_predictions")
+    if combiner.needs_features:
+        features = flat_features(x)
+        features_in = keras.Input((features.shape[1],), name="features_flat")
+        head = keras.Model([predictions_in, features_in], combiner(predictions_in, features_in))
+        return head, [level_one, features]
+    return keras.Model(predictions_in, combiner(predictions_in)), level_one
+
+
+def _check_targets(model: keras.Model, x: Data, y: Any) -> np.ndarray:
+    rows = _rows(x)
+    if rows == 0:
+        raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
+    targets = np.asarray(y)
+    if len(targets) != rows:
+        raise EnsembleError(f"Expected y with one target per row of x ({rows}). Received: {len(targets)}.")
+    width = int(model.output["prediction"].shape[-1])
+    if ensemble_task(model) == "regression":
+        targets = targets.astype("float32").reshape(rows, -1)
+        if targets.shape[1] != width:
+            raise EnsembleError(
+                f"Expected {width} regression target(s) per row, as the members predict. "
+                f"Received: y of shape {np.shape(y)}."
+            )
+        return targets
+    if targets.ndim != 1 or not np.all(np.mod(targets, 1) == 0):
+        raise EnsembleError(
+            "Expected integer class labels, shape (rows,), for a classification ensemble. "
+            f"Received: y of shape {targets.shape} and dtype {targets.dtype}"
+            + (" with non-integer values (regression targets?)." if targets.ndim == 1 else ".")
+        )
+    targets = targets.astype("int64")
+    outside = sorted({int(t) for t in targets if not 0 <= t < width})
+    if outside:
+        raise EnsembleError(
+            f"Expected class labels in [0, {width}), one per column of the members' outputs. "
+            f"Received labels {outside[:10]}: do these labels match the members' classes?"
+        )
+    return targets
+
+
+def _rows(x: Data) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)

@@ -1,0 +1,110 @@
+"""The level-one store: each member's predictions on a dataset, computed once and reused.
+
+Member outputs never change while a combiner trains, so running every member
+forward on every batch of every epoch is waste. The store runs each member
+once over the data (batched, with a Keras progress bar) and keeps the result
+in memory, or as `.npy` files in `directory`, memory-mapped on reuse, keyed
+by the member's and the data's fingerprints so a rerun (even in a new
+process) reuses them and a retrained member or changed data does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from ensemble.build import ensemble_members
+from ensemble.fingerprint import data_fingerprint, member_fingerprint
+from ensemble.member import Member
+from ensemble.types import PathLike
+
+__all__ = ["LevelOneStore", "flat_features", "member_inputs"]
+
+log = logging.getLogger(__name__)
+
+Data = np.ndarray | Mapping[str, np.ndarray]
+
+
+class LevelOneStore:
+    """Members' predictions, `(rows, members, width)`, computed once per member and dataset.
+
+    Args:
+        directory: where to keep them as `.npy` files; None keeps them in memory.
+        batch_size: rows per batch when a member predicts.
+        verbose: Keras' progress-bar setting for those passes.
+    """
+
+    def __init__(
+        self, directory: PathLike | None = None, *, batch_size: int = 256, verbose: Any = "auto"
+    ) -> None:
+        self.directory = None if directory is None else os.fspath(directory)
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self._memory: dict[str, np.ndarray] = {}
+        self.computed: list[str] = []  # keys computed (not reused) by this store, in order
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+
+    def predictions(self, model: keras.Model, x: Data) -> np.ndarray:
+        """Every member's predictions on `x`, stacked as `(rows, members, width)`."""
+        data_key = data_fingerprint(x)[:16]
+        return np.stack([self.member_predictions(m, x, data_key) for m in ensemble_members(model)], 1)
+
+    def member_predictions(self, member: Member, x: Data, data_key: str | None = None) -> np.ndarray:
+        key = f"{member.name}-{member_fingerprint(member)[:16]}-{data_key or data_fingerprint(x)[:16]}"
+        cached = self._load(key)
+        if cached is not None:
+            return cached
+        log.info("Level-one pass of member %r over %d rows", member.name, _rows(x))
+        values = np.asarray(
+            member.predict(member_inputs(member, x), batch_size=self.batch_size, verbose=self.verbose),
+            dtype="float32",
+        )
+        self._save(key, values)
+        self.computed.append(key)
+        return values
+
+    def _load(self, key: str) -> np.ndarray | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            path = os.path.join(self.directory, key + ".npy")
+            if os.path.exists(path):
+                values: np.ndarray = np.load(path, mmap_mode="r")
+                return values
+        return None
+
+    def _save(self, key: str, values: np.ndarray) -> None:
+        if self.directory is None:
+            self._memory[key] = values
+            return
+        path = os.path.join(self.directory, key + ".npy")
+        partial = path + ".partial.npy"
+        np.save(partial, values)
+        os.replace(partial, path)
+
+
+def member_inputs(member: Member, x: Data) -> Any:
+    """What `member` reads of `x`: the array itself, or its named inputs."""
+    if not isinstance(x, Mapping):
+        return x
+    missing = [name for name in member.input_names if name not in x]
+    if missing:
+        raise KeyError(f"Member {member.name!r} reads input(s) {missing}; x has {sorted(x)}.")
+    return {name: x[name] for name in member.input_names}
+
+
+def flat_features(x: Data) -> np.ndarray:
+    """The raw inputs as the passthrough combiner sees them (`FlatFeatures`): name order, flat."""
+    parts = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
+    rows = _rows(x)
+    return np.concatenate([np.asarray(p, dtype="float32").reshape(rows, -1) for p in parts], axis=1)
+
+
+def _rows(x: Data) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)

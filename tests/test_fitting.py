@@ -1,0 +1,231 @@
+"""Fitting combiners: level-one cache, members untouched, sklearn baked exactly, leakage guard."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import train_test_split
+
+import combiners
+import ensemble
+from ensemble.fingerprint import save_training_rows
+from ensemble.fitting import check_leakage, fit_combiner, fit_mean_weights, fit_stacking
+from ensemble.level_one import LevelOneStore
+from ensemble.metrics import classification_metrics
+
+
+def _dense_member(coef: np.ndarray, intercept: np.ndarray, name: str, activation: str | None) -> keras.Model:
+    """A Keras member computing a fitted linear model exactly (weights copied from sklearn)."""
+    features, width = coef.shape[1], coef.shape[0]
+    inputs = keras.Input((features,))
+    dense = keras.layers.Dense(width, activation=activation)
+    model = keras.Model(inputs, dense(inputs), name=name)
+    dense.set_weights([coef.T.astype("float32"), intercept.astype("float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Digits split in three: members train, the combiner fits on holdout, test is unseen."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    x_train, x_hold, y_train, y_hold = train_test_split(
+        x_rest, y_rest, test_size=0.4, random_state=0, stratify=y_rest
+    )
+    return x_train, y_train, x_hold, y_hold, x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def unequal_members(digits):
+    """Members of different quality: a good one, an underfit one, an overconfident one."""
+    x_train, y_train, *_ = digits
+    good = LogisticRegression(C=1.0, max_iter=2000).fit(x_train, y_train)
+    weak = LogisticRegression(C=0.002, max_iter=2000).fit(x_train, y_train)
+    return {
+        "good": _dense_member(good.coef_, good.intercept_, "good", "softmax"),
+        "weak": _dense_member(weak.coef_, weak.intercept_, "weak", "softmax"),
+        "overconfident": _dense_member(6 * good.coef_, 6 * good.intercept_, "overconfident", "softmax"),
+    }
+
+
+def _ensemble(members, combiner, **kw):
+    return ensemble.build_ensemble(
+        [ensemble.load_member(m, name=n) for n, m in members.items()], combiner, **kw
+    )
+
+
+def test_fit_combiner_trains_only_the_combiner(digits, unequal_members):
+    _, _, x_hold, y_hold, x_test, _ = digits
+    model = _ensemble(unequal_members, combiners.StackingCombiner())
+    before = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])
+    history = fit_combiner(model, x_hold, y_hold, epochs=60, verbose=0)
+    after = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])
+    assert isinstance(history, keras.callbacks.History) and len(history.history["loss"]) == 60
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert after["nll"] < before["nll"]
+    # The ensemble predicts with the trained combiner: the head and the graph share it.
+    np.testing.assert_allclose(
+        model.predict(x_test, verbose=0)["prediction"],
+        ensemble.ensemble_combiner(model)(model.predict(x_test, verbose=0)["member_predictions"]),
+        atol=1e-6,
+    )
+
+
+def test_members_are_bit_identical_after_fitting(digits, unequal_members):
+    _, _, x_hold, y_hold, *_ = digits
+    model = _ensemble(unequal_members, combiners.StackingCombiner(passthrough=True))
+    members = ensemble.ensemble_members(model)
+    before = {m.name: [w.copy() for w in m.get_weights()] for m in members}
+    fit_combiner(model, x_hold, y_hold, epochs=5, verbose=0)
+    fit_stacking(model, x_hold, y_hold)
+    for m in members:
+        for w, original in zip(m.get_weights(), before[m.name]):
+            assert w.tobytes() == original.tobytes(), m.name
+
+
+@pytest.mark.parametrize("passthrough", [False, True], ids=["stack", "stack-passthrough"])
+def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passthrough):
+    _, _, x_hold, y_hold, x_test, _ = digits
+    model = _ensemble(unequal_members, combiners.StackingCombiner(passthrough=passthrough))
+    estimator = fit_stacking(model, x_hold, y_hold, C=0.5)
+    combiner = ensemble.ensemble_combiner(model)
+    level_one = LevelOneStore().predictions(model, x_test)
+    features = np.asarray(combiner.meta_features(level_one, x_test if passthrough else None))
+    np.testing.assert_allclose(
+        model.predict(x_test, verbose=0)["prediction"], estimator.predict_proba(features), atol=1e-5
+    )
+
+
+def test_sklearn_baked_binary_and_regression():
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    lr = LogisticRegression(max_iter=2000).fit(x[:200], y[:200])
+    members = {
+        "lr": _dense_member(lr.coef_, lr.intercept_, "lr", "sigmoid"),
+        "half": _dense_member(lr.coef_ / 2, lr.intercept_, "half", "sigmoid"),
+    }
+    model = _ensemble(members, combiners.StackingCombiner())
+    estimator = fit_stacking(model, x[200:400], y[200:400])
+    features = np.asarray(ensemble.ensemble_combiner(model).meta_features(
+        LevelOneStore().predictions(model, x[400:])))
+    np.testing.assert_allclose(
+        model.predict(x[400:], verbose=0)["prediction"], estimator.predict_proba(features), atol=1e-5
+    )
+
+    xr, yr = load_diabetes(return_X_y=True)
+    xr = xr.astype("float32")
+    ridge = Ridge(alpha=0.1).fit(xr[:200], yr[:200])
+    regressors = {
+        "ridge": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_), "ridge", None),
+        "shifted": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_ + 20), "shifted", None),
+    }
+    model = _ensemble(regressors, combiners.StackingCombiner(), task="regression")
+    estimator = fit_stacking(model, xr[200:350], yr[200:350], alpha=1e-3)
+    features = np.asarray(ensemble.ensemble_combiner(model).meta_features(
+        LevelOneStore().predictions(model, xr[350:])))
+    np.testing.assert_allclose(
+        model.predict(xr[350:], verbose=0)["prediction"][:, 0], np.ravel(estimator.predict(features)),
+        rtol=1e-5, atol=1e-3,
+    )
+
+
+def test_stacking_beats_the_mean_when_members_differ(digits, unequal_members):
+    _, _, x_hold, y_hold, x_test, y_test = digits
+    mean = _ensemble(unequal_members, combiners.MeanCombiner())
+    stack = _ensemble(unequal_members, combiners.StackingCombiner())
+    fit_stacking(stack, x_hold, y_hold)
+    mean_nll = classification_metrics(y_test, mean.predict(x_test, verbose=0)["prediction"])["nll"]
+    stack_nll = classification_metrics(y_test, stack.predict(x_test, verbose=0)["prediction"])["nll"]
+    assert stack_nll <= 0.9 * mean_nll, (stack_nll, mean_nll)
+
+
+@pytest.mark.parametrize("method", ["selection", "optimal"])
+def test_learned_mean_weights_end_up_in_the_config(digits, unequal_members, method):
+    _, _, x_hold, y_hold, x_test, y_test = digits
+    model = _ensemble(unequal_members, combiners.MeanCombiner())
+    uniform_nll = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])["nll"]
+    weights = fit_mean_weights(model, x_hold, y_hold, method=method)
+    combiner = ensemble.ensemble_combiner(model)
+    assert combiner.get_config()["weights"] == pytest.approx(list(weights))
+    out = model.predict(x_test, verbose=0)
+    expected = np.einsum("rmc,m->rc", out["member_predictions"], weights / weights.sum())
+    np.testing.assert_allclose(out["prediction"], expected, atol=1e-6)
+    fitted_nll = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])["nll"]
+    assert fitted_nll <= uniform_nll
+
+
+def test_level_one_store_computes_once_and_reuses_from_disk(tmp_path, digits, unequal_members):
+    _, _, x_hold, *_ = digits
+    model = _ensemble(unequal_members, combiners.MeanCombiner())
+    store = LevelOneStore(tmp_path / "cache", verbose=0)
+    first = store.predictions(model, x_hold)
+    assert len(store.computed) == 3
+    again = store.predictions(model, x_hold)
+    assert len(store.computed) == 3  # nothing recomputed
+    fresh = LevelOneStore(tmp_path / "cache", verbose=0)  # as a rerun in a new process
+    np.testing.assert_array_equal(fresh.predictions(model, x_hold), first)
+    assert fresh.computed == []
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, model.predict(x_hold, verbose=0)["member_predictions"], atol=1e-6)
+    fresh.predictions(model, x_hold[:10])  # other data: computed anew
+    assert len(fresh.computed) == 3
+
+
+def test_leakage_guard(tmp_path, digits, unequal_members, caplog):
+    x_train, y_train, x_hold, y_hold, *_ = digits
+    paths = {}
+    for name, member in unequal_members.items():
+        paths[name] = tmp_path / f"{name}.keras"
+        member.save(paths[name])
+        if name != "weak":
+            save_training_rows(str(paths[name]), x_train)
+    members = [ensemble.load_member(paths[n], name=n) for n in unequal_members]
+    model = ensemble.build_ensemble(members, combiners.StackingCombiner())
+    with pytest.raises(
+        ensemble.EnsembleError,
+        match=rf"trained member\(s\) \{{'good': {len(x_train)}, 'overconfident': {len(x_train)}\}}",
+    ):
+        fit_combiner(model, x_train, y_train, epochs=1, verbose=0)
+    mixed = np.concatenate([x_hold, x_train[:7]])
+    with pytest.raises(ensemble.EnsembleError, match=r"\{'good': 7, 'overconfident': 7\}"):
+        fit_stacking(model, mixed, np.concatenate([y_hold, y_train[:7]]))
+    assert check_leakage(model, mixed, allow_overlap=True) == {"good": 7, "overconfident": 7}
+    with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
+        fit_stacking(model, x_hold, y_hold)  # held-out rows: fine
+    assert check_leakage(model, x_hold) == {"good": 0, "overconfident": 0}
+
+
+TARGET_ERRORS = [
+    ("labels-outside", lambda y: y + 5, r"Expected class labels in \[0, 10\).*Received labels \[10, 11"),
+    ("wrong-length", lambda y: y[:-3], r"Expected y with one target per row of x \(\d+\). Received: \d+"),
+    ("regression-targets", lambda y: y + 0.5, r"Expected integer class labels.*non-integer values"),
+    ("one-hot", lambda y: np.eye(10)[y], r"Expected integer class labels, shape \(rows,\)"),
+]
+
+
+@pytest.mark.parametrize("name, make_y, match", TARGET_ERRORS, ids=[c[0] for c in TARGET_ERRORS])
+def test_target_errors(digits, unequal_members, name, make_y, match):
+    _, _, x_hold, y_hold, *_ = digits
+    model = _ensemble(unequal_members, combiners.StackingCombiner())
+    with pytest.raises(ensemble.EnsembleError, match=match):
+        fit_combiner(model, x_hold, make_y(y_hold), epochs=1, verbose=0)
+
+
+def test_nothing_to_fit_and_empty_split(digits, unequal_members):
+    _, _, x_hold, y_hold, *_ = digits
+    mean = _ensemble(unequal_members, combiners.MeanCombiner())
+    with pytest.raises(ensemble.EnsembleError, match=r"MeanCombiner .* has no trainable weights"):
+        fit_combiner(mean, x_hold, y_hold, verbose=0)
+    with pytest.raises(ensemble.EnsembleError, match=r"fit_stacking fits the default meta-model"):
+        fit_stacking(mean, x_hold, y_hold)
+    stack = _ensemble(unequal_members, combiners.StackingCombiner())
+    with pytest.raises(ensemble.EnsembleError, match=r"fit_mean_weights learns a MeanCombiner"):
+        fit_mean_weights(stack, x_hold, y_hold)
+    with pytest.raises(ensemble.EnsembleError, match="empty split"):
+        fit_combiner(stack, x_hold[:0], y_hold[:0], verbose=0)
