@@ -11,6 +11,10 @@
 
 Each first checks the targets and the leakage guard: rows that trained a
 member (as recorded by this project) are refused unless `allow_overlap=True`.
+Each also takes `level_one`, precomputed member predictions for `x` (the
+out-of-fold ones of `ensemble.oof`): the members then do not run, and the
+guard does not apply, since those predictions came from models that never
+saw their rows.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
 
 from combiners import MeanCombiner, StackingCombiner
 from combiners.base import Combiner
@@ -78,6 +82,7 @@ def fit_combiner(
     verbose: Any = "auto",
     optimizer: Any = None,
     store: LevelOneStore | None = None,
+    level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
     **fit_options: Any,
 ) -> keras.callbacks.History:
@@ -98,8 +103,7 @@ def fit_combiner(
             "a StackingCombiner has a meta-model to train."
         )
     targets = _check_targets(model, x, y)
-    check_leakage(model, x, allow_overlap=allow_overlap)
-    level_one = (store or LevelOneStore()).predictions(model, x)
+    level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
     head, inputs = _head(combiner, level_one, x)
     rows = len(level_one) if validation_split is None else int(len(level_one) * (1 - validation_split))
     head.compile(
@@ -122,18 +126,24 @@ def fit_stacking(
     x: Data,
     y: Any,
     *,
-    C: float = 1.0,
-    alpha: float = 1.0,
+    C: float | None = None,
+    alpha: float | None = None,
+    cv: int = 5,
     max_iter: int = 2000,
     store: LevelOneStore | None = None,
+    level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
-) -> LogisticRegression | Ridge:
+) -> Any:
     """Fit the default stacking meta-model the exact convex way and bake it into the graph.
 
     Classification: a multinomial `LogisticRegression(C=C)`; regression:
     `Ridge(alpha=alpha)`; both on the meta features the `StackingCombiner`
-    computes (`meta_features`). The ensemble's `prediction` then equals the
-    estimator's `predict_proba` / `predict` on those features.
+    computes (`meta_features`). With `C`/`alpha` None (the default), the
+    regularisation is chosen by `cv`-fold cross-validated log-loss (squared
+    error) with `LogisticRegressionCV` / `RidgeCV`: the meta-model has
+    members x classes^2 weights, which overfit the fitting rows otherwise.
+    The ensemble's `prediction` then equals the estimator's `predict_proba`
+    / `predict` on those features.
 
     Returns:
         The fitted scikit-learn estimator.
@@ -147,15 +157,19 @@ def fit_stacking(
                 combiner, StackingCombiner) else ".")
         )
     targets = _check_targets(model, x, y)
-    check_leakage(model, x, allow_overlap=allow_overlap)
-    level_one = (store or LevelOneStore()).predictions(model, x)
+    level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
     features = np.asarray(
         combiner.meta_features(level_one, flat_features(x) if combiner.needs_features else None),
         dtype="float64",
     )
     width = level_one.shape[-1]
     if ensemble_task(model) == "classification":
-        estimator: LogisticRegression | Ridge = LogisticRegression(C=C, max_iter=max_iter)
+        estimator: Any = (
+            LogisticRegression(C=C, max_iter=max_iter) if C is not None
+            else LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), l1_ratios=(0.0,), cv=cv,
+                                      scoring="neg_log_loss", use_legacy_attributes=False,
+                                      max_iter=max_iter)
+        )
         estimator.fit(features, targets)
         missing = sorted(set(range(width)) - {int(c) for c in estimator.classes_})
         if missing:
@@ -168,7 +182,9 @@ def fit_stacking(
             kernel = np.hstack([np.zeros_like(kernel), kernel])
             bias = np.concatenate([[0.0], bias])
     else:
-        estimator = Ridge(alpha=alpha).fit(features, targets)
+        estimator = (
+            Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 4, 17), cv=cv)
+        ).fit(features, targets)
         kernel = np.atleast_2d(estimator.coef_).T
         bias = np.atleast_1d(estimator.intercept_)
     dense = combiner.meta_model_
@@ -187,6 +203,7 @@ def fit_mean_weights(
     method: str = "selection",
     rounds: int = 50,
     store: LevelOneStore | None = None,
+    level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
 ) -> np.ndarray:
     """Learn the weights of the ensemble's `MeanCombiner` on `(x, y)` and set them.
@@ -208,8 +225,7 @@ def fit_mean_weights(
     if method not in ("selection", "optimal"):
         raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
     targets = _check_targets(model, x, y)
-    check_leakage(model, x, allow_overlap=allow_overlap)
-    level_one = (store or LevelOneStore()).predictions(model, x).astype("float64")
+    level_one = _level_one(model, x, targets, store, level_one, allow_overlap).astype("float64")
     task = ensemble_task(model)
     weights = (
         ensemble_selection(level_one, targets, task=task, rounds=rounds)
@@ -218,6 +234,28 @@ def fit_mean_weights(
     )
     _set_weights(model, combiner, weights)
     return weights
+
+
+def _level_one(
+    model: keras.Model,
+    x: Data,
+    targets: np.ndarray,
+    store: LevelOneStore | None,
+    level_one: np.ndarray | None,
+    allow_overlap: bool,
+) -> np.ndarray:
+    """The members' predictions on `x`: given (out-of-fold), or from the store after the guard."""
+    if level_one is None:
+        check_leakage(model, x, allow_overlap=allow_overlap)
+        return (store or LevelOneStore()).predictions(model, x)
+    members = len(ensemble_members(model))
+    width = int(model.output["prediction"].shape[-1])
+    if np.shape(level_one) != (len(targets), members, width):
+        raise EnsembleError(
+            f"Expected level_one of shape (rows, members, width) = {(len(targets), members, width)}. "
+            f"Received: {np.shape(level_one)}"
+        )
+    return np.asarray(level_one, dtype="float32")
 
 
 def _set_weights(model: keras.Model, combiner: Combiner, weights: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from ensemble.data import Dataset
 from ensemble.fingerprint import save_training_rows
 
-__all__ = ["ZOO", "ZooMember", "ensure_zoo"]
+__all__ = ["ZOO", "ZooMember", "ensure_zoo", "fit_predict", "train_member"]
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +76,46 @@ def ensure_zoo(directory: str, data: Dataset, names: list[str] | None = None) ->
     os.makedirs(directory, exist_ok=True)
     trained = []
     for name in names or list(ZOO):
-        spec = ZOO[name]
-        path = os.path.join(directory, spec.filename)
+        path = os.path.join(directory, ZOO[name].filename)
         if os.path.exists(path):
             continue
         log.info("Training zoo member %r into %s", name, path)
-        keras.utils.set_random_seed(spec.seed)
-        model = spec.build(data.x_train.shape[1], data.classes, data.x_train)
-        from_logits = model.layers[-1].activation is keras.activations.linear
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        )
-        model.fit(data.x_train, data.y_train, epochs=spec.epochs, batch_size=64, verbose=0)
+        model = train_member(name, data.x_train, data.y_train, data.classes)
         save_training_rows(path, data.x_train)  # what the leakage guard checks; before the
         _save(model, path)                       # model, so no member is ever without it
         trained.append(name)
     return trained
+
+
+def train_member(name: str, x: np.ndarray, y: np.ndarray, classes: int) -> keras.Model:
+    """A freshly trained zoo member `name` on `(x, y)`, seeded by its spec."""
+    spec = ZOO[name]
+    keras.utils.set_random_seed(spec.seed)
+    model = spec.build(x.shape[1], classes, x)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=emits_logits(model)),
+    )
+    model.fit(x, y, epochs=spec.epochs, batch_size=64, verbose=0)
+    return model
+
+
+def emits_logits(model: keras.Model) -> bool:
+    return model.layers[-1].activation is keras.activations.linear
+
+
+def fit_predict(name: str, classes: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """For out-of-fold stacking: train a fresh `name` on some rows, return probabilities on others."""
+
+    def run(x_train: np.ndarray, y_train: np.ndarray, x_predict: np.ndarray) -> np.ndarray:
+        model = train_member(name, x_train, y_train, classes)
+        output = np.asarray(model.predict(x_predict, batch_size=256, verbose=0), dtype="float64")
+        if emits_logits(model):
+            output = np.exp(output - output.max(-1, keepdims=True))
+            output /= output.sum(-1, keepdims=True)
+        return output
+
+    return run
 
 
 def _save(model: keras.Model, path: str) -> None:

@@ -20,6 +20,7 @@ from sklearn import datasets
 import combiners
 from ensemble import EnsembleError
 from ensemble.data import SKLEARN_DATASETS, Dataset, load_dataset
+from experiments.common import FIT_METHODS, make_combiner
 from experiments.compose import load_members
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,8 @@ COMBINER_CLASSES = {
     "mean": combiners.MeanCombiner,
     "vote": combiners.VoteCombiner,
     "stack": combiners.StackingCombiner,
+    "select": combiners.MeanCombiner,
+    "weighted": combiners.MeanCombiner,
 }
 
 
@@ -80,7 +83,8 @@ def combiner_config(compose_config: Any, option: str) -> Any:
 @pytest.mark.parametrize("option", options("combiner"), ids=options("combiner"))
 def test_combiner_option_instantiates(compose_config: Any, option: str) -> None:
     cfg = combiner_config(compose_config, option)
-    combiner = instantiate(cfg.combiner)
+    combiner, fit = make_combiner(cfg.combiner)
+    assert fit is None or fit["method"] in FIT_METHODS
 
     expected = COMBINER_CLASSES.get(option, get_class(cfg.combiner._target_))
     assert type(combiner) is expected
@@ -99,8 +103,10 @@ def test_combiner_option_instantiates(compose_config: Any, option: str) -> None:
 def test_combiner_arguments_are_handed_over_as_plain_values(compose_config: Any, option: str) -> None:
     # A ListConfig kept by a layer cannot be saved to `.keras`; `_convert_: all` prevents it.
     cfg = combiner_config(compose_config, option)
-    # The same config with a target that just returns the arguments it is given.
-    arguments = instantiate(cfg.combiner, _target_="builtins.dict")
+    # The same config with a target that just returns the arguments it is given
+    # (less the `fit:` block, which tells train_meta how to fit the layer).
+    layer = OmegaConf.masked_copy(cfg.combiner, [k for k in cfg.combiner if k != "fit"])
+    arguments = instantiate(layer, _target_="builtins.dict")
     assert_plain(arguments)
     if "weights" in cfg.combiner:
         assert type(arguments["weights"]) is list

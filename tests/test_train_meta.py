@@ -1,0 +1,91 @@
+"""experiments.train_meta: both leak-free regimes end to end, on wine to stay quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize
+from hydra.core.global_hydra import GlobalHydra
+
+import ensemble
+from ensemble.fingerprint import row_hashes
+from experiments.train_meta import run
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(*overrides: str):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize(version_base="1.3", config_path="../conf"):
+            return compose("train_meta", overrides=["data=wine", "export=none", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("meta") / "zoo"
+
+
+def test_holdout_regime_fits_on_the_holdout_split_only(zoo, tmp_path):
+    cfg = config(f"zoo.dir={zoo}")
+    result = run(cfg, output_dir=str(tmp_path))
+    assert result["regime"] == "holdout" and result["combiner"] == "StackingCombiner"
+    assert result["fit_rows"] == result["data"]["rows"]["holdout"]
+    assert set(result) >= {"members", "mean", "ensemble", "task", "fit"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    # The members' training-row records exist, and the fitting rows avoid them.
+    for name in ("mlp", "wide", "linear"):
+        assert any(p.name.startswith(name) and p.name.endswith(".training_rows.npy") for p in zoo.iterdir())
+
+
+def test_select_records_its_weights(zoo, tmp_path):
+    result = run(config(f"zoo.dir={zoo}", "combiner=select"), output_dir=str(tmp_path))
+    weights = result["weights"]
+    assert sorted(weights) == ["linear", "mlp", "wide"]
+    assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
+    assert result["ensemble"]["nll"] <= max(m["nll"] for m in result["members"].values())
+
+
+def test_oof_regime(zoo, tmp_path):
+    result = run(config(f"zoo.dir={zoo}", "meta.regime=oof", "meta.cv=3"), output_dir=str(tmp_path))
+    rows = result["data"]["rows"]
+    assert result["regime"] == "oof" and result["fit_rows"] == rows["train"] + rows["holdout"]
+    saved = np.load(tmp_path / "oof_predictions.npz")
+    assert saved["predictions"].shape == (result["fit_rows"], 3, 3)
+    assert sorted(np.unique(saved["folds"])) == [0, 1, 2]
+    np.testing.assert_allclose(saved["predictions"].sum(-1), 1.0, atol=1e-5)
+    # The final members retrained on every fitting row, and their records say so: fitting on
+    # those rows without the out-of-fold predictions would be refused by the guard.
+    final = zoo / "oof_final"
+    member = ensemble.load_member(final / "mlp.keras", name="mlp")
+    data = ensemble.data.load_dataset("wine")
+    fitted = np.concatenate([data.x_train, data.x_holdout])
+    assert np.isin(row_hashes(fitted), member.training_rows).all()
+    assert not np.isin(row_hashes(data.x_test), member.training_rows).any()
+
+
+def test_oof_refuses_members_it_cannot_retrain(zoo, tmp_path):
+    cfg = config(f"zoo.dir={zoo}", "meta.regime=oof", "+members.outsider.source=/nowhere.keras")
+    with pytest.raises(ensemble.EnsembleError, match=r"member\(s\) \['outsider'\] are files from elsewhere"):
+        run(cfg, output_dir=str(tmp_path))
+
+
+def test_sweep_from_the_command_line(zoo, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train_meta", "-m", "combiner=stack,weighted", "data=wine",
+         "export=none", f"zoo.dir={zoo}", f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    combiners = [json.loads((tmp_path / str(i) / "metrics.json").read_text())["combiner"] for i in (0, 1)]
+    assert combiners == ["StackingCombiner", "MeanCombiner"]
