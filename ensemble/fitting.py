@@ -26,6 +26,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
 
 from combiners import MeanCombiner, StackingCombiner
@@ -105,17 +106,28 @@ def fit_combiner(
     targets = _check_targets(model, x, y)
     level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
     head, inputs = _head(combiner, level_one, x)
-    rows = len(level_one) if validation_split is None else int(len(level_one) * (1 - validation_split))
+    rows = len(targets)
+    train_rows = rows - int(rows * (validation_split or 0.0))  # Keras' rule: the last rows validate
+    if train_rows < 1:
+        raise EnsembleError(f"validation_split={validation_split} leaves no row to train on.")
     head.compile(
         optimizer=optimizer or keras.optimizers.Adam(learning_rate=0.01),
         loss=("sparse_categorical_crossentropy" if ensemble_task(model) == "classification"
               else "mean_squared_error"),
         # One compiled call per epoch: the head is tiny, Python overhead dominates.
-        steps_per_execution=max(1, min(64, math.ceil(max(rows, 1) / batch_size))),
+        steps_per_execution=max(1, min(64, math.ceil(train_rows / batch_size))),
     )
+    shuffle = fit_options.pop("shuffle", True)
+    train = _dataset(keras.tree.map_structure(lambda a: a[:train_rows], inputs),
+                     targets[:train_rows], batch_size, shuffle)
+    validation = None
+    if train_rows < rows:
+        validation = _dataset(keras.tree.map_structure(lambda a: a[train_rows:], inputs),
+                              targets[train_rows:], batch_size, shuffle=False)
     history: keras.callbacks.History = head.fit(
-        inputs, targets, epochs=epochs, batch_size=batch_size, verbose=verbose,
-        validation_split=validation_split or 0.0, **fit_options,
+        # shuffle=False: the pipeline shuffles itself; Keras would only warn that it can't.
+        train, epochs=epochs, verbose=verbose, validation_data=validation, shuffle=False,
+        **fit_options,
     )
     _drop_compiled(model)
     return history
@@ -268,6 +280,16 @@ def _drop_compiled(model: keras.Model) -> None:
     model.predict_function = None
     model.train_function = None
     model.test_function = None
+
+
+def _dataset(inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool) -> Any:
+    """The head's input pipeline, built once: Keras' array adapter rebuilds its iterator every
+    epoch, which costs more than a whole epoch of a small head (about 3x over 100 epochs)."""
+    features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets)).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(targets), reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[keras.Model, Any]:

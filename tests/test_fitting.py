@@ -77,6 +77,19 @@ def test_fit_combiner_trains_only_the_combiner(digits, unequal_members):
     )
 
 
+def test_fit_combiner_validation_split_holds_out_the_last_rows(digits, unequal_members):
+    _, _, x_hold, y_hold, *_ = digits
+    model = _ensemble(unequal_members, combiners.StackingCombiner())
+    history = fit_combiner(model, x_hold, y_hold, epochs=3, validation_split=0.25, verbose=0)
+    assert len(history.history["val_loss"]) == 3
+    head_loss = keras.losses.SparseCategoricalCrossentropy()
+    tail = int(len(y_hold) * 0.25)
+    final = float(head_loss(y_hold[-tail:], model.predict(x_hold[-tail:], verbose=0)["prediction"]))
+    assert final == pytest.approx(history.history["val_loss"][-1], rel=1e-4)
+    with pytest.raises(ensemble.EnsembleError, match="leaves no row to train on"):
+        fit_combiner(model, x_hold, y_hold, epochs=1, validation_split=1.0, verbose=0)
+
+
 def test_members_are_bit_identical_after_fitting(digits, unequal_members):
     _, _, x_hold, y_hold, *_ = digits
     model = _ensemble(unequal_members, combiners.StackingCombiner(passthrough=True))
