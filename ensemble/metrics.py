@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn import metrics
 
-__all__ = ["classification_metrics", "expected_calibration_error", "regression_metrics"]
+from ensemble.errors import EnsembleError
+
+__all__ = [
+    "classification_metrics",
+    "disagreement",
+    "expected_calibration_error",
+    "gaussian_nll",
+    "regression_metrics",
+]
+
+# A predicted standard deviation of 0 would make the likelihood infinite; floor it instead.
+_MIN_STD = 1e-6
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -38,11 +51,48 @@ def expected_calibration_error(
     return float(gap)
 
 
-def regression_metrics(y_true: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """RMSE and MAE over all targets."""
+def regression_metrics(
+    y_true: np.ndarray, prediction: np.ndarray, std: np.ndarray | None = None
+) -> dict[str, float]:
+    """RMSE and MAE over all targets; with a predicted `std`, also the Gaussian NLL."""
     y_true = np.asarray(y_true, dtype="float64").reshape(len(prediction), -1)
     prediction = np.asarray(prediction, dtype="float64").reshape(len(y_true), -1)
-    return {
+    result = {
         "rmse": float(metrics.root_mean_squared_error(y_true, prediction)),
         "mae": float(metrics.mean_absolute_error(y_true, prediction)),
     }
+    if std is not None:
+        result["nll"] = gaussian_nll(y_true, prediction, std)
+    return result
+
+
+def gaussian_nll(y_true: np.ndarray, mean: np.ndarray, std: np.ndarray | float) -> float:
+    """Mean negative log-likelihood of `y_true` under independent N(mean, std**2), over all rows
+    and targets; `std` (an array like `mean`, or one number) is floored at 1e-6."""
+    mean = np.asarray(mean, dtype="float64")
+    mean = mean.reshape(len(mean), -1)
+    # Reshaped, not broadcast: targets of shape (rows,) against (rows, 1) must not become (rows, rows).
+    y_true = np.asarray(y_true, dtype="float64").reshape(mean.shape)
+    std = np.asarray(std, dtype="float64")
+    std = np.maximum(std if std.ndim == 0 else std.reshape(mean.shape), _MIN_STD)
+    z = (y_true - mean) / std
+    return float(np.mean(0.5 * z**2 + np.log(std) + 0.5 * math.log(2 * math.pi)))
+
+
+def disagreement(member_probabilities: np.ndarray, prediction: np.ndarray) -> float:
+    """Mean over rows of the fraction of members whose top class differs from the ensemble's.
+
+    `member_probabilities` is `(rows, members, classes)` (the ensemble's `member_predictions`),
+    `prediction` is `(rows, classes)`; ties go to the lowest class index, as in `np.argmax`.
+    """
+    member_probabilities = np.asarray(member_probabilities)
+    prediction = np.asarray(prediction)
+    if member_probabilities.ndim != 3 or prediction.shape != (
+        member_probabilities.shape[0], member_probabilities.shape[2]
+    ):
+        raise EnsembleError(
+            "Expected member_probabilities of shape (rows, members, classes) and prediction of "
+            f"shape (rows, classes). Received: {member_probabilities.shape} and {prediction.shape}."
+        )
+    differs = member_probabilities.argmax(-1) != prediction.argmax(-1)[:, None]
+    return float(differs.mean())

@@ -1,19 +1,24 @@
-"""What the experiment scripts share: members and combiners from config, fitting, evaluation, export."""
+"""What the experiment scripts share: members and combiners from config, the leak-free fit,
+evaluation, export, and the comparison table after a sweep."""
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import logging
 import os
 from typing import Any
 
 import numpy as np
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from combiners import Combiner
 from ensemble import (
     EnsembleError,
+    build_ensemble,
     export_saved_model,
     export_tflite,
     load_member,
@@ -22,22 +27,43 @@ from ensemble import (
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
 from ensemble.fitting import fit_combiner, fit_mean_weights, fit_stacking
+from ensemble.level_one import LevelOneStore
 from ensemble.metrics import classification_metrics, regression_metrics
+from ensemble.oof import stack_out_of_fold
+from experiments.zoo import ensure_zoo, fit_predict, member_entries
 
 __all__ = [
     "FIT_METHODS",
+    "REGIMES",
+    "SweepComparison",
+    "build_and_fit",
     "evaluate",
     "export",
     "finish",
     "fit_from_config",
     "load_members",
     "make_combiner",
+    "members_config",
     "print_table",
 ]
 
 log = logging.getLogger(__name__)
 
 FIT_METHODS = ("sklearn", "keras", "selection", "optimal")
+REGIMES = ("holdout", "oof")
+HIGHER_IS_BETTER = frozenset({"accuracy"})
+
+
+def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None) -> DictConfig:
+    """The members to load: the `members` option (your files), else the zoo's, trained where
+    missing (into `directory`, default `zoo.dir`)."""
+    if cfg.get("members"):
+        return cfg.members
+    directory = directory or str(cfg.zoo.dir)
+    if cfg.zoo.train_missing:
+        ensure_zoo(cfg.zoo, data, directory)
+    zoo = OmegaConf.merge(cfg.zoo, {"dir": directory})
+    return member_entries(zoo, data)
 
 
 def load_members(members: DictConfig) -> list[Any]:
@@ -88,19 +114,96 @@ def fit_from_config(
         fit_mean_weights(model, x, y, method=method, level_one=level_one, **options)
 
 
-def evaluate(model: Any, data: Dataset, batch_size: int) -> dict[str, Any]:
-    """Metrics of every member, their plain mean, and the ensemble on the test split."""
-    outputs = model.predict(data.x_test, batch_size=batch_size, verbose=0)
-    score = classification_metrics if data.task == "classification" else regression_metrics
-    names = [member.name for member in ensemble_members(model)]
-    members = {
-        name: score(data.y_test, outputs["member_predictions"][:, i])
-        for i, name in enumerate(names)
+def build_and_fit(cfg: DictConfig, data: Dataset, output_dir: str | None) -> tuple[Any, dict[str, Any]]:
+    """Members, the ensemble, and its combiner fitted per `cfg.meta.regime`, never on rows a
+    member trained on. Returns the model and what to record about the fit."""
+    regime = cfg.meta.regime
+    if regime not in REGIMES:
+        raise EnsembleError(f"meta.regime: expected one of {REGIMES}. Received: {regime!r}")
+    combiner, fit = make_combiner(cfg.combiner)
+    task = cfg.task or data.task
+    if regime == "holdout":
+        members = members_config(cfg, data)
+        x_fit, y_fit, level_one = data.x_holdout, data.y_holdout, None
+    else:
+        if cfg.get("members"):
+            raise EnsembleError(
+                "meta.regime=oof retrains members in each fold, which needs members this project "
+                f"can build (the zoo); members={list(cfg.members)} are files from elsewhere. "
+                "Use meta.regime=holdout."
+            )
+        x_fit = np.concatenate([data.x_train, data.x_holdout])
+        y_fit = np.concatenate([data.y_train, data.y_holdout])
+        everything = dataclasses.replace(data, x_train=x_fit, y_train=y_fit)
+        names = list(member_entries(cfg.zoo, data))
+        level_one, folds = stack_out_of_fold(
+            {name: fit_predict(name, cfg.zoo.members[name], everything) for name in names},
+            x_fit, y_fit, cv=cfg.meta.cv, task=data.task, seed=data.split["seed"],
+        )
+        if output_dir is not None:
+            np.savez(os.path.join(output_dir, "oof_predictions.npz"), predictions=level_one,
+                     folds=folds, y=y_fit, members=np.array(names))
+        # The final members retrain on every row the folds used.
+        members = members_config(cfg, everything, os.path.join(str(cfg.zoo.dir), "oof_final"))
+
+    model = build_ensemble(load_members(members), combiner, task=task)
+    if level_one is None:
+        cache = os.path.join(output_dir, "level_one") if output_dir else None
+        level_one = LevelOneStore(cache, verbose=0).predictions(model, x_fit)
+    fit_from_config(model, fit, x_fit, y_fit, level_one=level_one)
+    record: dict[str, Any] = {
+        "task": task,
+        "combiner": type(combiner).__name__,
+        "fit": fit,
+        "regime": regime,
+        "fit_rows": int(len(y_fit)),
     }
+    weights = getattr(combiner, "member_weights", None)
+    if weights is not None:
+        record["weights"] = dict(zip([m.name for m in ensemble_members(model)], weights))
+    if task == "regression":
+        record["noise_variance"] = _noise_variance(model, level_one, x_fit, y_fit)
+    return model, record
+
+
+def _noise_variance(model: Any, level_one: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """The variance the members' spread misses, measured on the fitting rows: the ensemble's
+    predictive variance is spread^2 plus this (the members' spread alone is overconfident)."""
+    out = model.predict(x, verbose=0)
+    residual = (np.reshape(y, out["prediction"].shape) - out["prediction"]) ** 2
+    return float(max(np.mean(residual - out["std"] ** 2), 0.0))
+
+
+def evaluate(model: Any, data: Dataset, batch_size: int, noise_variance: float | None = None,
+             fit_x: Any = None, fit_y: Any = None) -> dict[str, Any]:
+    """Metrics of every member, their plain mean, and the ensemble on the test split.
+
+    Regression NLL: each member's (and the mean's) predictive std is its RMSE on the
+    fitting rows; the ensemble's is sqrt(spread^2 + noise_variance).
+    """
+    outputs = model.predict(data.x_test, batch_size=batch_size, verbose=0)
+    names = [member.name for member in ensemble_members(model)]
+    members_out = outputs["member_predictions"]
+    if data.task == "classification":
+        return {
+            "members": {n: classification_metrics(data.y_test, members_out[:, i]) for i, n in enumerate(names)},
+            "mean": classification_metrics(data.y_test, members_out.mean(axis=1)),
+            "ensemble": classification_metrics(data.y_test, outputs["prediction"]),
+        }
+    fit_out = model.predict(fit_x, batch_size=batch_size, verbose=0) if fit_x is not None else None
+
+    def rmse_std(i: int | None) -> np.ndarray | None:
+        if fit_out is None:
+            return None
+        fitted = fit_out["member_predictions"].mean(1) if i is None else fit_out["member_predictions"][:, i]
+        rmse = np.sqrt(np.mean((np.reshape(fit_y, fitted.shape) - fitted) ** 2, axis=0))
+        return np.broadcast_to(rmse, members_out[:, 0].shape)
+
+    std = None if noise_variance is None else np.sqrt(outputs["std"] ** 2 + noise_variance)
     return {
-        "members": members,
-        "mean": score(data.y_test, outputs["member_predictions"].mean(axis=1)),
-        "ensemble": score(data.y_test, outputs["prediction"]),
+        "members": {n: regression_metrics(data.y_test, members_out[:, i], rmse_std(i)) for i, n in enumerate(names)},
+        "mean": regression_metrics(data.y_test, members_out.mean(axis=1), rmse_std(None)),
+        "ensemble": regression_metrics(data.y_test, outputs["prediction"], std),
     }
 
 
@@ -152,3 +255,39 @@ def finish(
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def comparison_table(sweep_dir: str) -> str:
+    """A markdown table of every job's ensemble metrics in a sweep directory."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "metrics.json")),
+                       key=lambda p: int(os.path.basename(os.path.dirname(p))) if
+                       os.path.basename(os.path.dirname(p)).isdigit() else 0):
+        with open(path) as f:
+            result = json.load(f)
+        overrides_file = os.path.join(os.path.dirname(path), ".hydra", "overrides.yaml")
+        overrides = OmegaConf.load(overrides_file) if os.path.exists(overrides_file) else []
+        rows.append((" ".join(str(o) for o in overrides) or result.get("combiner", "?"), result))
+    if not rows:
+        return ""
+    metrics = list(rows[0][1]["ensemble"])
+    members = rows[0][1]["members"].values()  # every job of a sweep shares the members
+    best = {m: (max if m in HIGHER_IS_BETTER else min)(v[m] for v in members) for m in metrics}
+    lines = ["| job | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for label, result in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{result['ensemble'][m]:.4f}" for m in metrics) + " |")
+    lines.append("| best single member (per metric) | " +
+                 " | ".join(f"{best[m]:.4f}" for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class SweepComparison(Callback):  # type: ignore[misc]
+    """After a multirun, writes `comparison.md` into the sweep directory and prints it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        table = comparison_table(sweep_dir)
+        if table:
+            with open(os.path.join(sweep_dir, "comparison.md"), "w") as f:
+                f.write(table)
+            print(f"\nComparison across the sweep ({sweep_dir}/comparison.md):\n{table}")

@@ -1,10 +1,9 @@
 """Compose an ensemble from member files named in config, print it, evaluate it, export it.
 
-    python -m experiments.compose                       # the demo zoo on digits
-    python -m experiments.compose combiner=vote         # another combiner
-    python -m experiments.compose members=my_members    # conf/members/my_members.yaml
+    python -m experiments.compose members=my_members     # conf/members/my_members.yaml
+    python -m experiments.compose combiner=vote          # the zoo, hard voting
 
-The combiner is used as configured (its `fit:` block is for train_meta).
+The combiner is used as configured, nothing is fitted (see experiments.train_meta).
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from omegaconf import DictConfig
 
 from ensemble import build_ensemble
 from ensemble.data import Dataset
-from experiments.common import evaluate, finish, load_members, make_combiner, print_table
-from experiments.zoo import ZOO, ensure_zoo
+from experiments.common import evaluate, finish, load_members, make_combiner, members_config, print_table
 
 __all__ = ["load_members", "run"]
 
@@ -28,16 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
-    """Build the configured ensemble, evaluate it on the test split, write metrics.json, export."""
+    """Build the configured ensemble, evaluate it on the test split, export, write metrics.json."""
     data: Dataset = instantiate(cfg.data)
-    if cfg.zoo.train_missing and any(
-        str(spec.source).startswith(str(cfg.zoo.dir)) for spec in cfg.members.values()
-    ):
-        ensure_zoo(cfg.zoo.dir, data, [n for n in cfg.members if n in ZOO])
     combiner, _ = make_combiner(cfg.combiner)
-    model = build_ensemble(load_members(cfg.members), combiner, task=cfg.task)
+    model = build_ensemble(load_members(members_config(cfg, data)), combiner, task=cfg.task or data.task)
     model.summary()
-
     scores = evaluate(model, data, cfg.batch_size)
     result: dict[str, Any] = {
         "task": data.task,

@@ -1,8 +1,10 @@
-"""The demo member zoo: small, honestly different models saved as separate runs would save them.
+"""The member zoo from config (`conf/zoo`, `conf/member`): trained properly, saved as separate
+runs would save them, with a record of their training rows for the leakage guard.
 
-Each member keeps its preprocessing inside the model (a `Normalization`
-layer), so the ensemble takes raw features. Formats are mixed on purpose:
-a `.keras` file, a legacy HDF5 file, and a SavedModel from `model.export`.
+Each member keeps its preprocessing inside the model, trains with early
+stopping on its own validation split (best weights kept), and is saved in its
+configured format: a `.keras` file, a legacy `.h5` file, or a SavedModel
+directory (`model.export`).
 """
 
 from __future__ import annotations
@@ -11,106 +13,105 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from sklearn.model_selection import train_test_split
 
+from ensemble import EnsembleError
 from ensemble.data import Dataset
 from ensemble.fingerprint import save_training_rows
 
-__all__ = ["ZOO", "ZooMember", "ensure_zoo", "fit_predict", "train_member"]
+__all__ = ["EXTENSIONS", "ensure_zoo", "fit_predict", "member_entries", "train_member"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ZooMember:
-    """How to build, train and save one demo member."""
-
-    filename: str
-    build: Callable[[int, int, np.ndarray], keras.Model]
-    epochs: int
-    seed: int
+EXTENSIONS = {"keras": ".keras", "h5": ".h5", "saved_model": "_savedmodel"}
 
 
-def _normalized_input(features: int, x_train: np.ndarray) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    inputs = keras.Input((features,), name="pixels")
-    # A feature constant in training (digits has blank border pixels) keeps scale 1, as in
-    # sklearn's StandardScaler: Normalization's own adapt would divide it by 1e-7, and one
-    # nonzero test value would then saturate the member into a probability-0 mistake.
-    variance = x_train.var(axis=0)
-    variance = np.where(variance > 0, variance, 1.0)
-    normalize = keras.layers.Normalization(mean=x_train.mean(axis=0), variance=variance)
-    return inputs, normalize(inputs)
+def member_entries(zoo: DictConfig, data: Dataset) -> DictConfig:
+    """The zoo as a members config (`name: {source, format, options}`) for `load_member`.
+
+    Members whose architecture cannot take this data (a CNN over images of
+    another size) are left out, with a log line.
+    """
+    entries: dict[str, Any] = {}
+    for name, spec in zoo.members.items():
+        if not _fits(spec, data):
+            log.info("Zoo member %r skipped: %s", name, _fits_reason(spec, data))
+            continue
+        output = None
+        if data.task == "classification":
+            output = "logits" if spec.build.get("logits", False) else "probabilities"
+        entries[str(name)] = {
+            "source": _path(zoo.dir, str(name), spec),
+            "format": spec.format,
+            "options": {"output": output} if output else {},
+        }
+    return OmegaConf.create(entries)
 
 
-def _mlp(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
-    inputs, x = _normalized_input(features, x_train)
-    x = keras.layers.Dense(64, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
-
-
-def _wide_logits(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
-    inputs, x = _normalized_input(features, x_train)
-    x = keras.layers.Dropout(0.2)(keras.layers.Dense(256, activation="relu")(x))
-    return keras.Model(inputs, keras.layers.Dense(classes)(x))  # emits logits
-
-
-def _linear(features: int, classes: int, x_train: np.ndarray) -> keras.Model:
-    inputs, x = _normalized_input(features, x_train)
-    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
-
-
-ZOO: dict[str, ZooMember] = {
-    "mlp": ZooMember("mlp.keras", _mlp, epochs=40, seed=1),
-    "wide": ZooMember("wide.h5", _wide_logits, epochs=30, seed=2),
-    "linear": ZooMember("linear_savedmodel", _linear, epochs=60, seed=3),
-}
-
-
-def ensure_zoo(directory: str, data: Dataset, names: list[str] | None = None) -> list[str]:
-    """Train and save the zoo members missing from `directory`; returns the ones it trained."""
-    if data.task != "classification" or data.classes is None:
-        raise ValueError(f"The demo zoo holds classifiers; dataset {data.name!r} is {data.task}.")
+def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> list[str]:
+    """Train and save the zoo members missing from `directory` (default `zoo.dir`) on
+    `data.x_train`; returns the names it trained."""
+    directory = directory or str(zoo.dir)
     os.makedirs(directory, exist_ok=True)
     trained = []
-    for name in names or list(ZOO):
-        path = os.path.join(directory, ZOO[name].filename)
-        if os.path.exists(path):
+    for name, spec in zoo.members.items():
+        path = _path(directory, str(name), spec)
+        if not _fits(spec, data) or os.path.exists(path):
             continue
-        log.info("Training zoo member %r into %s", name, path)
-        model = train_member(name, data.x_train, data.y_train, data.classes)
+        log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
+        model = train_member(str(name), spec, data.x_train, data.y_train, data)
         save_training_rows(path, data.x_train)  # what the leakage guard checks; before the
-        _save(model, path)                       # model, so no member is ever without it
-        trained.append(name)
+        _save(model, path, spec.format)          # model, so no member is ever without it
+        trained.append(str(name))
     return trained
 
 
-def train_member(name: str, x: np.ndarray, y: np.ndarray, classes: int) -> keras.Model:
-    """A freshly trained zoo member `name` on `(x, y)`, seeded by its spec."""
-    spec = ZOO[name]
-    keras.utils.set_random_seed(spec.seed)
-    model = spec.build(x.shape[1], classes, x)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=emits_logits(model)),
+def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: Dataset) -> keras.Model:
+    """A freshly trained member: early stopping on a validation split of `(x, y)`."""
+    train = spec.train
+    keras.utils.set_random_seed(int(train.seed))
+    classification = data.task == "classification"
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        x, y, test_size=train.validation_fraction, random_state=int(train.seed),
+        stratify=y if classification else None,
     )
-    model.fit(x, y, epochs=spec.epochs, batch_size=64, verbose=0)
+    width = int(data.classes) if classification else int(np.reshape(y, (len(y), -1)).shape[1])
+    try:
+        model = instantiate(spec.build)(x_fit, y_fit, task=data.task, width=width)
+    except Exception as error:
+        raise EnsembleError(f"Zoo member {name!r}: its build config fails: {error}") from error
+    logits = bool(spec.build.get("logits", False))
+    model.compile(
+        optimizer=keras.optimizers.Adam(float(train.learning_rate)),
+        loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=logits) if classification
+              else keras.losses.MeanSquaredError()),
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=int(train.patience), restore_best_weights=True
+    )
+    history = model.fit(
+        x_fit, y_fit, validation_data=(x_val, y_val), epochs=int(train.epochs),
+        batch_size=int(train.batch_size), callbacks=[stop], verbose=0,
+    )
+    log.info("Zoo member %r: %d epochs, best val_loss %.4f", name, len(history.history["loss"]),
+             min(history.history["val_loss"]))
     return model
 
 
-def emits_logits(model: keras.Model) -> bool:
-    return model.layers[-1].activation is keras.activations.linear
-
-
-def fit_predict(name: str, classes: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """For out-of-fold stacking: train a fresh `name` on some rows, return probabilities on others."""
+def fit_predict(name: str, spec: DictConfig, data: Dataset) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """For out-of-fold stacking: train a fresh member on some rows, predict others (probabilities
+    for a classifier)."""
 
     def run(x_train: np.ndarray, y_train: np.ndarray, x_predict: np.ndarray) -> np.ndarray:
-        model = train_member(name, x_train, y_train, classes)
+        model = train_member(name, spec, x_train, y_train, data)
         output = np.asarray(model.predict(x_predict, batch_size=256, verbose=0), dtype="float64")
-        if emits_logits(model):
+        if spec.build.get("logits", False):
             output = np.exp(output - output.max(-1, keepdims=True))
             output /= output.sum(-1, keepdims=True)
         return output
@@ -118,13 +119,33 @@ def fit_predict(name: str, classes: int) -> Callable[[np.ndarray, np.ndarray, np
     return run
 
 
-def _save(model: keras.Model, path: str) -> None:
-    # Write beside, then rename: an interrupted run never leaves a half-written member.
+def _path(directory: str, name: str, spec: DictConfig) -> str:
+    if spec.format not in EXTENSIONS:
+        raise EnsembleError(
+            f"Zoo member {name!r}: format expected one of {sorted(EXTENSIONS)}. Received: {spec.format!r}"
+        )
+    return os.path.join(str(directory), name + EXTENSIONS[spec.format])
+
+
+def _fits(spec: DictConfig, data: Dataset) -> bool:
+    return _fits_reason(spec, data) is None
+
+
+def _fits_reason(spec: DictConfig, data: Dataset) -> str | None:
+    shape = spec.build.get("image_shape")
+    features = int(np.prod(data.x_train.shape[1:]))
+    if shape is not None and int(np.prod(shape)) != features:
+        return f"it reads images of shape {list(shape)}; the data has {features} features"
+    return None
+
+
+def _save(model: keras.Model, path: str, fmt: str) -> None:
+    # Written beside, then renamed: an interrupted run never leaves a half-written member.
     root, ext = os.path.splitext(path)
     partial = f"{root}.partial{ext}"
     shutil.rmtree(partial, ignore_errors=True)
-    if ext in (".keras", ".h5"):
-        model.save(partial)
-    else:
+    if fmt == "saved_model":
         model.export(partial, verbose=False)
+    else:
+        model.save(partial)
     os.replace(partial, path)

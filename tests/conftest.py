@@ -47,3 +47,27 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-7, 1.0))).sum(-1)
+
+
+# The experiments' tests share one small zoo: wine (no CNN: 13 features are not 8x8 images),
+# epochs capped, trained once per session into a temporary directory.
+TINY_ZOO = [f"zoo.members.{m}.train.epochs=40" for m in ("mlp", "deep_mlp", "linear", "wide")]
+
+
+@pytest.fixture(scope="session")
+def wine_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    zoo = tmp_path_factory.mktemp("wine") / "zoo"
+    return ["data=wine", f"zoo.dir={zoo}", "export.tflite=[none,float16]", *TINY_ZOO]
+
+
+def compose_config(*overrides: str):  # type: ignore[no-untyped-def]
+    """The experiments' config with overrides, via Hydra's compose API (global state cleared)."""
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize(version_base="1.3", config_path="../conf"):
+            return compose("config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()

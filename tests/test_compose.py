@@ -1,59 +1,36 @@
-"""`experiments.compose` end to end: train the demo zoo once, compose it, check the metrics independently."""
+"""experiments.compose end to end: the zoo in its formats, metrics recomputed independently, export."""
 
 from __future__ import annotations
 
+import h5py
 import json
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
-import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hydra import compose, initialize
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-from sklearn.datasets import load_digits
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, log_loss
 
 import ensemble
-from ensemble import build_ensemble
 from ensemble.data import load_dataset
-from experiments.compose import load_members, run
+from experiments.compose import run
+from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
-MEMBERS = ["mlp", "wide", "linear"]
-METRICS = {"accuracy", "nll", "brier", "ece"}
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize(version_base="1.3", config_path="../conf"):
-            return compose(config_name="config", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+MEMBERS = ["mlp", "deep_mlp", "linear", "wide"]
 
 
 @pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("compose") / "zoo"
-
-
-@pytest.fixture(scope="module")
-def mean_run(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """The default run (digits, mean combiner); it trains the zoo into `zoo_dir`, once per module."""
-    output_dir = tmp_path_factory.mktemp("mean_run")
-    result = run(compose_config(f"zoo.dir={zoo_dir}"), output_dir=str(output_dir))
-    return result, output_dir
+def mean_run(wine_overrides, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("compose")
+    cfg = compose_config(*wine_overrides, "combiner=mean")
+    return run(cfg, output_dir=str(output_dir)), output_dir, Path(cfg.zoo.dir)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,126 +38,60 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(-1, keepdims=True)
 
 
-def member_probabilities(zoo_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Each zoo member's class probabilities, with plain Keras/TF loading and no `ensemble` code."""
-    mlp = keras.saving.load_model(zoo_dir / "mlp.keras")
-    wide = keras.saving.load_model(zoo_dir / "wide.h5", compile=False)
-    linear = tf.saved_model.load(str(zoo_dir / "linear_savedmodel"))
+def member_probabilities(zoo: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Each zoo member's probabilities, loaded with plain Keras/TF (no `ensemble` code)."""
+    linear = tf.saved_model.load(str(zoo / "linear_savedmodel"))
     return {
-        "mlp": mlp.predict(x, verbose=0),
-        "wide": softmax(np.asarray(wide.predict(x, verbose=0), dtype="float64")),  # emits logits
+        "mlp": keras.saving.load_model(zoo / "mlp.keras").predict(x, verbose=0),
+        "deep_mlp": keras.saving.load_model(zoo / "deep_mlp.h5", compile=False).predict(x, verbose=0),
         "linear": linear.serve(tf.constant(x)).numpy(),
+        "wide": softmax(keras.saving.load_model(zoo / "wide.h5", compile=False).predict(x, verbose=0)),
     }
 
 
-def test_zoo_is_saved_in_three_formats(mean_run: Any, zoo_dir: Path) -> None:
-    assert sorted(os.listdir(zoo_dir)) == [
-        "linear_savedmodel", "linear_savedmodel.training_rows.npy",
-        "mlp.keras", "mlp.keras.training_rows.npy", "wide.h5", "wide.h5.training_rows.npy",
-    ]
-    assert zipfile.is_zipfile(zoo_dir / "mlp.keras")
-    assert "config.json" in zipfile.ZipFile(zoo_dir / "mlp.keras").namelist()
-    assert h5py.is_hdf5(zoo_dir / "wide.h5")
-    assert (zoo_dir / "linear_savedmodel").is_dir()
-    assert (zoo_dir / "linear_savedmodel" / "saved_model.pb").is_file()
+def test_zoo_is_saved_in_its_formats_with_training_records(mean_run):
+    _, _, zoo = mean_run
+    assert zipfile.is_zipfile(zoo / "mlp.keras") and h5py.is_hdf5(zoo / "deep_mlp.h5")
+    assert h5py.is_hdf5(zoo / "wide.h5") and (zoo / "linear_savedmodel" / "saved_model.pb").is_file()
+    for name in ("mlp.keras", "deep_mlp.h5", "linear_savedmodel", "wide.h5"):
+        assert (zoo / f"{name}.training_rows.npy").is_file()
+    assert not (zoo / "cnn.keras").exists()  # wine's 13 features are no 8x8 images
 
 
-def test_metrics_json(mean_run: Any) -> None:
-    result, output_dir = mean_run
-    with open(output_dir / "metrics.json") as f:
-        written = json.load(f)
-    assert written == result
-    assert {"task", "combiner", "members", "ensemble"} <= set(written)
-    assert written["task"] == "classification"
-    assert written["combiner"] == "MeanCombiner"
-    assert sorted(written["members"]) == sorted(MEMBERS)
-    for name, metrics in written["members"].items():
-        assert set(metrics) == METRICS, name
-    assert set(written["ensemble"]) == METRICS
+def test_metrics_match_an_independent_recomputation(mean_run):
+    result, output_dir, zoo = mean_run
+    assert json.loads((output_dir / "metrics.json").read_text()) == result
+    assert sorted(result["members"]) == sorted(MEMBERS) and result["combiner"] == "MeanCombiner"
+    data = load_dataset("wine")
+    probabilities = member_probabilities(zoo, data.x_test)
+    for name, p in probabilities.items():
+        assert result["members"][name]["accuracy"] == pytest.approx(accuracy_score(data.y_test, p.argmax(1)))
+    mean = np.mean(list(probabilities.values()), axis=0)
+    assert result["ensemble"]["accuracy"] == pytest.approx(accuracy_score(data.y_test, mean.argmax(1)))
+    assert result["ensemble"]["nll"] == pytest.approx(log_loss(data.y_test, mean, labels=range(3)), abs=1e-5)
 
 
-def test_the_run_exports_one_verified_saved_model(mean_run: Any, zoo_dir: Path) -> None:
-    result, output_dir = mean_run
-    assert result["export_dir"] == str(output_dir / "export")
+def test_the_export_is_verified_and_serves_the_mean(mean_run):
+    result, _, zoo = mean_run
     manifest = ensemble.read_manifest(result["export_dir"])
-    assert [m["name"] for m in manifest["members"]] == list(MEMBERS)
-    assert "combiner:" in (output_dir / "export" / "assets.extra" / "config.yaml").read_text()
-    x = load_digits().data[:5].astype("float32")
+    assert [m["name"] for m in manifest["members"]] == MEMBERS
+    x = load_dataset("wine").x_test[:5]
     served = tf.saved_model.load(result["export_dir"]).signatures["prediction"](features=tf.constant(x))
-    expected = np.mean(list(member_probabilities(zoo_dir, x).values()), axis=0)
+    expected = np.mean(list(member_probabilities(zoo, x).values()), axis=0)
     np.testing.assert_allclose(served["prediction"].numpy(), expected, atol=1e-5)
+    assert sorted(result["tflite"]) == ["float", "float16", "none"]
+    assert result["tflite"]["none"]["max_abs_diff"] < 1e-5
 
 
-def test_the_run_measures_each_tflite_variant(mean_run: Any) -> None:
-    result, output_dir = mean_run
-    report = result["tflite"]
-    assert sorted(report) == ["dynamic", "float", "float16", "none"]
-    assert report["float"] == result["ensemble"]
-    for variant in ("none", "dynamic", "float16"):
-        assert (output_dir / "tflite" / f"{variant}.tflite").stat().st_size == report[variant]["bytes"]
-        assert report[variant]["agreement"] > 0.95
-    assert report["none"]["max_abs_diff"] < 1e-5
-    assert report["dynamic"]["bytes"] < report["float16"]["bytes"] < report["none"]["bytes"]
-
-
-def test_metrics_match_an_independent_recomputation(mean_run: Any, zoo_dir: Path) -> None:
-    result, _ = mean_run
-    data = load_dataset("digits")
-    probabilities = member_probabilities(zoo_dir, data.x_test)
-    mean = np.mean([probabilities[name] for name in MEMBERS], axis=0, dtype="float64")
-    rows = np.arange(len(data.y_test))
-
-    # Members first: their metrics must sit under their own names.
-    for name in MEMBERS:
-        accuracy = accuracy_score(data.y_test, probabilities[name].argmax(-1))
-        assert result["members"][name]["accuracy"] == pytest.approx(accuracy, abs=1e-5), name
-    assert result["ensemble"]["accuracy"] == pytest.approx(
-        accuracy_score(data.y_test, mean.argmax(-1)), abs=1e-5
-    )
-    true_class = mean[rows, data.y_test]
-    # No member saturates into a probability-0 mistake (as when a pixel constant in training
-    # was scaled by 1/1e-7), so the NLL is a plain mean, not one dominated by clipping.
-    assert true_class.min() > 1e-6
-    nll = -np.mean(np.log(true_class))
-    assert result["ensemble"]["nll"] == pytest.approx(nll, abs=1e-5)
-    # The demo is meant to work: the ensemble is a good digits classifier.
-    assert result["ensemble"]["accuracy"] > 0.9
-
-
-def test_soft_vote_predicts_as_mean(mean_run: Any, zoo_dir: Path) -> None:
-    mean_result, _ = mean_run
-    vote_cfg = compose_config(f"zoo.dir={zoo_dir}", "combiner=vote", "combiner.voting=soft")
-    vote_result = run(vote_cfg)
-
-    assert vote_result["combiner"] == "VoteCombiner"
-    assert vote_result["members"] == mean_result["members"]
-    for metric in METRICS:
-        assert vote_result["ensemble"][metric] == pytest.approx(
-            mean_result["ensemble"][metric], abs=1e-6
-        ), metric
-
-    mean_cfg = compose_config(f"zoo.dir={zoo_dir}")
-    x = load_dataset("digits").x_test
-    predictions = [
-        build_ensemble(load_members(cfg.members), instantiate(cfg.combiner)).predict(x, verbose=0)
-        for cfg in (mean_cfg, vote_cfg)
-    ]
-    np.testing.assert_allclose(predictions[0]["prediction"], predictions[1]["prediction"], atol=1e-6)
-
-
-def test_command_line_reuses_the_zoo(mean_run: Any, zoo_dir: Path, tmp_path: Path) -> None:
-    mean_result, _ = mean_run
-    saved = {name: os.stat(zoo_dir / name).st_mtime_ns for name in os.listdir(zoo_dir)}
-    run_dir = tmp_path / "run"
-
-    completed = subprocess.run(
-        [sys.executable, "-m", "experiments.compose", f"zoo.dir={zoo_dir}", f"hydra.run.dir={run_dir}"],
+def test_command_line_reuses_the_zoo(mean_run, wine_overrides, tmp_path):
+    _, _, zoo = mean_run
+    before = {p.name: p.stat().st_mtime_ns for p in zoo.iterdir()}
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.compose", *wine_overrides, "combiner=vote",
+         "export=none", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    with open(run_dir / "metrics.json") as f:
-        written = json.load(f)
-    assert written["ensemble"] == pytest.approx(mean_result["ensemble"], abs=1e-6)
-    # Nothing was retrained: the members are the files the fixture wrote.
-    assert {name: os.stat(zoo_dir / name).st_mtime_ns for name in os.listdir(zoo_dir)} == saved
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["combiner"] == "VoteCombiner"
+    assert {p.name: p.stat().st_mtime_ns for p in zoo.iterdir()} == before  # nothing retrained

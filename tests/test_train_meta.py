@@ -10,57 +10,52 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize
-from hydra.core.global_hydra import GlobalHydra
 
 import ensemble
 from ensemble.fingerprint import row_hashes
 from experiments.train_meta import run
+from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize(version_base="1.3", config_path="../conf"):
-            return compose("train_meta", overrides=["data=wine", "export=none", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+@pytest.fixture
+def config(wine_overrides):
+    return lambda *overrides: compose_config(*wine_overrides, "export=none", *overrides)
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("meta") / "zoo"
+@pytest.fixture
+def zoo(wine_overrides) -> Path:
+    return Path(next(o for o in wine_overrides if o.startswith("zoo.dir=")).split("=", 1)[1])
 
 
-def test_holdout_regime_fits_on_the_holdout_split_only(zoo, tmp_path):
-    cfg = config(f"zoo.dir={zoo}")
+def test_holdout_regime_fits_on_the_holdout_split_only(config, zoo, tmp_path):
+    cfg = config()
     result = run(cfg, output_dir=str(tmp_path))
     assert result["regime"] == "holdout" and result["combiner"] == "StackingCombiner"
     assert result["fit_rows"] == result["data"]["rows"]["holdout"]
     assert set(result) >= {"members", "mean", "ensemble", "task", "fit"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
     # The members' training-row records exist, and the fitting rows avoid them.
-    for name in ("mlp", "wide", "linear"):
+    for name in ("mlp", "deep_mlp", "wide", "linear"):
         assert any(p.name.startswith(name) and p.name.endswith(".training_rows.npy") for p in zoo.iterdir())
 
 
-def test_select_records_its_weights(zoo, tmp_path):
-    result = run(config(f"zoo.dir={zoo}", "combiner=select"), output_dir=str(tmp_path))
+def test_select_records_its_weights(config, tmp_path):
+    result = run(config("combiner=select"), output_dir=str(tmp_path))
     weights = result["weights"]
-    assert sorted(weights) == ["linear", "mlp", "wide"]
+    assert sorted(weights) == ["deep_mlp", "linear", "mlp", "wide"]
     assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
     assert result["ensemble"]["nll"] <= max(m["nll"] for m in result["members"].values())
 
 
-def test_oof_regime(zoo, tmp_path):
-    result = run(config(f"zoo.dir={zoo}", "meta.regime=oof", "meta.cv=3"), output_dir=str(tmp_path))
+def test_oof_regime(config, zoo, tmp_path):
+    result = run(config("meta.regime=oof", "meta.cv=3"), output_dir=str(tmp_path))
     rows = result["data"]["rows"]
     assert result["regime"] == "oof" and result["fit_rows"] == rows["train"] + rows["holdout"]
     saved = np.load(tmp_path / "oof_predictions.npz")
-    assert saved["predictions"].shape == (result["fit_rows"], 3, 3)
+    assert saved["predictions"].shape == (result["fit_rows"], 4, 3)
     assert sorted(np.unique(saved["folds"])) == [0, 1, 2]
     np.testing.assert_allclose(saved["predictions"].sum(-1), 1.0, atol=1e-5)
     # The final members retrained on every fitting row, and their records say so: fitting on
@@ -73,19 +68,21 @@ def test_oof_regime(zoo, tmp_path):
     assert not np.isin(row_hashes(data.x_test), member.training_rows).any()
 
 
-def test_oof_refuses_members_it_cannot_retrain(zoo, tmp_path):
-    cfg = config(f"zoo.dir={zoo}", "meta.regime=oof", "+members.outsider.source=/nowhere.keras")
-    with pytest.raises(ensemble.EnsembleError, match=r"member\(s\) \['outsider'\] are files from elsewhere"):
+def test_oof_refuses_members_it_cannot_retrain(config, tmp_path):
+    cfg = config("meta.regime=oof", "members=example")
+    with pytest.raises(ensemble.EnsembleError, match=r"members=\['run_a', 'run_b'\] are files from elsewhere"):
         run(cfg, output_dir=str(tmp_path))
 
 
-def test_sweep_from_the_command_line(zoo, tmp_path):
+def test_sweep_from_the_command_line(wine_overrides, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.train_meta", "-m", "combiner=stack,weighted", "data=wine",
-         "export=none", f"zoo.dir={zoo}", f"hydra.sweep.dir={tmp_path}"],
+        [sys.executable, "-m", "experiments.train_meta", "-m", "combiner=stack,weighted",
+         *wine_overrides, "export=none", f"hydra.sweep.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     combiners = [json.loads((tmp_path / str(i) / "metrics.json").read_text())["combiner"] for i in (0, 1)]
     assert combiners == ["StackingCombiner", "MeanCombiner"]
+    table = (tmp_path / "comparison.md").read_text()  # written by the sweep callback
+    assert "combiner=stack" in table and "combiner=weighted" in table and "best single member" in table

@@ -1,0 +1,85 @@
+"""experiments.run, the main job, end to end on tiny configurations; and its bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+import ensemble
+from experiments.run import run
+from tests.conftest import TINY_ZOO, compose_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG, path
+    assert matplotlib.image.imread(path).size > 0
+
+
+def test_classification_run_writes_metrics_report_plots_and_export(wine_overrides, tmp_path):
+    result = run(compose_config(*wine_overrides), output_dir=str(tmp_path))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert {"task", "combiner", "members", "ensemble", "export_dir"} <= set(result)
+    assert set(result["ensemble"]) == {"accuracy", "nll", "brier", "ece", "disagreement"}
+    assert result["regime"] == "holdout" and result["combiner"] == "StackingCombiner"
+    for plot in ("reliability", "ensemble_size", "member_correlation", "uncertainty"):
+        _png(tmp_path / f"{plot}.png")
+    report = (tmp_path / "report.md").read_text()
+    for expected in ("## Test metrics", "| **ensemble** |", "![", "reliability.png", "## Config",
+                     "combiner:", "## Export", "TFLite"):
+        assert expected in report, expected
+    for name in result["members"]:
+        assert f"| {name} |" in report
+    assert ensemble.read_manifest(result["export_dir"])["task"] == "classification"
+
+
+def test_regression_run(tmp_path_factory, tmp_path):
+    zoo = tmp_path_factory.mktemp("diabetes") / "zoo"
+    result = run(
+        compose_config("data=diabetes", f"zoo.dir={zoo}", "export.tflite=[]", *TINY_ZOO),
+        output_dir=str(tmp_path),
+    )
+    assert result["task"] == "regression"
+    assert set(result["ensemble"]) == {"rmse", "mae", "nll"} and result["noise_variance"] >= 0
+    for metrics in (*result["members"].values(), result["mean"]):
+        assert set(metrics) == {"rmse", "mae", "nll"}
+    for plot in ("ensemble_size", "member_correlation", "std_vs_error"):
+        _png(tmp_path / f"{plot}.png")
+    assert "std_vs_error.png" in (tmp_path / "report.md").read_text()
+
+
+def test_csv_without_the_named_target_column(tmp_path):
+    cfg = compose_config("data=csv", "data.target=label", f"zoo.dir={tmp_path / 'zoo'}")
+    with pytest.raises(Exception, match=r"label"):
+        run(cfg, output_dir=str(tmp_path))
+
+
+def test_a_member_config_that_fails_to_build_is_named(wine_overrides, tmp_path):
+    cfg = compose_config(*wine_overrides, f"zoo.dir={tmp_path / 'zoo'}", "zoo.members.mlp.build.hidden=[-5]")
+    with pytest.raises(ensemble.EnsembleError, match=r"Zoo member 'mlp': its build config fails"):
+        run(cfg, output_dir=str(tmp_path))
+
+
+def test_a_run_directory_that_is_not_writable(tmp_path):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    with pytest.raises(PermissionError, match=r"Run directory .*file is not writable"):
+        run(compose_config("data=wine"), output_dir=str(not_a_directory))
+
+
+def test_a_dataset_not_in_the_group():
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "data=mnist"], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode != 0
+    assert "Could not find 'data/mnist'" in done.stderr and "digits" in done.stderr
