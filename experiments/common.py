@@ -258,27 +258,31 @@ def finish(
 
 
 def comparison_table(sweep_dir: str) -> str:
-    """A markdown table of every job's ensemble metrics in a sweep directory."""
-    rows = []
-    for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "metrics.json")),
-                       key=lambda p: int(os.path.basename(os.path.dirname(p))) if
-                       os.path.basename(os.path.dirname(p)).isdigit() else 0):
+    """Markdown tables of every job's ensemble metrics in a sweep directory, one per dataset,
+    each closed by the best single member of that dataset."""
+    jobs = sorted(glob.glob(os.path.join(sweep_dir, "*", "metrics.json")),
+                  key=lambda p: (len(p), p))  # job 10 after job 9
+    by_data: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path in jobs:
         with open(path) as f:
             result = json.load(f)
         overrides_file = os.path.join(os.path.dirname(path), ".hydra", "overrides.yaml")
         overrides = OmegaConf.load(overrides_file) if os.path.exists(overrides_file) else []
-        rows.append((" ".join(str(o) for o in overrides) or result.get("combiner", "?"), result))
-    if not rows:
-        return ""
-    metrics = list(rows[0][1]["ensemble"])
-    members = rows[0][1]["members"].values()  # every job of a sweep shares the members
-    best = {m: (max if m in HIGHER_IS_BETTER else min)(v[m] for v in members) for m in metrics}
-    lines = ["| job | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for label, result in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{result['ensemble'][m]:.4f}" for m in metrics) + " |")
-    lines.append("| best single member (per metric) | " +
-                 " | ".join(f"{best[m]:.4f}" for m in metrics) + " |")
-    return "\n".join(lines) + "\n"
+        label = " ".join(str(o) for o in overrides) or result.get("combiner", "?")
+        by_data.setdefault(result.get("data", {}).get("name", "?"), []).append((label, result))
+    sections = []
+    for name, rows in by_data.items():
+        members = rows[0][1]["members"].values()  # the jobs on one dataset share the members
+        metrics = [m for m in rows[0][1]["ensemble"] if all(m in v for v in members)]
+        best = {m: (max if m in HIGHER_IS_BETTER else min)(v[m] for v in members) for m in metrics}
+        lines = [f"### {name}", "", "| job | " + " | ".join(metrics) + " |",
+                 "|---" * (len(metrics) + 1) + "|"]
+        for label, result in rows:
+            lines.append(f"| {label} | " + " | ".join(f"{result['ensemble'][m]:.4f}" for m in metrics) + " |")
+        lines.append("| best single member (per metric) | " +
+                     " | ".join(f"{best[m]:.4f}" for m in metrics) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n" if sections else ""
 
 
 class SweepComparison(Callback):  # type: ignore[misc]

@@ -200,3 +200,24 @@ def test_members_option_lists_complete_entries(compose_config: Any, option: str)
 def test_load_members_rejects_a_bad_entry(spec: dict[str, Any], match: str) -> None:
     with pytest.raises(EnsembleError, match=match):
         load_members(OmegaConf.create({"odd": spec}))
+
+
+def test_sweep_comparison_groups_by_dataset(tmp_path) -> None:
+    from experiments.common import comparison_table
+
+    def job(index: int, data: str, combiner: str, ensemble: dict, members: dict) -> None:
+        directory = tmp_path / str(index)
+        (directory / ".hydra").mkdir(parents=True)
+        (directory / ".hydra" / "overrides.yaml").write_text(f"- data={data}\n- combiner={combiner}\n")
+        (directory / "metrics.json").write_text(json.dumps(
+            {"data": {"name": data}, "ensemble": ensemble, "members": members}))
+
+    members = {"a": {"accuracy": 0.9, "nll": 0.3}, "b": {"accuracy": 0.8, "nll": 0.2}}
+    job(0, "wine", "mean", {"accuracy": 0.95, "nll": 0.25, "disagreement": 0.1}, members)
+    job(1, "wine", "stack", {"accuracy": 0.97, "nll": 0.15, "disagreement": 0.1}, members)
+    job(10, "diabetes", "mean", {"rmse": 50.0}, {"a": {"rmse": 55.0}, "b": {"rmse": 52.0}})
+    table = comparison_table(str(tmp_path))
+    wine, diabetes = table.split("### ")[1:]
+    assert "| data=wine combiner=stack | 0.9700 | 0.1500 |" in wine and "disagreement" not in wine
+    assert "| best single member (per metric) | 0.9000 | 0.2000 |" in wine
+    assert "| best single member (per metric) | 52.0000 |" in diabetes
