@@ -9,7 +9,9 @@ from ensemble.errors import EnsembleError, MemberError  # noqa: E402
 from ensemble.export import export_saved_model, read_manifest  # noqa: E402
 from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
 from ensemble.member import InputSpec, Member  # noqa: E402
+from ensemble.registry import ModelRegistry  # noqa: E402
 from ensemble.savedmodel import SavedModelLayer  # noqa: E402
+from ensemble.serving import compiled_predict  # noqa: E402
 from ensemble.tflite import QUANTIZATIONS, export_tflite, run_tflite, tflite_report  # noqa: E402
 
 __all__ = [
@@ -19,8 +21,10 @@ __all__ = [
     "InputSpec",
     "Member",
     "MemberError",
+    "ModelRegistry",
     "SavedModelLayer",
     "build_ensemble",
+    "compiled_predict",
     "detect_format",
     "ensemble_combiner",
     "ensemble_members",

@@ -7,6 +7,10 @@ Writes `benchmark.json` and `benchmark.md` into the Hydra run directory.
 
 - fit: `fit_combiner` (level-one pass once, then the combiner alone) against
   Keras `model.fit` of the whole frozen graph, for the same epochs and batch.
+- inference: latency at batch 1 and throughput at a large batch of the ways
+  to predict (a loop of `member.predict`, a loop of compiled members, Keras
+  `predict` on the ensemble, `compiled_predict` with and without XLA, the
+  exported SavedModel), and the ensemble's share of the machine's matmul peak.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +27,13 @@ from typing import Any
 import hydra
 import keras
 import numpy as np
+import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import combiners
-from ensemble import build_ensemble, load_member
+from ensemble import build_ensemble, compiled_predict, export_saved_model, load_member
+from ensemble.build import ensemble_members
 from ensemble.fitting import fit_combiner
 
 __all__ = ["run"]
@@ -76,19 +83,94 @@ def bench_fit(cfg: DictConfig) -> dict[str, float]:
     return {"model_fit_s": naive, "fit_combiner_s": ours, "speedup": naive / ours}
 
 
+def _median_call_seconds(call: Callable[[], Any], calls: int) -> float:
+    call()  # warm-up: traces and allocations happen here, not in the timing
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(size: int = 2048, calls: int = 10) -> float:
+    """The machine's float32 dense-matmul rate, measured with TensorFlow."""
+    a = tf.random.normal((size, size))
+    matmul = tf.function(lambda m: tf.matmul(m, m))
+    seconds = _median_call_seconds(lambda: matmul(a).numpy(), calls)
+    return 2 * size**3 / seconds / 1e9
+
+
+def ensemble_flops_per_row(cfg: DictConfig) -> int:
+    widths = [cfg.features, *cfg.hidden, cfg.classes]
+    return cfg.member_count * sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def bench_inference(cfg: DictConfig, scratch: str) -> dict[str, Any]:
+    """Seconds per call at batch 1 and rows/s at `cfg.large_batch`, for each way to predict."""
+    model = synthetic_ensemble(cfg)
+    members = ensemble_members(model)
+    export_dir = export_saved_model(model, os.path.join(scratch, "export"))
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    compiled_members = [
+        tf.function(m.call, input_signature=[tf.TensorSpec((None, cfg.features), tf.float32)])
+        for m in members
+    ]
+    fast, xla = compiled_predict(model), compiled_predict(model, jit_compile=True)
+    ways: dict[str, Callable[[np.ndarray], Any]] = {
+        "loop of member.predict": lambda x: [m.predict(x, verbose=0) for m in members],
+        "loop of compiled members": lambda x: [f(x).numpy() for f in compiled_members],
+        "Keras predict on the ensemble": lambda x: model.predict(x, verbose=0),
+        "compiled_predict": fast,
+        "compiled_predict, XLA": xla,
+        "exported serving_default": lambda x: {k: v.numpy() for k, v in serving(features=tf.constant(x)).items()},
+    }
+    rng = np.random.default_rng(cfg.seed)
+    one = rng.normal(size=(1, cfg.features)).astype("float32")
+    large = rng.normal(size=(cfg.large_batch, cfg.features)).astype("float32")
+    latency = {name: _median_call_seconds(lambda f=f: f(one), cfg.latency_calls) for name, f in ways.items()}
+    throughput = {name: cfg.large_batch / _median_call_seconds(lambda f=f: f(large), cfg.throughput_calls)
+                  for name, f in ways.items() if not name.startswith("loop of member.predict")}
+    one_member = _median_call_seconds(lambda: compiled_members[0](one).numpy(), cfg.latency_calls)
+    peak = matmul_peak_gflops()
+    best = max(throughput.values())
+    return {
+        "latency_s": latency,
+        "throughput_rows_per_s": throughput,
+        "one_compiled_member_latency_s": one_member,
+        "matmul_peak_gflops": peak,
+        "ensemble_gflops_at_large_batch": best * ensemble_flops_per_row(cfg) / 1e9,
+    }
+
+
 def markdown(results: dict[str, Any]) -> str:
-    fit = results["fit"]
-    return "\n".join([
+    fit, inference = results["fit"], results["inference"]
+    latency, throughput = inference["latency_s"], inference["throughput_rows_per_s"]
+    ours = latency["compiled_predict"]
+    lines = [
         "| measure | ratio |",
         "| --- | --- |",
         f"| `fit_combiner` vs `model.fit` of the whole frozen graph ({results['config']['epochs']} "
         f"epochs) | {fit['speedup']:.1f}x faster |",
-        "",
-    ])
+    ]
+    for name, seconds in latency.items():
+        lines.append(f"| batch 1 latency: {name} | {seconds / ours:.2f}x `compiled_predict` |")
+    lines.append(f"| batch 1: exported ensemble vs ONE compiled member | "
+                 f"{latency['exported serving_default'] / inference['one_compiled_member_latency_s']:.2f}x |")
+    lines.append(f"| batch 1: `model.predict` loop vs exported ensemble | "
+                 f"{latency['loop of member.predict'] / latency['exported serving_default']:.0f}x slower |")
+    best = max(throughput.values())
+    for name, rows in throughput.items():
+        lines.append(f"| batch {results['config']['large_batch']} throughput: {name} | {rows / best:.2f}x the best |")
+    lines.append(f"| ensemble at batch {results['config']['large_batch']} vs the matmul peak | "
+                 f"{inference['ensemble_gflops_at_large_batch'] / inference['matmul_peak_gflops']:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
-    results = {"config": {k: cfg[k] for k in cfg if k != "hydra"}, "fit": bench_fit(cfg)}
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch:
+        results = {"config": {k: cfg[k] for k in cfg if k != "hydra"}, "fit": bench_fit(cfg),
+                   "inference": bench_inference(cfg, scratch)}
     results["config"] = json.loads(json.dumps(results["config"], default=list))
     table = markdown(results)
     print(table)
