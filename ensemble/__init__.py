@@ -11,6 +11,7 @@ from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
 from ensemble.member import InputSpec, Member  # noqa: E402
 from ensemble.registry import ModelRegistry  # noqa: E402
 from ensemble.savedmodel import SavedModelLayer  # noqa: E402
+from ensemble.runtime import configure_devices  # noqa: E402
 from ensemble.serving import compiled_predict  # noqa: E402
 from ensemble.tflite import QUANTIZATIONS, export_tflite, run_tflite, tflite_report  # noqa: E402
 
@@ -25,6 +26,7 @@ __all__ = [
     "SavedModelLayer",
     "build_ensemble",
     "compiled_predict",
+    "configure_devices",
     "detect_format",
     "ensemble_combiner",
     "ensemble_members",

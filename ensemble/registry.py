@@ -13,6 +13,7 @@ its load, so a slow load of one model never blocks predictions of another.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -33,6 +34,7 @@ from ensemble.checkpoint import resolve_checkpoint
 from ensemble.errors import EnsembleError, MemberError
 from ensemble.export import MANIFEST
 from ensemble.loading import load_member
+from ensemble.savedmodel import SavedModelLayer
 from ensemble.types import PathLike, Tensor
 
 __all__ = ["ModelRegistry", "ModelStats", "process_rss_bytes"]
@@ -59,6 +61,8 @@ class ModelStats:
     failures: int
     calls: int
     traces: int
+    device: str | None = None  # the device it is pinned to
+    variable_devices: tuple[str, ...] = ()  # where its loaded variables are (empty if not loaded)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class _Entry:
     source: PathLike | keras.Model
     kind: str
     options: dict[str, Any]
+    device: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     loaded: _Loaded | None = None  # set and cleared under the registry lock only
     params: int | None = None
@@ -122,6 +127,7 @@ class ModelRegistry:
         source: PathLike | keras.Model,
         *,
         replace: bool = False,
+        device: str | None = None,
         **load_options: Any,
     ) -> None:
         """Record model `name` at `source` without loading it.
@@ -130,6 +136,8 @@ class ModelRegistry:
             name: the model's name in the registry.
             source: anything `load_member` takes, or an exported ensemble's directory.
             replace: replace a model already registered as `name` (and drop it from memory).
+            device: pin the model (its variables and its calls) to a device, e.g. "/CPU:0",
+                "/GPU:1"; None lets TensorFlow place it.
             **load_options: passed to `load_member` (members only).
 
         Raises:
@@ -144,7 +152,8 @@ class ModelRegistry:
                 f"Model {name!r}: an exported ensemble takes no load options. "
                 f"Received: {sorted(load_options)}"
             )
-        entry = _Entry(name=name, source=source, kind=kind, options=dict(load_options))
+        entry = _Entry(name=name, source=source, kind=kind, options=dict(load_options),
+                       device=_check_device(name, device))
         with self._lock:
             old = self._entries.get(name)
             if old is not None and not replace:
@@ -225,6 +234,8 @@ class ModelRegistry:
                 failures=entry.failures,
                 calls=entry.calls,
                 traces=_tracing_count(loaded),
+                device=entry.device,
+                variable_devices=_variable_devices(loaded),
             )
 
     def report(self) -> dict[str, Any]:
@@ -289,10 +300,10 @@ class ModelRegistry:
     def _load(self, entry: _Entry) -> _Loaded:
         start = time.perf_counter()
         try:
-            if entry.kind == "ensemble":
-                loaded = _load_ensemble(entry)
-            else:
-                loaded = _load_member(entry)
+            with tf.device(entry.device):
+                loaded = _load_ensemble(entry) if entry.kind == "ensemble" else _load_member(entry)
+            if entry.device is not None:
+                loaded = dataclasses.replace(loaded, call=_pinned(loaded.call, entry.device))
         except Exception as error:
             with self._lock:
                 entry.failures += 1
@@ -304,6 +315,9 @@ class ModelRegistry:
             ) from error
         seconds = time.perf_counter() - start
         params, nbytes = _weight_sizes(_variables(loaded))
+        inner = getattr(loaded.keep_alive, "model", None)
+        if not params and isinstance(inner, SavedModelLayer):  # a TF1 member frozen to constants
+            params, nbytes = inner.parameter_count, 4 * inner.parameter_count
         with self._lock:
             entry.loads += 1
             entry.load_seconds = seconds
@@ -340,6 +354,41 @@ def _source_kind(name: str, source: PathLike | keras.Model) -> str:
     if not os.path.exists(path) and resolve_checkpoint(path) is None:
         raise EnsembleError(f"Model {name!r}: source {path!r} does not exist.")
     return "member"
+
+
+def _variable_devices(loaded: _Loaded | None) -> tuple[str, ...]:
+    if loaded is None:
+        return ()
+    devices = {getattr(getattr(v, "value", v), "device", "") for v in _variables(loaded)}
+    return tuple(sorted(d for d in devices if d))
+
+
+def _check_device(name: str, device: str | None) -> str | None:
+    """`device` if this process has it (as a logical device), else an error listing those it has."""
+    if device is None:
+        return None
+    try:
+        spec = tf.DeviceSpec.from_string(device)
+    except ValueError:
+        spec = None
+    available = [tf.DeviceSpec.from_string(d.name) for d in tf.config.list_logical_devices()]
+    if spec is None or not any(
+        d.device_type == (spec.device_type or "").upper() and d.device_index == (spec.device_index or 0)
+        for d in available
+    ):
+        raise EnsembleError(
+            f"Model {name!r}: device {device!r} is not one of this process's devices "
+            f"{[d.to_string() for d in available]}."
+        )
+    return device
+
+
+def _pinned(call: Callable[[Any], Any], device: str) -> Callable[[Any], Any]:
+    def run(feeds: Any) -> Any:
+        with tf.device(device):
+            return call(feeds)
+
+    return run
 
 
 def _label(source: PathLike | keras.Model) -> str:
@@ -385,8 +434,11 @@ def _load_ensemble(entry: _Entry) -> _Loaded:
 
 
 def _variables(loaded: _Loaded) -> list[Any]:
-    if isinstance(loaded.keep_alive, keras.layers.Layer):
-        return list(loaded.keep_alive.weights)
+    member = loaded.keep_alive
+    if isinstance(member, keras.layers.Layer):
+        # A SavedModel member's variables belong to TensorFlow, not to Keras' weights.
+        inner = getattr(member, "model", None)
+        return list(member.weights) + (inner.tf_variables if isinstance(inner, SavedModelLayer) else [])
     return list(loaded.function.variables)
 
 

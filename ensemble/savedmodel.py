@@ -69,6 +69,11 @@ class SavedModelLayer(keras.layers.Layer):
         return list(self.input_specs)
 
     @property
+    def tf_variables(self) -> list[Any]:
+        """The TensorFlow variables the signature reads (none for a frozen TF1 SavedModel)."""
+        return list(getattr(self._signature.function, "variables", []))
+
+    @property
     def parameter_count(self) -> int:
         """Scalars in the SavedModel's variables (frozen into constants for a TF1 one)."""
         return self._signature.parameter_count
