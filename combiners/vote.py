@@ -8,7 +8,13 @@ from typing import Any
 import keras
 from keras import ops
 
-from combiners.base import CLASSIFICATION, Combiner, Tensor, first_argmax, validate_weights
+from combiners.base import (
+    CLASSIFICATION,
+    Combiner,
+    Tensor,
+    first_argmax,
+    validate_weights,
+)
 
 __all__ = ["VoteCombiner"]
 

@@ -9,7 +9,12 @@ import keras
 
 from combiners import CLASSIFICATION, REGRESSION, TASKS, Combiner
 from ensemble.errors import EnsembleError
-from ensemble.layers import ClassificationUncertainty, FlatFeatures, MemberStack, RegressionSpread
+from ensemble.layers import (
+    ClassificationUncertainty,
+    FlatFeatures,
+    MemberStack,
+    RegressionSpread,
+)
 from ensemble.loading import load_member
 from ensemble.member import InputSpec, Member
 from ensemble.types import Task

@@ -27,7 +27,12 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
+from sklearn.linear_model import (
+    LogisticRegression,
+    LogisticRegressionCV,
+    Ridge,
+    RidgeCV,
+)
 
 from combiners import MeanCombiner, StackingCombiner
 from combiners.base import Combiner

@@ -9,7 +9,12 @@ from typing import Any
 
 import keras
 
-from ensemble.checkpoint import Architecture, build_architecture, resolve_checkpoint, restore_checkpoint
+from ensemble.checkpoint import (
+    Architecture,
+    build_architecture,
+    resolve_checkpoint,
+    restore_checkpoint,
+)
 from ensemble.errors import MemberError
 from ensemble.fingerprint import load_training_rows
 from ensemble.member import OUTPUT_KINDS, InputSpec, Member

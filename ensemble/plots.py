@@ -21,7 +21,11 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from ensemble.errors import EnsembleError
-from ensemble.metrics import classification_metrics, expected_calibration_error, regression_metrics
+from ensemble.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    regression_metrics,
+)
 from ensemble.types import PathLike, Task
 
 __all__ = [

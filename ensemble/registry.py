@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class ModelStats:
     failures: int
     calls: int
     traces: int
+    model_calls: int = 0  # calls of the model itself: fewer than `calls` when batched
     device: str | None = None  # the device it is pinned to
     variable_devices: tuple[str, ...] = ()  # where its loaded variables are (empty if not loaded)
 
@@ -73,6 +75,51 @@ class _Loaded:
     specs: dict[str, tf.TensorSpec]  # input name -> spec with a None batch dimension
     keep_alive: Any  # the Member or SavedModel root: its variables back `call`
     function: Any = None  # the tf.function of a member, for its tracing count
+
+
+class _Batcher:
+    """Answers concurrent requests to one model with one call on their concatenated rows.
+
+    The first request of a batch leads: it waits the window, takes every request that
+    arrived meanwhile, calls the model once, and hands each request its rows. No thread
+    of its own; a request never waits longer than the window plus one call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[dict[str, np.ndarray], Future[Any]]] = []
+
+    def submit(self, call: Callable[[Any], Any], feeds: dict[str, np.ndarray], window: float,
+               entry: _Entry) -> Any:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._pending.append((feeds, future))
+            leads = len(self._pending) == 1
+        if leads:
+            time.sleep(window)
+            with self._lock:
+                batch, self._pending = self._pending, []
+            try:
+                joined = {k: np.concatenate([f[k] for f, _ in batch]) for k in batch[0][0]}
+                outputs = _numpy(call(joined))
+                with self._lock:  # another batch's leader may be calling at the same time
+                    entry.model_calls += 1
+                start = 0
+                for request, waiting in batch:
+                    rows = len(next(iter(request.values())))
+                    waiting.set_result(keras.tree.map_structure(lambda v: v[start:start + rows], outputs))
+                    start += rows
+            except BaseException as error:
+                for _, waiting in batch:
+                    if not waiting.done():
+                        waiting.set_exception(error)
+        return future.result()
+
+
+def _numpy(outputs: Any) -> Any:
+    if isinstance(outputs, Mapping):
+        return {key: np.asarray(value) for key, value in outputs.items()}
+    return np.asarray(outputs)
 
 
 @dataclass
@@ -89,7 +136,9 @@ class _Entry:
     load_seconds: float | None = None
     loads: int = 0
     failures: int = 0
-    calls: int = 0
+    calls: int = 0  # requests answered
+    model_calls: int = 0  # calls of the model (fewer than requests when batched)
+    batcher: _Batcher = field(default_factory=lambda: _Batcher())
 
 
 class ModelRegistry:
@@ -97,6 +146,8 @@ class ModelRegistry:
 
     Args:
         max_loaded: how many models may be in memory at once; None for no limit.
+        batch_window_ms: when above 0, concurrent requests to one model that arrive within
+            this window are answered by one call on their concatenated rows (off by default).
 
     Example:
         registry = ModelRegistry(max_loaded=2)
@@ -106,7 +157,7 @@ class ModelRegistry:
         registry.predict("zoo", x)["prediction"]
     """
 
-    def __init__(self, max_loaded: int | None = None) -> None:
+    def __init__(self, max_loaded: int | None = None, *, batch_window_ms: float = 0.0) -> None:
         if max_loaded is not None and (
             isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1
         ):
@@ -114,7 +165,10 @@ class ModelRegistry:
                 f"Expected max_loaded to be an integer of at least 1, or None. "
                 f"Received: max_loaded={max_loaded!r}"
             )
+        if batch_window_ms < 0:
+            raise EnsembleError(f"Expected batch_window_ms >= 0. Received: {batch_window_ms}")
         self.max_loaded = max_loaded
+        self.batch_window_ms = float(batch_window_ms)
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # loaded names, most recent last
@@ -210,12 +264,13 @@ class ModelRegistry:
             entry = self._entry(name)
         loaded = self._ensure_loaded(entry)
         feeds = _feeds(name, loaded.specs, x)
-        outputs = loaded.call(feeds)
         with self._lock:
             entry.calls += 1
-        if isinstance(outputs, Mapping):
-            return {key: value.numpy() for key, value in outputs.items()}
-        return outputs.numpy()
+        if self.batch_window_ms > 0:
+            return entry.batcher.submit(loaded.call, feeds, self.batch_window_ms / 1000, entry)
+        with self._lock:
+            entry.model_calls += 1
+        return _numpy(loaded.call(feeds))
 
     def stats(self, name: str) -> ModelStats:
         """A snapshot of the resources and use of model `name`."""
@@ -234,6 +289,7 @@ class ModelRegistry:
                 failures=entry.failures,
                 calls=entry.calls,
                 traces=_tracing_count(loaded),
+                model_calls=entry.model_calls,
                 device=entry.device,
                 variable_devices=_variable_devices(loaded),
             )

@@ -18,7 +18,14 @@ from omegaconf import DictConfig
 
 from ensemble import build_ensemble
 from ensemble.data import Dataset
-from experiments.common import evaluate, finish, load_members, make_combiner, members_config, print_table
+from experiments.common import (
+    evaluate,
+    finish,
+    load_members,
+    make_combiner,
+    members_config,
+    print_table,
+)
 
 __all__ = ["load_members", "run"]
 

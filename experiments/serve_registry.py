@@ -35,7 +35,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     configure_devices(memory_growth=settings.memory_growth, logical_cpus=settings.logical_cpus)
     data: Dataset = instantiate(cfg.data)
     models = settings.models if settings.models is not None else members_config(cfg, data)
-    registry = ModelRegistry(max_loaded=settings.max_loaded)
+    registry = ModelRegistry(max_loaded=settings.max_loaded, batch_window_ms=settings.batch_window_ms)
     for name, spec in models.items():
         options = OmegaConf.to_container(spec.get("options") or OmegaConf.create({}), resolve=True)
         registry.register(str(name), spec.source, device=spec.get("device"), **options)

@@ -262,3 +262,26 @@ def test_stats_report(registry):
     assert report["loaded"] == ["a"]
     assert report["models"]["a"]["calls"] == 3
     assert report["models"]["b"] == {**report["models"]["b"], "loaded": False, "params": None, "calls": 0}
+
+
+def test_concurrent_requests_are_batched_within_the_window(sources):
+    registry = ModelRegistry(batch_window_ms=100)
+    registry.register("a", sources["a"])
+    registry.predict("a", batch(1))  # load outside the timed part
+    requests = [batch(rows, seed=rows) for rows in (1, 2, 3, 4, 5, 6, 7, 8)]
+    start = threading.Barrier(len(requests))
+
+    def send(x: np.ndarray) -> np.ndarray:
+        start.wait()
+        return registry.predict("a", x)
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(send, requests))
+    serial = ModelRegistry()
+    serial.register("a", sources["a"])
+    for x, answer in zip(requests, answers):
+        np.testing.assert_allclose(answer, serial.predict("a", x), atol=1e-6)
+    stats = registry.stats("a")
+    assert stats.calls == 9 and stats.model_calls < 9  # 8 concurrent requests, far fewer calls
+    with pytest.raises(ensemble.EnsembleError, match=r"batch_window_ms >= 0"):
+        ModelRegistry(batch_window_ms=-1)
