@@ -11,6 +11,9 @@ Writes `benchmark.json` and `benchmark.md` into the Hydra run directory.
   to predict (a loop of `member.predict`, a loop of compiled members, Keras
   `predict` on the ensemble, `compiled_predict` with and without XLA, the
   exported SavedModel), and the ensemble's share of the machine's matmul peak.
+- overhead: the combiner and the uncertainty outputs against the members alone.
+- memory: load time of the member files and of the export; resident memory per
+  member against its weight bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -143,6 +148,74 @@ def bench_inference(cfg: DictConfig, scratch: str) -> dict[str, Any]:
     }
 
 
+def bench_overhead(cfg: DictConfig) -> dict[str, float]:
+    """What the combiner and the uncertainty outputs cost at a large batch: the whole graph
+    against the members alone, both compiled."""
+    model = synthetic_ensemble(cfg)
+    members_only = keras.Model(model.input, model.get_layer("member_predictions").output)
+    x = np.random.default_rng(cfg.seed).normal(size=(cfg.large_batch, cfg.features)).astype("float32")
+    whole, bare = compiled_predict(model), compiled_predict(members_only_as_dict(members_only))
+    seconds_whole = _median_call_seconds(lambda: whole(x), cfg.throughput_calls * 3)
+    seconds_bare = _median_call_seconds(lambda: bare(x), cfg.throughput_calls * 3)
+    return {"members_only_s": seconds_bare, "whole_s": seconds_whole,
+            "overhead": seconds_whole / seconds_bare - 1}
+
+
+def members_only_as_dict(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, {"member_predictions": model.output})
+
+
+_MEMORY_PROBE = """
+import json, sys, time, os
+import numpy as np
+import ensemble, keras
+from ensemble.registry import process_rss_bytes
+warmup, paths = sys.argv[1], sys.argv[2:]
+ensemble.load_member(warmup, name="warmup")(np.zeros((1, {features}), "float32"))  # TF's own start-up
+before = process_rss_bytes()
+start = time.perf_counter()
+members = [ensemble.load_member(p, name=f"m{{i}}") for i, p in enumerate(paths)]
+load_s = time.perf_counter() - start
+for m in members:
+    m(np.zeros((1, {features}), "float32"))
+after = process_rss_bytes()
+weights = sum(w.nbytes for m in members for w in m.get_weights())
+print(json.dumps({{"load_s": load_s, "rss_delta": after - before, "weight_bytes": weights}}))
+"""
+
+
+def bench_memory(cfg: DictConfig, scratch: str) -> dict[str, float]:
+    """Load time of N member files and of the export; resident memory per member against its
+    weight bytes (in a fresh process, after TensorFlow's own start-up)."""
+    paths = []
+    for i in range(cfg.member_count):
+        keras.utils.set_random_seed(cfg.seed + i)
+        widths = [cfg.features, *cfg.memory_hidden]
+        layers = [keras.Input((cfg.features,))]
+        layers += [keras.layers.Dense(units, activation="relu") for units in widths[1:]]
+        layers.append(keras.layers.Dense(cfg.classes, activation="softmax"))
+        path = os.path.join(scratch, f"member_{i}.keras")
+        keras.Sequential(layers).save(path)
+        paths.append(path)
+    probe = _MEMORY_PROBE.format(features=cfg.features)
+    done = subprocess.run([sys.executable, "-c", probe, paths[0], *paths], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode != 0:
+        raise RuntimeError(f"Memory probe failed: {done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    model = build_ensemble([load_member(p, name=f"m{i}") for i, p in enumerate(paths)],
+                           combiners.MeanCombiner())
+    export_dir = export_saved_model(model, os.path.join(scratch, "memory_export"))
+    start = time.perf_counter()
+    tf.saved_model.load(export_dir)
+    return {
+        "members_load_s": measured["load_s"],
+        "export_load_s": time.perf_counter() - start,
+        "rss_over_weight_bytes": measured["rss_delta"] / measured["weight_bytes"],
+        "weight_mb": measured["weight_bytes"] / 1e6,
+    }
+
+
 def markdown(results: dict[str, Any]) -> str:
     fit, inference = results["fit"], results["inference"]
     latency, throughput = inference["latency_s"], inference["throughput_rows_per_s"]
@@ -164,13 +237,21 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| batch {results['config']['large_batch']} throughput: {name} | {rows / best:.2f}x the best |")
     lines.append(f"| ensemble at batch {results['config']['large_batch']} vs the matmul peak | "
                  f"{inference['ensemble_gflops_at_large_batch'] / inference['matmul_peak_gflops']:.0%} |")
+    overhead, memory = results["overhead"], results["memory"]
+    lines.append(f"| combiner + uncertainty outputs at batch {results['config']['large_batch']} | "
+                 f"{overhead['overhead']:+.1%} over the members alone |")
+    lines.append(f"| load: {results['config']['member_count']} member files vs the export | "
+                 f"{memory['members_load_s'] / memory['export_load_s']:.2f}x |")
+    lines.append(f"| resident memory per member vs its weight bytes ({memory['weight_mb']:.0f} MB of "
+                 f"weights) | {memory['rss_over_weight_bytes']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch:
         results = {"config": {k: cfg[k] for k in cfg if k != "hydra"}, "fit": bench_fit(cfg),
-                   "inference": bench_inference(cfg, scratch)}
+                   "inference": bench_inference(cfg, scratch), "overhead": bench_overhead(cfg),
+                   "memory": bench_memory(cfg, scratch)}
     results["config"] = json.loads(json.dumps(results["config"], default=list))
     table = markdown(results)
     print(table)

@@ -219,7 +219,7 @@ def export(model: Any, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[
     """Export per `cfg.export`: the SavedModel (verified by reloading) and its TFLite variants."""
     path = export_saved_model(
         model, os.path.join(output_dir, cfg.export.dir), overwrite=cfg.export.overwrite,
-        config=OmegaConf.to_yaml(cfg, resolve=True),
+        config=OmegaConf.to_yaml(cfg, resolve=True), jit_compile=cfg.export.get("jit_compile", False),
     )
     result: dict[str, Any] = {"export_dir": path}
     if cfg.export.verify:

@@ -171,7 +171,7 @@ def test_an_existing_export_is_never_half_overwritten(tmp_path, mixed_ensemble, 
         ensemble.export_saved_model(model, path)
     assert _listing(path) == before
 
-    def fail_midway(model, directory, config):
+    def fail_midway(model, directory, config, jit_compile):
         open(os.path.join(directory, "saved_model.pb"), "w").write("half")
         raise RuntimeError("disk full")
 
@@ -204,3 +204,14 @@ def test_export_errors(tmp_path, mixed_ensemble, monkeypatch):
     with pytest.raises(PermissionError, match=r"no permission to write in"):
         ensemble.export_saved_model(model, tmp_path / "denied")
     assert not (tmp_path / "plain").exists() and not (tmp_path / "denied").exists()
+
+
+def test_xla_compiled_export_gives_the_same_outputs(tmp_path, mixed_ensemble):
+    model, _ = mixed_ensemble
+    path = ensemble.export_saved_model(model, tmp_path / "xla", jit_compile=True)
+    import tensorflow as tf
+
+    x = np.random.default_rng(3).normal(size=(5, 8)).astype("float32")
+    served = tf.saved_model.load(path).signatures["serving_default"](features=tf.constant(x))
+    for key, value in model(x).items():
+        np.testing.assert_allclose(served[key], value, atol=1e-5, err_msg=key)
