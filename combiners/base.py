@@ -200,8 +200,10 @@ class Combiner(keras.layers.Layer):
         does).
         """
         values = validate_weights(weights)
-        if self.built and values is not None:
-            self._check_weight_count(self.members_)
+        if self.built and values is not None and len(values) != self.members_:
+            raise ValueError(
+                f"Expected {self.members_} weights, one per member. Received: weights={values}"
+            )
         self.member_weights = values
 
     def _check_weight_count(self, members: int) -> None:

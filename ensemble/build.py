@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -20,6 +21,8 @@ from ensemble.member import InputSpec, Member
 from ensemble.types import Task
 
 __all__ = ["build_ensemble", "ensemble_combiner", "ensemble_members", "ensemble_task"]
+
+log = logging.getLogger(__name__)
 
 # Names of the graph's own layers; a member may not take one.
 _RESERVED = ("member_predictions", "uncertainty", "std", "features_flat")
@@ -58,6 +61,13 @@ def build_ensemble(
     combiner.configure(task)
 
     inputs = _ensemble_inputs(member_list)
+    for member in member_list:
+        if member.name in inputs or member.name == combiner.name:
+            what = "an input" if member.name in inputs else "the combiner layer"
+            raise EnsembleError(
+                f"Member {member.name!r} has the name of {what} of the ensemble; load it under "
+                "another name (load_member(..., name=...))."
+            )
     predictions = [member({n: inputs[n] for n in member.input_names}) for member in member_list]
     _check_widths(member_list, predictions)
     member_predictions = MemberStack(name="member_predictions")(predictions)
@@ -130,6 +140,11 @@ def _as_members(members: Any) -> list[Member]:
 def _resolve_task(members: list[Member], task: str | None) -> Task:
     if task is not None and task not in TASKS:
         raise EnsembleError(f"Expected task in {TASKS} or None. Received: task={task!r}")
+    if task == REGRESSION:
+        for member in members:
+            if member.output_inferred:  # a final sigmoid, not declared: maybe a bounded regressor
+                log.info("Member %r: task='regression' overrides its inferred class output.", member.name)
+                member.output_kind, member.output_inferred = None, False
     classifiers = [m.name for m in members if m.output_kind is not None]
     if task == REGRESSION and classifiers:
         raise EnsembleError(

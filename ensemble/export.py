@@ -76,7 +76,7 @@ def export_saved_model(
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
     try:
         _write(model, staging, config, jit_compile)
-        _move_into_place(staging, target)
+        _move_into_place(staging, target, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -151,8 +151,13 @@ def _write(
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(_manifest(model, names, specs), f, indent=2)
     if config is not None:
+        if not isinstance(config, str):  # a mapping, possibly an OmegaConf DictConfig
+            from omegaconf import OmegaConf
+
+            plain = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+            config = json.dumps(plain, indent=2, default=repr)
         with open(os.path.join(directory, CONFIG), "w") as f:
-            f.write(config if isinstance(config, str) else json.dumps(dict(config), indent=2))
+            f.write(config)
 
 
 def _manifest(model: keras.Model, names: list[str], specs: list[Any]) -> dict[str, Any]:
@@ -191,11 +196,19 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _move_into_place(staging: str, target: str) -> None:
-    """Rename the finished export to `target`, replacing an old one only after it is complete."""
+def _move_into_place(staging: str, target: str, overwrite: bool) -> None:
+    """Rename the finished export to `target`, replacing an old one only after it is complete
+    (and only with `overwrite`: something may have appeared there while this one was written)."""
+    if os.path.isdir(target) and not os.listdir(target):
+        os.rmdir(target)
     if not os.path.exists(target):
         os.rename(staging, target)
         return
+    if not overwrite:
+        raise FileExistsError(
+            f"Export path {target} was created while this export was written; pass "
+            "overwrite=True to replace it."
+        )
     retired = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
     os.rmdir(retired)
     os.rename(target, retired)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,8 +73,10 @@ def training_rows_path(source: str) -> str:
 def save_training_rows(source: str, x: np.ndarray | Mapping[str, np.ndarray]) -> str:
     """Record which rows trained the member saved at `source` (their hashes, sorted)."""
     path = training_rows_path(source)
-    partial = path + ".partial.npy"
-    np.save(partial, np.unique(row_hashes(x)))
+    handle, partial = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
+                                       dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(handle, "wb") as f:  # a unique name: concurrent writers never mix
+        np.save(f, np.unique(row_hashes(x)))
     os.replace(partial, path)
     return path
 

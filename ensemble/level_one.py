@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,8 +91,9 @@ class LevelOneStore:
             self._memory[key] = values
             return
         path = os.path.join(self.directory, key + ".npy")
-        partial = path + ".partial.npy"
-        np.save(partial, values)
+        handle, partial = tempfile.mkstemp(prefix=key + ".", suffix=".partial", dir=self.directory)
+        with os.fdopen(handle, "wb") as f:  # a unique name: concurrent writers never mix
+            np.save(f, values)
         os.replace(partial, path)
 
 

@@ -151,15 +151,25 @@ def load_member(
     except Exception as error:  # Any reader's failure becomes one error naming member and path.
         raise MemberError(name, f"cannot load {fmt!r} source {label!r}: {error}") from error
 
+    inferred = output is None
+    try:
+        specs = _input_specs(name, model, inputs)
+    except ValueError as error:
+        if isinstance(error, MemberError):
+            raise
+        raise MemberError(name, f"cannot tell the shape of its inputs (each needs a known rank): "
+                                f"{error}") from error
     member = Member(
         model,
-        inputs=_input_specs(name, model, inputs),
-        output=output if output is not None else _infer_output(model),
+        inputs=specs,
+        output=output if output is not None else (None if output_key is not None else _infer_output(model)),
         output_key=output_key,
         source=label,
         format=fmt,
         name=name,
     )
+    # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
+    member.output_inferred = inferred and member.output_kind is not None and _final_activation(model) == "sigmoid"
     _check_output_key(member)
     if not is_object:
         member.training_rows = load_training_rows(label)
@@ -203,6 +213,8 @@ def _load_checkpoint(
     if prefix is None:
         raise ValueError(f"no checkpoint found at {path!r}")
     model = build_architecture(architecture, safe_mode=safe_mode)
+    if model is architecture:  # the caller's own model: restore into a copy, never into it
+        model = _copy_model(model)
     restore_checkpoint(model, prefix, scope=scope, variable_map=variable_map)
     return model
 
@@ -262,14 +274,22 @@ def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> l
 
 
 def _infer_output(model: Any) -> OutputKind | None:
-    """'probabilities' when the model visibly ends in softmax or sigmoid, else unknown."""
+    """'probabilities' when the model's one output visibly ends in softmax or sigmoid, else
+    unknown (a multi-output model's last layer need not be the output used)."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return None
+    return "probabilities" if _final_activation(model) in ("softmax", "sigmoid") else None
+
+
+def _final_activation(model: Any) -> str | None:
     layers = getattr(model, "layers", None)
     if not layers:
         return None
-    activation = getattr(getattr(layers[-1], "activation", None), "__name__", None)
-    if activation in ("softmax", "sigmoid") or type(layers[-1]).__name__ == "Softmax":
-        return "probabilities"
-    return None
+    if type(layers[-1]).__name__ == "Softmax":
+        return "softmax"
+    name: str | None = getattr(getattr(layers[-1], "activation", None), "__name__", None)
+    return name
 
 
 def _check_output_key(member: Member) -> None:

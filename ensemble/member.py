@@ -81,6 +81,9 @@ class Member(keras.Model):
         # Hashes of the rows that trained the source model, when this project trained it
         # (see ensemble.fingerprint): what the leakage guard checks. Not part of the config.
         self.training_rows: np.ndarray | None = None
+        # Whether `output_kind` was inferred from a final sigmoid rather than declared: a
+        # regression ensemble may override it (a bounded regression output looks the same).
+        self.output_inferred = False
         self.trainable = False
 
     @property

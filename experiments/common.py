@@ -26,7 +26,7 @@ from ensemble import (
 )
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
-from ensemble.fitting import fit_combiner, fit_mean_weights, fit_stacking
+from ensemble.fitting import check_leakage, fit_combiner, fit_mean_weights, fit_stacking
 from ensemble.level_one import LevelOneStore
 from ensemble.metrics import classification_metrics, regression_metrics
 from ensemble.oof import stack_out_of_fold
@@ -147,7 +147,8 @@ def build_and_fit(cfg: DictConfig, data: Dataset, output_dir: str | None) -> tup
         members = members_config(cfg, everything, os.path.join(str(cfg.zoo.dir), "oof_final"))
 
     model = build_ensemble(load_members(members), combiner, task=task)
-    if level_one is None:
+    if level_one is None:  # holdout: these members predict the fitting rows, so guard them
+        check_leakage(model, x_fit)
         cache = os.path.join(output_dir, "level_one") if output_dir else None
         level_one = LevelOneStore(cache, verbose=0).predictions(model, x_fit)
     fit_from_config(model, fit, x_fit, y_fit, level_one=level_one)

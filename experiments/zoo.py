@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from ensemble import EnsembleError
 from ensemble.data import Dataset
-from ensemble.fingerprint import save_training_rows
+from ensemble.fingerprint import data_fingerprint, save_training_rows
 
 __all__ = ["EXTENSIONS", "ensure_zoo", "fit_predict", "member_entries", "train_member"]
 
@@ -62,14 +62,42 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> 
     trained = []
     for name, spec in zoo.members.items():
         path = _path(directory, str(name), spec)
-        if not _fits(spec, data) or os.path.exists(path):
+        if not _fits(spec, data):
             continue
+        recipe = _recipe(spec, data)
+        if os.path.exists(path) and _saved_recipe(path) == recipe:
+            continue
+        if os.path.exists(path):
+            log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
         log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
         model = train_member(str(name), spec, data.x_train, data.y_train, data)
-        save_training_rows(path, data.x_train)  # what the leakage guard checks; before the
-        _save(model, path, spec.format)          # model, so no member is ever without it
+        # The record of training rows first (a member is never without one), then the model,
+        # then the recipe: written last, it marks the member complete; until then a rerun
+        # retrains it.
+        _remove(path + RECIPE_SUFFIX)
+        save_training_rows(path, data.x_train)
+        _save(model, path, spec.format)
+        with open(path + RECIPE_SUFFIX, "w") as f:
+            f.write(recipe)
         trained.append(str(name))
     return trained
+
+
+RECIPE_SUFFIX = ".recipe.yaml"
+
+
+def _recipe(spec: DictConfig, data: Dataset) -> str:
+    """What a member was trained from: its config and its training rows. A change retrains it."""
+    return OmegaConf.to_yaml({"member": OmegaConf.to_container(spec, resolve=True),
+                              "data": data.name, "rows": data_fingerprint(data.x_train)})
+
+
+def _saved_recipe(path: str) -> str | None:
+    try:
+        with open(path + RECIPE_SUFFIX) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: Dataset) -> keras.Model:
@@ -87,11 +115,17 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
     except Exception as error:
         raise EnsembleError(f"Zoo member {name!r}: its build config fails: {error}") from error
     logits = bool(spec.build.get("logits", False))
-    model.compile(
-        optimizer=keras.optimizers.Adam(float(train.learning_rate)),
-        loss=(keras.losses.SparseCategoricalCrossentropy(from_logits=logits) if classification
-              else keras.losses.MeanSquaredError()),
-    )
+    smoothing = float(train.get("label_smoothing", 0.0))
+    if classification and smoothing:
+        # Smoothed targets bound a member's confidence, so one wrong answer cannot cost it
+        # tens of nats of NLL; the fitted combiner recalibrates the ensemble.
+        loss: Any = keras.losses.CategoricalCrossentropy(from_logits=logits, label_smoothing=smoothing)
+        y_fit, y_val = np.eye(width)[y_fit], np.eye(width)[y_val]
+    elif classification:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+    else:
+        loss = keras.losses.MeanSquaredError()
+    model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), loss=loss)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=int(train.patience), restore_best_weights=True
     )
@@ -140,12 +174,23 @@ def _fits_reason(spec: DictConfig, data: Dataset) -> str | None:
 
 
 def _save(model: keras.Model, path: str, fmt: str) -> None:
-    # Written beside, then renamed: an interrupted run never leaves a half-written member.
+    # Written beside, then swapped in: an interrupted run never leaves a half-written member.
     root, ext = os.path.splitext(path)
-    partial = f"{root}.partial{ext}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial, retired = f"{root}.partial{ext}", f"{root}.retired{ext}"
+    for leftover in (partial, retired):
+        _remove(leftover)
     if fmt == "saved_model":
         model.export(partial, verbose=False)
     else:
         model.save(partial)
+    if os.path.isdir(path):  # os.replace cannot replace a non-empty directory
+        os.rename(path, retired)
     os.replace(partial, path)
+    _remove(retired)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)

@@ -171,3 +171,22 @@ def test_task_is_inferred_and_checked(x):
     unknown = ensemble.load_member(dense_classifier(2, final=None), name="u")
     with pytest.raises(ensemble.EnsembleError, match=r"Cannot infer the task: member\(s\) \['u'\]"):
         ensemble.build_ensemble([probabilities, unknown], combiners.MeanCombiner())
+
+
+def test_a_sigmoid_regressor_joins_a_regression_ensemble(x):
+    bounded = dense_classifier(9, classes=1, final="sigmoid")  # e.g. a target scaled to [0, 1]
+    member = ensemble.load_member(bounded, name="bounded")
+    assert member.output_kind == "probabilities" and member.output_inferred
+    model = ensemble.build_ensemble([member], combiners.MeanCombiner(), task="regression")
+    np.testing.assert_allclose(model(x)["prediction"], _alone(bounded, x), atol=1e-6)
+    declared = ensemble.load_member(bounded, name="declared", output="probabilities")
+    with pytest.raises(ensemble.EnsembleError, match=r"declare class outputs"):
+        ensemble.build_ensemble([declared], combiners.MeanCombiner(), task="regression")
+
+
+def test_set_member_weights_checks_the_new_count(x):
+    model = ensemble.build_ensemble(
+        [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.MeanCombiner()
+    )
+    with pytest.raises(ValueError, match=r"Expected 2 weights, one per member. Received: weights=\[1.0\]"):
+        ensemble.ensemble_combiner(model).set_member_weights([1.0])

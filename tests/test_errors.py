@@ -94,13 +94,16 @@ BUILD_ERRORS = [
     (lambda: (_members(("a", 1, {}), ("b", 2, {})), combiners.MeanCombiner(weights=[1, 2, 3])),
      ValueError, r"Expected 2 weights, one per member. Received: weights=\[1.0, 2.0, 3.0\]"),
     (lambda: ([], combiners.MeanCombiner()), ensemble.EnsembleError, "at least one member"),
+    (lambda: (_members(("features", 1, {})), combiners.MeanCombiner()),
+     ensemble.EnsembleError, r"Member 'features' has the name of an input of the ensemble"),
     (lambda: (_members(("a", 1, {})), "mean"), ensemble.EnsembleError, "Expected combiner to be a combiners.Combiner"),
 ]
 
 
 @pytest.mark.parametrize(
     "make, error, match", BUILD_ERRORS,
-    ids=["widths", "inputs", "duplicate-names", "reserved-name", "weight-count", "no-members", "not-a-combiner"],
+    ids=["widths", "inputs", "duplicate-names", "reserved-name", "weight-count", "no-members", "input-name",
+         "not-a-combiner"],
 )
 def test_build_errors(make, error, match):
     members, combiner = make()
@@ -142,3 +145,18 @@ def test_non_tensorflow_backend_is_a_clear_error():
     )
     assert done.returncode != 0
     assert "needs the TensorFlow backend of Keras; the configured backend is 'numpy' (from KERAS_BACKEND)" in done.stderr
+
+
+def test_a_tf1_input_of_unknown_rank_is_named(tmp_path):
+    import tensorflow as tf
+
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        x = tf.compat.v1.placeholder(tf.float32, name="x")  # no shape at all
+        y = tf.nn.softmax(x)
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "norank"))
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"p": y})
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": signature})
+        builder.save()
+    with pytest.raises(ensemble.MemberError, match=r"Member 'm': .*(known rank|unknown rank)"):
+        ensemble.load_member(tmp_path / "norank", name="m")

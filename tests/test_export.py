@@ -215,3 +215,29 @@ def test_xla_compiled_export_gives_the_same_outputs(tmp_path, mixed_ensemble):
     served = tf.saved_model.load(path).signatures["serving_default"](features=tf.constant(x))
     for key, value in model(x).items():
         np.testing.assert_allclose(served[key], value, atol=1e-5, err_msg=key)
+
+
+def test_overwrite_is_checked_again_when_the_export_moves_into_place(tmp_path, mixed_ensemble, monkeypatch):
+    model, _ = mixed_ensemble
+    target = tmp_path / "export"
+    real_write = export_module._write
+
+    def someone_else_writes_meanwhile(model, directory, config, jit_compile):
+        real_write(model, directory, config, jit_compile)
+        target.mkdir()
+        (target / "theirs.txt").write_text("keep me")
+
+    monkeypatch.setattr(export_module, "_write", someone_else_writes_meanwhile)
+    with pytest.raises(FileExistsError, match="was created while this export was written"):
+        ensemble.export_saved_model(model, target)
+    assert (target / "theirs.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["export", "members"]
+
+
+def test_config_may_be_an_omegaconf_mapping(tmp_path, mixed_ensemble):
+    from omegaconf import OmegaConf
+
+    model, _ = mixed_ensemble
+    path = ensemble.export_saved_model(model, tmp_path / "export", config=OmegaConf.create({"a": {"b": [1, 2]}}))
+    written = json.loads(open(os.path.join(path, "assets.extra", "config.yaml")).read())
+    assert written == {"a": {"b": [1, 2]}}

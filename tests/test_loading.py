@@ -166,3 +166,22 @@ def test_multi_output_keras_model_needs_an_output_key(x):
         ensemble.load_member(model, name="multi")
     member = ensemble.load_member(model, name="multi", output_key="probs", output="probabilities")
     np.testing.assert_allclose(_member_output(member, x), np.asarray(model(x)["probs"]), atol=1e-6)
+
+
+def test_checkpoints_restored_into_one_architecture_object_stay_isolated(tmp_path, x):
+    nets = [DenseNet.random(sizes=(8, 16, 3), seed=s) for s in (21, 22)]
+    paths = [write_tf2_checkpoint(tmp_path / f"c{i}" / "ckpt", net, root="net") for i, net in enumerate(nets)]
+    architecture = DenseNet.random(sizes=(8, 16, 3), seed=23).to_keras()
+    a, b = (ensemble.load_member(p, name=f"m{i}", architecture=architecture) for i, p in enumerate(paths))
+    np.testing.assert_allclose(_member_output(a, x), nets[0].predict(x), atol=1e-5)
+    np.testing.assert_allclose(_member_output(b, x), nets[1].predict(x), atol=1e-5)
+    assert a.model is not architecture and architecture.trainable
+
+
+def test_output_kind_is_not_inferred_for_an_output_key_of_a_multi_output_model(x):
+    inputs = keras.Input((8,))
+    logits = keras.layers.Dense(3, name="logits")(inputs)
+    model = keras.Model(inputs, {"logits": logits, "probs": keras.layers.Softmax()(logits)})
+    member = ensemble.load_member(model, name="multi", output_key="logits")
+    assert member.output_kind is None
+    np.testing.assert_allclose(_member_output(member, x), np.asarray(model(x)["logits"]), atol=1e-6)

@@ -86,3 +86,43 @@ def test_sweep_from_the_command_line(wine_overrides, tmp_path):
     assert combiners == ["StackingCombiner", "MeanCombiner"]
     table = (tmp_path / "comparison.md").read_text()  # written by the sweep callback
     assert "combiner=stack" in table and "combiner=weighted" in table and "best single member" in table
+
+
+def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):
+    from omegaconf import open_dict
+
+    import keras
+
+    from ensemble.data import load_dataset
+    from ensemble.fingerprint import save_training_rows
+    from experiments.common import build_and_fit
+
+    data = load_dataset("wine")
+    members = {}
+    for seed, name in ((1, "a"), (2, "b")):
+        keras.utils.set_random_seed(seed)
+        path = tmp_path / f"{name}.keras"
+        keras.Sequential([keras.Input((13,)), keras.layers.Dense(3, activation="softmax")]).save(path)
+        save_training_rows(str(path), data.x_holdout)  # as if they had trained on the holdout rows
+        members[name] = {"source": str(path), "format": "auto", "options": {}}
+    cfg = compose_config(*wine_overrides, "export=none")
+    with open_dict(cfg):
+        cfg.members = members
+    with pytest.raises(ensemble.EnsembleError, match=rf"trained member\(s\) \{{'a': {len(data.x_holdout)}"):
+        build_and_fit(cfg, data, None)
+
+
+def test_a_changed_member_is_retrained_in_place(wine_overrides, tmp_path):
+    from ensemble.data import load_dataset
+    from experiments.zoo import ensure_zoo
+
+    data = load_dataset("wine")
+    zoo = tmp_path / "zoo"
+    first = compose_config(*wine_overrides, f"zoo.dir={zoo}")
+    assert sorted(ensure_zoo(first.zoo, data)) == ["deep_mlp", "linear", "mlp", "wide"]
+    assert ensure_zoo(first.zoo, data) == []  # unchanged: nothing retrained
+    changed = compose_config(*wine_overrides, f"zoo.dir={zoo}", "zoo.members.linear.train.seed=99")
+    assert ensure_zoo(changed.zoo, data) == ["linear"]  # a SavedModel directory, replaced
+    assert not [p.name for p in zoo.iterdir() if "partial" in p.name or "retired" in p.name]
+    assert "seed: 99" in (zoo / "linear_savedmodel.recipe.yaml").read_text()
+    ensemble.load_member(zoo / "linear_savedmodel", name="linear", output="probabilities")
