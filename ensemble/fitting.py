@@ -19,6 +19,7 @@ saw their rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -90,6 +91,7 @@ def fit_combiner(
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
     **fit_options: Any,
 ) -> keras.callbacks.History:
     """Train only the combiner of `model` (from `build_ensemble`) on `(x, y)`.
@@ -97,6 +99,10 @@ def fit_combiner(
     Members predict `x` once (through `store`, which caches them); the
     combiner then trains on those predictions in a small head model with
     compiled multi-step execution. Members stay bit-identical.
+
+    With a `tf.distribute` `strategy`, the head trains under it (each replica a shard of
+    every batch); the ensemble must then have been built in `strategy.scope()`, where
+    Keras needs the combiner's variables to be created.
 
     Returns:
         The Keras `History` of the head's training.
@@ -110,6 +116,19 @@ def fit_combiner(
         )
     targets = _check_targets(model, x, y)
     level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        return _fit_head(model, combiner, level_one, x, targets, epochs, batch_size,
+                         validation_split, verbose, optimizer, fit_options,
+                         multi_step=strategy is None)
+
+
+def _fit_head(
+    model: keras.Model, combiner: Combiner, level_one: np.ndarray, x: Data, targets: np.ndarray,
+    epochs: int, batch_size: int, validation_split: float | None, verbose: Any, optimizer: Any,
+    fit_options: dict[str, Any],
+    multi_step: bool = True,
+) -> keras.callbacks.History:
     head, inputs = _head(combiner, level_one, x)
     rows = len(targets)
     train_rows = rows - int(rows * (validation_split or 0.0))  # Keras' rule: the last rows validate
@@ -119,8 +138,10 @@ def fit_combiner(
         optimizer=optimizer or keras.optimizers.Adam(learning_rate=0.01),
         loss=("sparse_categorical_crossentropy" if ensemble_task(model) == "classification"
               else "mean_squared_error"),
-        # One compiled call per epoch: the head is tiny, Python overhead dominates.
-        steps_per_execution=max(1, min(64, math.ceil(train_rows / batch_size))),
+        # One compiled call per epoch: the head is tiny, Python overhead dominates. Not under a
+        # distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21 ("You
+        # must feed a value for placeholder tensor ... while/cond").
+        steps_per_execution=max(1, min(64, math.ceil(train_rows / batch_size))) if multi_step else 1,
     )
     shuffle = fit_options.pop("shuffle", True)
     train = _dataset(keras.tree.map_structure(lambda a: a[:train_rows], inputs),

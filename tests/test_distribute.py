@@ -70,3 +70,44 @@ def test_mirrored_level_one_over_two_logical_devices_equals_one_device():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["shape"] == [1001, 2, 3] and result["gap"] == 0.0
+
+
+_FIT = textwrap.dedent(
+    """
+    import json, numpy as np
+    import ensemble, combiners
+    ensemble.configure_devices(logical_cpus=2)
+    from ensemble.distribute import make_strategy
+    from ensemble.fitting import fit_combiner
+    from tests.conftest import dense_classifier
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = rng.integers(0, 3, size=512)
+    weights = {}
+    for name in ("default", "mirrored"):
+        strategy = make_strategy(name)
+        with strategy.scope():  # the combiner's variables are created under the strategy
+            model = ensemble.build_ensemble(
+                [dense_classifier(1, name="a"), dense_classifier(2, name="b")],
+                combiners.StackingCombiner())
+        fit_combiner(model, x, y, epochs=5, batch_size=64, verbose=0, shuffle=False,
+                     strategy=strategy if name == "mirrored" else None)
+        weights[name] = [w.tolist() for w in ensemble.ensemble_combiner(model).get_weights()]
+        replicas = strategy.num_replicas_in_sync
+    gap = max(float(np.abs(np.array(a) - np.array(b)).max())
+              for a, b in zip(weights["default"], weights["mirrored"]))
+    print(json.dumps({"replicas": replicas, "gap": gap}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_fit_combiner_under_mirrored_equals_one_device():
+    done = subprocess.run(
+        [sys.executable, "-c", _FIT], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["gap"] < 1e-4, result  # same data and order: same combiner within float error
