@@ -26,16 +26,19 @@ __all__ = ["STRATEGIES", "distributed_level_one", "make_strategy", "parse_tf_con
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+def make_strategy(name: str = "default", *, timeout_s: float | None = 300.0) -> tf.distribute.Strategy:
     """The `tf.distribute` strategy called `name`: `default` (this device), `mirrored` (every
-    local device), `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`)."""
+    local device), `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`,
+    its collective operations failing after `timeout_s`). Note: TensorFlow's constructor
+    itself waits for every worker of the cluster, without a timeout."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         parse_tf_config(os.environ.get("TF_CONFIG"))
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise EnsembleError(f"runtime.strategy: expected one of {STRATEGIES}. Received: {name!r}")
 
 
@@ -94,10 +97,17 @@ def distributed_level_one(
     step = tf.function(predict)
 
     seen_ids, outputs = [], []
-    for batch_ids, features in distributed:
-        replica_ids, replica_out = strategy.run(step, args=(batch_ids, features))
-        seen_ids += [np.asarray(t) for t in strategy.experimental_local_results(replica_ids)]
-        outputs += [np.asarray(t) for t in strategy.experimental_local_results(replica_out)]
+    try:
+        for batch_ids, features in distributed:
+            replica_ids, replica_out = strategy.run(step, args=(batch_ids, features))
+            # Gathered from every replica of every worker (uneven last shards included).
+            seen_ids.append(np.asarray(strategy.gather(replica_ids, axis=0)))
+            outputs.append(np.asarray(strategy.gather(replica_out, axis=0)))
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise EnsembleError(
+            "A worker of the cluster did not answer in time (is every worker of TF_CONFIG "
+            f"started?): {str(error).splitlines()[0]}"
+        ) from None
     order = np.concatenate(seen_ids)
     if not np.array_equal(np.sort(order), ids):
         raise EnsembleError(

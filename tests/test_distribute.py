@@ -111,3 +111,61 @@ def test_fit_combiner_under_mirrored_equals_one_device():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert result["gap"] < 1e-4, result  # same data and order: same combiner within float error
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, numpy as np
+    import ensemble, combiners
+    from ensemble.distribute import distributed_level_one, make_strategy
+    from tests.conftest import dense_classifier
+    strategy = make_strategy(sys.argv[1], timeout_s=120)
+    with strategy.scope():
+        model = ensemble.build_ensemble(
+            [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(301, 8)).astype("float32")
+    level_one = distributed_level_one(model, x, strategy, batch_size=32)
+    np.savez(sys.argv[2], level_one=level_one, replicas=strategy.num_replicas_in_sync)
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_equal_one_process(tmp_path):
+    import numpy as np
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    single = subprocess.run([sys.executable, "-c", _WORKER, "default", str(tmp_path / "single.npz")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, "multi_worker", str(tmp_path / f"worker{i}.npz")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i in range(2)
+    ]
+    try:
+        for worker in workers:
+            _, err = worker.communicate(timeout=240)  # bounded: never hangs the suite
+            assert worker.returncode == 0, err[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+    reference = np.load(tmp_path / "single.npz")
+    for i in range(2):
+        result = np.load(tmp_path / f"worker{i}.npz")
+        assert int(result["replicas"]) == 2
+        # Each worker predicted its shard; every row comes back, in order, on both workers.
+        np.testing.assert_array_equal(result["level_one"], reference["level_one"])
