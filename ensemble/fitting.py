@@ -175,13 +175,14 @@ def fit_stacking(
     """Fit the default stacking meta-model the exact convex way and bake it into the graph.
 
     Classification: a multinomial `LogisticRegression(C=C)`; regression:
-    `Ridge(alpha=alpha)`; both on the meta features the `StackingCombiner`
-    computes (`meta_features`). With `C`/`alpha` None (the default), the
+    `Ridge(alpha=alpha)` on the residual of the members' plain mean (so that
+    regularisation shrinks toward that mean); both on the meta features the
+    `StackingCombiner` computes (`meta_features`). With `C`/`alpha` None (the default), the
     regularisation is chosen by `cv`-fold cross-validated log-loss (squared
     error) with `LogisticRegressionCV` / `RidgeCV`: the meta-model has
     members x classes^2 weights, which overfit the fitting rows otherwise.
     The ensemble's `prediction` then equals the estimator's `predict_proba`
-    / `predict` on those features.
+    (classification) or the members' mean plus its `predict` (regression).
 
     Returns:
         The fitted scikit-learn estimator.
@@ -220,10 +221,17 @@ def fit_stacking(
             kernel = np.hstack([np.zeros_like(kernel), kernel])
             bias = np.concatenate([[0.0], bias])
     else:
+        # Ridge on what the members' plain mean gets wrong: the penalty then shrinks toward
+        # the mean (a sound ensemble) rather than toward predicting zero.
+        members_mean = level_one.mean(axis=1).astype("float64")
         estimator = (
-            Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 4, 17), cv=cv)
-        ).fit(features, targets)
-        kernel = np.atleast_2d(estimator.coef_).T
+            Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
+        ).fit(features, targets - members_mean)
+        members, width = level_one.shape[1], level_one.shape[2]
+        prior = np.zeros((features.shape[1], width))
+        for j in range(members):  # the default kernel's mean over members
+            prior[j * width:(j + 1) * width] += np.eye(width) / members
+        kernel = prior + np.atleast_2d(estimator.coef_).T
         bias = np.atleast_1d(estimator.intercept_)
     dense = combiner.meta_model_
     assert dense is not None  # built with the ensemble

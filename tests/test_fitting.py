@@ -140,11 +140,21 @@ def test_sklearn_baked_binary_and_regression():
     }
     model = _ensemble(regressors, combiners.StackingCombiner(), task="regression")
     estimator = fit_stacking(model, xr[200:350], yr[200:350], alpha=1e-3)
-    features = np.asarray(ensemble.ensemble_combiner(model).meta_features(
-        LevelOneStore().predictions(model, xr[350:])))
+    level_one = LevelOneStore().predictions(model, xr[350:])
+    features = np.asarray(ensemble.ensemble_combiner(model).meta_features(level_one))
+    # Regression: the members' mean plus the Ridge correction fitted to its residual.
     np.testing.assert_allclose(
-        model.predict(xr[350:], verbose=0)["prediction"][:, 0], np.ravel(estimator.predict(features)),
+        model.predict(xr[350:], verbose=0)["prediction"][:, 0],
+        level_one.mean(axis=1)[:, 0] + np.ravel(estimator.predict(features)),
         rtol=1e-5, atol=1e-3,
+    )
+    # A heavy penalty shrinks the stacked ensemble to the plain mean, not to zero.
+    fit_stacking(model, xr[200:350], yr[200:350], alpha=1e12)
+    np.testing.assert_allclose(
+        model.predict(xr[350:], verbose=0)["prediction"][:, 0],
+        level_one.mean(axis=1)[:, 0] + np.mean(yr[200:350] - LevelOneStore().predictions(
+            model, xr[200:350]).mean(axis=1)[:, 0]),
+        rtol=1e-4,
     )
 
 
