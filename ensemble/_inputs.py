@@ -1,12 +1,19 @@
-"""How a model with named inputs accepts them: a dict by name, a list in order, or one tensor."""
+"""How data reaches a model: one array, a dict of named arrays, or a list in input order."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Union
 
+import numpy as np
+
+from ensemble.errors import EnsembleError
 from ensemble.types import Tensor
 
-__all__ = ["input_values"]
+__all__ = ["Data", "flat_features", "input_values", "row_count"]
+
+Data = Union[np.ndarray, Mapping[str, np.ndarray]]
+"""Rows for a model: one array, or named arrays with the same number of rows."""
 
 
 def input_values(inputs: Tensor, names: Sequence[str]) -> list[Tensor]:
@@ -16,3 +23,25 @@ def input_values(inputs: Tensor, names: Sequence[str]) -> list[Tensor]:
     if isinstance(inputs, (list, tuple)):
         return list(inputs)
     return [inputs]
+
+
+def row_count(x: Data) -> int:
+    """The rows of `x`; named inputs must agree on it."""
+    if not isinstance(x, Mapping):
+        return len(x)
+    if not x:
+        raise EnsembleError("Expected at least one named input. Received: x={}")
+    rows = {name: len(values) for name, values in x.items()}
+    if len(set(rows.values())) > 1:
+        raise EnsembleError(f"Expected every named input to have the same rows. Received: rows={rows}")
+    return next(iter(rows.values()))
+
+
+def flat_features(x: Data) -> np.ndarray:
+    """Each row as one float32 vector: named inputs flattened and joined in name order.
+
+    What the passthrough combiner sees (`FlatFeatures`), and what row hashes are taken of.
+    """
+    parts = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
+    rows = row_count(x)
+    return np.concatenate([np.asarray(p, dtype="float32").reshape(rows, -1) for p in parts], axis=1)

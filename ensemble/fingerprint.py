@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ensemble._inputs import flat_features
+
 __all__ = [
     "data_fingerprint",
     "load_training_rows",
@@ -20,18 +22,9 @@ __all__ = [
 ]
 
 
-def _row_matrix(x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
-    """Every row as one float32 vector: a mapping's inputs joined in name order."""
-    parts = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
-    rows = len(parts[0])
-    return np.ascontiguousarray(
-        np.concatenate([np.asarray(p, dtype="float32").reshape(rows, -1) for p in parts], axis=1)
-    )
-
-
 def row_hashes(x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
     """A 64-bit hash of each row's values (uint64, one per row)."""
-    matrix = _row_matrix(x)
+    matrix = np.ascontiguousarray(flat_features(x))
     return np.array(
         [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
          for row in matrix],

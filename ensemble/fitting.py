@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -37,10 +36,11 @@ from sklearn.linear_model import (
 
 from combiners import MeanCombiner, StackingCombiner
 from combiners.base import Combiner
+from ensemble._inputs import Data, flat_features, row_count
 from ensemble.build import ensemble_combiner, ensemble_members, ensemble_task
 from ensemble.errors import EnsembleError
 from ensemble.fingerprint import row_hashes
-from ensemble.level_one import Data, LevelOneStore, flat_features, member_inputs
+from ensemble.level_one import LevelOneStore, member_inputs
 from ensemble.weights import ensemble_selection, optimal_weights
 
 __all__ = ["check_leakage", "fit_combiner", "fit_mean_weights", "fit_stacking"]
@@ -71,7 +71,7 @@ def check_leakage(model: keras.Model, x: Data, *, allow_overlap: bool = False) -
     if leaked and not allow_overlap:
         raise EnsembleError(
             f"Rows given to fit the combiner trained member(s) {leaked} (name: overlapping rows "
-            f"of {_rows(x)}). A combiner fitted on them trusts those members' overconfident "
+            f"of {row_count(x)}). A combiner fitted on them trusts those members' overconfident "
             "answers. Use held-out rows (the holdout split, or out-of-fold predictions), or pass "
             "allow_overlap=True if you mean it."
         )
@@ -339,7 +339,7 @@ def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[keras.Mod
 
 
 def _check_targets(model: keras.Model, x: Data, y: Any) -> np.ndarray:
-    rows = _rows(x)
+    rows = row_count(x)
     if rows == 0:
         raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
     targets = np.asarray(y)
@@ -368,7 +368,3 @@ def _check_targets(model: keras.Model, x: Data, y: Any) -> np.ndarray:
             f"Received labels {outside[:10]}: do these labels match the members' classes?"
         )
     return targets
-
-
-def _rows(x: Data) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ensemble._inputs import Data, flat_features, row_count
 from ensemble.build import ensemble_members
 from ensemble.fingerprint import data_fingerprint, member_fingerprint
 from ensemble.layers import MemberStack
@@ -29,7 +30,6 @@ __all__ = ["LevelOneStore", "flat_features", "member_inputs"]
 
 log = logging.getLogger(__name__)
 
-Data = np.ndarray | Mapping[str, np.ndarray]
 
 
 class LevelOneStore:
@@ -65,7 +65,7 @@ class LevelOneStore:
         missing = [i for i, values in enumerate(found) if values is None]
         if missing:
             log.info("Level-one pass of member(s) %s over %d rows",
-                     [members[i].name for i in missing], _rows(x))
+                     [members[i].name for i in missing], row_count(x))
             stacked = _members_model(model, [members[i] for i in missing]).predict(
                 _feeds(model, x), batch_size=self.batch_size, verbose=self.verbose
             )
@@ -124,14 +124,3 @@ def member_inputs(member: Member, x: Data) -> Any:
     if missing:
         raise KeyError(f"Member {member.name!r} reads input(s) {missing}; x has {sorted(x)}.")
     return {name: x[name] for name in member.input_names}
-
-
-def flat_features(x: Data) -> np.ndarray:
-    """The raw inputs as the passthrough combiner sees them (`FlatFeatures`): name order, flat."""
-    parts = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
-    rows = _rows(x)
-    return np.concatenate([np.asarray(p, dtype="float32").reshape(rows, -1) for p in parts], axis=1)
-
-
-def _rows(x: Data) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)

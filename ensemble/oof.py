@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from ensemble._inputs import row_count
 from ensemble.errors import EnsembleError, MemberError
 from ensemble.types import Task
 
@@ -81,17 +82,6 @@ def stack_out_of_fold(
     return np.stack(columns, axis=1), _fold_ids(splits)
 
 
-def _rows(x: Inputs) -> int:
-    if not isinstance(x, Mapping):
-        return len(x)
-    if not x:
-        raise EnsembleError("Expected at least one named input. Received: x={}")
-    rows = {name: len(values) for name, values in x.items()}
-    if len(set(rows.values())) > 1:
-        raise EnsembleError(f"Expected every named input to have the same rows. Received: rows={rows}")
-    return next(iter(rows.values()))
-
-
 def _take(x: Inputs, index: np.ndarray) -> Inputs:
     if isinstance(x, Mapping):
         return {name: values[index] for name, values in x.items()}
@@ -100,7 +90,7 @@ def _take(x: Inputs, index: np.ndarray) -> Inputs:
 
 
 def _splits(x: Inputs, y: np.ndarray, *, cv: int, task: Task, seed: int) -> list[Split]:
-    rows = _rows(x)
+    rows = row_count(x)
     if task not in ("classification", "regression"):
         raise EnsembleError(f"Expected task 'classification' or 'regression'. Received: task={task!r}")
     if cv < 2:

@@ -43,6 +43,7 @@ __all__ = [
     "fit_from_config",
     "load_members",
     "make_combiner",
+    "markdown_table",
     "members_config",
     "print_table",
 ]
@@ -176,13 +177,14 @@ def _noise_variance(model: Any, level_one: np.ndarray, x: np.ndarray, y: np.ndar
 
 
 def evaluate(model: Any, data: Dataset, batch_size: int, noise_variance: float | None = None,
-             fit_x: Any = None, fit_y: Any = None) -> dict[str, Any]:
+             fit_x: Any = None, fit_y: Any = None, outputs: Any = None) -> dict[str, Any]:
     """Metrics of every member, their plain mean, and the ensemble on the test split.
 
     Regression NLL: each member's (and the mean's) predictive std is its RMSE on the
     fitting rows; the ensemble's is sqrt(spread^2 + noise_variance).
     """
-    outputs = model.predict(data.x_test, batch_size=batch_size, verbose=0)
+    if outputs is None:  # the model's outputs on the test split, unless the caller has them
+        outputs = model.predict(data.x_test, batch_size=batch_size, verbose=0)
     names = [member.name for member in ensemble_members(model)]
     members_out = outputs["member_predictions"]
     if data.task == "classification":
@@ -258,6 +260,16 @@ def finish(
     return result
 
 
+def markdown_table(rows: dict[str, dict[str, float]], first: str = "model",
+                   metrics: list[str] | None = None) -> list[str]:
+    """Markdown table lines: one row per name, one column per metric (default: the first row's)."""
+    metrics = metrics or list(next(iter(rows.values())))
+    lines = [f"| {first} | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return lines
+
+
 def comparison_table(sweep_dir: str) -> str:
     """Markdown tables of every job's ensemble metrics in a sweep directory, one per dataset,
     each closed by the best single member of that dataset."""
@@ -276,13 +288,9 @@ def comparison_table(sweep_dir: str) -> str:
         members = rows[0][1]["members"].values()  # the jobs on one dataset share the members
         metrics = [m for m in rows[0][1]["ensemble"] if all(m in v for v in members)]
         best = {m: (max if m in HIGHER_IS_BETTER else min)(v[m] for v in members) for m in metrics}
-        lines = [f"### {name}", "", "| job | " + " | ".join(metrics) + " |",
-                 "|---" * (len(metrics) + 1) + "|"]
-        for label, result in rows:
-            lines.append(f"| {label} | " + " | ".join(f"{result['ensemble'][m]:.4f}" for m in metrics) + " |")
-        lines.append("| best single member (per metric) | " +
-                     " | ".join(f"{best[m]:.4f}" for m in metrics) + " |")
-        sections.append("\n".join(lines))
+        table = {label: result["ensemble"] for label, result in rows}
+        table["best single member (per metric)"] = best
+        sections.append("\n".join([f"### {name}", "", *markdown_table(table, "job", metrics)]))
     return "\n\n".join(sections) + "\n" if sections else ""
 
 

@@ -26,7 +26,7 @@ from ensemble import plots
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
 from ensemble.metrics import disagreement
-from experiments.common import build_and_fit, evaluate, finish, print_table
+from experiments.common import build_and_fit, evaluate, finish, markdown_table, print_table
 
 __all__ = ["run"]
 
@@ -39,9 +39,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         _check_writable(output_dir)
     data: Dataset = instantiate(cfg.data)
     model, record = build_and_fit(cfg, data, output_dir)
-    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
-                      data.x_holdout, data.y_holdout)
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
+    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
+                      data.x_holdout, data.y_holdout, outputs=outputs)
     if data.task == "classification":
         scores["ensemble"]["disagreement"] = disagreement(outputs["member_predictions"], outputs["prediction"])
     result: dict[str, Any] = {**record, **scores, "data": {"name": data.name, **data.split}}
@@ -100,14 +100,6 @@ def _plots(model: Any, data: Dataset, outputs: dict[str, np.ndarray], scores: di
     }
 
 
-def _table(rows: dict[str, dict[str, float]]) -> list[str]:
-    metrics = list(next(iter(rows.values())))
-    lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for name, values in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
-    return lines
-
-
 def _report(cfg: DictConfig, result: dict[str, Any], figures: dict[str, str], output_dir: str) -> None:
     """report.md: what was run, the tables, the plots inline, the config."""
     rows = {**result["members"], "mean of members": result["mean"], "**ensemble**": result["ensemble"]}
@@ -122,7 +114,7 @@ def _report(cfg: DictConfig, result: dict[str, Any], figures: dict[str, str], ou
         "",
         "## Test metrics",
         "",
-        *_table(rows),
+        *markdown_table(rows),
         "",
     ]
     if "weights" in result:
@@ -133,7 +125,7 @@ def _report(cfg: DictConfig, result: dict[str, Any], figures: dict[str, str], ou
         lines += ["## Export", "", f"One SavedModel at `{result['export_dir']}` (verified by reloading).", ""]
     if "tflite" in result:
         lines += ["TFLite variants against the float ensemble:", "",
-                  *_table({k: {m: v for m, v in row.items() if m != "bytes"} | {"bytes": row.get("bytes", 0)}
+                  *markdown_table({k: {m: v for m, v in row.items() if m != "bytes"} | {"bytes": row.get("bytes", 0)}
                            for k, row in result["tflite"].items() if k != "float"}), ""]
     lines += ["## Config", "", "```yaml", OmegaConf.to_yaml(cfg, resolve=True).rstrip(), "```", ""]
     with open(os.path.join(output_dir, "report.md"), "w") as f:

@@ -30,6 +30,22 @@ def dense_classifier(
     return keras.Sequential(layers, name=name)
 
 
+def two_input_ensemble() -> keras.Model:
+    """Members reading different named inputs: `image` (4 features) and `meta` (2)."""
+    import combiners
+    import ensemble
+
+    image_in = keras.Input((4,), name="img")
+    image = keras.Model(image_in, keras.layers.Dense(3, activation="softmax")(image_in))
+    meta_in = keras.Input((2,), name="m")
+    meta = keras.Model(meta_in, keras.layers.Dense(3, activation="softmax")(meta_in))
+    return ensemble.build_ensemble(
+        [ensemble.load_member(image, name="vision", inputs="image"),
+         ensemble.load_member(meta, name="tabular", inputs="meta")],
+        combiners.MeanCombiner(),
+    )
+
+
 @pytest.fixture
 def x() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(7, FEATURES)).astype("float32")

@@ -41,6 +41,16 @@ def test_a_good_tf_config_and_unknown_strategies():
         make_strategy("tpu")
 
 
+def run_fresh(script: str) -> dict:
+    """Run `script` in a fresh Python (devices are fixed at TF's start) and read its JSON line."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 _MIRRORED = textwrap.dedent(
     """
     import json, numpy as np
@@ -63,12 +73,7 @@ _MIRRORED = textwrap.dedent(
 
 @pytest.mark.slow
 def test_mirrored_level_one_over_two_logical_devices_equals_one_device():
-    done = subprocess.run(
-        [sys.executable, "-c", _MIRRORED], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_fresh(_MIRRORED)
     assert result["replicas"] == 2 and result["shape"] == [1001, 2, 3] and result["gap"] == 0.0
 
 
@@ -103,12 +108,7 @@ _FIT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_fit_combiner_under_mirrored_equals_one_device():
-    done = subprocess.run(
-        [sys.executable, "-c", _FIT], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_fresh(_FIT)
     assert result["replicas"] == 2
     assert result["gap"] < 1e-4, result  # same data and order: same combiner within float error
 

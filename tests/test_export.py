@@ -15,6 +15,7 @@ import pytest
 
 import combiners
 import ensemble
+from tests.conftest import two_input_ensemble
 from ensemble import export as export_module
 from tests.legacy_formats import DenseNet, write_tf1_saved_model
 
@@ -136,15 +137,7 @@ def test_saved_model_cli_reads_and_runs_the_signature(tmp_path, mixed_ensemble):
 
 
 def test_multi_input_ensemble_names_its_signature_inputs(tmp_path):
-    image_in = keras.Input((4,), name="img")
-    image = keras.Model(image_in, keras.layers.Dense(3, activation="softmax")(image_in))
-    meta_in = keras.Input((2,), name="m")
-    meta = keras.Model(meta_in, keras.layers.Dense(3, activation="softmax")(meta_in))
-    model = ensemble.build_ensemble(
-        [ensemble.load_member(image, name="vision", inputs="image"),
-         ensemble.load_member(meta, name="tabular", inputs="meta")],
-        combiners.MeanCombiner(),
-    )
+    model = two_input_ensemble()
     path = ensemble.export_saved_model(model, tmp_path / "export")
     import tensorflow as tf
 

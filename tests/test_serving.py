@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
 import combiners
 import ensemble
-from tests.conftest import dense_classifier
+from tests.conftest import two_input_ensemble, dense_classifier
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
@@ -28,15 +27,7 @@ def test_compiled_predict_matches_and_never_retraces(jit_compile):
 
 
 def test_compiled_predict_with_named_inputs():
-    image_in = keras.Input((4,), name="img")
-    image = keras.Model(image_in, keras.layers.Dense(3, activation="softmax")(image_in))
-    meta_in = keras.Input((2,), name="m")
-    meta = keras.Model(meta_in, keras.layers.Dense(3, activation="softmax")(meta_in))
-    model = ensemble.build_ensemble(
-        [ensemble.load_member(image, name="vision", inputs="image"),
-         ensemble.load_member(meta, name="tabular", inputs="meta")],
-        combiners.MeanCombiner(),
-    )
+    model = two_input_ensemble()
     feeds = {"image": np.ones((5, 4), "float32"), "meta": np.zeros((5, 2), "float32")}
     np.testing.assert_allclose(
         ensemble.compiled_predict(model)(feeds)["prediction"], model(feeds)["prediction"], atol=1e-6
