@@ -26,20 +26,61 @@ __all__ = ["STRATEGIES", "distributed_level_one", "make_strategy", "parse_tf_con
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-def make_strategy(name: str = "default", *, timeout_s: float | None = 300.0) -> tf.distribute.Strategy:
+def make_strategy(name: str = "default", *, timeout_s: float = 300.0) -> tf.distribute.Strategy:
     """The `tf.distribute` strategy called `name`: `default` (this device), `mirrored` (every
-    local device), `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`,
-    its collective operations failing after `timeout_s`). Note: TensorFlow's constructor
-    itself waits for every worker of the cluster, without a timeout."""
+    local device), `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`).
+
+    For `multi_worker`, `timeout_s` bounds both the wait for every worker of the cluster to
+    come up and each collective operation afterwards: a worker that never starts, or stops
+    answering, is an EnsembleError naming `TF_CONFIG`, not a hang.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        parse_tf_config(os.environ.get("TF_CONFIG"))
+        if timeout_s <= 0:
+            raise EnsembleError(f"runtime.timeout_s: expected a positive number of seconds. Received: {timeout_s}")
+        config = parse_tf_config(os.environ.get("TF_CONFIG"))
+        _bound_cluster_registration(config["cluster"], timeout_s)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except tf.errors.DeadlineExceededError as error:
+            raise EnsembleError(
+                f"Not every worker of TF_CONFIG.cluster {config['cluster']} came up within "
+                f"{timeout_s:g} s (runtime.timeout_s); is each started, with its own task.index? "
+                f"TensorFlow: {str(error).splitlines()[0]}"
+            ) from None
     raise EnsembleError(f"runtime.strategy: expected one of {STRATEGIES}. Received: {name!r}")
+
+
+def _bound_cluster_registration(cluster: Mapping[str, Any], timeout_s: float) -> None:
+    """Configure TensorFlow's coordination service as MultiWorkerMirroredStrategy would, but
+    with registration as a barrier that fails after `timeout_s`; TensorFlow's own default
+    waits for a missing worker forever. Left alone when the caller configured the service.
+
+    TensorFlow has no public API for this; `tf.distribute`'s own strategy sets it up through
+    the same eager-context call (collective_all_reduce_strategy.py).
+    """
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+
+    spec = tf.train.ClusterSpec(dict(cluster))
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs
+        ],
+        cluster_register_timeout_in_ms=int(timeout_s * 1000),
+    )
+    context.context().coordination_service.cluster_register_with_barrier = True
 
 
 def parse_tf_config(text: str | None) -> dict[str, Any]:

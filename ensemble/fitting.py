@@ -92,6 +92,7 @@ def fit_combiner(
     level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    seed: int | None = None,
     **fit_options: Any,
 ) -> keras.callbacks.History:
     """Train only the combiner of `model` (from `build_ensemble`) on `(x, y)`.
@@ -100,9 +101,12 @@ def fit_combiner(
     combiner then trains on those predictions in a small head model with
     compiled multi-step execution. Members stay bit-identical.
 
-    With a `tf.distribute` `strategy`, the head trains under it (each replica a shard of
-    every batch); the ensemble must then have been built in `strategy.scope()`, where
-    Keras needs the combiner's variables to be created.
+    With a `tf.distribute` `strategy`, the head trains under it, each replica (of every
+    worker) a shard of every batch: a copy of the combiner is built in `strategy.scope()`,
+    trained, and its weights written back, so the ensemble itself may be built anywhere and
+    stays an ordinary single-device model for prediction and export. Under several workers,
+    each must call this alike, with the same rows; the shuffle is seeded (`seed`, default 0)
+    so that every worker shuffles alike.
 
     Returns:
         The Keras `History` of the head's training.
@@ -116,11 +120,20 @@ def fit_combiner(
         )
     targets = _check_targets(model, x, y)
     level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
+    if strategy is None:
         return _fit_head(model, combiner, level_one, x, targets, epochs, batch_size,
-                         validation_split, verbose, optimizer, fit_options,
-                         multi_step=strategy is None)
+                         validation_split, verbose, optimizer, fit_options, seed=seed)
+    with strategy.scope():  # Keras trains only variables created under the strategy
+        replica = type(combiner).from_config(combiner.get_config())
+        replica.build((None, *level_one.shape[1:]),
+                      (None, flat_features(x).shape[1]) if combiner.needs_features else None)
+        replica.set_weights(combiner.get_weights())
+        history = _fit_head(model, replica, level_one, x, targets, epochs, batch_size,
+                            validation_split, verbose, optimizer, fit_options,
+                            multi_step=False, seed=0 if seed is None else seed)
+    combiner.set_weights(replica.get_weights())
+    _drop_compiled(model)
+    return history
 
 
 def _fit_head(
@@ -128,6 +141,7 @@ def _fit_head(
     epochs: int, batch_size: int, validation_split: float | None, verbose: Any, optimizer: Any,
     fit_options: dict[str, Any],
     multi_step: bool = True,
+    seed: int | None = None,
 ) -> keras.callbacks.History:
     head, inputs = _head(combiner, level_one, x)
     rows = len(targets)
@@ -144,8 +158,9 @@ def _fit_head(
         steps_per_execution=max(1, min(64, math.ceil(train_rows / batch_size))) if multi_step else 1,
     )
     shuffle = fit_options.pop("shuffle", True)
+    head.sample_batch = (keras.tree.map_structure(lambda a: a[:batch_size], inputs), targets[:batch_size])
     train = _dataset(keras.tree.map_structure(lambda a: a[:train_rows], inputs),
-                     targets[:train_rows], batch_size, shuffle)
+                     targets[:train_rows], batch_size, shuffle, seed)
     validation = None
     if train_rows < rows:
         validation = _dataset(keras.tree.map_structure(lambda a: a[train_rows:], inputs),
@@ -316,26 +331,71 @@ def _drop_compiled(model: keras.Model) -> None:
     model.test_function = None
 
 
-def _dataset(inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool) -> Any:
+def _dataset(inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool,
+             seed: int | None = None) -> Any:
     """The head's input pipeline, built once: Keras' array adapter rebuilds its iterator every
     epoch, which costs more than a whole epoch of a small head (about 3x over 100 epochs)."""
     features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
     dataset = tf.data.Dataset.from_tensor_slices((features, targets)).cache()
     if shuffle:
-        dataset = dataset.shuffle(len(targets), reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[keras.Model, Any]:
+class CombinerHead(keras.Model):
+    """The combiner alone as a functional model, trainable under any `tf.distribute` strategy.
+
+    Under a strategy, Keras 3.15's `fit` on TF 2.21 first draws one batch from a fresh
+    iterator of the training data to build the optimizer and metrics from its shapes. That
+    spends one reshuffle of the seeded pipeline (the strategy's first epoch then sees the
+    order a single device sees second), and under several workers it fails outright: the
+    nested `(x, y)` batch goes to one `strategy.reduce`, which MultiWorkerMirroredStrategy
+    only accepts for a single value (keras-team/keras#20329). The head builds from
+    `sample_batch`, a few of its own rows, instead.
+
+    After each step under several workers, Keras averages the step's scalar logs with
+    `strategy.reduce(axis=0)`, which fails on scalars ("Invalid reduction dimension 0 for
+    input with 0 dimensions", tensorflow/tensorflow#72388): there, the steps return each
+    log as a one-element vector, which that reduction averages over every replica.
+    """
+
+    sample_batch: Any = None  # (x, y) of a few training rows; set before `fit`
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None and self.sample_batch is not None:
+            iterator, data_batch = None, (*self.sample_batch, None)
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)  # type: ignore[misc]
+
+    def train_step(self, data: Any) -> Any:
+        return self._vector_logs(super().train_step(data))  # type: ignore[misc]
+
+    def test_step(self, data: Any) -> Any:
+        return self._vector_logs(super().test_step(data))  # type: ignore[misc]
+
+    def _vector_logs(self, logs: Any) -> Any:
+        if self._multi_worker() is None:
+            return logs
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+    def _multi_worker(self) -> tf.distribute.MultiWorkerMirroredStrategy | None:
+        strategy = getattr(self, "_distribute_strategy", None)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            strategy.extended._in_multi_worker_mode()  # type: ignore[attr-defined]
+        ):
+            return strategy
+        return None
+
+
+def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[CombinerHead, Any]:
     """A model of the combiner alone, fed level-one predictions (and flat features)."""
     _, members, width = level_one.shape
     predictions_in = keras.Input((members, width), name="member_predictions")
     if combiner.needs_features:
         features = flat_features(x)
         features_in = keras.Input((features.shape[1],), name="features_flat")
-        head = keras.Model([predictions_in, features_in], combiner(predictions_in, features_in))
+        head = CombinerHead([predictions_in, features_in], combiner(predictions_in, features_in))
         return head, [level_one, features]
-    return keras.Model(predictions_in, combiner(predictions_in)), level_one
+    return CombinerHead(predictions_in, combiner(predictions_in)), level_one
 
 
 def _check_targets(model: keras.Model, x: Data, y: Any) -> np.ndarray:
