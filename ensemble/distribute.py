@@ -18,24 +18,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.build import ensemble_members
+from ensemble._inputs import Data, row_count
 from ensemble.errors import EnsembleError
+from ensemble.level_one import LevelOneStore
 
-__all__ = ["STRATEGIES", "distributed_level_one", "make_strategy", "parse_tf_config"]
+__all__ = ["STRATEGIES", "distributed_level_one", "is_chief", "make_strategy", "parse_tf_config"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-def make_strategy(name: str = "default", *, timeout_s: float = 300.0) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy called `name`: `default` (this device), `mirrored` (every
-    local device), `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`).
+def make_strategy(name: str = "default", *, timeout_s: float = 300.0) -> tf.distribute.Strategy | None:
+    """The `tf.distribute` strategy called `name`: `default` (None: no strategy, TensorFlow's
+    own placement on this machine), `mirrored` (MirroredStrategy over every local device),
+    `multi_worker` (MultiWorkerMirroredStrategy from a checked `TF_CONFIG`).
 
     For `multi_worker`, `timeout_s` bounds both the wait for every worker of the cluster to
     come up and each collective operation afterwards: a worker that never starts, or stops
     answering, is an EnsembleError naming `TF_CONFIG`, not a hang.
     """
     if name == "default":
-        return tf.distribute.get_strategy()
+        return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
@@ -116,44 +118,23 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
 
 
 def distributed_level_one(
-    model: keras.Model, x: np.ndarray, strategy: tf.distribute.Strategy, *, batch_size: int = 256
+    model: keras.Model, x: Data, strategy: tf.distribute.Strategy, *, batch_size: int = 256
 ) -> np.ndarray:
-    """Every member's predictions on `x`, `(rows, members, width)`, computed with each replica
-    predicting its shard; gathered back in row order and checked by row ids."""
-    members = ensemble_members(model)
-    rows = len(x)
-    if rows == 0:
+    """Every member's predictions on `x`, `(rows, members, width)`, each replica (of every
+    worker) predicting its shard; gathered back in row order and checked by row ids. The same
+    pass as `LevelOneStore(strategy=strategy)`, without the cache."""
+    if row_count(x) == 0:
         raise EnsembleError("Expected at least one row. Received: none.")
-    ids = np.arange(rows, dtype="int64")
-    dataset = tf.data.Dataset.from_tensor_slices((ids, np.asarray(x, dtype="float32")))
-    dataset = dataset.batch(batch_size * strategy.num_replicas_in_sync)
-    # Shard by data, not by file: the rows live in memory.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    distributed = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    return LevelOneStore(strategy=strategy, batch_size=batch_size, verbose=0).predictions(model, x)
 
-    def predict(batch_ids: Any, features: Any) -> Any:
-        return batch_ids, tf.stack([m(features, training=False) for m in members], axis=1)
 
-    step = tf.function(predict)
-
-    seen_ids, outputs = [], []
-    try:
-        for batch_ids, features in distributed:
-            replica_ids, replica_out = strategy.run(step, args=(batch_ids, features))
-            # Gathered from every replica of every worker (uneven last shards included).
-            seen_ids.append(np.asarray(strategy.gather(replica_ids, axis=0)))
-            outputs.append(np.asarray(strategy.gather(replica_out, axis=0)))
-    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
-        raise EnsembleError(
-            "A worker of the cluster did not answer in time (is every worker of TF_CONFIG "
-            f"started?): {str(error).splitlines()[0]}"
-        ) from None
-    order = np.concatenate(seen_ids)
-    if not np.array_equal(np.sort(order), ids):
-        raise EnsembleError(
-            f"The distributed level-one pass returned {len(order)} rows for {rows}: rows were "
-            "lost or repeated across replicas."
-        )
-    gathered = np.concatenate(outputs)
-    return np.asarray(gathered[np.argsort(order, kind="stable")], dtype="float32")
+def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether this process writes the job's files: always, but under several workers only
+    the chief (task `chief`, else worker 0), as TensorFlow's multi-worker guides do."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()

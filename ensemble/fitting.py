@@ -19,7 +19,6 @@ saw their rows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from typing import Any
@@ -353,6 +352,11 @@ class CombinerHead(keras.Model):
     only accepts for a single value (keras-team/keras#20329). The head builds from
     `sample_batch`, a few of its own rows, instead.
 
+    Under a strategy, Keras averages the loss on each replica and sums the replicas'
+    gradients, each scaled by 1 / replicas: a batch split unevenly (the last of an epoch)
+    then weighs its rows by their replica's share. The head's gradient is that of the mean
+    over the whole global batch, as on one device; the loss it reports is Keras' own.
+
     After each step under several workers, Keras averages the step's scalar logs with
     `strategy.reduce(axis=0)`, which fails on scalars ("Invalid reduction dimension 0 for
     input with 0 dimensions", tensorflow/tensorflow#72388): there, the steps return each
@@ -364,13 +368,25 @@ class CombinerHead(keras.Model):
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         if iterator is not None and self.sample_batch is not None:
             iterator, data_batch = None, (*self.sample_batch, None)
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)  # type: ignore[misc]
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
+                     sample_weight: Any = None, training: bool = True) -> Any:
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()
+        if not training or replicas == 1 or context is None:
+            return loss
+        rows = tf.cast(tf.shape(y)[0], loss.dtype)
+        # Keras: (replica mean) / replicas; the global-batch mean's share: replica sum / rows.
+        exact = loss * rows * replicas / context.all_reduce("SUM", rows)
+        return tf.stop_gradient(loss - exact) + exact  # Keras' value, the exact gradient
 
     def train_step(self, data: Any) -> Any:
-        return self._vector_logs(super().train_step(data))  # type: ignore[misc]
+        return self._vector_logs(super().train_step(data))
 
     def test_step(self, data: Any) -> Any:
-        return self._vector_logs(super().test_step(data))  # type: ignore[misc]
+        return self._vector_logs(super().test_step(data))
 
     def _vector_logs(self, logs: Any) -> Any:
         if self._multi_worker() is None:
@@ -380,7 +396,7 @@ class CombinerHead(keras.Model):
     def _multi_worker(self) -> tf.distribute.MultiWorkerMirroredStrategy | None:
         strategy = getattr(self, "_distribute_strategy", None)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-            strategy.extended._in_multi_worker_mode()  # type: ignore[attr-defined]
+            strategy.extended._in_multi_worker_mode()
         ):
             return strategy
         return None

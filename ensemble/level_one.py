@@ -18,9 +18,11 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ensemble._inputs import Data, flat_features, row_count
 from ensemble.build import ensemble_members
+from ensemble.errors import EnsembleError
 from ensemble.fingerprint import data_fingerprint, member_fingerprint
 from ensemble.layers import MemberStack
 from ensemble.member import Member
@@ -37,16 +39,24 @@ class LevelOneStore:
 
     Args:
         directory: where to keep them as `.npy` files; None keeps them in memory.
-        batch_size: rows per batch when a member predicts.
+        batch_size: rows per batch when a member predicts (per replica, under a strategy).
         verbose: Keras' progress-bar setting for those passes.
+        strategy: a `tf.distribute` strategy to run the passes under, each replica (of every
+            worker) predicting its shard of every batch; None runs them on this device.
     """
 
     def __init__(
-        self, directory: PathLike | None = None, *, batch_size: int = 256, verbose: Any = "auto"
+        self,
+        directory: PathLike | None = None,
+        *,
+        batch_size: int = 256,
+        verbose: Any = "auto",
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
         self.directory = None if directory is None else os.fspath(directory)
         self.batch_size = batch_size
         self.verbose = verbose
+        self.strategy = strategy
         self._memory: dict[str, np.ndarray] = {}
         self.computed: list[str] = []  # keys computed (not reused) by this store, in order
         if self.directory is not None:
@@ -66,9 +76,13 @@ class LevelOneStore:
         if missing:
             log.info("Level-one pass of member(s) %s over %d rows",
                      [members[i].name for i in missing], row_count(x))
-            stacked = _members_model(model, [members[i] for i in missing]).predict(
-                _feeds(model, x), batch_size=self.batch_size, verbose=self.verbose
-            )
+            pass_model = _members_model(model, [members[i] for i in missing])
+            if self.strategy is None:
+                stacked = pass_model.predict(_feeds(model, x), batch_size=self.batch_size,
+                                             verbose=self.verbose)
+            else:
+                stacked = _distributed_pass(pass_model, _feeds(model, x), self.strategy,
+                                            self.batch_size)
             for column, i in enumerate(missing):
                 values = np.ascontiguousarray(stacked[:, column], dtype="float32")
                 self._save(keys[i], values)
@@ -103,6 +117,46 @@ def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
     feeds = inputs if isinstance(inputs, Mapping) else {keras.tree.flatten(inputs)[0].name: inputs}
     outputs = [member({n: feeds[n] for n in member.input_names}) for member in members]
     return keras.Model(inputs, MemberStack()(outputs))
+
+
+def _distributed_pass(pass_model: keras.Model, feeds: Any, strategy: tf.distribute.Strategy,
+                      batch_size: int) -> np.ndarray:
+    """`pass_model` over `feeds` as a dataset distributed with `strategy`: each replica predicts
+    its shard; the outputs are gathered from every replica of every worker and put back in
+    row order by row ids, which must come back exactly once each."""
+    rows = row_count(feeds)
+    ids = np.arange(rows, dtype="int64")
+    features = keras.tree.map_structure(lambda a: np.asarray(a, dtype="float32"), feeds)
+    dataset = tf.data.Dataset.from_tensor_slices((ids, features))
+    dataset = dataset.batch(batch_size * strategy.num_replicas_in_sync)
+    options = tf.data.Options()  # shard by rows, not by file: the rows live in memory
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    distributed = strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    def predict(batch_ids: Any, batch: Any) -> Any:
+        return batch_ids, pass_model(batch, training=False)
+
+    step = tf.function(predict)
+
+    seen_ids, outputs = [], []
+    try:
+        for batch_ids, batch in distributed:
+            replica_ids, replica_out = strategy.run(step, args=(batch_ids, batch))
+            # Gathered from every replica of every worker, uneven last shards included.
+            seen_ids.append(np.asarray(strategy.gather(replica_ids, axis=0)))
+            outputs.append(np.asarray(strategy.gather(replica_out, axis=0)))
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise EnsembleError(
+            "A worker of the cluster did not answer in time (is every worker of TF_CONFIG "
+            f"started and running the same job?): {str(error).splitlines()[0]}"
+        ) from None
+    order = np.concatenate(seen_ids)
+    if not np.array_equal(np.sort(order), ids):
+        raise EnsembleError(
+            f"The distributed level-one pass returned {len(order)} rows for {rows}: rows were "
+            "lost or repeated across replicas."
+        )
+    return np.asarray(np.concatenate(outputs)[np.argsort(order, kind="stable")], dtype="float32")
 
 
 def _feeds(model: keras.Model, x: Data) -> Any:

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import ensemble
-from ensemble.distribute import make_strategy, parse_tf_config
+from ensemble.distribute import is_chief, make_strategy, parse_tf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"cluster": {"worker": ["localhost:12345", "localhost:23456"]}, "task": {"type": "worker", "index": 1}}
@@ -37,8 +39,26 @@ def test_tf_config_errors_name_the_field(text, match):
 
 def test_a_good_tf_config_and_unknown_strategies():
     assert parse_tf_config(json.dumps(GOOD)) == GOOD
+    assert make_strategy("default") is None  # no strategy: TensorFlow's own placement
     with pytest.raises(ensemble.EnsembleError, match=r"runtime.strategy: expected one of"):
         make_strategy("tpu")
+    with pytest.raises(ensemble.EnsembleError, match=r"runtime.timeout_s: expected a positive"):
+        make_strategy("multi_worker", timeout_s=0)
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, True),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "chief", "index": 0}, True),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "worker", "index": 0}, False),
+], ids=["worker0", "worker1", "chief", "worker-with-chief"])
+def test_only_the_chief_writes(monkeypatch, cluster, task, chief):
+    import tensorflow as tf
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    strategy = SimpleNamespace(cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    assert is_chief(strategy) is chief
+    assert is_chief(None)  # one process: it writes
 
 
 def run_fresh(script: str) -> dict:
@@ -88,20 +108,19 @@ _FIT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 8)).astype("float32")
     y = rng.integers(0, 3, size=512)
-    weights = {}
+    weights, losses = {}, {}
     for name in ("default", "mirrored"):
         strategy = make_strategy(name)
-        with strategy.scope():  # the combiner's variables are created under the strategy
-            model = ensemble.build_ensemble(
-                [dense_classifier(1, name="a"), dense_classifier(2, name="b")],
-                combiners.StackingCombiner())
-        fit_combiner(model, x, y, epochs=5, batch_size=64, verbose=0, shuffle=False,
-                     strategy=strategy if name == "mirrored" else None)
+        model = ensemble.build_ensemble(  # built anywhere: fit_combiner trains a replica in scope
+            [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
+        history = fit_combiner(model, x, y, epochs=5, batch_size=64, verbose=0, seed=0,
+                               validation_split=0.25, strategy=strategy)
         weights[name] = [w.tolist() for w in ensemble.ensemble_combiner(model).get_weights()]
-        replicas = strategy.num_replicas_in_sync
+        losses[name] = history.history["loss"] + history.history["val_loss"]
     gap = max(float(np.abs(np.array(a) - np.array(b)).max())
               for a, b in zip(weights["default"], weights["mirrored"]))
-    print(json.dumps({"replicas": replicas, "gap": gap}))
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "gap": gap,
+                      "loss_gap": float(np.abs(np.subtract(losses["default"], losses["mirrored"])).max())}))
     """
 )
 
@@ -110,7 +129,8 @@ _FIT = textwrap.dedent(
 def test_fit_combiner_under_mirrored_equals_one_device():
     result = run_fresh(_FIT)
     assert result["replicas"] == 2
-    assert result["gap"] < 1e-4, result  # same data and order: same combiner within float error
+    # Same data, same seeded shuffle: the same combiner and losses within float error.
+    assert result["gap"] < 1e-5 and result["loss_gap"] < 1e-5, result
 
 
 _WORKER = textwrap.dedent(
@@ -118,15 +138,20 @@ _WORKER = textwrap.dedent(
     import json, sys, numpy as np
     import ensemble, combiners
     from ensemble.distribute import distributed_level_one, make_strategy
+    from ensemble.fitting import fit_combiner
     from tests.conftest import dense_classifier
     strategy = make_strategy(sys.argv[1], timeout_s=120)
-    with strategy.scope():
-        model = ensemble.build_ensemble(
-            [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
+    model = ensemble.build_ensemble(
+        [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
     rng = np.random.default_rng(0)
     x = rng.normal(size=(301, 8)).astype("float32")
+    y = rng.integers(0, 3, size=301)
     level_one = distributed_level_one(model, x, strategy, batch_size=32)
-    np.savez(sys.argv[2], level_one=level_one, replicas=strategy.num_replicas_in_sync)
+    history = fit_combiner(model, x, y, epochs=4, batch_size=32, verbose=0, seed=0,
+                           validation_split=0.2, level_one=level_one, strategy=strategy)
+    np.savez(sys.argv[2], level_one=level_one, losses=history.history["loss"] + history.history["val_loss"],
+             replicas=1 if strategy is None else strategy.num_replicas_in_sync,
+             **{f"w{i}": w for i, w in enumerate(ensemble.ensemble_combiner(model).get_weights())})
     """
 )
 
@@ -139,6 +164,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _workers(script: str, count: int, tmp_path: Path) -> list[subprocess.Popen]:
+    """`count` processes of `script`, the workers of a cluster on loopback ports."""
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(count)]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", script, "multi_worker", str(tmp_path / f"worker{i}.npz")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i in range(count)
+    ]
+
+
 @pytest.mark.slow
 def test_two_workers_on_loopback_equal_one_process(tmp_path):
     import numpy as np
@@ -147,15 +186,7 @@ def test_two_workers_on_loopback_equal_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-c", _WORKER, "default", str(tmp_path / "single.npz")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, "multi_worker", str(tmp_path / f"worker{i}.npz")],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-        )
-        for i in range(2)
-    ]
+    workers = _workers(_WORKER, 2, tmp_path)
     try:
         for worker in workers:
             _, err = worker.communicate(timeout=240)  # bounded: never hangs the suite
@@ -169,3 +200,33 @@ def test_two_workers_on_loopback_equal_one_process(tmp_path):
         assert int(result["replicas"]) == 2
         # Each worker predicted its shard; every row comes back, in order, on both workers.
         np.testing.assert_array_equal(result["level_one"], reference["level_one"])
+        # Each worker trained on its half of every batch: the same combiner as one process.
+        for key in ("w0", "w1"):
+            np.testing.assert_allclose(result[key], reference[key], atol=1e-5)
+        np.testing.assert_allclose(result["losses"], reference["losses"], atol=1e-5)
+
+
+_LONELY = textwrap.dedent(
+    """
+    import sys
+    from ensemble.distribute import make_strategy
+    make_strategy("multi_worker", timeout_s=5)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_comes_up_is_an_error_not_a_hang(tmp_path):
+    # Worker 0 (the coordination leader) alone, then worker 1 alone: each waits for the
+    # other, and must give up after runtime.timeout_s with an error naming TF_CONFIG.
+    for index in (0, 1):
+        cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", _LONELY], cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
+                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+        )
+        assert done.returncode != 0
+        assert "Not every worker of TF_CONFIG.cluster" in done.stderr, done.stderr[-3000:]
+        assert time.monotonic() - started < 90
