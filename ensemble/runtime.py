@@ -36,7 +36,10 @@ def configure_devices(*, memory_growth: bool = False, logical_cpus: int | None =
             "Device settings must be applied before TensorFlow initialises its devices (before "
             f"any model is built or loaded in this process): {error}"
         ) from None
-    log.info("Devices: %s", device_names())
+    # Physical devices only: listing logical ones would initialise TensorFlow's context, after
+    # which a multi-worker strategy can no longer configure its collective operations.
+    log.info("Device settings applied (memory_growth=%s, logical_cpus=%s) on %s", memory_growth,
+             logical_cpus, [d.name for d in tf.config.list_physical_devices()])
 
 
 def device_names() -> list[str]:

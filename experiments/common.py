@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,7 @@ from combiners import Combiner
 from ensemble import (
     EnsembleError,
     build_ensemble,
+    configure_devices,
     export_saved_model,
     export_tflite,
     load_member,
@@ -26,11 +28,12 @@ from ensemble import (
 )
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
+from ensemble.distribute import make_strategy
 from ensemble.fitting import check_leakage, fit_combiner, fit_mean_weights, fit_stacking
 from ensemble.level_one import LevelOneStore
 from ensemble.metrics import classification_metrics, regression_metrics
 from ensemble.oof import stack_out_of_fold
-from experiments.zoo import ensure_zoo, fit_predict, member_entries
+from experiments.zoo import ensure_zoo, fit_predict, member_entries, stale_members
 
 __all__ = [
     "FIT_METHODS",
@@ -46,6 +49,7 @@ __all__ = [
     "markdown_table",
     "members_config",
     "print_table",
+    "start_runtime",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,13 +59,35 @@ REGIMES = ("holdout", "oof")
 HIGHER_IS_BETTER = frozenset({"accuracy"})
 
 
+def start_runtime(cfg: DictConfig) -> tf.distribute.Strategy | None:
+    """Apply `cfg.runtime`: device settings (before TensorFlow initialises its devices), then
+    the `tf.distribute` strategy (None for `default`)."""
+    runtime = cfg.runtime
+    configure_devices(memory_growth=runtime.memory_growth, logical_cpus=runtime.logical_cpus)
+    strategy = make_strategy(runtime.strategy, timeout_s=runtime.timeout_s)
+    if strategy is not None:
+        log.info("runtime.strategy=%s: %d replica(s) in sync", runtime.strategy,
+                 strategy.num_replicas_in_sync)
+    return strategy
+
+
 def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None) -> DictConfig:
     """The members to load: the `members` option (your files), else the zoo's, trained where
-    missing (into `directory`, default `zoo.dir`)."""
+    missing (into `directory`, default `zoo.dir`). Under several workers, nothing is trained
+    here: every worker must load the very same files, so a missing one is an error."""
     if cfg.get("members"):
         return cfg.members
     directory = directory or str(cfg.zoo.dir)
-    if cfg.zoo.train_missing:
+    if cfg.runtime.strategy == "multi_worker":
+        stale = stale_members(cfg.zoo, data, directory)
+        if stale:
+            raise EnsembleError(
+                f"runtime.strategy=multi_worker: zoo member(s) {stale} are missing from {directory} "
+                "or were trained from another config. Every worker must load the same files: "
+                "train them once first, with the same data and zoo options "
+                "(python -m experiments.train_members ...)."
+            )
+    elif cfg.zoo.train_missing:
         ensure_zoo(cfg.zoo, data, directory)
     zoo = OmegaConf.merge(cfg.zoo, {"dir": directory})
     return member_entries(zoo, data)
@@ -99,9 +125,12 @@ def make_combiner(config: DictConfig) -> tuple[Combiner, dict[str, Any] | None]:
 
 
 def fit_from_config(
-    model: Any, fit: dict[str, Any] | None, x: Any, y: Any, level_one: np.ndarray | None = None
+    model: Any, fit: dict[str, Any] | None, x: Any, y: Any, level_one: np.ndarray | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> None:
-    """Fit the ensemble's combiner as its `fit:` block says (nothing when there is none)."""
+    """Fit the ensemble's combiner as its `fit:` block says (nothing when there is none).
+    Keras training runs under `strategy`; the others are closed-form or greedy on the
+    level-one predictions, the same on every worker."""
     if fit is None:
         log.info("The combiner has no fit block: used as configured.")
         return
@@ -110,17 +139,26 @@ def fit_from_config(
     if method == "sklearn":
         fit_stacking(model, x, y, level_one=level_one, **options)
     elif method == "keras":
-        fit_combiner(model, x, y, level_one=level_one, verbose=0, **options)
+        fit_combiner(model, x, y, level_one=level_one, verbose=0, strategy=strategy, **options)
     else:
         fit_mean_weights(model, x, y, method=method, level_one=level_one, **options)
 
 
-def build_and_fit(cfg: DictConfig, data: Dataset, output_dir: str | None) -> tuple[Any, dict[str, Any]]:
+def build_and_fit(
+    cfg: DictConfig, data: Dataset, output_dir: str | None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Members, the ensemble, and its combiner fitted per `cfg.meta.regime`, never on rows a
-    member trained on. Returns the model and what to record about the fit."""
+    member trained on; the level-one pass and Keras training under `strategy`. Returns the
+    model and what to record about the fit."""
     regime = cfg.meta.regime
     if regime not in REGIMES:
         raise EnsembleError(f"meta.regime: expected one of {REGIMES}. Received: {regime!r}")
+    if regime == "oof" and cfg.runtime.strategy == "multi_worker":
+        raise EnsembleError(
+            "meta.regime=oof retrains the members in every fold, which each worker would do on "
+            "its own; under runtime.strategy=multi_worker use meta.regime=holdout."
+        )
     combiner, fit = make_combiner(cfg.combiner)
     task = cfg.task or data.task
     if regime == "holdout":
@@ -151,8 +189,9 @@ def build_and_fit(cfg: DictConfig, data: Dataset, output_dir: str | None) -> tup
     if level_one is None:  # holdout: these members predict the fitting rows, so guard them
         check_leakage(model, x_fit)
         cache = os.path.join(output_dir, "level_one") if output_dir else None
-        level_one = LevelOneStore(cache, verbose=0).predictions(model, x_fit)
-    fit_from_config(model, fit, x_fit, y_fit, level_one=level_one)
+        level_one = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0,
+                                  strategy=strategy).predictions(model, x_fit)
+    fit_from_config(model, fit, x_fit, y_fit, level_one=level_one, strategy=strategy)
     record: dict[str, Any] = {
         "task": task,
         "combiner": type(combiner).__name__,

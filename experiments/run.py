@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from ensemble import plots
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
+from ensemble.distribute import is_chief
 from ensemble.metrics import disagreement
-from experiments.common import build_and_fit, evaluate, finish, markdown_table, print_table
+from experiments.common import build_and_fit, evaluate, finish, markdown_table, print_table, start_runtime
 
 __all__ = ["run"]
 
@@ -37,8 +38,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """The whole job; returns what metrics.json holds."""
     if output_dir is not None:
         _check_writable(output_dir)
+    strategy = start_runtime(cfg)
+    if not is_chief(strategy):
+        log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
+        output_dir = None
     data: Dataset = instantiate(cfg.data)
-    model, record = build_and_fit(cfg, data, output_dir)
+    model, record = build_and_fit(cfg, data, output_dir, strategy)
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
     scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
                       data.x_holdout, data.y_holdout, outputs=outputs)

@@ -32,7 +32,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Register the configured models, serve `requests` random requests from `threads` threads."""
     settings = cfg.registry
     # Before anything builds or loads a model: TensorFlow fixes its devices then.
-    configure_devices(memory_growth=settings.memory_growth, logical_cpus=settings.logical_cpus)
+    configure_devices(memory_growth=cfg.runtime.memory_growth, logical_cpus=cfg.runtime.logical_cpus)
     data: Dataset = instantiate(cfg.data)
     models = settings.models if settings.models is not None else members_config(cfg, data)
     registry = ModelRegistry(max_loaded=settings.max_loaded, batch_window_ms=settings.batch_window_ms)

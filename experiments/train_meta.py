@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ensemble.data import Dataset
-from experiments.common import build_and_fit, evaluate, finish, print_table
+from ensemble.distribute import is_chief
+from experiments.common import build_and_fit, evaluate, finish, print_table, start_runtime
 
 __all__ = ["run"]
 
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Members, the combiner fitted per `cfg.meta.regime`, then evaluation and export."""
+    strategy = start_runtime(cfg)
+    if not is_chief(strategy):
+        log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
+        output_dir = None
     data: Dataset = instantiate(cfg.data)
-    model, record = build_and_fit(cfg, data, output_dir)
+    model, record = build_and_fit(cfg, data, output_dir, strategy)
     scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
                       data.x_holdout, data.y_holdout)
     result = {**record, **scores, "data": {"name": data.name, **data.split}}

@@ -25,7 +25,7 @@ from ensemble import EnsembleError
 from ensemble.data import Dataset
 from ensemble.fingerprint import data_fingerprint, save_training_rows
 
-__all__ = ["EXTENSIONS", "ensure_zoo", "fit_predict", "member_entries", "train_member"]
+__all__ = ["EXTENSIONS", "ensure_zoo", "fit_predict", "member_entries", "stale_members", "train_member"]
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,10 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> 
     directory = directory or str(zoo.dir)
     os.makedirs(directory, exist_ok=True)
     trained = []
-    for name, spec in zoo.members.items():
-        path = _path(directory, str(name), spec)
-        if not _fits(spec, data):
-            continue
+    for name in stale_members(zoo, data, directory):
+        spec = zoo.members[name]
+        path = _path(directory, name, spec)
         recipe = _recipe(spec, data)
-        if os.path.exists(path) and _saved_recipe(path) == recipe:
-            continue
         if os.path.exists(path):
             log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
         log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
@@ -81,6 +78,18 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> 
             f.write(recipe)
         trained.append(str(name))
     return trained
+
+
+def stale_members(zoo: DictConfig, data: Dataset, directory: str | None = None) -> list[str]:
+    """The zoo members `ensure_zoo` would train: missing from `directory`, or trained from
+    another config or other rows (their recipe differs)."""
+    directory = directory or str(zoo.dir)
+    stale = []
+    for name, spec in zoo.members.items():
+        path = _path(directory, str(name), spec)
+        if _fits(spec, data) and not (os.path.exists(path) and _saved_recipe(path) == _recipe(spec, data)):
+            stale.append(str(name))
+    return stale
 
 
 RECIPE_SUFFIX = ".recipe.yaml"

@@ -36,6 +36,7 @@ COMBINER_CLASSES = {
     "mean": combiners.MeanCombiner,
     "vote": combiners.VoteCombiner,
     "stack": combiners.StackingCombiner,
+    "stack_keras": combiners.StackingCombiner,
     "select": combiners.MeanCombiner,
     "weighted": combiners.MeanCombiner,
 }

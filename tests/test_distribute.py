@@ -15,6 +15,7 @@ import pytest
 
 import ensemble
 from ensemble.distribute import is_chief, make_strategy, parse_tf_config
+from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"cluster": {"worker": ["localhost:12345", "localhost:23456"]}, "task": {"type": "worker", "index": 1}}
@@ -230,3 +231,60 @@ def test_a_worker_that_never_comes_up_is_an_error_not_a_hang(tmp_path):
         assert done.returncode != 0
         assert "Not every worker of TF_CONFIG.cluster" in done.stderr, done.stderr[-3000:]
         assert time.monotonic() - started < 90
+
+
+def _job(overrides: list[str], run_dir: Path, tf_config: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _finish(jobs: list[subprocess.Popen]) -> None:
+    try:
+        for job in jobs:
+            _, err = job.communicate(timeout=300)  # bounded: never hangs the suite
+            assert job.returncode == 0, err[-3000:]
+    finally:
+        for job in jobs:
+            job.kill()
+
+
+@pytest.mark.slow
+def test_the_main_job_under_each_strategy_equals_one_process(wine_overrides, tmp_path):
+    # The Keras-trained stacker: its level-one pass and its training run under the strategy.
+    job = [*wine_overrides, "export=none", "combiner=stack_keras", "combiner.fit.epochs=30"]
+    _finish([_job(job, tmp_path / "single")])  # also trains the zoo every worker then loads
+    _finish([_job([*job, "runtime.strategy=mirrored", "runtime.logical_cpus=2"], tmp_path / "mirrored")])
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    _finish([
+        _job([*job, "runtime.strategy=multi_worker", "runtime.timeout_s=120"], tmp_path / f"worker{i}",
+             {"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(2)
+    ])
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert not (tmp_path / "worker1" / "metrics.json").exists()  # only the chief writes
+    assert not (tmp_path / "worker1" / "report.md").exists()
+    for run in ("mirrored", "worker0"):
+        result = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert result["members"] == single["members"]
+        for metric, value in single["ensemble"].items():
+            assert result["ensemble"][metric] == pytest.approx(value, abs=1e-5), (run, metric)
+
+
+def test_multi_worker_refuses_what_each_worker_would_do_alone(tmp_path):
+    from hydra.utils import instantiate
+
+    from experiments.common import build_and_fit, members_config
+
+    cfg = compose_config("data=wine", f"zoo.dir={tmp_path / 'empty'}", "runtime.strategy=multi_worker")
+    data = instantiate(cfg.data)
+    # Workers racing to train the same files: trained once, first, instead.
+    with pytest.raises(ensemble.EnsembleError, match=r"multi_worker: zoo member\(s\) \['mlp'.* missing from"):
+        members_config(cfg, data)
+    cfg = compose_config("data=wine", "runtime.strategy=multi_worker", "meta.regime=oof")
+    with pytest.raises(ensemble.EnsembleError, match=r"meta.regime=oof retrains the members in every fold"):
+        build_and_fit(cfg, data, None)
