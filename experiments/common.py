@@ -49,6 +49,7 @@ __all__ = [
     "markdown_table",
     "members_config",
     "print_table",
+    "selected_member",
     "start_runtime",
 ]
 
@@ -199,12 +200,26 @@ def build_and_fit(
         "regime": regime,
         "fit_rows": int(len(y_fit)),
     }
+    record["selected_member"] = selected_member(model, level_one, y_fit, task)
     weights = getattr(combiner, "member_weights", None)
     if weights is not None:
         record["weights"] = dict(zip([m.name for m in ensemble_members(model)], weights))
     if task == "regression":
         record["noise_variance"] = _noise_variance(model, level_one, x_fit, y_fit)
     return model, record
+
+
+def selected_member(model: Any, level_one: np.ndarray, y: np.ndarray, task: str) -> dict[str, Any]:
+    """The member one would ship alone, chosen as the combiner is fitted: on the fitting rows
+    (their level-one predictions), never on the test split. The honest single-model baseline:
+    the member best on the test split is picked by peeking at it."""
+    names = [member.name for member in ensemble_members(model)]
+    if task == "classification":
+        metric, scores = "nll", [classification_metrics(y, level_one[:, i])["nll"] for i in range(len(names))]
+    else:
+        metric, scores = "rmse", [regression_metrics(y, level_one[:, i])["rmse"] for i in range(len(names))]
+    best = int(np.argmin(scores))
+    return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
 
 
 def _noise_variance(model: Any, level_one: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:

@@ -122,6 +122,15 @@ def _report(cfg: DictConfig, result: dict[str, Any], figures: dict[str, str], ou
         *markdown_table(rows),
         "",
     ]
+    selected = result["selected_member"]["name"]
+    shown = ("accuracy", "nll") if result["task"] == "classification" else ("rmse", "mae")
+    lines += [
+        f"The member one would ship alone, chosen without the test split ({result['selected_member']['by']}): "
+        f"`{selected}`, with test " + ", ".join(
+            f"{m} {result['members'][selected][m]:.4f} (ensemble {result['ensemble'][m]:.4f})" for m in shown)
+        + ". The best member on the test split was picked by looking at it.",
+        "",
+    ]
     if "weights" in result:
         lines += ["Member weights: " + ", ".join(f"{k} {v:.3f}" for k, v in result["weights"].items()), ""]
     for title, file in figures.items():

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
+import combiners
 import ensemble
 from experiments.run import run
 from tests.conftest import TINY_ZOO, compose_config
@@ -39,6 +41,8 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
         assert expected in report, expected
     for name in result["members"]:
         assert f"| {name} |" in report
+    assert result["selected_member"]["name"] in result["members"]
+    assert "chosen without the test split (nll on the" in report
     assert ensemble.read_manifest(result["export_dir"])["task"] == "classification"
 
 
@@ -83,3 +87,26 @@ def test_a_dataset_not_in_the_group():
     )
     assert done.returncode != 0
     assert "Could not find 'data/mnist'" in done.stderr and "digits" in done.stderr
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_selected_member_is_the_best_on_the_fitting_rows(task):
+    from sklearn.metrics import log_loss, root_mean_squared_error
+
+    from experiments.common import selected_member
+    from tests.conftest import dense_classifier
+
+    rng = np.random.default_rng(0)
+    model = ensemble.build_ensemble([dense_classifier(i, name=f"m{i}") for i in range(3)],
+                                    combiners.MeanCombiner())
+    level_one = rng.dirichlet(np.ones(3), size=(40, 3))
+    y = rng.integers(0, 3, size=40)
+    if task == "classification":
+        want = [log_loss(y, level_one[:, i], labels=range(3)) for i in range(3)]
+    else:
+        y = rng.normal(size=(40, 3))
+        want = [root_mean_squared_error(y, level_one[:, i]) for i in range(3)]
+    got = selected_member(model, level_one, y, task)
+    assert got["name"] == f"m{int(np.argmin(want))}"
+    assert got[("nll" if task == "classification" else "rmse")] == pytest.approx(min(want))
+    assert got["by"].endswith("on the 40 fitting rows")
