@@ -8,7 +8,7 @@ import glob
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +28,7 @@ from ensemble import (
 )
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
-from ensemble.distribute import make_strategy
+from ensemble.distribute import is_chief, make_strategy
 from ensemble.fitting import check_leakage, fit_combiner, fit_mean_weights, fit_stacking
 from ensemble.level_one import LevelOneStore
 from ensemble.metrics import classification_metrics, regression_metrics
@@ -36,6 +36,7 @@ from ensemble.oof import stack_out_of_fold
 from experiments.zoo import ensure_zoo, fit_predict, member_entries, stale_members
 
 __all__ = [
+    "Evaluated",
     "FIT_METHODS",
     "REGIMES",
     "SweepComparison",
@@ -43,6 +44,7 @@ __all__ = [
     "evaluate",
     "export",
     "finish",
+    "fit_and_evaluate",
     "fit_from_config",
     "load_members",
     "make_combiner",
@@ -228,6 +230,32 @@ def _noise_variance(model: Any, level_one: np.ndarray, x: np.ndarray, y: np.ndar
     out = model.predict(x, verbose=0)
     residual = (np.reshape(y, out["prediction"].shape) - out["prediction"]) ** 2
     return float(max(np.mean(residual - out["std"] ** 2), 0.0))
+
+
+class Evaluated(NamedTuple):
+    model: Any
+    data: Dataset
+    outputs: dict[str, np.ndarray]  # the ensemble's outputs on the test split
+    result: dict[str, Any]  # what metrics.json holds, before the export
+    output_dir: str | None  # None on a worker that is not the chief: it writes nothing
+
+
+def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
+    """What the jobs share: the runtime started, the ensemble built and its combiner fitted
+    (`build_and_fit`), every member, their mean and the ensemble measured on the test split,
+    and the table printed."""
+    strategy = start_runtime(cfg)
+    if not is_chief(strategy):
+        log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
+        output_dir = None
+    data: Dataset = instantiate(cfg.data)
+    model, record = build_and_fit(cfg, data, output_dir, strategy)
+    outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
+    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
+                      data.x_holdout, data.y_holdout, outputs=outputs)
+    print_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]})
+    result = {**record, **scores, "data": {"name": data.name, **data.split}}
+    return Evaluated(model, data, outputs, result, output_dir)
 
 
 def evaluate(model: Any, data: Dataset, batch_size: int, noise_variance: float | None = None,

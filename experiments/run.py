@@ -12,48 +12,33 @@ export/ (the SavedModel, verified by reloading) with its TFLite variants.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ensemble import plots
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
-from ensemble.distribute import is_chief
 from ensemble.metrics import disagreement
-from experiments.common import build_and_fit, evaluate, finish, markdown_table, print_table, start_runtime
+from experiments.common import finish, fit_and_evaluate, markdown_table
 
 __all__ = ["run"]
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """The whole job; returns what metrics.json holds."""
     if output_dir is not None:
         _check_writable(output_dir)
-    strategy = start_runtime(cfg)
-    if not is_chief(strategy):
-        log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
-        output_dir = None
-    data: Dataset = instantiate(cfg.data)
-    model, record = build_and_fit(cfg, data, output_dir, strategy)
-    outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
-    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
-                      data.x_holdout, data.y_holdout, outputs=outputs)
+    model, data, outputs, result, output_dir = fit_and_evaluate(cfg, output_dir)
     if data.task == "classification":
-        scores["ensemble"]["disagreement"] = disagreement(outputs["member_predictions"], outputs["prediction"])
-    result: dict[str, Any] = {**record, **scores, "data": {"name": data.name, **data.split}}
-    print_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]})
+        result["ensemble"]["disagreement"] = disagreement(outputs["member_predictions"], outputs["prediction"])
     result = finish(result, model, cfg, output_dir, data)
     if output_dir is not None:
-        figures = _plots(model, data, outputs, scores, output_dir)
+        figures = _plots(model, data, outputs, result, output_dir)
         _report(cfg, result, figures, output_dir)
     return result
 

@@ -62,14 +62,52 @@ def test_only_the_chief_writes(monkeypatch, cluster, task, chief):
     assert is_chief(None)  # one process: it writes
 
 
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+
+
+def _start(args: list[str], tf_config: dict | None = None) -> subprocess.Popen:
+    """A fresh Python running `args` (devices are fixed at TF's start), as one worker if
+    `tf_config` is given."""
+    env = ENV if tf_config is None else {**ENV, "TF_CONFIG": json.dumps(tf_config)}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait(jobs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[str, str]]:
+    """Each job's (stdout, stderr) once it ended; bounded, then killed: never hangs the suite."""
+    try:
+        return [job.communicate(timeout=timeout) for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+
+
+def _succeed(jobs: list[subprocess.Popen]) -> list[str]:
+    """Each job's stdout, once every job ended well."""
+    outputs = _wait(jobs)
+    for job, (_, err) in zip(jobs, outputs):
+        assert job.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+def _cluster(count: int) -> list[dict]:
+    """The TF_CONFIG of each worker of a `count`-worker cluster on loopback ports."""
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(count)]}
+    return [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(count)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_fresh(script: str) -> dict:
-    """Run `script` in a fresh Python (devices are fixed at TF's start) and read its JSON line."""
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Run `script` in a fresh Python and read its JSON line."""
+    (out,) = _succeed([_start(["-c", script])])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 _MIRRORED = textwrap.dedent(
@@ -157,44 +195,13 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _workers(script: str, count: int, tmp_path: Path) -> list[subprocess.Popen]:
-    """`count` processes of `script`, the workers of a cluster on loopback ports."""
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(count)]}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    return [
-        subprocess.Popen(
-            [sys.executable, "-c", script, "multi_worker", str(tmp_path / f"worker{i}.npz")],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-        )
-        for i in range(count)
-    ]
-
-
 @pytest.mark.slow
 def test_two_workers_on_loopback_equal_one_process(tmp_path):
     import numpy as np
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    single = subprocess.run([sys.executable, "-c", _WORKER, "default", str(tmp_path / "single.npz")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    workers = _workers(_WORKER, 2, tmp_path)
-    try:
-        for worker in workers:
-            _, err = worker.communicate(timeout=240)  # bounded: never hangs the suite
-            assert worker.returncode == 0, err[-3000:]
-    finally:
-        for worker in workers:
-            worker.kill()
+    _succeed([_start(["-c", _WORKER, "default", str(tmp_path / "single.npz")])])
+    _succeed([_start(["-c", _WORKER, "multi_worker", str(tmp_path / f"worker{i}.npz")], config)
+              for i, config in enumerate(_cluster(2))])
     reference = np.load(tmp_path / "single.npz")
     for i in range(2):
         result = np.load(tmp_path / f"worker{i}.npz")
@@ -221,50 +228,26 @@ def test_a_worker_that_never_comes_up_is_an_error_not_a_hang(tmp_path):
     # Worker 0 (the coordination leader) alone, then worker 1 alone: each waits for the
     # other, and must give up after runtime.timeout_s with an error naming TF_CONFIG.
     for index in (0, 1):
-        cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-c", _LONELY], cwd=ROOT, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
-                 "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
-        )
-        assert done.returncode != 0
-        assert "Not every worker of TF_CONFIG.cluster" in done.stderr, done.stderr[-3000:]
+        lonely = _start(["-c", _LONELY], _cluster(2)[index])
+        ((_, err),) = _wait([lonely], timeout=120)
+        assert lonely.returncode != 0
+        assert "Not every worker of TF_CONFIG.cluster" in err, err[-3000:]
         assert time.monotonic() - started < 90
 
 
 def _job(overrides: list[str], run_dir: Path, tf_config: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def _finish(jobs: list[subprocess.Popen]) -> None:
-    try:
-        for job in jobs:
-            _, err = job.communicate(timeout=300)  # bounded: never hangs the suite
-            assert job.returncode == 0, err[-3000:]
-    finally:
-        for job in jobs:
-            job.kill()
+    return _start(["-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"], tf_config)
 
 
 @pytest.mark.slow
 def test_the_main_job_under_each_strategy_equals_one_process(wine_overrides, tmp_path):
     # The Keras-trained stacker: its level-one pass and its training run under the strategy.
     job = [*wine_overrides, "export=none", "combiner=stack_keras", "combiner.fit.epochs=30"]
-    _finish([_job(job, tmp_path / "single")])  # also trains the zoo every worker then loads
-    _finish([_job([*job, "runtime.strategy=mirrored", "runtime.logical_cpus=2"], tmp_path / "mirrored")])
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    _finish([
-        _job([*job, "runtime.strategy=multi_worker", "runtime.timeout_s=120"], tmp_path / f"worker{i}",
-             {"cluster": cluster, "task": {"type": "worker", "index": i}})
-        for i in range(2)
-    ])
+    _succeed([_job(job, tmp_path / "single")])  # also trains the zoo every worker then loads
+    _succeed([_job([*job, "runtime.strategy=mirrored", "runtime.logical_cpus=2"], tmp_path / "mirrored")])
+    _succeed([_job([*job, "runtime.strategy=multi_worker", "runtime.timeout_s=120"], tmp_path / f"worker{i}", config)
+              for i, config in enumerate(_cluster(2))])
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert not (tmp_path / "worker1" / "metrics.json").exists()  # only the chief writes
     assert not (tmp_path / "worker1" / "report.md").exists()
