@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble._inputs import Data, row_count
+from ensemble._inputs import Data
 from ensemble.errors import EnsembleError
 from ensemble.level_one import LevelOneStore
 
@@ -123,8 +123,6 @@ def distributed_level_one(
     """Every member's predictions on `x`, `(rows, members, width)`, each replica (of every
     worker) predicting its shard; gathered back in row order and checked by row ids. The same
     pass as `LevelOneStore(strategy=strategy)`, without the cache."""
-    if row_count(x) == 0:
-        raise EnsembleError("Expected at least one row. Received: none.")
     return LevelOneStore(strategy=strategy, batch_size=batch_size, verbose=0).predictions(model, x)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -66,12 +67,23 @@ def training_rows_path(source: str) -> str:
 def save_training_rows(source: str, x: np.ndarray | Mapping[str, np.ndarray]) -> str:
     """Record which rows trained the member saved at `source` (their hashes, sorted)."""
     path = training_rows_path(source)
+    save_array(path, np.unique(row_hashes(x)))
+    return path
+
+
+def save_array(path: str, values: np.ndarray) -> None:
+    """`np.save` to `path` atomically: written under a unique name beside it (concurrent
+    writers never mix), then renamed; a failed write leaves nothing behind."""
     handle, partial = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
                                        dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(handle, "wb") as f:  # a unique name: concurrent writers never mix
-        np.save(f, np.unique(row_hashes(x)))
-    os.replace(partial, path)
-    return path
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.save(f, values)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
 
 
 def load_training_rows(source: str) -> np.ndarray | None:

@@ -120,17 +120,17 @@ def fit_combiner(
     targets = _check_targets(model, x, y)
     level_one = _level_one(model, x, targets, store, level_one, allow_overlap)
     if strategy is None:
-        return _fit_head(model, combiner, level_one, x, targets, epochs, batch_size,
-                         validation_split, verbose, optimizer, fit_options, seed=seed)
-    with strategy.scope():  # Keras trains only variables created under the strategy
-        replica = type(combiner).from_config(combiner.get_config())
-        replica.build((None, *level_one.shape[1:]),
-                      (None, flat_features(x).shape[1]) if combiner.needs_features else None)
-        replica.set_weights(combiner.get_weights())
-        history = _fit_head(model, replica, level_one, x, targets, epochs, batch_size,
-                            validation_split, verbose, optimizer, fit_options,
-                            multi_step=False, seed=0 if seed is None else seed)
-    combiner.set_weights(replica.get_weights())
+        history = _fit_head(model, combiner, level_one, x, targets, epochs, batch_size,
+                            validation_split, verbose, optimizer, fit_options, seed=seed)
+    else:
+        with strategy.scope():  # Keras trains only variables created under the strategy
+            replica = type(combiner).from_config(combiner.get_config())
+            replica.build_from_config(combiner.get_build_config())
+            replica.set_weights(combiner.get_weights())
+            history = _fit_head(model, replica, level_one, x, targets, epochs, batch_size,
+                                validation_split, verbose, optimizer, fit_options,
+                                seed=0 if seed is None else seed)
+        combiner.set_weights(replica.get_weights())
     _drop_compiled(model)
     return history
 
@@ -139,7 +139,6 @@ def _fit_head(
     model: keras.Model, combiner: Combiner, level_one: np.ndarray, x: Data, targets: np.ndarray,
     epochs: int, batch_size: int, validation_split: float | None, verbose: Any, optimizer: Any,
     fit_options: dict[str, Any],
-    multi_step: bool = True,
     seed: int | None = None,
 ) -> keras.callbacks.History:
     head, inputs = _head(combiner, level_one, x)
@@ -154,7 +153,8 @@ def _fit_head(
         # One compiled call per epoch: the head is tiny, Python overhead dominates. Not under a
         # distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21 ("You
         # must feed a value for placeholder tensor ... while/cond").
-        steps_per_execution=max(1, min(64, math.ceil(train_rows / batch_size))) if multi_step else 1,
+        steps_per_execution=(1 if tf.distribute.has_strategy()
+                             else max(1, min(64, math.ceil(train_rows / batch_size)))),
     )
     shuffle = fit_options.pop("shuffle", True)
     head.sample_batch = (keras.tree.map_structure(lambda a: a[:batch_size], inputs), targets[:batch_size])
@@ -169,7 +169,6 @@ def _fit_head(
         train, epochs=epochs, verbose=verbose, validation_data=validation, shuffle=False,
         **fit_options,
     )
-    _drop_compiled(model)
     return history
 
 
@@ -389,17 +388,11 @@ class CombinerHead(keras.Model):
         return self._vector_logs(super().test_step(data))
 
     def _vector_logs(self, logs: Any) -> Any:
-        if self._multi_worker() is None:
+        strategy = self.distribute_strategy
+        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and strategy.extended._in_multi_worker_mode()):
             return logs
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
-
-    def _multi_worker(self) -> tf.distribute.MultiWorkerMirroredStrategy | None:
-        strategy = getattr(self, "_distribute_strategy", None)
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-            strategy.extended._in_multi_worker_mode()
-        ):
-            return strategy
-        return None
 
 
 def _head(combiner: Combiner, level_one: np.ndarray, x: Data) -> tuple[CombinerHead, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,15 +19,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble._inputs import Data, flat_features, row_count
+from ensemble._inputs import Data, row_count
 from ensemble.build import ensemble_members
 from ensemble.errors import EnsembleError
-from ensemble.fingerprint import data_fingerprint, member_fingerprint
+from ensemble.fingerprint import data_fingerprint, member_fingerprint, save_array
 from ensemble.layers import MemberStack
 from ensemble.member import Member
 from ensemble.types import PathLike
 
-__all__ = ["LevelOneStore", "flat_features", "member_inputs"]
+__all__ = ["LevelOneStore", "member_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +76,11 @@ class LevelOneStore:
             log.info("Level-one pass of member(s) %s over %d rows",
                      [members[i].name for i in missing], row_count(x))
             pass_model = _members_model(model, [members[i] for i in missing])
+            feeds = _feeds(model, x)
             if self.strategy is None:
-                stacked = pass_model.predict(_feeds(model, x), batch_size=self.batch_size,
-                                             verbose=self.verbose)
+                stacked = pass_model.predict(feeds, batch_size=self.batch_size, verbose=self.verbose)
             else:
-                stacked = _distributed_pass(pass_model, _feeds(model, x), self.strategy,
-                                            self.batch_size)
+                stacked = _distributed_pass(pass_model, feeds, self.strategy, self.batch_size)
             for column, i in enumerate(missing):
                 values = np.ascontiguousarray(stacked[:, column], dtype="float32")
                 self._save(keys[i], values)
@@ -104,11 +102,7 @@ class LevelOneStore:
         if self.directory is None:
             self._memory[key] = values
             return
-        path = os.path.join(self.directory, key + ".npy")
-        handle, partial = tempfile.mkstemp(prefix=key + ".", suffix=".partial", dir=self.directory)
-        with os.fdopen(handle, "wb") as f:  # a unique name: concurrent writers never mix
-            np.save(f, values)
-        os.replace(partial, path)
+        save_array(os.path.join(self.directory, key + ".npy"), values)
 
 
 def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
@@ -125,6 +119,8 @@ def _distributed_pass(pass_model: keras.Model, feeds: Any, strategy: tf.distribu
     its shard; the outputs are gathered from every replica of every worker and put back in
     row order by row ids, which must come back exactly once each."""
     rows = row_count(feeds)
+    if rows == 0:
+        raise EnsembleError("Expected at least one row. Received: none.")
     ids = np.arange(rows, dtype="int64")
     features = keras.tree.map_structure(lambda a: np.asarray(a, dtype="float32"), feeds)
     dataset = tf.data.Dataset.from_tensor_slices((ids, features))

@@ -11,7 +11,7 @@ import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -254,19 +254,7 @@ def plot_ensemble_size(
 ) -> Path:
     """Accuracy and NLL against ensemble size, members added best-NLL first."""
     curve = ensemble_size_curve(y, member_probabilities)
-    names = _names(member_names, len(curve["order"]))
-    reference = _reference(ensemble_metrics, ("accuracy", "nll"))
-    figure = Figure(figsize=(7, 6), layout="constrained")
-    accuracy_axes, nll_axes = figure.subplots(2, 1, sharex=True)
-    for axes, key, values in ((accuracy_axes, "accuracy", curve["accuracy"]), (nll_axes, "nll", curve["nll"])):
-        axes.plot(curve["k"], values, marker="o", label="mean of the first k")
-        if key in reference:
-            axes.axhline(reference[key], linestyle="--", color="black", label="configured ensemble")
-        axes.set_ylabel("NLL" if key == "nll" else key)
-        axes.legend()
-    accuracy_axes.set_title("Ensemble size")
-    _member_ticks(nll_axes, curve["k"], [names[m] for m in curve["order"]])
-    return _save(figure, path)
+    return _plot_size(curve, {"accuracy": "accuracy", "nll": "NLL"}, member_names, path, ensemble_metrics)
 
 
 def plot_ensemble_size_regression(
@@ -278,16 +266,25 @@ def plot_ensemble_size_regression(
 ) -> Path:
     """RMSE against ensemble size, members added best-RMSE first."""
     curve = ensemble_size_curve_regression(y, member_predictions)
+    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics)
+
+
+def _plot_size(curve: Mapping[str, Any], panels: Mapping[str, str], member_names: Sequence[str],
+               path: PathLike, ensemble_metrics: Mapping[str, float] | None) -> Path:
+    """One panel per metric of `curve` (`panels`: metric -> axis label) against ensemble size,
+    with the configured ensemble's value as a dashed line where given."""
     names = _names(member_names, len(curve["order"]))
-    reference = _reference(ensemble_metrics, ("rmse",))
-    figure = Figure(figsize=(7, 4), layout="constrained")
-    axes = figure.subplots()
-    axes.plot(curve["k"], curve["rmse"], marker="o", label="mean of the first k")
-    if reference:
-        axes.axhline(reference["rmse"], linestyle="--", color="black", label="configured ensemble")
-    axes.set(ylabel="RMSE", title="Ensemble size")
-    axes.legend()
-    _member_ticks(axes, curve["k"], [names[m] for m in curve["order"]])
+    reference = _reference(ensemble_metrics, tuple(panels))
+    figure = Figure(figsize=(7, 2 + 2 * len(panels)), layout="constrained")
+    all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, (key, label) in zip(all_axes, panels.items()):
+        axes.plot(curve["k"], curve[key], marker="o", label="mean of the first k")
+        if key in reference:
+            axes.axhline(reference[key], linestyle="--", color="black", label="configured ensemble")
+        axes.set_ylabel(label)
+        axes.legend()
+    all_axes[0].set_title("Ensemble size")
+    _member_ticks(all_axes[-1], curve["k"], [names[m] for m in curve["order"]])
     return _save(figure, path)
 
 

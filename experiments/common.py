@@ -207,7 +207,7 @@ def build_and_fit(
     if weights is not None:
         record["weights"] = dict(zip([m.name for m in ensemble_members(model)], weights))
     if task == "regression":
-        record["noise_variance"] = _noise_variance(model, level_one, x_fit, y_fit)
+        record["noise_variance"] = _noise_variance(model, x_fit, y_fit, cfg.batch_size)
     return model, record
 
 
@@ -224,10 +224,10 @@ def selected_member(model: Any, level_one: np.ndarray, y: np.ndarray, task: str)
     return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
 
 
-def _noise_variance(model: Any, level_one: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+def _noise_variance(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
     """The variance the members' spread misses, measured on the fitting rows: the ensemble's
     predictive variance is spread^2 plus this (the members' spread alone is overconfident)."""
-    out = model.predict(x, verbose=0)
+    out = model.predict(x, batch_size=batch_size, verbose=0)
     residual = (np.reshape(y, out["prediction"].shape) - out["prediction"]) ** 2
     return float(max(np.mean(residual - out["std"] ** 2), 0.0))
 

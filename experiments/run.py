@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from ensemble import plots
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
-from ensemble.metrics import disagreement
 from experiments.common import finish, fit_and_evaluate, markdown_table
 
 __all__ = ["run"]
@@ -34,8 +33,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     if output_dir is not None:
         _check_writable(output_dir)
     model, data, outputs, result, output_dir = fit_and_evaluate(cfg, output_dir)
-    if data.task == "classification":
-        result["ensemble"]["disagreement"] = disagreement(outputs["member_predictions"], outputs["prediction"])
+    if data.task == "classification":  # the share of members that disagree with the ensemble
+        result["ensemble"]["disagreement"] = float(np.mean(outputs["disagreement"]))
     result = finish(result, model, cfg, output_dir, data)
     if output_dir is not None:
         figures = _plots(model, data, outputs, result, output_dir)

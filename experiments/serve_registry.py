@@ -38,6 +38,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     registry = ModelRegistry(max_loaded=settings.max_loaded, batch_window_ms=settings.batch_window_ms)
     for name, spec in models.items():
         options = OmegaConf.to_container(spec.get("options") or OmegaConf.create({}), resolve=True)
+        if spec.get("format", "auto") != "auto":  # "auto" is load_member's default
+            options["format"] = spec.format
         registry.register(str(name), spec.source, device=spec.get("device"), **options)
 
     rng = np.random.default_rng(settings.seed)

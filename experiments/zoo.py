@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from scipy.special import softmax
 from sklearn.model_selection import train_test_split
 
 from ensemble import EnsembleError
@@ -40,8 +41,9 @@ def member_entries(zoo: DictConfig, data: Dataset) -> DictConfig:
     """
     entries: dict[str, Any] = {}
     for name, spec in zoo.members.items():
-        if not _fits(spec, data):
-            log.info("Zoo member %r skipped: %s", name, _fits_reason(spec, data))
+        reason = _fits_reason(spec, data)
+        if reason is not None:
+            log.info("Zoo member %r skipped: %s", name, reason)
             continue
         output = None
         if data.task == "classification":
@@ -60,10 +62,9 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> 
     directory = directory or str(zoo.dir)
     os.makedirs(directory, exist_ok=True)
     trained = []
-    for name in stale_members(zoo, data, directory):
+    for name, recipe in _stale_recipes(zoo, data, directory).items():
         spec = zoo.members[name]
         path = _path(directory, name, spec)
-        recipe = _recipe(spec, data)
         if os.path.exists(path):
             log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
         log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
@@ -83,22 +84,31 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str | None = None) -> 
 def stale_members(zoo: DictConfig, data: Dataset, directory: str | None = None) -> list[str]:
     """The zoo members `ensure_zoo` would train: missing from `directory`, or trained from
     another config or other rows (their recipe differs)."""
+    return list(_stale_recipes(zoo, data, directory))
+
+
+def _stale_recipes(zoo: DictConfig, data: Dataset, directory: str | None) -> dict[str, str]:
+    """The stale members' names, each with the recipe it is to be trained from."""
     directory = directory or str(zoo.dir)
-    stale = []
+    rows = data_fingerprint(data.x_train)  # once: every member trains on the same rows
+    stale = {}
     for name, spec in zoo.members.items():
-        path = _path(directory, str(name), spec)
-        if _fits(spec, data) and not (os.path.exists(path) and _saved_recipe(path) == _recipe(spec, data)):
-            stale.append(str(name))
+        if _fits_reason(spec, data) is not None:
+            continue
+        path, recipe = _path(directory, str(name), spec), _recipe(spec, data, rows)
+        if not (os.path.exists(path) and _saved_recipe(path) == recipe):
+            stale[str(name)] = recipe
     return stale
 
 
 RECIPE_SUFFIX = ".recipe.yaml"
 
 
-def _recipe(spec: DictConfig, data: Dataset) -> str:
-    """What a member was trained from: its config and its training rows. A change retrains it."""
+def _recipe(spec: DictConfig, data: Dataset, rows: str) -> str:
+    """What a member was trained from: its config and its training rows (their fingerprint,
+    `rows`). A change retrains it."""
     return OmegaConf.to_yaml({"member": OmegaConf.to_container(spec, resolve=True),
-                              "data": data.name, "rows": data_fingerprint(data.x_train)})
+                              "data": data.name, "rows": rows})
 
 
 def _saved_recipe(path: str) -> str | None:
@@ -154,10 +164,7 @@ def fit_predict(name: str, spec: DictConfig, data: Dataset) -> Callable[[np.ndar
     def run(x_train: np.ndarray, y_train: np.ndarray, x_predict: np.ndarray) -> np.ndarray:
         model = train_member(name, spec, x_train, y_train, data)
         output = np.asarray(model.predict(x_predict, batch_size=256, verbose=0), dtype="float64")
-        if spec.build.get("logits", False):
-            output = np.exp(output - output.max(-1, keepdims=True))
-            output /= output.sum(-1, keepdims=True)
-        return output
+        return softmax(output, axis=-1) if spec.build.get("logits", False) else output
 
     return run
 
@@ -168,10 +175,6 @@ def _path(directory: str, name: str, spec: DictConfig) -> str:
             f"Zoo member {name!r}: format expected one of {sorted(EXTENSIONS)}. Received: {spec.format!r}"
         )
     return os.path.join(str(directory), name + EXTENSIONS[spec.format])
-
-
-def _fits(spec: DictConfig, data: Dataset) -> bool:
-    return _fits_reason(spec, data) is None
 
 
 def _fits_reason(spec: DictConfig, data: Dataset) -> str | None:
