@@ -154,7 +154,7 @@ class Combiner(keras.layers.Layer):
                     f"Received: features_shape={features_shape}"
                 )
             features_dim = int(features_shape[-1])
-        self._check_weight_count(members)
+        self._check_weight_count(members, self.member_weights)
         self.members_: int = members
         self._build_state(members, width, features_dim)
 
@@ -200,14 +200,11 @@ class Combiner(keras.layers.Layer):
         does).
         """
         values = validate_weights(weights)
-        if self.built and values is not None and len(values) != self.members_:
-            raise ValueError(
-                f"Expected {self.members_} weights, one per member. Received: weights={values}"
-            )
+        if self.built:
+            self._check_weight_count(self.members_, values)
         self.member_weights = values
 
-    def _check_weight_count(self, members: int) -> None:
-        weights = self.member_weights
+    def _check_weight_count(self, members: int, weights: list[float] | None) -> None:
         if weights is not None and len(weights) != members:
             raise ValueError(
                 f"Expected {members} weights, one per member. "

@@ -10,10 +10,19 @@ from keras import ops
 
 from combiners.base import CLASSIFICATION, TASKS, Combiner, Tensor
 
-__all__ = ["StackingCombiner"]
+__all__ = ["StackingCombiner", "mean_kernel"]
 
 # Keeps log(p) finite for members that give a class probability 0.
 LOG_EPSILON = 1e-7
+
+
+def mean_kernel(members: int, width: int, num_features: int) -> np.ndarray:
+    """The meta-model kernel that averages the members: row `j * width + c` feeds class (or
+    target) `c` of member `j` with 1 / members; rows past the members' (raw features) are 0."""
+    kernel = np.zeros((num_features, width))
+    for j in range(members):
+        kernel[j * width : (j + 1) * width] += np.eye(width) / members
+    return kernel
 
 
 @keras.saving.register_keras_serializable(package="combiners")
@@ -86,13 +95,9 @@ class StackingCombiner(Combiner):
             name="meta_dense",
         )
         dense.build((None, num_features))
-        # Row j * width + c feeds class (or target) c of member j with
-        # 1 / members: the untrained model averages the members (in log space
-        # for classification), a sensible start for training.
-        kernel = np.zeros((num_features, width), dtype="float32")
-        for j in range(members):
-            kernel[j * width : (j + 1) * width] += np.eye(width) / members
-        dense.kernel.assign(kernel)
+        # The untrained model averages the members (in log space for
+        # classification), a sensible start for training.
+        dense.kernel.assign(mean_kernel(members, width, num_features).astype("float32"))
         return dense
 
     def _combine(

@@ -34,6 +34,7 @@ from sklearn.linear_model import (
 )
 
 from combiners import MeanCombiner, StackingCombiner
+from combiners.stack import mean_kernel
 from combiners.base import Combiner
 from ensemble._inputs import Data, flat_features, row_count
 from ensemble.build import ensemble_combiner, ensemble_members, ensemble_task
@@ -240,10 +241,7 @@ def fit_stacking(
         estimator = (
             Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
         ).fit(features, targets - members_mean)
-        members, width = level_one.shape[1], level_one.shape[2]
-        prior = np.zeros((features.shape[1], width))
-        for j in range(members):  # the default kernel's mean over members
-            prior[j * width:(j + 1) * width] += np.eye(width) / members
+        prior = mean_kernel(level_one.shape[1], width, features.shape[1])  # the untrained kernel
         kernel = prior + np.atleast_2d(estimator.coef_).T
         bias = np.atleast_1d(estimator.intercept_)
     dense = combiner.meta_model_
