@@ -1,10 +1,9 @@
 """What the experiment scripts share: members and combiners from config, the leak-free fit,
-evaluation, export, and the comparison table after a sweep."""
+evaluation and export (the comparison after a sweep is `experiments.sweep`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -12,7 +11,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,7 +37,6 @@ __all__ = [
     "Evaluated",
     "FIT_METHODS",
     "REGIMES",
-    "SweepComparison",
     "build_and_fit",
     "evaluate",
     "export",
@@ -59,7 +56,6 @@ log = logging.getLogger(__name__)
 
 FIT_METHODS = ("sklearn", "keras", "selection", "optimal")
 REGIMES = ("holdout", "oof")
-HIGHER_IS_BETTER = frozenset({"accuracy"})
 
 
 def start_runtime(cfg: DictConfig) -> tf.distribute.Strategy | None:
@@ -350,39 +346,3 @@ def markdown_table(rows: dict[str, dict[str, float]], first: str = "model",
     for name, values in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
     return lines
-
-
-def comparison_table(sweep_dir: str) -> str:
-    """Markdown tables of every job's ensemble metrics in a sweep directory, one per dataset,
-    each closed by the best single member of that dataset."""
-    jobs = sorted(glob.glob(os.path.join(sweep_dir, "*", "metrics.json")),
-                  key=lambda p: (len(p), p))  # job 10 after job 9
-    by_data: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for path in jobs:
-        with open(path) as f:
-            result = json.load(f)
-        overrides_file = os.path.join(os.path.dirname(path), ".hydra", "overrides.yaml")
-        overrides = OmegaConf.load(overrides_file) if os.path.exists(overrides_file) else []
-        label = " ".join(str(o) for o in overrides) or result.get("combiner", "?")
-        by_data.setdefault(result.get("data", {}).get("name", "?"), []).append((label, result))
-    sections = []
-    for name, rows in by_data.items():
-        members = rows[0][1]["members"].values()  # the jobs on one dataset share the members
-        metrics = [m for m in rows[0][1]["ensemble"] if all(m in v for v in members)]
-        best = {m: (max if m in HIGHER_IS_BETTER else min)(v[m] for v in members) for m in metrics}
-        table = {label: result["ensemble"] for label, result in rows}
-        table["best single member (per metric)"] = best
-        sections.append("\n".join([f"### {name}", "", *markdown_table(table, "job", metrics)]))
-    return "\n\n".join(sections) + "\n" if sections else ""
-
-
-class SweepComparison(Callback):  # type: ignore[misc]
-    """After a multirun, writes `comparison.md` into the sweep directory and prints it."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = str(config.hydra.sweep.dir)
-        table = comparison_table(sweep_dir)
-        if table:
-            with open(os.path.join(sweep_dir, "comparison.md"), "w") as f:
-                f.write(table)
-            print(f"\nComparison across the sweep ({sweep_dir}/comparison.md):\n{table}")

@@ -204,7 +204,7 @@ def test_load_members_rejects_a_bad_entry(spec: dict[str, Any], match: str) -> N
 
 
 def test_sweep_comparison_groups_by_dataset(tmp_path) -> None:
-    from experiments.common import comparison_table
+    from experiments.sweep import comparison_table
 
     def job(index: int, data: str, combiner: str, ensemble: dict, members: dict) -> None:
         directory = tmp_path / str(index)
@@ -222,3 +222,32 @@ def test_sweep_comparison_groups_by_dataset(tmp_path) -> None:
     assert "| data=wine combiner=stack | 0.9700 | 0.1500 |" in wine and "disagreement" not in wine
     assert "| best single member (per metric) | 0.9000 | 0.2000 |" in wine
     assert "| best single member (per metric) | 52.0000 |" in diabetes
+
+
+def test_sweep_comparison_over_split_seeds_averages_against_three_baselines(tmp_path) -> None:
+    from experiments.sweep import comparison_table
+
+    def job(index: int, seed: int, combiner: str, ensemble: dict, members: dict) -> None:
+        directory = tmp_path / str(index)
+        (directory / ".hydra").mkdir(parents=True)
+        (directory / ".hydra" / "overrides.yaml").write_text(f"- combiner={combiner}\n- data.seed={seed}\n")
+        (directory / "metrics.json").write_text(json.dumps(
+            {"data": {"name": "breast_cancer", "seed": seed}, "ensemble": ensemble, "members": members,
+             "selected_member": {"name": "b"}}))
+
+    split_0 = {"a": {"accuracy": 0.9, "nll": 0.3}, "b": {"accuracy": 0.8, "nll": 0.2}}
+    split_1 = {"a": {"accuracy": 0.7, "nll": 0.5}, "b": {"accuracy": 0.85, "nll": 0.25}}
+    job(0, 0, "mean", {"accuracy": 0.92, "nll": 0.25}, split_0)
+    job(1, 1, "mean", {"accuracy": 0.84, "nll": 0.3}, split_1)
+    job(2, 0, "stack", {"accuracy": 0.95, "nll": 0.18}, split_0)
+    job(3, 1, "stack", {"accuracy": 0.85, "nll": 0.2}, split_1)
+    table = comparison_table(str(tmp_path))
+    assert "### breast_cancer: means over 2 splits (data.seed 0, 1)" in table
+    assert "| combiner=mean (ensemble) | 0.8800 | 0.2750 |" in table
+    assert "| combiner=stack (ensemble) | 0.9000 | 0.1900 |" in table
+    assert "| selected member (chosen on the fitting rows) | 0.8250 | 0.2250 |" in table
+    assert "| best member on average (per metric) | 0.8250 | 0.2250 |" in table  # b: 0.825 > a: 0.8
+    assert "| per-split best member (chosen on the test rows) | 0.8750 | 0.2250 |" in table
+    assert "Best member on average: accuracy b, nll b." in table
+    assert "combiner=mean: ensemble accuracy at least the per-split best member's in 1 of 2 splits." in table
+    assert "combiner=stack: ensemble accuracy at least the per-split best member's in 2 of 2 splits." in table
