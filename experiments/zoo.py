@@ -120,7 +120,9 @@ def _saved_recipe(path: str) -> str | None:
 
 
 def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: Dataset) -> keras.Model:
-    """A freshly trained member: early stopping on a validation split of `(x, y)`."""
+    """A freshly trained member: early stopping on a validation split of `(x, y)` finds how
+    many epochs it should train; with `train.refit` (the default) a fresh copy then trains
+    that many epochs on every row of `(x, y)`, the validation rows included."""
     train = spec.train
     keras.utils.set_random_seed(int(train.seed))
     classification = data.task == "classification"
@@ -128,33 +130,51 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
         x, y, test_size=train.validation_fraction, random_state=int(train.seed),
         stratify=y if classification else None,
     )
-    width = int(data.classes) if classification else int(np.reshape(y, (len(y), -1)).shape[1])
-    try:
-        model = instantiate(spec.build)(x_fit, y_fit, task=data.task, width=width)
-    except Exception as error:
-        raise EnsembleError(f"Zoo member {name!r}: its build config fails: {error}") from error
-    logits = bool(spec.build.get("logits", False))
-    smoothing = float(train.get("label_smoothing", 0.0))
-    if classification and smoothing:
-        # Smoothed targets bound a member's confidence, so one wrong answer cannot cost it
-        # tens of nats of NLL; the fitted combiner recalibrates the ensemble.
-        loss: Any = keras.losses.CategoricalCrossentropy(from_logits=logits, label_smoothing=smoothing)
-        y_fit, y_val = np.eye(width)[y_fit], np.eye(width)[y_val]
-    elif classification:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
-    else:
-        loss = keras.losses.MeanSquaredError()
-    model.compile(optimizer=keras.optimizers.Adam(float(train.learning_rate)), loss=loss)
+    model = _compiled(name, spec, x_fit, y_fit, data)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=int(train.patience), restore_best_weights=True
     )
     history = model.fit(
-        x_fit, y_fit, validation_data=(x_val, y_val), epochs=int(train.epochs),
-        batch_size=int(train.batch_size), callbacks=[stop], verbose=0,
+        x_fit, _targets(y_fit, data), validation_data=(x_val, _targets(y_val, data)),
+        epochs=int(train.epochs), batch_size=int(train.batch_size), callbacks=[stop], verbose=0,
     )
-    log.info("Zoo member %r: %d epochs, best val_loss %.4f", name, len(history.history["loss"]),
-             min(history.history["val_loss"]))
+    losses = history.history["val_loss"]
+    best = int(np.argmin(losses)) + 1
+    log.info("Zoo member %r: best val_loss %.4f after %d of %d epochs", name, min(losses), best,
+             len(losses))
+    if not train.get("refit", True):
+        return model
+    # Early stopping on ~50 validation rows is a noisy choice of weights, and it keeps those
+    # rows out of training; a refit on every row for the chosen number of epochs uses them.
+    keras.utils.set_random_seed(int(train.seed))
+    model = _compiled(name, spec, x, y, data)
+    model.fit(x, _targets(y, data), epochs=best, batch_size=int(train.batch_size), verbose=0)
+    log.info("Zoo member %r: refitted on all %d rows for %d epochs", name, len(x), best)
     return model
+
+
+def _compiled(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: Dataset) -> keras.Model:
+    """The member's architecture built on `(x, y)` (its preprocessing adapted to `x`), compiled."""
+    width = int(data.classes) if data.task == "classification" else int(np.reshape(y, (len(y), -1)).shape[1])
+    try:
+        model = instantiate(spec.build)(x, y, task=data.task, width=width)
+    except Exception as error:
+        raise EnsembleError(f"Zoo member {name!r}: its build config fails: {error}") from error
+    logits = bool(spec.build.get("logits", False))
+    smoothing = float(spec.train.get("label_smoothing", 0.0))
+    if data.task != "classification":
+        loss: Any = keras.losses.MeanSquaredError()
+    else:
+        # Smoothed targets bound a member's confidence, so one wrong answer cannot cost it
+        # tens of nats of NLL; the fitted combiner recalibrates the ensemble.
+        loss = keras.losses.CategoricalCrossentropy(from_logits=logits, label_smoothing=smoothing)
+    model.compile(optimizer=keras.optimizers.Adam(float(spec.train.learning_rate)), loss=loss)
+    return model
+
+
+def _targets(y: np.ndarray, data: Dataset) -> np.ndarray:
+    """One-hot rows for a classifier (its loss takes smoothed one-hot targets), else `y`."""
+    return np.eye(int(data.classes))[y] if data.task == "classification" else y
 
 
 def fit_predict(name: str, spec: DictConfig, data: Dataset) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:

@@ -126,3 +126,29 @@ def test_a_changed_member_is_retrained_in_place(wine_overrides, tmp_path):
     assert not [p.name for p in zoo.iterdir() if "partial" in p.name or "retired" in p.name]
     assert "seed: 99" in (zoo / "linear_savedmodel.recipe.yaml").read_text()
     ensemble.load_member(zoo / "linear_savedmodel", name="linear", output="probabilities")
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_member_refits_on_every_row_for_the_early_stopped_epochs(refit, caplog):
+    import logging
+
+    import keras
+
+    from ensemble.data import load_dataset
+    from experiments.zoo import train_member
+
+    data = load_dataset("wine")
+    cfg = compose_config(f"zoo.members.linear.train.refit={refit}", "zoo.members.linear.train.epochs=8")
+    with caplog.at_level(logging.INFO, logger="experiments.zoo"):
+        model = train_member("linear", cfg.zoo.members.linear, data.x_train, data.y_train, data)
+    standardize = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
+    # The preprocessing adapts to the rows the returned model trained on: every row after a
+    # refit, only the early-stopping fit rows (the validation rows held out) without one.
+    every_row = np.allclose(np.ravel(keras.ops.convert_to_numpy(standardize.mean)),
+                            data.x_train.mean(axis=0), rtol=1e-4)
+    assert every_row == refit
+    best = [r.getMessage() for r in caplog.records if "best val_loss" in r.getMessage()]
+    epochs = int(best[0].split(" after ")[1].split(" of ")[0])
+    refitted = [r.getMessage() for r in caplog.records if "refitted" in r.getMessage()]
+    assert refitted == ([f"Zoo member 'linear': refitted on all {len(data.x_train)} rows for {epochs} epochs"]
+                        if refit else [])
