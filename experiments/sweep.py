@@ -32,7 +32,7 @@ __all__ = ["HIGHER_IS_BETTER", "SweepComparison", "comparison_table"]
 
 HIGHER_IS_BETTER = frozenset({"accuracy"})
 
-Job = tuple[str, dict[str, Any]]  # (the job's overrides, what its metrics.json holds)
+Job = tuple[list[str], dict[str, Any]]  # (the job's overrides, what its metrics.json holds)
 
 
 def comparison_table(sweep_dir: str) -> str:
@@ -57,8 +57,19 @@ def _jobs(sweep_dir: str) -> list[Job]:
             result = json.load(f)
         overrides_file = os.path.join(os.path.dirname(path), ".hydra", "overrides.yaml")
         overrides = [str(o) for o in OmegaConf.load(overrides_file)] if os.path.exists(overrides_file) else []
-        jobs.append((" ".join(overrides) or result.get("combiner", "?"), result))
+        jobs.append((overrides, result))
     return jobs
+
+
+def _labels(jobs: Sequence[Job], leave_out: str | None = None) -> list[str]:
+    """Each job named by the overrides that tell it from the others in its table (not those
+    every job shares, nor `leave_out=...` ones); by its combiner when nothing is left."""
+    shared = set.intersection(*(set(overrides) for overrides, _ in jobs))
+    labels = []
+    for overrides, result in jobs:
+        own = [o for o in overrides if o not in shared and not (leave_out and o.startswith(leave_out + "="))]
+        labels.append(" ".join(own) or result.get("combiner", "ensemble"))
+    return labels
 
 
 def _seed(result: dict[str, Any]) -> Any:
@@ -81,7 +92,7 @@ def _one_split(name: str, jobs: list[Job]) -> str:
     split share their members)."""
     metrics = _metrics(jobs)
     members = jobs[0][1]["members"].values()
-    table = {label: result["ensemble"] for label, result in jobs}
+    table = {label: result["ensemble"] for label, (_, result) in zip(_labels(jobs), jobs)}
     table["best single member (per metric)"] = {m: _best(m)(v[m] for v in members) for m in metrics}
     return "\n".join([f"### {name}", "", *markdown_table(table, "job", metrics)])
 
@@ -91,8 +102,7 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
     selected, the best-on-average and the per-split best member, averaged the same way."""
     metrics = _metrics(jobs)
     settings: dict[str, list[dict[str, Any]]] = {}
-    for label, result in jobs:
-        setting = " ".join(o for o in label.split() if not o.startswith("data.seed=")) or "(defaults)"
+    for setting, (_, result) in zip(_labels(jobs, leave_out="data.seed"), jobs):
         settings.setdefault(setting, []).append(result)
     per_split = {_seed(result): result for _, result in jobs}  # one job's members per split
     names = sorted(set.intersection(*(set(r["members"]) for r in per_split.values())))

@@ -219,7 +219,7 @@ def test_sweep_comparison_groups_by_dataset(tmp_path) -> None:
     job(10, "diabetes", "mean", {"rmse": 50.0}, {"a": {"rmse": 55.0}, "b": {"rmse": 52.0}})
     table = comparison_table(str(tmp_path))
     wine, diabetes = table.split("### ")[1:]
-    assert "| data=wine combiner=stack | 0.9700 | 0.1500 |" in wine and "disagreement" not in wine
+    assert "| combiner=stack | 0.9700 | 0.1500 |" in wine and "disagreement" not in wine  # data=wine: shared
     assert "| best single member (per metric) | 0.9000 | 0.2000 |" in wine
     assert "| best single member (per metric) | 52.0000 |" in diabetes
 
