@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from ensemble.errors import EnsembleError
 
-__all__ = ["configure_devices", "device_names"]
+__all__ = ["configure_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,3 @@ def configure_devices(*, memory_growth: bool = False, logical_cpus: int | None =
     log.info("Device settings applied (memory_growth=%s, logical_cpus=%s) on %s", memory_growth,
              logical_cpus, [d.name for d in tf.config.list_physical_devices()])
 
-
-def device_names() -> list[str]:
-    """The logical devices, as `/device:CPU:0`, `/device:GPU:1`, ..."""
-    return [device.name for device in tf.config.list_logical_devices()]

@@ -90,12 +90,7 @@ def bench_fit(cfg: DictConfig) -> dict[str, float]:
 
 def _median_call_seconds(call: Callable[[], Any], calls: int) -> float:
     call()  # warm-up: traces and allocations happen here, not in the timing
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: None, lambda _: call(), calls)
 
 
 def matmul_peak_gflops(size: int = 2048, calls: int = 10) -> float:
