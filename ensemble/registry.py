@@ -469,7 +469,7 @@ def _load_member(entry: _Entry) -> _Loaded:
         return member(inputs, training=False)
 
     # One trace per model: a None batch dimension covers every batch size.
-    function = tf.function(serve, input_signature=signature, reduce_retracing=True)
+    function = tf.function(serve, input_signature=signature)
     function.get_concrete_function()  # trace now, so a model that cannot run fails its load
 
     def call(feeds: dict[str, np.ndarray]) -> Tensor:

@@ -52,7 +52,7 @@ def _build(model: keras.Model, jit_compile: bool) -> Callable[[Any], dict[str, n
         feed = dict(zip(names, inputs)) if named else inputs[0]
         return model(feed, training=False)
 
-    function = tf.function(call, input_signature=specs, jit_compile=jit_compile, reduce_retracing=True)
+    function = tf.function(call, input_signature=specs, jit_compile=jit_compile)
 
     def predict(x: Any) -> dict[str, np.ndarray]:
         values = [x[n] for n in names] if named else [x]
