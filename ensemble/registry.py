@@ -260,16 +260,19 @@ class ModelRegistry:
             EnsembleError: when the model cannot be loaded (naming it; the next request
                 retries), or `x` does not match its inputs (naming the expected shape).
         """
-        with self._lock:
+        with self._lock:  # once for a loaded model, and once more to count the call
             entry = self._entry(name)
-        loaded = self._ensure_loaded(entry)
+            loaded = self._touch(entry)
+        if loaded is None:
+            loaded = self._ensure_loaded(entry)
         feeds = _feeds(name, loaded.specs, x)
+        batched = self.batch_window_ms > 0
         with self._lock:
             entry.calls += 1
-        if self.batch_window_ms > 0:
+            if not batched:  # a batch's leader counts the batch's one call
+                entry.model_calls += 1
+        if batched:
             return entry.batcher.submit(loaded.call, feeds, self.batch_window_ms / 1000, entry)
-        with self._lock:
-            entry.model_calls += 1
         return _numpy(loaded.call(feeds))
 
     def stats(self, name: str) -> ModelStats:
@@ -319,13 +322,18 @@ class ModelRegistry:
         log.info("Unloaded model %r", entry.name)
         return True
 
+    def _touch(self, entry: _Entry) -> _Loaded | None:
+        """`entry`'s loaded model, now the most recently used; the caller holds the lock."""
+        loaded = entry.loaded
+        if loaded is not None and entry.name in self._lru:
+            self._lru.move_to_end(entry.name)
+        return loaded
+
     def _ensure_loaded(self, entry: _Entry) -> _Loaded:
         with self._lock:
-            loaded = entry.loaded
-            if loaded is not None:
-                if entry.name in self._lru:
-                    self._lru.move_to_end(entry.name)
-                return loaded
+            loaded = self._touch(entry)
+        if loaded is not None:
+            return loaded
         with entry.lock:  # concurrent first requests wait here for one load
             with self._lock:
                 loaded = entry.loaded
