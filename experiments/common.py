@@ -9,6 +9,7 @@ import logging
 import os
 from typing import Any, NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 from hydra.utils import instantiate
@@ -24,6 +25,7 @@ from ensemble import (
     load_member,
     tflite_report,
 )
+from ensemble._inputs import flat_features
 from ensemble.build import ensemble_members
 from ensemble.data import Dataset
 from ensemble.distribute import is_chief, make_strategy
@@ -35,6 +37,7 @@ from experiments.zoo import ensure_zoo, fit_predict, member_entries, stale_membe
 
 __all__ = [
     "Evaluated",
+    "FittingRows",
     "FIT_METHODS",
     "REGIMES",
     "build_and_fit",
@@ -143,13 +146,21 @@ def fit_from_config(
         fit_mean_weights(model, x, y, method=method, level_one=level_one, **options)
 
 
+class FittingRows(NamedTuple):
+    """The rows the combiner was fitted on: the members' predictions of them (out of fold under
+    `meta.regime=oof`) and their targets."""
+
+    level_one: np.ndarray  # (rows, members, width)
+    y: np.ndarray
+
+
 def build_and_fit(
     cfg: DictConfig, data: Dataset, output_dir: str | None,
     strategy: tf.distribute.Strategy | None = None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any], FittingRows]:
     """Members, the ensemble, and its combiner fitted per `cfg.meta.regime`, never on rows a
     member trained on; the level-one pass and Keras training under `strategy`. Returns the
-    model and what to record about the fit."""
+    model, what to record about the fit, and the fitting rows' level-one predictions."""
     regime = cfg.meta.regime
     if regime not in REGIMES:
         raise EnsembleError(f"meta.regime: expected one of {REGIMES}. Received: {regime!r}")
@@ -203,8 +214,8 @@ def build_and_fit(
     if weights is not None:
         record["weights"] = dict(zip([m.name for m in ensemble_members(model)], weights))
     if task == "regression":
-        record["noise_variance"] = _noise_variance(model, x_fit, y_fit, cfg.batch_size)
-    return model, record
+        record["noise_variance"] = _noise_variance(combiner, level_one, y_fit, x_fit)
+    return model, record, FittingRows(level_one, y_fit)
 
 
 def selected_member(model: Any, level_one: np.ndarray, y: np.ndarray, task: str) -> dict[str, Any]:
@@ -220,12 +231,16 @@ def selected_member(model: Any, level_one: np.ndarray, y: np.ndarray, task: str)
     return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
 
 
-def _noise_variance(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
-    """The variance the members' spread misses, measured on the fitting rows: the ensemble's
-    predictive variance is spread^2 plus this (the members' spread alone is overconfident)."""
-    out = model.predict(x, batch_size=batch_size, verbose=0)
-    residual = (np.reshape(y, out["prediction"].shape) - out["prediction"]) ** 2
-    return float(max(np.mean(residual - out["std"] ** 2), 0.0))
+def _noise_variance(combiner: Combiner, level_one: np.ndarray, y: np.ndarray, x: Any) -> float:
+    """The variance the members' spread misses, measured on the fitting rows' level-one
+    predictions (out of fold under `meta.regime=oof`, so never a member's own training rows):
+    the ensemble's predictive variance is spread^2 plus this (the spread alone is
+    overconfident)."""
+    predictions = level_one.astype("float32")
+    combined = combiner(predictions, flat_features(x)) if combiner.needs_features else combiner(predictions)
+    prediction = keras.ops.convert_to_numpy(combined)
+    residual = (np.reshape(y, prediction.shape) - prediction) ** 2
+    return float(max(np.mean(residual - predictions.std(axis=1) ** 2), 0.0))
 
 
 class Evaluated(NamedTuple):
@@ -245,21 +260,20 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
         log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
         output_dir = None
     data: Dataset = instantiate(cfg.data)
-    model, record = build_and_fit(cfg, data, output_dir, strategy)
+    model, record, fitting = build_and_fit(cfg, data, output_dir, strategy)
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
-    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"),
-                      data.x_holdout, data.y_holdout, outputs=outputs)
+    scores = evaluate(model, data, cfg.batch_size, record.get("noise_variance"), fitting, outputs)
     print_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]})
     result = {**record, **scores, "data": {"name": data.name, **data.split}}
     return Evaluated(model, data, outputs, result, output_dir)
 
 
 def evaluate(model: Any, data: Dataset, batch_size: int, noise_variance: float | None = None,
-             fit_x: Any = None, fit_y: Any = None, outputs: Any = None) -> dict[str, Any]:
+             fitting: FittingRows | None = None, outputs: Any = None) -> dict[str, Any]:
     """Metrics of every member, their plain mean, and the ensemble on the test split.
 
     Regression NLL: each member's (and the mean's) predictive std is its RMSE on the
-    fitting rows; the ensemble's is sqrt(spread^2 + noise_variance).
+    fitting rows (`fitting`); the ensemble's is sqrt(spread^2 + noise_variance).
     """
     if outputs is None:  # the model's outputs on the test split, unless the caller has them
         outputs = model.predict(data.x_test, batch_size=batch_size, verbose=0)
@@ -271,13 +285,12 @@ def evaluate(model: Any, data: Dataset, batch_size: int, noise_variance: float |
             "mean": classification_metrics(data.y_test, members_out.mean(axis=1)),
             "ensemble": classification_metrics(data.y_test, outputs["prediction"]),
         }
-    fit_out = model.predict(fit_x, batch_size=batch_size, verbose=0) if fit_x is not None else None
 
     def rmse_std(i: int | None) -> np.ndarray | None:
-        if fit_out is None:
+        if fitting is None:
             return None
-        fitted = fit_out["member_predictions"].mean(1) if i is None else fit_out["member_predictions"][:, i]
-        rmse = np.sqrt(np.mean((np.reshape(fit_y, fitted.shape) - fitted) ** 2, axis=0))
+        fitted = fitting.level_one.mean(1) if i is None else fitting.level_one[:, i]
+        rmse = np.sqrt(np.mean((np.reshape(fitting.y, fitted.shape) - fitted) ** 2, axis=0))
         return np.broadcast_to(rmse, members_out[:, 0].shape)
 
     std = None if noise_variance is None else np.sqrt(outputs["std"] ** 2 + noise_variance)

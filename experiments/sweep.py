@@ -133,7 +133,7 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
     return "\n".join(lines)
 
 
-class SweepComparison(Callback):  # type: ignore[misc]
+class SweepComparison(Callback):
     """After a multirun, writes `comparison.md` into the sweep directory and prints it."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

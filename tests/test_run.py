@@ -60,6 +60,24 @@ def test_regression_run(tmp_path_factory, tmp_path):
         _png(tmp_path / f"{plot}.png")
     assert "std_vs_error.png" in (tmp_path / "report.md").read_text()
 
+    # Against the exported ensemble, loaded on its own: the noise variance is what its spread
+    # misses on the holdout rows, and a member's predictive std is its holdout RMSE.
+    import tensorflow as tf
+    from scipy.stats import norm
+
+    serve = tf.saved_model.load(result["export_dir"]).signatures["serving_default"]
+    (name,) = serve.structured_input_signature[1]
+    data = ensemble.data.load_dataset("diabetes")
+    holdout = {k: v.numpy() for k, v in serve(**{name: tf.constant(data.x_holdout)}).items()}
+    residual = (data.y_holdout.reshape(-1, 1) - holdout["prediction"]) ** 2
+    expected = max(float(np.mean(residual - holdout["std"] ** 2)), 0.0)
+    np.testing.assert_allclose(result["noise_variance"], expected, rtol=1e-4, atol=1e-6)
+    test = serve(**{name: tf.constant(data.x_test)})["member_predictions"].numpy()
+    first = next(iter(result["members"]))
+    rmse = np.sqrt(np.mean((data.y_holdout - holdout["member_predictions"][:, 0, 0]) ** 2))
+    nll = -np.mean(norm.logpdf(data.y_test, loc=test[:, 0, 0], scale=rmse))
+    np.testing.assert_allclose(result["members"][first]["nll"], nll, rtol=1e-4)
+
 
 def test_csv_without_the_named_target_column(tmp_path):
     cfg = compose_config("data=csv", "data.target=label", f"zoo.dir={tmp_path / 'zoo'}")
