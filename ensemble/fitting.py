@@ -224,6 +224,8 @@ def fit_stacking(
                                       max_iter=max_iter)
         )
         estimator.fit(features, targets)
+        if C is None:
+            _log_chosen("C", float(estimator.C_), weakest=estimator.C_ >= np.max(estimator.Cs))
         missing = sorted(set(range(width)) - {int(c) for c in estimator.classes_})
         if missing:
             raise EnsembleError(
@@ -241,6 +243,8 @@ def fit_stacking(
         estimator = (
             Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
         ).fit(features, targets - members_mean)
+        if alpha is None:
+            _log_chosen("alpha", float(estimator.alpha_), weakest=estimator.alpha_ <= np.min(estimator.alphas))
         prior = mean_kernel(level_one.shape[1], width, features.shape[1])  # the untrained kernel
         kernel = prior + np.atleast_2d(estimator.coef_).T
         bias = np.atleast_1d(estimator.intercept_)
@@ -250,6 +254,18 @@ def fit_stacking(
     dense.bias.assign(bias.astype("float32"))
     _drop_compiled(model)
     return estimator
+
+
+def _log_chosen(name: str, value: float, weakest: bool) -> None:
+    """Log the cross-validated regularisation; warn when it is the weakest on the grid."""
+    log.info("Stacking meta-model: %s=%g, chosen by cross-validated loss", name, value)
+    if weakest:
+        log.warning(
+            "Stacking meta-model: cross-validation chose the weakest regularisation tried "
+            "(%s=%g): the fitting rows ask for a stacker as sure as the grid allows, so its "
+            "confidence, and its NLL on new rows, may be optimistic. "
+            "More fitting rows, or a fixed combiner.fit.%s, bound it.", name, value, name,
+        )
 
 
 def fit_mean_weights(

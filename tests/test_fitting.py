@@ -252,3 +252,24 @@ def test_nothing_to_fit_and_empty_split(digits, unequal_members):
         fit_mean_weights(stack, x_hold, y_hold)
     with pytest.raises(ensemble.EnsembleError, match="empty split"):
         fit_combiner(stack, x_hold[:0], y_hold[:0], verbose=0)
+
+
+def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    lr = LogisticRegression(max_iter=2000).fit(x[:200], y[:200])
+    members = {"lr": _dense_member(lr.coef_, lr.intercept_, "lr", "sigmoid"),
+               "half": _dense_member(lr.coef_ / 2, lr.intercept_, "half", "sigmoid")}
+    model = _ensemble(members, combiners.StackingCombiner())
+    weakest = "cross-validation chose the weakest regularisation tried (C=100)"
+    right = np.flatnonzero(lr.predict(x) == y)[:300]  # rows the members separate perfectly
+    with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
+        fit_stacking(model, x[right], y[right])
+    assert weakest in caplog.text
+    caplog.clear()
+    noisy = y[200:400].copy()
+    noisy[::4] = 1 - noisy[::4]  # a quarter of the labels flipped: nothing to be sure of
+    with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
+        estimator = fit_stacking(model, x[200:400], noisy)
+    assert f"Stacking meta-model: C={estimator.C_:g}, chosen by cross-validated loss" in caplog.text
+    assert estimator.C_ < 100 and weakest not in caplog.text
