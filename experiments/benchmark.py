@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hydra
@@ -46,15 +46,21 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
-def synthetic_ensemble(cfg: DictConfig) -> keras.Model:
-    """`cfg.member_count` MLPs (features -> hidden... -> classes, softmax), stacked."""
-    members = []
+def synthetic_mlps(cfg: DictConfig, hidden: Sequence[int]) -> list[keras.Model]:
+    """`cfg.member_count` seeded MLPs: features -> hidden... -> classes, softmax."""
+    models = []
     for i in range(cfg.member_count):
         keras.utils.set_random_seed(cfg.seed + i)
-        layers = [keras.Input((cfg.features,))]
-        layers += [keras.layers.Dense(units, activation="relu") for units in cfg.hidden]
+        layers: list[Any] = [keras.Input((cfg.features,))]
+        layers += [keras.layers.Dense(units, activation="relu") for units in hidden]
         layers.append(keras.layers.Dense(cfg.classes, activation="softmax"))
-        members.append(load_member(keras.Sequential(layers), name=f"member_{i}"))
+        models.append(keras.Sequential(layers))
+    return models
+
+
+def synthetic_ensemble(cfg: DictConfig) -> keras.Model:
+    """The synthetic MLPs (`cfg.hidden`), stacked."""
+    members = [load_member(m, name=f"member_{i}") for i, m in enumerate(synthetic_mlps(cfg, cfg.hidden))]
     return build_ensemble(members, combiners.StackingCombiner())
 
 
@@ -196,15 +202,9 @@ def bench_memory(cfg: DictConfig, scratch: str) -> dict[str, float]:
     """Load time of N member files and of the export; resident memory per member against its
     weight bytes (in a fresh process, after TensorFlow's own start-up)."""
     paths = []
-    for i in range(cfg.member_count):
-        keras.utils.set_random_seed(cfg.seed + i)
-        widths = [cfg.features, *cfg.memory_hidden]
-        layers = [keras.Input((cfg.features,))]
-        layers += [keras.layers.Dense(units, activation="relu") for units in widths[1:]]
-        layers.append(keras.layers.Dense(cfg.classes, activation="softmax"))
-        path = os.path.join(scratch, f"member_{i}.keras")
-        keras.Sequential(layers).save(path)
-        paths.append(path)
+    for i, mlp in enumerate(synthetic_mlps(cfg, cfg.memory_hidden)):
+        paths.append(os.path.join(scratch, f"member_{i}.keras"))
+        mlp.save(paths[-1])
     probe = _MEMORY_PROBE.format(features=cfg.features)
     done = subprocess.run([sys.executable, "-c", probe, paths[0], *paths], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
