@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -102,13 +102,15 @@ def _stale_recipes(zoo: DictConfig, data: Dataset, directory: str | None) -> dic
 
 
 RECIPE_SUFFIX = ".recipe.yaml"
+REFIT = True  # train.refit when a member's config leaves it out
 
 
 def _recipe(spec: DictConfig, data: Dataset, rows: str) -> str:
     """What a member was trained from: its config and its training rows (their fingerprint,
     `rows`). A change retrains it."""
-    return OmegaConf.to_yaml({"member": OmegaConf.to_container(spec, resolve=True),
-                              "data": data.name, "rows": rows})
+    member = cast(dict[str, Any], OmegaConf.to_container(spec, resolve=True))
+    member.setdefault("train", {}).setdefault("refit", REFIT)  # the default, written out
+    return OmegaConf.to_yaml({"member": member, "data": data.name, "rows": rows})
 
 
 def _saved_recipe(path: str) -> str | None:
@@ -142,7 +144,7 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
     best = int(np.argmin(losses)) + 1
     log.info("Zoo member %r: best val_loss %.4f after %d of %d epochs", name, min(losses), best,
              len(losses))
-    if not train.get("refit", True):
+    if not train.get("refit", REFIT):
         return model
     # Early stopping on ~50 validation rows is a noisy choice of weights, and it keeps those
     # rows out of training; a refit on every row for the chosen number of epochs uses them.

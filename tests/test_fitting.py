@@ -273,3 +273,25 @@ def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
         estimator = fit_stacking(model, x[200:400], noisy)
     assert f"Stacking meta-model: C={estimator.C_:g}, chosen by cross-validated loss" in caplog.text
     assert estimator.C_ < 100 and weakest not in caplog.text
+
+
+@pytest.mark.parametrize("passthrough", [False, True])
+def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthrough):
+    from experiments.common import _noise_variance
+
+    xr, yr = load_diabetes(return_X_y=True)
+    xr = xr.astype("float32")
+    ridge = Ridge(alpha=0.1).fit(xr[:200], yr[:200])
+    regressors = {
+        "ridge": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_), "ridge", None),
+        "shifted": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_ + 20), "shifted", None),
+    }
+    model = _ensemble(regressors, combiners.StackingCombiner(passthrough=passthrough), task="regression")
+    x, y = xr[200:350], yr[200:350]
+    fit_stacking(model, x, y, alpha=1.0)
+    level_one = LevelOneStore().predictions(model, x)
+    out = model.predict(x, verbose=0)  # reference: the whole ensemble's prediction and spread
+    expected = max(float(np.mean((y[:, None] - out["prediction"]) ** 2 - out["std"] ** 2)), 0.0)
+    assert expected > 0
+    actual = _noise_variance(ensemble.ensemble_combiner(model), level_one, y, x)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4)

@@ -129,26 +129,36 @@ def test_a_changed_member_is_retrained_in_place(wine_overrides, tmp_path):
 
 
 @pytest.mark.parametrize("refit", [True, False])
-def test_a_member_refits_on_every_row_for_the_early_stopped_epochs(refit, caplog):
-    import logging
-
+def test_a_member_refits_on_every_row_for_the_early_stopped_epochs(refit, monkeypatch):
     import keras
 
     from ensemble.data import load_dataset
     from experiments.zoo import train_member
 
+    fits = []  # (rows, epochs asked for, the history)
+    original = keras.Model.fit
+
+    def recording_fit(self, x, y, **kwargs):
+        history = original(self, x, y, **kwargs)
+        fits.append((len(x), kwargs["epochs"], history.history))
+        return history
+
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
     data = load_dataset("wine")
-    cfg = compose_config(f"zoo.members.linear.train.refit={refit}", "zoo.members.linear.train.epochs=8")
-    with caplog.at_level(logging.INFO, logger="experiments.zoo"):
-        model = train_member("linear", cfg.zoo.members.linear, data.x_train, data.y_train, data)
+    cfg = compose_config(f"zoo.members.linear.train.refit={refit}", "zoo.members.linear.train.epochs=30",
+                         "zoo.members.linear.train.patience=3")
+    model = train_member("linear", cfg.zoo.members.linear, data.x_train, data.y_train, data)
+    (fit_rows, _, stopped), *refits = fits
+    assert fit_rows < len(data.x_train)  # the validation rows held out
+    if refit:
+        # A fresh copy, every row, exactly the epochs early stopping found best.
+        ((rows, epochs, history),) = refits
+        assert rows == len(data.x_train)
+        assert epochs == int(np.argmin(stopped["val_loss"])) + 1 == len(history["loss"])
+    else:
+        assert refits == []
+    # The preprocessing adapts to the rows the returned model trained on.
     standardize = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
-    # The preprocessing adapts to the rows the returned model trained on: every row after a
-    # refit, only the early-stopping fit rows (the validation rows held out) without one.
     every_row = np.allclose(np.ravel(keras.ops.convert_to_numpy(standardize.mean)),
                             data.x_train.mean(axis=0), rtol=1e-4)
     assert every_row == refit
-    best = [r.getMessage() for r in caplog.records if "best val_loss" in r.getMessage()]
-    epochs = int(best[0].split(" after ")[1].split(" of ")[0])
-    refitted = [r.getMessage() for r in caplog.records if "refitted" in r.getMessage()]
-    assert refitted == ([f"Zoo member 'linear': refitted on all {len(data.x_train)} rows for {epochs} epochs"]
-                        if refit else [])
