@@ -34,8 +34,8 @@ from sklearn.linear_model import (
 )
 
 from combiners import MeanCombiner, StackingCombiner
-from combiners.stack import mean_kernel
 from combiners.base import Combiner
+from combiners.stack import mean_kernel
 from ensemble._inputs import Data, flat_features, row_count
 from ensemble.build import ensemble_combiner, ensemble_members, ensemble_task
 from ensemble.errors import EnsembleError

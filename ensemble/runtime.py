@@ -40,4 +40,3 @@ def configure_devices(*, memory_growth: bool = False, logical_cpus: int | None =
     # which a multi-worker strategy can no longer configure its collective operations.
     log.info("Device settings applied (memory_growth=%s, logical_cpus=%s) on %s", memory_growth,
              logical_cpus, [d.name for d in tf.config.list_physical_devices()])
-

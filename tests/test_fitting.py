@@ -29,6 +29,32 @@ def _dense_member(coef: np.ndarray, intercept: np.ndarray, name: str, activation
     return model
 
 
+def _binary_members():
+    """Standardised breast_cancer, a logistic regression fitted on its first 200 rows, and two
+    sigmoid members from it (the second half as sure)."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    lr = LogisticRegression(max_iter=2000).fit(x[:200], y[:200])
+    members = {
+        "lr": _dense_member(lr.coef_, lr.intercept_, "lr", "sigmoid"),
+        "half": _dense_member(lr.coef_ / 2, lr.intercept_, "half", "sigmoid"),
+    }
+    return x, y, lr, members
+
+
+def _regression_members():
+    """diabetes, and two linear regressors from a Ridge fitted on its first 200 rows (the
+    second shifted by 20)."""
+    xr, yr = load_diabetes(return_X_y=True)
+    xr = xr.astype("float32")
+    ridge = Ridge(alpha=0.1).fit(xr[:200], yr[:200])
+    regressors = {
+        "ridge": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_), "ridge", None),
+        "shifted": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_ + 20), "shifted", None),
+    }
+    return xr, yr, regressors
+
+
 @pytest.fixture(scope="module")
 def digits():
     """Digits split in three: members train, the combiner fits on holdout, test is unseen."""
@@ -116,13 +142,7 @@ def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passt
 
 
 def test_sklearn_baked_binary_and_regression():
-    x, y = load_breast_cancer(return_X_y=True)
-    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
-    lr = LogisticRegression(max_iter=2000).fit(x[:200], y[:200])
-    members = {
-        "lr": _dense_member(lr.coef_, lr.intercept_, "lr", "sigmoid"),
-        "half": _dense_member(lr.coef_ / 2, lr.intercept_, "half", "sigmoid"),
-    }
+    x, y, lr, members = _binary_members()
     model = _ensemble(members, combiners.StackingCombiner())
     estimator = fit_stacking(model, x[200:400], y[200:400])
     features = np.asarray(ensemble.ensemble_combiner(model).meta_features(
@@ -131,13 +151,7 @@ def test_sklearn_baked_binary_and_regression():
         model.predict(x[400:], verbose=0)["prediction"], estimator.predict_proba(features), atol=1e-5
     )
 
-    xr, yr = load_diabetes(return_X_y=True)
-    xr = xr.astype("float32")
-    ridge = Ridge(alpha=0.1).fit(xr[:200], yr[:200])
-    regressors = {
-        "ridge": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_), "ridge", None),
-        "shifted": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_ + 20), "shifted", None),
-    }
+    xr, yr, regressors = _regression_members()
     model = _ensemble(regressors, combiners.StackingCombiner(), task="regression")
     estimator = fit_stacking(model, xr[200:350], yr[200:350], alpha=1e-3)
     level_one = LevelOneStore().predictions(model, xr[350:])
@@ -255,11 +269,7 @@ def test_nothing_to_fit_and_empty_split(digits, unequal_members):
 
 
 def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
-    x, y = load_breast_cancer(return_X_y=True)
-    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
-    lr = LogisticRegression(max_iter=2000).fit(x[:200], y[:200])
-    members = {"lr": _dense_member(lr.coef_, lr.intercept_, "lr", "sigmoid"),
-               "half": _dense_member(lr.coef_ / 2, lr.intercept_, "half", "sigmoid")}
+    x, y, lr, members = _binary_members()
     model = _ensemble(members, combiners.StackingCombiner())
     weakest = "cross-validation chose the weakest regularisation tried (C=100)"
     right = np.flatnonzero(lr.predict(x) == y)[:300]  # rows the members separate perfectly
@@ -279,13 +289,7 @@ def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
 def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthrough):
     from experiments.common import _noise_variance
 
-    xr, yr = load_diabetes(return_X_y=True)
-    xr = xr.astype("float32")
-    ridge = Ridge(alpha=0.1).fit(xr[:200], yr[:200])
-    regressors = {
-        "ridge": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_), "ridge", None),
-        "shifted": _dense_member(ridge.coef_[None], np.atleast_1d(ridge.intercept_ + 20), "shifted", None),
-    }
+    xr, yr, regressors = _regression_members()
     model = _ensemble(regressors, combiners.StackingCombiner(passthrough=passthrough), task="regression")
     x, y = xr[200:350], yr[200:350]
     fit_stacking(model, x, y, alpha=1.0)
