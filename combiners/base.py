@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import keras
 from keras import ops
@@ -20,15 +20,18 @@ __all__ = [
     "REGRESSION",
     "TASKS",
     "Combiner",
+    "Task",
     "Shape",
     "Tensor",
     "first_argmax",
     "validate_weights",
 ]
 
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
-TASKS = (CLASSIFICATION, REGRESSION)
+# The task names, defined once for the whole project (`ensemble.types` re-exports them).
+Task = Literal["classification", "regression"]
+CLASSIFICATION: Task = "classification"
+REGRESSION: Task = "regression"
+TASKS: tuple[Task, ...] = (CLASSIFICATION, REGRESSION)
 
 # Annotations never import a backend (the keras-rs `types.py` convention).
 Tensor = Any

@@ -1,40 +1,88 @@
-"""Ensembles of independently trained Keras/TensorFlow models in one graph."""
+"""Ensembles of independently trained Keras/TensorFlow models in one graph.
 
-from ensemble._backend import require_tensorflow_backend
+The sub-packages follow the data flow: `members` (load) -> `graph` (build) -> `fitting` (fit,
+without leakage) -> `evaluate` -> `export` -> `serve`; `runtime` says where it runs and `data`
+holds the datasets of the experiments.
+"""
+
+from ensemble.runtime.backend import require_tensorflow_backend
 
 require_tensorflow_backend()
 
-from ensemble.build import build_ensemble, ensemble_combiner, ensemble_members, ensemble_task  # noqa: E402
 from ensemble.errors import EnsembleError, MemberError  # noqa: E402
-from ensemble.export import export_saved_model, read_manifest  # noqa: E402
-from ensemble.loading import FORMATS, detect_format, load_member  # noqa: E402
-from ensemble.member import InputSpec, Member  # noqa: E402
-from ensemble.registry import ModelRegistry  # noqa: E402
-from ensemble.savedmodel import SavedModelLayer  # noqa: E402
+from ensemble.evaluate import evaluate_ensemble  # noqa: E402
+from ensemble.export import (  # noqa: E402
+    QUANTIZATIONS,
+    export_saved_model,
+    export_tflite,
+    read_manifest,
+    run_tflite,
+    tflite_report,
+)
+from ensemble.fitting import (  # noqa: E402
+    FIT_METHODS,
+    FitReport,
+    LevelOneStore,
+    check_leakage,
+    fit,
+    fit_combiner,
+    fit_mean_weights,
+    fit_out_of_fold,
+    fit_stacking,
+    stack_out_of_fold,
+)
+from ensemble.graph import (  # noqa: E402
+    EnsembleView,
+    build_ensemble,
+    ensemble_combiner,
+    ensemble_members,
+    ensemble_task,
+)
+from ensemble.members import (  # noqa: E402
+    FORMATS,
+    InputSpec,
+    Member,
+    SavedModelLayer,
+    detect_format,
+    load_member,
+    record_training_rows,
+)
 from ensemble.runtime import configure_devices  # noqa: E402
-from ensemble.serving import compiled_predict  # noqa: E402
-from ensemble.tflite import QUANTIZATIONS, export_tflite, run_tflite, tflite_report  # noqa: E402
+from ensemble.serve import ModelRegistry, compiled_predict  # noqa: E402
 
 __all__ = [
+    "FIT_METHODS",
     "FORMATS",
     "QUANTIZATIONS",
     "EnsembleError",
+    "EnsembleView",
+    "FitReport",
     "InputSpec",
+    "LevelOneStore",
     "Member",
     "MemberError",
     "ModelRegistry",
     "SavedModelLayer",
     "build_ensemble",
+    "check_leakage",
     "compiled_predict",
     "configure_devices",
     "detect_format",
     "ensemble_combiner",
     "ensemble_members",
     "ensemble_task",
+    "evaluate_ensemble",
     "export_saved_model",
     "export_tflite",
+    "fit",
+    "fit_combiner",
+    "fit_mean_weights",
+    "fit_out_of_fold",
+    "fit_stacking",
     "load_member",
     "read_manifest",
+    "record_training_rows",
     "run_tflite",
+    "stack_out_of_fold",
     "tflite_report",
 ]

@@ -1,14 +1,22 @@
-"""Type aliases that keep annotations free of backend imports (as keras-rs does)."""
+"""Type aliases that keep annotations free of backend imports (as keras-rs does), and the task
+names. The combiner layers sit below this package, so the task names and the tensor alias are
+defined once there (`combiners.base`) and only re-exported here."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Union
+from collections.abc import Mapping
+from typing import Literal, Union
 
-Tensor = Any
-"""A backend tensor (a `tf.Tensor` here) or a NumPy array."""
+import numpy as np
+
+from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Task, Tensor
+
+__all__ = ["CLASSIFICATION", "REGRESSION", "TASKS", "Data", "OutputKind", "PathLike", "Task", "Tensor"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-Task = Literal["classification", "regression"]
 OutputKind = Literal["probabilities", "logits"]
+
+Data = Union[np.ndarray, Mapping[str, np.ndarray]]
+"""Rows for a model: one array, or named arrays with the same number of rows."""

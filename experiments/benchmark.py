@@ -38,8 +38,8 @@ from omegaconf import DictConfig
 
 import combiners
 from ensemble import build_ensemble, compiled_predict, export_saved_model, load_member
-from ensemble.build import ensemble_members
-from ensemble.fitting import fit_combiner
+from ensemble.fitting.head import fit_combiner
+from ensemble.graph.view import ensemble_members
 
 __all__ = ["run"]
 
@@ -170,7 +170,7 @@ _MEMORY_PROBE = """
 import ctypes, gc, json, sys, time, os
 import numpy as np
 import ensemble, keras
-from ensemble.registry import process_rss_bytes
+from ensemble.serve.loaded import process_rss_bytes
 
 def settle():
     # Return freed memory to the OS (glibc), so RSS shows what is held, not allocator slack.

@@ -8,7 +8,6 @@ The combiner is used as configured, nothing is fitted (see experiments.train_met
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import hydra
@@ -16,29 +15,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ensemble import build_ensemble
+import ensemble
 from ensemble.data import Dataset
-from experiments.common import (
-    evaluate,
-    finish,
-    load_members,
-    make_combiner,
-    members_config,
-    print_table,
-)
+from ensemble.evaluate import format_table
+from experiments.job import finish, load_members, members_config
 
-__all__ = ["load_members", "run"]
-
-log = logging.getLogger(__name__)
+__all__ = ["run"]
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Build the configured ensemble, evaluate it on the test split, export, write metrics.json."""
     data: Dataset = instantiate(cfg.data)
-    combiner, _ = make_combiner(cfg.combiner)
-    model = build_ensemble(load_members(members_config(cfg, data)), combiner, task=cfg.task or data.task)
+    combiner = instantiate(cfg.combiner)
+    model = ensemble.build_ensemble(load_members(members_config(cfg, data)), combiner,
+                                    task=cfg.task or data.task)
     model.summary()
-    scores = evaluate(model, data, cfg.batch_size)
+    scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, batch_size=cfg.batch_size)
     result: dict[str, Any] = {
         "task": data.task,
         "combiner": type(combiner).__name__,
@@ -46,7 +38,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         "ensemble": scores["ensemble"],
         "data": {"name": data.name, **data.split},
     }
-    print_table({**result["members"], "ensemble": result["ensemble"]})
+    print("\n" + format_table({**result["members"], "ensemble": result["ensemble"]}))
     return finish(result, model, cfg, output_dir, data)
 
 

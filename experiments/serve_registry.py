@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ensemble import ModelRegistry, configure_devices
 from ensemble.data import Dataset
-from experiments.common import members_config
+from experiments.job import members_config
 
 __all__ = ["run"]
 

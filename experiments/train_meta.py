@@ -1,7 +1,7 @@
 """Fit the configured combiner without leakage, compare it with each member and the mean, export.
 
     python -m experiments.train_meta                          # stacking on the holdout split
-    python -m experiments.train_meta meta.regime=oof          # on out-of-fold predictions
+    python -m experiments.train_meta regime=oof               # on out-of-fold predictions
     python -m experiments.train_meta -m combiner=stack,select,weighted
 """
 
@@ -13,13 +13,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.common import finish, fit_and_evaluate
+from experiments.job import finish, fit_and_evaluate
 
 __all__ = ["run"]
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
-    """Members, the combiner fitted per `cfg.meta.regime`, then evaluation and export."""
+    """Members, the combiner fitted in the configured regime, then evaluation and export."""
     job = fit_and_evaluate(cfg, output_dir)
     return finish(job.result, job.model, cfg, job.output_dir, job.data)
 

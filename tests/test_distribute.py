@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 import ensemble
-from ensemble.distribute import is_chief, make_strategy, parse_tf_config
+from ensemble.runtime.distribute import is_chief, make_strategy, parse_tf_config
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +115,9 @@ _MIRRORED = textwrap.dedent(
     import json, numpy as np
     import ensemble, combiners
     ensemble.configure_devices(logical_cpus=2)
-    from ensemble.distribute import distributed_level_one, make_strategy
-    from ensemble.level_one import LevelOneStore
+    from ensemble.fitting.level_one import distributed_level_one
+    from ensemble.runtime.distribute import make_strategy
+    from ensemble.fitting.level_one import LevelOneStore
     from tests.conftest import dense_classifier
     strategy = make_strategy("mirrored")
     model = ensemble.build_ensemble(
@@ -141,8 +142,8 @@ _FIT = textwrap.dedent(
     import json, numpy as np
     import ensemble, combiners
     ensemble.configure_devices(logical_cpus=2)
-    from ensemble.distribute import make_strategy
-    from ensemble.fitting import fit_combiner
+    from ensemble.runtime.distribute import make_strategy
+    from ensemble.fitting.head import fit_combiner
     from tests.conftest import dense_classifier
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 8)).astype("float32")
@@ -176,8 +177,9 @@ _WORKER = textwrap.dedent(
     """
     import json, sys, numpy as np
     import ensemble, combiners
-    from ensemble.distribute import distributed_level_one, make_strategy
-    from ensemble.fitting import fit_combiner
+    from ensemble.fitting.level_one import distributed_level_one
+    from ensemble.runtime.distribute import make_strategy
+    from ensemble.fitting.head import fit_combiner
     from tests.conftest import dense_classifier
     strategy = make_strategy(sys.argv[1], timeout_s=120)
     model = ensemble.build_ensemble(
@@ -217,7 +219,7 @@ def test_two_workers_on_loopback_equal_one_process(tmp_path):
 _LONELY = textwrap.dedent(
     """
     import sys
-    from ensemble.distribute import make_strategy
+    from ensemble.runtime.distribute import make_strategy
     make_strategy("multi_worker", timeout_s=5)
     """
 )

@@ -13,10 +13,13 @@ from sklearn.model_selection import train_test_split
 
 import combiners
 import ensemble
-from ensemble.fingerprint import save_training_rows
-from ensemble.fitting import check_leakage, fit_combiner, fit_mean_weights, fit_stacking
-from ensemble.level_one import LevelOneStore
-from ensemble.metrics import classification_metrics
+from ensemble.members.training_rows import record_training_rows
+from ensemble.fitting.guard import check_leakage
+from ensemble.fitting.head import fit_combiner
+from ensemble.fitting.mean_weights import fit_mean_weights
+from ensemble.fitting.stacking import fit_stacking
+from ensemble.fitting.level_one import LevelOneStore
+from ensemble.evaluate.metrics import classification_metrics
 
 
 def _dense_member(coef: np.ndarray, intercept: np.ndarray, name: str, activation: str | None) -> keras.Model:
@@ -221,7 +224,7 @@ def test_leakage_guard(tmp_path, digits, unequal_members, caplog):
         paths[name] = tmp_path / f"{name}.keras"
         member.save(paths[name])
         if name != "weak":
-            save_training_rows(str(paths[name]), x_train)
+            record_training_rows(str(paths[name]), x_train)
     members = [ensemble.load_member(paths[n], name=n) for n in unequal_members]
     model = ensemble.build_ensemble(members, combiners.StackingCombiner())
     with pytest.raises(

@@ -8,13 +8,7 @@ from scipy.stats import norm
 from sklearn import metrics
 
 from ensemble import EnsembleError
-from ensemble.metrics import (
-    classification_metrics,
-    disagreement,
-    expected_calibration_error,
-    gaussian_nll,
-    regression_metrics,
-)
+from ensemble.evaluate.metrics import classification_metrics, disagreement, expected_calibration_error, gaussian_nll, regression_metrics
 
 # Six rows, two classes: (probabilities, label). Confidences avoid bin edges on purpose.
 ECE_PROBABILITIES = np.array(

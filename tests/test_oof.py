@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ensemble.errors import EnsembleError, MemberError
-from ensemble.oof import OutOfFold, out_of_fold_predictions, stack_out_of_fold
+from ensemble.fitting.out_of_fold import OutOfFold, out_of_fold_predictions, stack_out_of_fold
 
 
 def sklearn_fit_predict(estimator, method: str) -> Callable[..., np.ndarray]:

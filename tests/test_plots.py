@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score, root_mean_squared_error
 
 from ensemble import plots
-from ensemble.metrics import expected_calibration_error
+from ensemble.evaluate.metrics import expected_calibration_error
 
 # Warnings (0/0 in empty bins, constant inputs to a correlation) must be handled, not leaked.
 pytestmark = pytest.mark.filterwarnings("error")

@@ -13,7 +13,7 @@ import pytest
 import combiners
 import ensemble
 from ensemble import registry as registry_module
-from ensemble.registry import ModelRegistry, ModelStats
+from ensemble.serve.registry import ModelRegistry, ModelStats
 
 FEATURES, CLASSES = 4, 3
 

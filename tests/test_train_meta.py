@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ensemble
-from ensemble.fingerprint import row_hashes
+from ensemble.members.training_rows import row_hashes
 from experiments.train_meta import run
 from tests.conftest import compose_config
 
@@ -94,7 +94,7 @@ def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):
     import keras
 
     from ensemble.data import load_dataset
-    from ensemble.fingerprint import save_training_rows
+    from ensemble.members.training_rows import record_training_rows
     from experiments.common import build_and_fit
 
     data = load_dataset("wine")
@@ -103,7 +103,7 @@ def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):
         keras.utils.set_random_seed(seed)
         path = tmp_path / f"{name}.keras"
         keras.Sequential([keras.Input((13,)), keras.layers.Dense(3, activation="softmax")]).save(path)
-        save_training_rows(str(path), data.x_holdout)  # as if they had trained on the holdout rows
+        record_training_rows(str(path), data.x_holdout)  # as if they had trained on the holdout rows
         members[name] = {"source": str(path), "format": "auto", "options": {}}
     cfg = compose_config(*wine_overrides, "export=none")
     with open_dict(cfg):

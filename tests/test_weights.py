@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from combiners import MeanCombiner
-from ensemble.weights import ensemble_selection, optimal_weights
+from ensemble.fitting.selection import ensemble_selection, optimal_weights
 
 
 def nll(y: np.ndarray, probabilities: np.ndarray) -> float:

@@ -1,0 +1,162 @@
+"""Accuracy, NLL (or RMSE) of the plain mean of the first k members, members added best first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ensemble.errors import EnsembleError
+from ensemble.evaluate.figures.checks import (
+    EnsembleSizeCurve,
+    EnsembleSizeCurveRegression,
+    FloatArray,
+    IntArray,
+    checked_floats,
+    checked_labels,
+    checked_names,
+    checked_probabilities,
+    checked_targets,
+    save_png,
+)
+from ensemble.evaluate.metrics import (
+    classification_metrics,
+    regression_metrics,
+)
+from ensemble.types import PathLike
+
+__all__ = [
+    "ensemble_size_curve",
+    "ensemble_size_curve_regression",
+    "plot_ensemble_size",
+    "plot_ensemble_size_regression",
+]
+
+
+def ensemble_size_curve(
+    y: npt.ArrayLike, member_probabilities: npt.ArrayLike, order: Sequence[int] | None = None
+) -> EnsembleSizeCurve:
+    """Accuracy and NLL of the plain mean of the first k members, k = 1..members.
+
+    `order` defaults to the members sorted by their own NLL, best first. Scores come from
+    `ensemble.metrics.classification_metrics`, so the last point equals the mean ensemble's.
+    """
+    p = checked_probabilities(member_probabilities, "member_probabilities", ndim=3)
+    labels = checked_labels(y, classes=p.shape[-1], rows=len(p))
+    members = p.shape[1]
+    if order is None:
+        own_nll = [classification_metrics(labels, p[:, m])["nll"] for m in range(members)]
+        sequence = np.argsort(own_nll, kind="stable").astype(np.int64)
+    else:
+        sequence = _order(order, members)
+    scores = [classification_metrics(labels, mean) for mean in _running_means(p, sequence)]
+    return {
+        "k": np.arange(1, members + 1, dtype=np.int64),
+        "order": sequence,
+        "accuracy": np.array([s["accuracy"] for s in scores]),
+        "nll": np.array([s["nll"] for s in scores]),
+    }
+
+
+def ensemble_size_curve_regression(
+    y: npt.ArrayLike, member_predictions: npt.ArrayLike, order: Sequence[int] | None = None
+) -> EnsembleSizeCurveRegression:
+    """RMSE of the plain mean of the first k members, k = 1..members; default order: best RMSE first."""
+    predictions = checked_floats(
+        member_predictions, "member_predictions", ndim=3, shape="(rows, members, targets)"
+    )
+    targets = checked_targets(y, predictions.shape[0], predictions.shape[-1])
+    members = predictions.shape[1]
+    if order is None:
+        own_rmse = [regression_metrics(targets, predictions[:, m])["rmse"] for m in range(members)]
+        sequence = np.argsort(own_rmse, kind="stable").astype(np.int64)
+    else:
+        sequence = _order(order, members)
+    rmse = [regression_metrics(targets, mean)["rmse"] for mean in _running_means(predictions, sequence)]
+    return {"k": np.arange(1, members + 1, dtype=np.int64), "order": sequence, "rmse": np.array(rmse)}
+
+
+def plot_ensemble_size(
+    y: npt.ArrayLike,
+    member_probabilities: npt.ArrayLike,
+    member_names: Sequence[str],
+    path: PathLike,
+    ensemble_metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Accuracy and NLL against ensemble size, members added best-NLL first."""
+    curve = ensemble_size_curve(y, member_probabilities)
+    return _plot_size(curve, {"accuracy": "accuracy", "nll": "NLL"}, member_names, path, ensemble_metrics)
+
+
+def plot_ensemble_size_regression(
+    y: npt.ArrayLike,
+    member_predictions: npt.ArrayLike,
+    member_names: Sequence[str],
+    path: PathLike,
+    ensemble_metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """RMSE against ensemble size, members added best-RMSE first."""
+    curve = ensemble_size_curve_regression(y, member_predictions)
+    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics)
+
+
+def _plot_size(
+    curve: Mapping[str, Any],
+    panels: Mapping[str, str],
+    member_names: Sequence[str],
+    path: PathLike,
+    ensemble_metrics: Mapping[str, float] | None,
+) -> Path:
+    """One panel per metric of `curve` (`panels`: metric -> axis label) against ensemble size,
+    with the configured ensemble's value as a dashed line where given."""
+    names = checked_names(member_names, len(curve["order"]))
+    reference = _reference(ensemble_metrics, tuple(panels))
+    figure = Figure(figsize=(7, 2 + 2 * len(panels)), layout="constrained")
+    all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, (key, label) in zip(all_axes, panels.items()):
+        axes.plot(curve["k"], curve[key], marker="o", label="mean of the first k")
+        if key in reference:
+            axes.axhline(reference[key], linestyle="--", color="black", label="configured ensemble")
+        axes.set_ylabel(label)
+        axes.legend()
+    all_axes[0].set_title("Ensemble size")
+    _member_ticks(all_axes[-1], curve["k"], [names[m] for m in curve["order"]])
+    return save_png(figure, path)
+
+
+def _order(order: Sequence[int], members: int) -> IntArray:
+    sequence = np.asarray(order)
+    if sequence.ndim != 1 or sorted(sequence.tolist()) != list(range(members)):
+        raise EnsembleError(
+            f"Expected order to be a permutation of the {members} member indices. Received: order={list(order)}"
+        )
+    return sequence.astype(np.int64)
+
+
+def _running_means(outputs: FloatArray, order: IntArray) -> FloatArray:
+    """The means over the first k members of `order`, k = 1..members, stacked on axis 0."""
+    sums = np.cumsum(outputs[:, order], axis=1)
+    means = sums / np.arange(1, len(order) + 1)[None, :, None]
+    return np.moveaxis(means, 1, 0)
+
+
+def _reference(metrics: Mapping[str, float] | None, keys: tuple[str, ...]) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    missing = [key for key in keys if key not in metrics]
+    if missing:
+        raise EnsembleError(
+            f"Expected ensemble_metrics with keys {list(keys)}. Received: keys={list(metrics)}"
+        )
+    return {key: float(metrics[key]) for key in keys}
+
+
+def _member_ticks(axes: Axes, k: IntArray, added: list[str]) -> None:
+    """Label each ensemble size with the member it added."""
+    axes.set_xticks(k, [f"{size}: +{name}" for size, name in zip(k, added)], rotation=30, ha="right")
+    axes.set_xlabel("ensemble size (member added)")

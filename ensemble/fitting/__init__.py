@@ -1,0 +1,36 @@
+"""Fitting the combiner on rows no member trained on: the level-one store, out-of-fold
+predictions, the leakage guard, and one fit function per kind of combiner, behind `fit`."""
+
+from ensemble.fitting.guard import check_leakage
+from ensemble.fitting.head import CombinerHead, fit_combiner
+from ensemble.fitting.level_one import LevelOneStore, distributed_level_one
+from ensemble.fitting.mean_weights import fit_mean_weights
+from ensemble.fitting.out_of_fold import (
+    FitPredict,
+    OutOfFold,
+    out_of_fold_predictions,
+    stack_out_of_fold,
+)
+from ensemble.fitting.pipeline import FIT_METHODS, FitReport, fit, fit_out_of_fold
+from ensemble.fitting.selection import ensemble_selection, optimal_weights
+from ensemble.fitting.stacking import fit_stacking
+
+__all__ = [
+    "FIT_METHODS",
+    "CombinerHead",
+    "FitPredict",
+    "FitReport",
+    "LevelOneStore",
+    "OutOfFold",
+    "check_leakage",
+    "distributed_level_one",
+    "ensemble_selection",
+    "fit",
+    "fit_combiner",
+    "fit_mean_weights",
+    "fit_out_of_fold",
+    "fit_stacking",
+    "optimal_weights",
+    "out_of_fold_predictions",
+    "stack_out_of_fold",
+]

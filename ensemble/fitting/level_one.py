@@ -1,0 +1,202 @@
+"""The level-one store: each member's predictions on a dataset, computed once and reused.
+
+Member outputs never change while a combiner trains, so running every member
+forward on every batch of every epoch is waste. The store runs each member
+once over the data (batched, with a Keras progress bar) and keeps the result
+in memory, or as `.npy` files in `directory`, memory-mapped on reuse, keyed
+by the member's and the data's fingerprints so a rerun (even in a new
+process) reuses them and a retrained member or changed data does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ensemble.atomic import save_array
+from ensemble.errors import EnsembleError
+from ensemble.graph.layers import MemberStack
+from ensemble.graph.view import EnsembleView
+from ensemble.members.member import Member
+from ensemble.rows import data_fingerprint, row_count
+from ensemble.types import Data, PathLike
+
+__all__ = ["LevelOneStore", "distributed_level_one", "member_fingerprint", "member_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+
+class LevelOneStore:
+    """Members' predictions, `(rows, members, width)`, computed once per member and dataset.
+
+    Args:
+        directory: where to keep them as `.npy` files; None keeps them in memory.
+        batch_size: rows per batch when a member predicts (per replica, under a strategy).
+        verbose: Keras' progress-bar setting for those passes.
+        strategy: a `tf.distribute` strategy to run the passes under, each replica (of every
+            worker) predicting its shard of every batch; None runs them on this device.
+    """
+
+    def __init__(
+        self,
+        directory: PathLike | None = None,
+        *,
+        batch_size: int = 256,
+        verbose: Any = "auto",
+        strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
+        self.directory = None if directory is None else os.fspath(directory)
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.strategy = strategy
+        self._memory: dict[str, np.ndarray] = {}
+        self.computed: list[str] = []  # keys computed (not reused) by this store, in order
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+
+    def predictions(self, model: keras.Model, x: Data) -> np.ndarray:
+        """Every member's predictions on `x`, stacked as `(rows, members, width)`.
+
+        Members not cached yet run together, in one compiled pass of the
+        ensemble's member graph, rather than one pass (and one trace) each.
+        """
+        data_key = data_fingerprint(x)[:16]
+        members = list(EnsembleView.of(model).members)
+        keys = [f"{m.name}-{member_fingerprint(m)[:16]}-{data_key}" for m in members]
+        found: list[np.ndarray | None] = [self._load(key) for key in keys]
+        missing = [i for i, values in enumerate(found) if values is None]
+        if missing:
+            log.info("Level-one pass of member(s) %s over %d rows",
+                     [members[i].name for i in missing], row_count(x))
+            pass_model = _members_model(model, [members[i] for i in missing])
+            feeds = _feeds(model, x)
+            if self.strategy is None:
+                stacked = pass_model.predict(feeds, batch_size=self.batch_size, verbose=self.verbose)
+            else:
+                stacked = _distributed_pass(pass_model, feeds, self.strategy, self.batch_size)
+            for column, i in enumerate(missing):
+                values = np.ascontiguousarray(stacked[:, column], dtype="float32")
+                self._save(keys[i], values)
+                self.computed.append(keys[i])
+                found[i] = values
+        return np.stack([values for values in found if values is not None], axis=1)
+
+    def _load(self, key: str) -> np.ndarray | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            path = os.path.join(self.directory, key + ".npy")
+            if os.path.exists(path):
+                values: np.ndarray = np.load(path, mmap_mode="r")
+                return values
+        return None
+
+    def _save(self, key: str, values: np.ndarray) -> None:
+        if self.directory is None:
+            self._memory[key] = values
+            return
+        save_array(os.path.join(self.directory, key + ".npy"), values)
+
+
+def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
+    """The ensemble's inputs to the given members' predictions, stacked: (batch, members, width)."""
+    inputs = model.input
+    feeds = inputs if isinstance(inputs, Mapping) else {keras.tree.flatten(inputs)[0].name: inputs}
+    outputs = [member({n: feeds[n] for n in member.input_names}) for member in members]
+    return keras.Model(inputs, MemberStack()(outputs))
+
+
+def _distributed_pass(pass_model: keras.Model, feeds: Any, strategy: tf.distribute.Strategy,
+                      batch_size: int) -> np.ndarray:
+    """`pass_model` over `feeds` as a dataset distributed with `strategy`: each replica predicts
+    its shard; the outputs are gathered from every replica of every worker and put back in
+    row order by row ids, which must come back exactly once each."""
+    rows = row_count(feeds)
+    if rows == 0:
+        raise EnsembleError("Expected at least one row. Received: none.")
+    ids = np.arange(rows, dtype="int64")
+    features = keras.tree.map_structure(lambda a: np.asarray(a, dtype="float32"), feeds)
+    dataset = tf.data.Dataset.from_tensor_slices((ids, features))
+    dataset = dataset.batch(batch_size * strategy.num_replicas_in_sync)
+    options = tf.data.Options()  # shard by rows, not by file: the rows live in memory
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    distributed = strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    def predict(batch_ids: Any, batch: Any) -> Any:
+        return batch_ids, pass_model(batch, training=False)
+
+    step = tf.function(predict)
+
+    seen_ids, outputs = [], []
+    try:
+        for batch_ids, batch in distributed:
+            replica_ids, replica_out = strategy.run(step, args=(batch_ids, batch))
+            # Gathered from every replica of every worker, uneven last shards included.
+            seen_ids.append(np.asarray(strategy.gather(replica_ids, axis=0)))
+            outputs.append(np.asarray(strategy.gather(replica_out, axis=0)))
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise EnsembleError(
+            "A worker of the cluster did not answer in time (is every worker of TF_CONFIG "
+            f"started and running the same job?): {str(error).splitlines()[0]}"
+        ) from None
+    order = np.concatenate(seen_ids)
+    if not np.array_equal(np.sort(order), ids):
+        raise EnsembleError(
+            f"The distributed level-one pass returned {len(order)} rows for {rows}: rows were "
+            "lost or repeated across replicas."
+        )
+    return np.asarray(np.concatenate(outputs)[np.argsort(order, kind="stable")], dtype="float32")
+
+
+def _feeds(model: keras.Model, x: Data) -> Any:
+    if isinstance(model.input, Mapping):
+        if not isinstance(x, Mapping):
+            raise KeyError(f"The ensemble reads inputs {sorted(model.input)}; x must be a dict of them.")
+        missing = sorted(set(model.input) - set(x))
+        if missing:
+            raise KeyError(f"The ensemble reads input(s) {missing}; x has {sorted(x)}.")
+        return {name: x[name] for name in model.input}
+    return x
+
+
+def member_inputs(member: Member, x: Data) -> Any:
+    """What `member` reads of `x`: the array itself, or its named inputs."""
+    if not isinstance(x, Mapping):
+        return x
+    missing = [name for name in member.input_names if name not in x]
+    if missing:
+        raise KeyError(f"Member {member.name!r} reads input(s) {missing}; x has {sorted(x)}.")
+    return {name: x[name] for name in member.input_names}
+
+
+def distributed_level_one(
+    model: keras.Model, x: Data, strategy: tf.distribute.Strategy, *, batch_size: int = 256
+) -> np.ndarray:
+    """Every member's predictions on `x`, `(rows, members, width)`, each replica (of every
+    worker) predicting its shard; gathered back in row order and checked by row ids. The same
+    pass as `LevelOneStore(strategy=strategy)`, without the cache."""
+    return LevelOneStore(strategy=strategy, batch_size=batch_size, verbose=0).predictions(model, x)
+
+
+def member_fingerprint(member: Member) -> str:
+    """A hash of what a member computes: its identity, its Keras weights, its SavedModel files."""
+    digest = hashlib.sha256(
+        f"{member.name}|{member.format}|{member.output_kind}|{member.output_key}".encode()
+    )
+    for weight in member.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    directory = getattr(member.model, "filepath", None)  # a SavedModelLayer's source
+    if directory and os.path.isdir(directory):
+        for root, _, files in sorted(os.walk(directory)):
+            for name in sorted(files):
+                with open(os.path.join(root, name), "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()

@@ -1,0 +1,149 @@
+"""Out-of-fold predictions: the leak-free level-one data a stacking meta-model trains on.
+
+As in scikit-learn's `cross_val_predict`, each training row is predicted by a
+fresh copy of the member that was trained on the other folds, so the
+meta-model never learns from a prediction on a row the member has seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from ensemble.errors import EnsembleError, MemberError
+from ensemble.rows import row_count
+from ensemble.types import Data, Task
+
+__all__ = ["FitPredict", "OutOfFold", "out_of_fold_predictions", "stack_out_of_fold"]
+
+log = logging.getLogger(__name__)
+
+FitPredict = Callable[[Data, np.ndarray, Data], np.ndarray]
+"""`fit_predict(x_train, y_train, x_predict)`: train a fresh model, return its predictions."""
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """`predictions[i]` comes from the model that did not see row i; `folds[i]` is row i's fold."""
+
+    predictions: np.ndarray
+    folds: np.ndarray
+
+
+def out_of_fold_predictions(
+    fit_predict: FitPredict, x: Data, y: np.ndarray, *, cv: int = 5,
+    task: Task = "classification", seed: int = 0, verbose: bool = False,
+) -> OutOfFold:
+    """Predict every row of `x` with a model trained on the other `cv - 1` folds.
+
+    Folds are scikit-learn's `StratifiedKFold` (classification) or `KFold`
+    (regression), shuffled with `seed`. Predictions are `(rows, width)`.
+    `verbose` shows a Keras progress bar over the folds.
+    """
+    splits = _splits(x, y, cv=cv, task=task, seed=seed)
+    predictions = _predict_folds(fit_predict, x, y, splits, verbose=verbose)
+    return OutOfFold(predictions, _fold_ids(splits))
+
+
+def stack_out_of_fold(
+    members: Mapping[str, FitPredict], x: Data, y: np.ndarray, *, cv: int = 5,
+    task: Task = "classification", seed: int = 0, verbose: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions of every member on the same folds: `(level_one, folds)`.
+
+    `level_one` is `(rows, members, width)` in the order of `members`.
+    """
+    if not members:
+        raise EnsembleError("Expected at least one member. Received: members={}")
+    splits = _splits(x, y, cv=cv, task=task, seed=seed)
+    columns = []
+    for name, fit_predict in members.items():
+        log.info("Out-of-fold predictions of member %r", name)
+        try:
+            columns.append(_predict_folds(fit_predict, x, y, splits, verbose=verbose))
+        except EnsembleError as error:
+            raise MemberError(name, str(error)) from error
+    widths = {name: c.shape[1] for name, c in zip(members, columns)}
+    if len(set(widths.values())) > 1:
+        raise EnsembleError(
+            f"Expected every member to predict the same width. Received: widths={widths}"
+        )
+    return np.stack(columns, axis=1), _fold_ids(splits)
+
+
+def _take(x: Data, index: np.ndarray) -> Data:
+    if isinstance(x, Mapping):
+        return {name: values[index] for name, values in x.items()}
+    rows: np.ndarray = x[index]
+    return rows
+
+
+def _splits(x: Data, y: np.ndarray, *, cv: int, task: Task, seed: int) -> list[Split]:
+    rows = row_count(x)
+    if task not in ("classification", "regression"):
+        raise EnsembleError(f"Expected task 'classification' or 'regression'. Received: task={task!r}")
+    if cv < 2:
+        raise EnsembleError(f"Expected cv >= 2 folds. Received: cv={cv}")
+    if len(y) != rows:
+        raise EnsembleError(f"Expected len(y) == {rows}, one target per row of x. Received: len(y)={len(y)}")
+    if cv > rows:
+        raise EnsembleError(f"Expected cv <= {rows}, the number of rows. Received: cv={cv}")
+    if task == "regression":
+        splitter = KFold(cv, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(rows)))
+    if np.ndim(y) != 1:
+        raise EnsembleError(f"Expected 1-D class labels for classification. Received: y.shape={np.shape(y)}")
+    classes, counts = np.unique(y, return_counts=True)
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < cv:
+        raise EnsembleError(
+            f"Expected cv <= {counts[smallest]}, the rows of the smallest class "
+            f"{classes[smallest].item()!r}, so every fold holds every class. Received: cv={cv}"
+        )
+    splitter = StratifiedKFold(cv, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(rows), y))
+
+
+def _predict_folds(
+    fit_predict: FitPredict, x: Data, y: np.ndarray, splits: list[Split], *, verbose: bool
+) -> np.ndarray:
+    y = np.asarray(y)
+    progress = keras.utils.Progbar(len(splits), unit_name="fold") if verbose else None
+    outputs: list[np.ndarray] = []
+    for fold, (train, held_out) in enumerate(splits):
+        output = np.asarray(fit_predict(_take(x, train), y[train], _take(x, held_out)))
+        if output.ndim == 1:
+            output = output[:, None]
+        if output.ndim != 2 or len(output) != len(held_out):
+            raise EnsembleError(
+                f"Fold {fold}: expected predictions of shape ({len(held_out)},) or "
+                f"({len(held_out)}, width), one row per held-out row. Received: shape={output.shape}"
+            )
+        if outputs and output.shape[1] != outputs[0].shape[1]:
+            raise EnsembleError(
+                f"Fold {fold}: expected width {outputs[0].shape[1]} as in fold 0. "
+                f"Received: shape={output.shape}"
+            )
+        log.info("Fold %d of %d folds: trained on %d rows, predicted %d held-out rows",
+                 fold, len(splits), len(train), len(held_out))
+        outputs.append(output)
+        if progress is not None:
+            progress.update(fold + 1)
+    predictions = np.empty((len(y), outputs[0].shape[1]), dtype=np.result_type(*outputs))
+    for (_, held_out), output in zip(splits, outputs):
+        predictions[held_out] = output
+    return predictions
+
+
+def _fold_ids(splits: list[Split]) -> np.ndarray:
+    folds = np.empty(sum(len(held_out) for _, held_out in splits), dtype="int64")
+    for fold, (_, held_out) in enumerate(splits):
+        folds[held_out] = fold
+    return folds

@@ -1,0 +1,211 @@
+"""`fit`: whatever an ensemble's combiner needs fitted, without leakage, with a report of it.
+
+One entry point for a training script: it checks the targets, keeps the combiner off rows its
+members trained on (the leakage guard), runs the members once over the fitting rows (the
+level-one store), fits the combiner the way its kind asks, and says what it did.
+`fit_out_of_fold` is the other regime: the combiner fits on out-of-fold predictions of members
+retrained per fold by your builders, while the ensemble keeps members trained on every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from combiners import MeanCombiner, StackingCombiner
+from ensemble.errors import EnsembleError
+from ensemble.evaluate.baselines import noise_variance, selected_member
+from ensemble.fitting.guard import check_leakage
+from ensemble.fitting.head import fit_combiner
+from ensemble.fitting.level_one import LevelOneStore
+from ensemble.fitting.mean_weights import fit_mean_weights
+from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
+from ensemble.fitting.prepare import check_level_one, check_targets
+from ensemble.fitting.stacking import fit_stacking
+from ensemble.graph.view import EnsembleView
+from ensemble.types import Data
+
+__all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
+
+log = logging.getLogger(__name__)
+
+FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "none")
+"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `keras`
+(`fit_combiner`) for any other combiner with trainable weights, `none` for the rest;
+`selection` and `optimal` learn a `MeanCombiner`'s weights (`fit_mean_weights`)."""
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What `fit` did: the method and options, the fitting rows, the baseline it beat."""
+
+    task: str
+    combiner: str  # the combiner's class
+    method: str  # one of FIT_METHODS but "auto"
+    options: dict[str, Any]
+    regime: str  # "holdout": the members predicted the rows, guarded; "oof": out of fold
+    rows: int
+    overlaps: dict[str, int]  # rows shared with each guarded member's training rows
+    selected_member: dict[str, Any]  # the member one would ship alone, chosen on these rows
+    member_weights: dict[str, float] | None
+    noise_variance: float | None  # regression: what the members' spread misses
+    fitted: Any = field(repr=False)  # the sklearn estimator, Keras History or weights
+    level_one: np.ndarray = field(repr=False)  # (rows, members, width)
+    targets: np.ndarray = field(repr=False)
+    folds: np.ndarray | None = field(default=None, repr=False)  # "oof": each row's fold
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain values (what `metrics.json` records of the fit)."""
+        record: dict[str, Any] = {
+            "task": self.task,
+            "combiner": self.combiner,
+            "fit": None if self.method == "none" else {"method": self.method, **self.options},
+            "regime": self.regime,
+            "fit_rows": self.rows,
+            "selected_member": self.selected_member,
+        }
+        if self.member_weights is not None:
+            record["weights"] = self.member_weights
+        if self.noise_variance is not None:
+            record["noise_variance"] = self.noise_variance
+        return record
+
+
+_FITTERS: dict[str, Callable[..., Any]] = {
+    "sklearn": fit_stacking,
+    "keras": fit_combiner,
+    "selection": fit_mean_weights,
+    "optimal": fit_mean_weights,
+}
+
+
+def fit(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    *,
+    method: str = "auto",
+    level_one: np.ndarray | None = None,
+    store: LevelOneStore | None = None,
+    allow_overlap: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+    **options: Any,
+) -> FitReport:
+    """Fit what the combiner of `model` (from `build_ensemble`) needs on `(x, y)`, in place.
+
+    Args:
+        model: the ensemble; only its combiner changes, members stay bit-identical.
+        x, y: the fitting rows, which no member may have trained on (the leakage guard
+            checks members that carry a training-row record, `record_training_rows`).
+        method: one of `FIT_METHODS`; `auto` picks by combiner.
+        level_one: the members' predictions of `x` made elsewhere (out of fold), shape
+            `(rows, members, width)`; the guard does not apply, no member ran on `x`.
+        store: where the members' predictions of `x` are computed and cached.
+        allow_overlap: fit even on rows a member trained on (the guard only counts them).
+        strategy: a `tf.distribute` strategy for the level-one pass and Keras training.
+        **options: for the fit function of `method` (`C`, `alpha`, `cv` for `sklearn`;
+            `epochs`, `batch_size`, `seed`, ... for `keras`; `rounds` for `selection`).
+
+    Returns:
+        A `FitReport`.
+    """
+    view = EnsembleView.of(model)
+    method = _resolve_method(view, method)
+    targets = check_targets(view, x, y)
+    regime, overlaps = "oof", {}
+    if level_one is None:
+        regime = "holdout"
+        overlaps = check_leakage(model, x, allow_overlap=allow_overlap)
+        level_one = (store or LevelOneStore(strategy=strategy)).predictions(model, x)
+    level_one = check_level_one(view, level_one, len(targets))
+    fitted = None
+    if method == "none":
+        log.info("%s %r has nothing to fit: used as configured.", type(view.combiner).__name__,
+                 view.combiner.name)
+    else:
+        chosen = {"method": method} if method in ("selection", "optimal") else {}
+        fitted = _FITTERS[method](model, x, targets, level_one=level_one, strategy=strategy,
+                                  **chosen, **options)
+    weights = view.combiner.member_weights
+    return FitReport(
+        task=view.task,
+        combiner=type(view.combiner).__name__,
+        method=method,
+        options=dict(options),
+        regime=regime,
+        rows=len(targets),
+        overlaps=overlaps,
+        selected_member=selected_member(view, level_one, targets),
+        member_weights=None if weights is None else dict(zip(view.member_names, weights, strict=True)),
+        noise_variance=(noise_variance(view.combiner, level_one, targets, x)
+                        if view.task == "regression" else None),
+        fitted=fitted,
+        level_one=level_one,
+        targets=targets,
+    )
+
+
+def fit_out_of_fold(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    builders: Mapping[str, FitPredict],
+    *,
+    cv: int = 5,
+    seed: int = 0,
+    fitter: Callable[..., FitReport] | None = None,
+    **options: Any,
+) -> FitReport:
+    """Fit the combiner of `model` on out-of-fold predictions of its members.
+
+    Every row of `(x, y)` is predicted by a fresh copy of each member trained on the other
+    `cv - 1` folds (scikit-learn's `StratifiedKFold`, `KFold` for regression, shuffled with
+    `seed`), so the combiner learns from rows no member saw; the ensemble keeps its own
+    members, trained on every row as the builders train them.
+
+    Args:
+        model: the ensemble of final members, from `build_ensemble`.
+        builders: for each member name of `model`, `fit_predict(x_train, y_train, x_predict)`
+            training a fresh copy of that member and returning its predictions (class
+            probabilities for a classifier): the zoo's recipes, or your own callables.
+        fitter: the fit step run on those predictions: `fit` (the default), or a partial of it
+            such as a `conf/fit` option instantiated.
+        **options: for `fitter` (`method`, `strategy`, and the fit function's options).
+
+    Returns:
+        A `FitReport` with `regime="oof"` and each row's fold in `folds`.
+    """
+    view = EnsembleView.of(model)
+    names = view.member_names
+    if set(builders) != set(names):
+        raise EnsembleError(
+            f"Expected one builder per member {names}. Missing: {sorted(set(names) - set(builders))}; "
+            f"not members: {sorted(set(builders) - set(names))}"
+        )
+    level_one, folds = stack_out_of_fold({name: builders[name] for name in names}, x, np.asarray(y),
+                                         cv=cv, task=view.task, seed=seed)
+    report = (fitter or fit)(model, x, y, level_one=level_one, **options)
+    return dataclasses.replace(report, folds=folds)
+
+
+def _resolve_method(view: EnsembleView, method: str) -> str:
+    if method not in FIT_METHODS:
+        raise EnsembleError(f"Expected method in {FIT_METHODS}. Received: method={method!r}")
+    combiner = view.combiner
+    if method == "auto":
+        if isinstance(combiner, StackingCombiner) and combiner.meta_model is None:
+            return "sklearn"
+        return "keras" if combiner.trainable_weights else "none"
+    if method in ("selection", "optimal") and not isinstance(combiner, MeanCombiner):
+        raise EnsembleError(
+            f"method={method!r} learns a MeanCombiner's weights. Received: "
+            f"{type(combiner).__name__} {combiner.name!r}"
+        )
+    return method

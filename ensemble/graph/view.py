@@ -1,0 +1,69 @@
+"""What a built ensemble is made of, resolved once: its members, combiner, task and width.
+
+Fitting, evaluation and export read these facts from one `EnsembleView` instead of each
+searching the model's layers again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import keras
+
+from combiners.base import CLASSIFICATION, REGRESSION, Combiner
+from ensemble.errors import EnsembleError
+from ensemble.members.member import Member
+from ensemble.types import Task
+
+__all__ = ["EnsembleView", "ensemble_combiner", "ensemble_members", "ensemble_task"]
+
+
+@dataclass(frozen=True)
+class EnsembleView:
+    """The parts of an ensemble built by `build_ensemble`, in member order."""
+
+    model: keras.Model
+    members: tuple[Member, ...]
+    combiner: Combiner
+    task: Task
+    width: int  # classes, or regression targets
+
+    @classmethod
+    def of(cls, model: Any) -> EnsembleView:
+        """The view of `model`; an error when it is not an ensemble from `build_ensemble`."""
+        output = getattr(model, "output", None) if isinstance(model, keras.Model) and model.built else None
+        members = tuple(layer for layer in model.layers if isinstance(layer, Member)) if output else ()
+        combiners = [layer for layer in model.layers if isinstance(layer, Combiner)] if output else []
+        if not isinstance(output, Mapping) or "prediction" not in output or not members or not combiners:
+            what = model.name if isinstance(model, keras.Model) else type(model).__name__
+            raise EnsembleError(
+                f"Model {what!r} is not an ensemble built by build_ensemble (expected a built "
+                "functional model with Member layers, a combiner and a dict output with 'prediction')."
+            )
+        task = cast(Task, REGRESSION if "std" in output else CLASSIFICATION)
+        return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]))
+
+    @property
+    def member_names(self) -> list[str]:
+        return [member.name for member in self.members]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [tensor.name for tensor in keras.tree.flatten(self.model.input)]
+
+
+def ensemble_members(model: keras.Model) -> list[Member]:
+    """The members of an ensemble built by `build_ensemble`, in order."""
+    return list(EnsembleView.of(model).members)
+
+
+def ensemble_combiner(model: keras.Model) -> Combiner:
+    """The combiner layer of an ensemble built by `build_ensemble`."""
+    return EnsembleView.of(model).combiner
+
+
+def ensemble_task(model: keras.Model) -> Task:
+    """The task of an ensemble built by `build_ensemble`."""
+    return EnsembleView.of(model).task

@@ -1,0 +1,204 @@
+"""What the registry holds of a loaded model: its compiled call, input specs and weights, and the
+checks of what a request feeds it."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ensemble.errors import EnsembleError
+from ensemble.export.saved_model import MANIFEST
+from ensemble.export.signature import serving_function
+from ensemble.members.checkpoint import resolve_checkpoint
+from ensemble.members.load import load_member
+from ensemble.members.saved_model import SavedModelLayer
+from ensemble.types import PathLike, Tensor
+
+__all__ = [
+    "Loaded",
+    "check_device",
+    "checked_feeds",
+    "label",
+    "load_exported",
+    "load_member_model",
+    "pinned",
+    "process_rss_bytes",
+    "source_kind",
+    "tracing_count",
+    "variable_devices",
+    "variables",
+    "weight_sizes",
+]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a loaded model needs to serve: the compiled call and its input specs."""
+
+    call: Callable[[Any], Any]
+    specs: dict[str, tf.TensorSpec]  # input name -> spec with a None batch dimension
+    keep_alive: Any  # the Member or SavedModel root: its variables back `call`
+    function: Any = None  # the tf.function of a member, for its tracing count
+
+
+def process_rss_bytes() -> int:
+    """The resident memory of this process now (VmRSS), or its peak where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def source_kind(name: str, source: PathLike | keras.Model) -> str:
+    if isinstance(source, keras.layers.Layer):
+        return "member"
+    try:
+        path = os.fspath(source)
+    except TypeError:
+        raise EnsembleError(
+            f"Model {name!r}: expected a path or a keras.Model as source. "
+            f"Received: {type(source).__name__}"
+        ) from None
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return "ensemble"
+    if not os.path.exists(path) and resolve_checkpoint(path) is None:
+        raise EnsembleError(f"Model {name!r}: source {path!r} does not exist.")
+    return "member"
+
+
+def variable_devices(loaded: Loaded | None) -> tuple[str, ...]:
+    if loaded is None:
+        return ()
+    devices = {getattr(getattr(v, "value", v), "device", "") for v in variables(loaded)}
+    return tuple(sorted(d for d in devices if d))
+
+
+def check_device(name: str, device: str | None) -> str | None:
+    """`device` if this process has it (as a logical device), else an error listing those it has."""
+    if device is None:
+        return None
+    try:
+        spec = tf.DeviceSpec.from_string(device)
+    except ValueError:
+        spec = None
+    available = [tf.DeviceSpec.from_string(d.name) for d in tf.config.list_logical_devices()]
+    if spec is None or not any(
+        d.device_type == (spec.device_type or "").upper() and d.device_index == (spec.device_index or 0)
+        for d in available
+    ):
+        raise EnsembleError(
+            f"Model {name!r}: device {device!r} is not one of this process's devices "
+            f"{[d.to_string() for d in available]}."
+        )
+    return device
+
+
+def pinned(call: Callable[[Any], Any], device: str) -> Callable[[Any], Any]:
+    def run(feeds: Any) -> Any:
+        with tf.device(device):
+            return call(feeds)
+
+    return run
+
+
+def label(source: PathLike | keras.Model) -> str:
+    if isinstance(source, keras.layers.Layer):
+        return f"<in-memory {source.name}>"
+    return os.fspath(source)
+
+
+def load_member_model(name: str, source: PathLike | keras.Model, options: Mapping[str, Any]) -> Loaded:
+    """A member (anything `load_member` takes) with its call compiled once for every batch size."""
+    member = load_member(source, name=name, **options)
+    specs = [
+        tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)
+        for spec in member.input_specs
+    ]
+    function = serving_function(member, specs)
+    function.get_concrete_function()  # trace now, so a model that cannot run fails its load
+
+    def call(feeds: dict[str, np.ndarray]) -> Tensor:
+        return function(*(feeds[spec.name] for spec in specs))
+
+    return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member,
+                  function=function)
+
+
+def load_exported(source: PathLike) -> Loaded:
+    """An exported ensemble: its `serving_default` signature."""
+    root = tf.saved_model.load(os.fspath(source))
+    signature = root.signatures["serving_default"]
+    specs = dict(signature.structured_input_signature[1])
+
+    def call(feeds: dict[str, np.ndarray]) -> Tensor:
+        return signature(**feeds)
+
+    return Loaded(call=call, specs=specs, keep_alive=root, function=signature)
+
+
+def variables(loaded: Loaded) -> list[Any]:
+    member = loaded.keep_alive
+    if isinstance(member, keras.layers.Layer):
+        # A SavedModel member's variables belong to TensorFlow, not to Keras' weights.
+        inner = getattr(member, "model", None)
+        return list(member.weights) + (inner.tf_variables if isinstance(inner, SavedModelLayer) else [])
+    return list(loaded.function.variables)
+
+
+def weight_sizes(variables: list[Any]) -> tuple[int, int]:
+    """The parameter count and bytes of `variables`, each counted once."""
+    unique = {id(v): v for v in variables}.values()
+    params = sum(int(np.prod(v.shape)) for v in unique)
+    nbytes = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in unique)
+    return params, nbytes
+
+
+def tracing_count(loaded: Loaded | None) -> int:
+    if loaded is None or not hasattr(loaded.function, "experimental_get_tracing_count"):
+        return 0
+    count: int = loaded.function.experimental_get_tracing_count()
+    return count
+
+
+def checked_feeds(name: str, specs: Mapping[str, tf.TensorSpec], x: Any) -> dict[str, np.ndarray]:
+    """`x` as one checked NumPy array per input name, in the specs' dtypes."""
+    if isinstance(x, Mapping):
+        missing = sorted(set(specs) - set(x))
+        if missing:
+            raise EnsembleError(
+                f"Model {name!r} expects inputs {sorted(specs)}. Missing: {missing}"
+            )
+        values = {key: x[key] for key in specs}
+    elif len(specs) == 1:
+        values = {next(iter(specs)): x}
+    else:
+        raise EnsembleError(
+            f"Model {name!r} has several inputs: pass a dict with keys {sorted(specs)}. "
+            f"Received: {type(x).__name__}"
+        )
+    feeds = {}
+    for key, value in values.items():
+        spec = specs[key]
+        array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+        if not spec.shape.is_compatible_with(array.shape):
+            expected = tuple(spec.shape.as_list())
+            where = "" if len(specs) == 1 else f" {key!r}"
+            raise EnsembleError(
+                f"Model {name!r} expects input{where} of shape {expected}. "
+                f"Received: {array.shape}"
+            )
+        feeds[key] = array
+    return feeds

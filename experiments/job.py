@@ -1,0 +1,217 @@
+"""What the experiment scripts share: the config turned into library calls.
+
+The runtime from `runtime`, members from `members` (your files) or the zoo, the combiner from
+`combiner`, its fit from `fit`, the rows it is fitted on from `regime`; then the library fits
+(`ensemble.fit`, `ensemble.fit_out_of_fold`), measures (`ensemble.evaluate_ensemble`) and
+exports (`ensemble.export_saved_model`, `ensemble.export_tflite`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import ensemble
+from ensemble import EnsembleError, FitReport, LevelOneStore, Member
+from ensemble.data import Dataset
+from ensemble.evaluate import format_table
+from ensemble.runtime import configure_devices, is_chief, make_strategy
+from experiments.zoo import (
+    ensure_zoo,
+    fit_predict,
+    member_entries,
+    stale_members,
+    zoo_directory,
+)
+
+__all__ = ["Evaluated", "check_writable", "Holdout", "OutOfFold", "export", "finish", "fit_and_evaluate", "load_members",
+           "members_config", "start_runtime"]
+
+log = logging.getLogger(__name__)
+
+Fit = Callable[..., FitReport]  # `ensemble.fit`, configured by a `conf/fit` option
+
+
+def check_writable(output_dir: str) -> None:
+    """Fail before any work when the run directory cannot be written."""
+    probe = os.path.join(output_dir, ".write-test")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise PermissionError(f"Run directory {output_dir} is not writable: {error}") from None
+
+
+def start_runtime(runtime: DictConfig) -> tf.distribute.Strategy | None:
+    """Apply a `runtime` option: device settings (before TensorFlow initialises its devices),
+    then the `tf.distribute` strategy (None for `default`)."""
+    configure_devices(memory_growth=runtime.memory_growth, logical_cpus=runtime.logical_cpus)
+    strategy = make_strategy(runtime.strategy, timeout_s=runtime.timeout_s)
+    if strategy is not None:
+        log.info("runtime.strategy=%s: %d replica(s) in sync", runtime.strategy,
+                 strategy.num_replicas_in_sync)
+    return strategy
+
+
+def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None) -> DictConfig:
+    """The members to load: the `members` option (your files), else the zoo's, trained where
+    missing (into `directory`, default the zoo's). Under several workers, nothing is trained
+    here: every worker must load the very same files, so a missing one is an error."""
+    if cfg.get("members"):
+        return cfg.members
+    directory = directory or zoo_directory(cfg.zoo, data)
+    if cfg.runtime.strategy == "multi_worker":
+        stale = stale_members(cfg.zoo, data, directory)
+        if stale:
+            raise EnsembleError(
+                f"runtime.strategy=multi_worker: zoo member(s) {stale} are missing from {directory} "
+                "or were trained from another config. Every worker must load the same files: "
+                "train them once first, with the same data and zoo options "
+                "(python -m experiments.train_members ...)."
+            )
+    elif cfg.zoo.train_missing:
+        ensure_zoo(cfg.zoo, data, directory)
+    return member_entries(cfg.zoo, data, directory)
+
+
+def load_members(members: DictConfig) -> list[Member]:
+    """`load_member` for every `name: {source, format, options}` entry of the config."""
+    loaded = []
+    for name, spec in members.items():
+        unknown = sorted(set(spec) - {"source", "format", "options"})
+        if unknown or "source" not in spec:
+            raise EnsembleError(
+                f"Member {name!r} in config: expected the fields source, format, options. "
+                f"Received: {sorted(spec)}"
+            )
+        options = spec.get("options")
+        options = {} if options is None else OmegaConf.to_container(options, resolve=True)
+        loaded.append(
+            ensemble.load_member(spec.source, name=str(name), format=spec.get("format", "auto"), **options)
+        )
+    return loaded
+
+
+class Holdout:
+    """`regime=holdout`: members train on the train split, the combiner fits on the holdout
+    split (guarded: no member may have trained on it)."""
+
+    def fit(self, cfg: DictConfig, data: Dataset, fit: Fit, strategy: tf.distribute.Strategy | None,
+            output_dir: str | None) -> tuple[keras.Model, FitReport]:
+        model = ensemble.build_ensemble(load_members(members_config(cfg, data)),
+                                        instantiate(cfg.combiner), task=cfg.task or data.task)
+        cache = os.path.join(output_dir, "level_one") if output_dir else None
+        store = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0, strategy=strategy)
+        return model, fit(model, data.x_holdout, data.y_holdout, store=store, strategy=strategy)
+
+
+@dataclass
+class OutOfFold:
+    """`regime=oof`: zoo members are cross-validated on train+holdout (`cv` folds); the
+    combiner fits on their out-of-fold predictions, and the final members retrain on all those
+    rows (under `<zoo dir>/oof_final`)."""
+
+    cv: int = 5
+
+    def fit(self, cfg: DictConfig, data: Dataset, fit: Fit, strategy: tf.distribute.Strategy | None,
+            output_dir: str | None) -> tuple[keras.Model, FitReport]:
+        if cfg.runtime.strategy == "multi_worker":
+            raise EnsembleError(
+                "regime=oof retrains the members in every fold, which each worker would do on "
+                "its own; under runtime.strategy=multi_worker use regime=holdout."
+            )
+        if cfg.get("members"):
+            raise EnsembleError(
+                "regime=oof retrains members in each fold, which needs members this project "
+                f"can build (the zoo); members={list(cfg.members)} are files from elsewhere. "
+                "Use regime=holdout."
+            )
+        x = np.concatenate([data.x_train, data.x_holdout])
+        y = np.concatenate([data.y_train, data.y_holdout])
+        everything = dataclasses.replace(data, x_train=x, y_train=y)
+        final = members_config(cfg, everything, os.path.join(zoo_directory(cfg.zoo, data), "oof_final"))
+        model = ensemble.build_ensemble(load_members(final), instantiate(cfg.combiner),
+                                        task=cfg.task or data.task)
+        builders = {name: fit_predict(name, cfg.zoo.members[name], everything) for name in final}
+        report = ensemble.fit_out_of_fold(model, x, y, builders, cv=self.cv, seed=data.split["seed"],
+                                          fitter=fit, strategy=strategy)
+        if output_dir is not None:
+            np.savez(os.path.join(output_dir, "oof_predictions.npz"), predictions=report.level_one,
+                     folds=report.folds, y=y, members=np.array(list(final)))
+        return model, report
+
+
+class Evaluated(NamedTuple):
+    model: keras.Model
+    data: Dataset
+    outputs: dict[str, np.ndarray]  # the ensemble's outputs on the test split
+    report: FitReport
+    result: dict[str, Any]  # what metrics.json holds, before the export
+    output_dir: str | None  # None on a worker that is not the chief: it writes nothing
+
+
+def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
+    """The runtime started, the ensemble built and its combiner fitted in the configured
+    regime, every member, their mean and the ensemble measured on the test split."""
+    strategy = start_runtime(cfg.runtime)
+    if not is_chief(strategy):
+        log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
+        output_dir = None
+    data: Dataset = instantiate(cfg.data)
+    model, report = instantiate(cfg.regime).fit(cfg, data, instantiate(cfg.fit), strategy, output_dir)
+    outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
+    scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, outputs=outputs, fit_report=report)
+    print("\n" + format_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}))
+    result = {**report.as_dict(), **scores, "data": {"name": data.name, **data.split}}
+    return Evaluated(model, data, outputs, report, result, output_dir)
+
+
+def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:
+    """Export per `cfg.export`: the SavedModel (verified by reloading) and its TFLite variants."""
+    path = ensemble.export_saved_model(
+        model, os.path.join(output_dir, cfg.export.dir), overwrite=cfg.export.overwrite,
+        config=OmegaConf.to_yaml(cfg, resolve=True), jit_compile=cfg.export.get("jit_compile", False),
+    )
+    result: dict[str, Any] = {"export_dir": path}
+    if cfg.export.verify:
+        rows = data.x_test[:64]
+        serving = tf.saved_model.load(path).signatures["serving_default"]
+        served = serving(**{model.input.name: tf.constant(rows)})["prediction"].numpy()
+        gap = float(np.abs(served - model.predict(rows, verbose=0)["prediction"]).max())
+        if gap > 1e-5:
+            raise EnsembleError(f"Export {path} does not reproduce the ensemble: max gap {gap:.3g}")
+        log.info("Export %s verified on %d rows (max gap %.2g)", path, len(rows), gap)
+    if cfg.export.get("tflite"):
+        os.makedirs(os.path.join(output_dir, "tflite"), exist_ok=True)
+        variants = {
+            quantize: ensemble.export_tflite(
+                path, os.path.join(output_dir, "tflite", f"{quantize}.tflite"),
+                quantize=quantize, overwrite=cfg.export.overwrite,
+            )
+            for quantize in cfg.export.tflite
+        }
+        result["tflite"] = ensemble.tflite_report(model, variants, data.x_test, data.y_test)
+    return result
+
+
+def finish(result: dict[str, Any], model: keras.Model, cfg: DictConfig, output_dir: str | None,
+           data: Dataset) -> dict[str, Any]:
+    """Export (per `cfg.export`) and write `metrics.json` into the run directory."""
+    if output_dir is not None and cfg.export.enabled:
+        result.update(export(model, cfg, output_dir, data))
+    if output_dir is not None:
+        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result

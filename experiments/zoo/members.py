@@ -1,0 +1,152 @@
+"""The member zoo from config (`conf/zoo`, `conf/member`): which members fit the data, where
+they live, which are stale, and training the missing ones as separate runs would save them,
+each with a record of its training rows for the leakage guard.
+
+Each member keeps its preprocessing inside the model, trains with early
+stopping on its own validation split (best weights kept), and is saved in its
+configured format: a `.keras` file, a legacy `.h5` file, or a SavedModel
+directory (`model.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any, cast
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ensemble import EnsembleError, record_training_rows
+from ensemble.atomic import atomic_path
+from ensemble.data import Dataset
+from ensemble.rows import data_fingerprint
+from experiments.zoo.training import REFIT, train_member
+
+__all__ = ["EXTENSIONS", "RECIPE_SUFFIX", "ensure_zoo", "member_entries", "stale_members", "zoo_directory"]
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"keras": ".keras", "h5": ".h5", "saved_model": "_savedmodel"}
+RECIPE_SUFFIX = ".recipe.yaml"
+
+
+def zoo_directory(zoo: DictConfig, data: Dataset) -> str:
+    """Where the zoo of `data` lives: `zoo.dir`, or by default `outputs/zoo/<data name>`."""
+    return str(zoo.dir) if zoo.get("dir") else os.path.join("outputs", "zoo", data.name)
+
+
+def member_entries(zoo: DictConfig, data: Dataset, directory: str) -> DictConfig:
+    """The zoo as a members config (`name: {source, format, options}`) for `load_member`.
+
+    Members whose architecture cannot take this data (a CNN over images of
+    another size) are left out, with a log line.
+    """
+    entries: dict[str, Any] = {}
+    for name, spec in zoo.members.items():
+        reason = _fits_reason(spec, data)
+        if reason is not None:
+            log.info("Zoo member %r skipped: %s", name, reason)
+            continue
+        output = None
+        if data.task == "classification":
+            output = "logits" if spec.build.get("logits", False) else "probabilities"
+        entries[str(name)] = {
+            "source": _path(directory, str(name), spec),
+            "format": spec.format,
+            "options": {"output": output} if output else {},
+        }
+    return OmegaConf.create(entries)
+
+
+def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
+    """Train and save the zoo members missing from `directory` (or stale there) on
+    `data.x_train`; returns the names it trained."""
+    os.makedirs(directory, exist_ok=True)
+    trained = []
+    for name, recipe in _stale_recipes(zoo, data, directory).items():
+        spec = zoo.members[name]
+        path = _path(directory, name, spec)
+        if os.path.exists(path):
+            log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
+        log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
+        model = train_member(str(name), spec, data.x_train, data.y_train, data)
+        # The record of training rows first (a member is never without one), then the model,
+        # then the recipe: written last, it marks the member complete; until then a rerun
+        # retrains it.
+        _remove(path + RECIPE_SUFFIX)
+        record_training_rows(path, data.x_train)
+        _save(model, path, spec.format)
+        with open(path + RECIPE_SUFFIX, "w") as f:
+            f.write(recipe)
+        trained.append(str(name))
+    return trained
+
+
+def stale_members(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
+    """The zoo members `ensure_zoo` would train: missing from `directory`, or trained from
+    another config or other rows (their recipe differs)."""
+    return list(_stale_recipes(zoo, data, directory))
+
+
+def _stale_recipes(zoo: DictConfig, data: Dataset, directory: str) -> dict[str, str]:
+    """The stale members' names, each with the recipe it is to be trained from."""
+    rows = data_fingerprint(data.x_train)  # once: every member trains on the same rows
+    stale = {}
+    for name, spec in zoo.members.items():
+        if _fits_reason(spec, data) is not None:
+            continue
+        path, recipe = _path(directory, str(name), spec), _recipe(spec, data, rows)
+        if not (os.path.exists(path) and _saved_recipe(path) == recipe):
+            stale[str(name)] = recipe
+    return stale
+
+
+def _recipe(spec: DictConfig, data: Dataset, rows: str) -> str:
+    """What a member was trained from: its config and its training rows (their fingerprint,
+    `rows`). A change retrains it."""
+    member = cast(dict[str, Any], OmegaConf.to_container(spec, resolve=True))
+    member.setdefault("train", {}).setdefault("refit", REFIT)  # the default, written out
+    return OmegaConf.to_yaml({"member": member, "data": data.name, "rows": rows}, sort_keys=True)
+
+
+def _saved_recipe(path: str) -> str | None:
+    try:
+        with open(path + RECIPE_SUFFIX) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _path(directory: str, name: str, spec: DictConfig) -> str:
+    if spec.format not in EXTENSIONS:
+        raise EnsembleError(
+            f"Zoo member {name!r}: format expected one of {sorted(EXTENSIONS)}. Received: {spec.format!r}"
+        )
+    return os.path.join(str(directory), name + EXTENSIONS[spec.format])
+
+
+def _fits_reason(spec: DictConfig, data: Dataset) -> str | None:
+    shape = spec.build.get("image_shape")
+    features = int(np.prod(data.x_train.shape[1:]))
+    if shape is not None and int(np.prod(shape)) != features:
+        return f"it reads images of shape {list(shape)}; the data has {features} features"
+    return None
+
+
+def _save(model: keras.Model, path: str, fmt: str) -> None:
+    """Written beside, then swapped in: an interrupted run never leaves a half-written member."""
+    with atomic_path(path) as staged:
+        if fmt == "saved_model":
+            model.export(staged, verbose=False)
+        else:
+            model.save(staged)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
