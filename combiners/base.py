@@ -20,8 +20,8 @@ __all__ = [
     "REGRESSION",
     "TASKS",
     "Combiner",
-    "Task",
     "Shape",
+    "Task",
     "Tensor",
     "first_argmax",
     "validate_weights",
@@ -61,26 +61,17 @@ def validate_weights(weights: Iterable[Any] | None) -> list[float] | None:
         values = [float(w) for w in weights]
     except (TypeError, ValueError):
         raise ValueError(
-            "Expected weights to be a list of numbers, one per member. "
-            f"Received: weights={weights!r}"
+            f"Expected weights to be a list of numbers, one per member. Received: weights={weights!r}"
         ) from None
     if not values:
-        raise ValueError(
-            "Expected at least one weight, one per member. "
-            f"Received: weights={values}"
-        )
+        raise ValueError(f"Expected at least one weight, one per member. Received: weights={values}")
     if not all(math.isfinite(w) for w in values):
-        raise ValueError(
-            f"Expected finite weights. Received: weights={values}"
-        )
+        raise ValueError(f"Expected finite weights. Received: weights={values}")
     if any(w < 0 for w in values):
-        raise ValueError(
-            f"Expected non-negative weights. Received: weights={values}"
-        )
+        raise ValueError(f"Expected non-negative weights. Received: weights={values}")
     if not any(values):
         raise ValueError(
-            "Expected at least one positive weight; all weights are zero. "
-            f"Received: weights={values}"
+            f"Expected at least one positive weight; all weights are zero. Received: weights={values}"
         )
     return values
 
@@ -118,15 +109,12 @@ class Combiner(keras.layers.Layer):
     def configure(self, task: str) -> None:
         """Sets the task; the ensemble builder calls it before the layer."""
         if task not in TASKS:
-            raise ValueError(
-                f"Expected task to be one of {TASKS}. Received: task={task!r}"
-            )
+            raise ValueError(f"Expected task to be one of {TASKS}. Received: task={task!r}")
         if task not in self.supported_tasks:
             raise ValueError(self._unsupported_task_message(task))
         if self.task is not None and self.task != task:
             raise ValueError(
-                f"{self._describe()} is already configured for a "
-                f"{self.task} task. Received: task={task!r}"
+                f"{self._describe()} is already configured for a {self.task} task. Received: task={task!r}"
             )
         self.task = task
 
@@ -145,11 +133,7 @@ class Combiner(keras.layers.Layer):
         members, width = int(shape[1]), int(shape[2])
         features_dim = None
         if self.needs_features:
-            if (
-                features_shape is None
-                or len(features_shape) != 2
-                or features_shape[-1] is None
-            ):
+            if features_shape is None or len(features_shape) != 2 or features_shape[-1] is None:
                 raise ValueError(
                     f"{self._describe()} needs the raw features: call it as "
                     "`combiner(member_predictions, features)` with features "
@@ -161,9 +145,7 @@ class Combiner(keras.layers.Layer):
         self.members_: int = members
         self._build_state(members, width, features_dim)
 
-    def call(
-        self, member_predictions: Tensor, features: Tensor | None = None
-    ) -> Tensor:
+    def call(self, member_predictions: Tensor, features: Tensor | None = None) -> Tensor:
         return self._combine(member_predictions, features)
 
     def get_config(self) -> dict[str, Any]:
@@ -173,14 +155,10 @@ class Combiner(keras.layers.Layer):
 
     # Subclass hooks.
 
-    def _combine(
-        self, member_predictions: Tensor, features: Tensor | None
-    ) -> Tensor:
+    def _combine(self, member_predictions: Tensor, features: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def _build_state(
-        self, members: int, width: int, features_dim: int | None
-    ) -> None:
+    def _build_state(self, members: int, width: int, features_dim: int | None) -> None:
         """Creates the layer's state once the shapes are known and valid."""
 
     def _describe(self) -> str:
@@ -188,10 +166,7 @@ class Combiner(keras.layers.Layer):
 
     def _unsupported_task_message(self, task: str) -> str:
         supported = " and ".join(self.supported_tasks)
-        return (
-            f"{self._describe()} cannot combine a {task} task: it supports "
-            f"{supported} only."
-        )
+        return f"{self._describe()} cannot combine a {task} task: it supports {supported} only."
 
     # Shared by the weighted combiners.
 
@@ -209,17 +184,12 @@ class Combiner(keras.layers.Layer):
 
     def _check_weight_count(self, members: int, weights: list[float] | None) -> None:
         if weights is not None and len(weights) != members:
-            raise ValueError(
-                f"Expected {members} weights, one per member. "
-                f"Received: weights={list(weights)}"
-            )
+            raise ValueError(f"Expected {members} weights, one per member. Received: weights={list(weights)}")
 
     def _weighted_mean(self, values: Tensor) -> Tensor:
         """Weighted mean over the members axis of `(batch, members, width)`."""
         if self.member_weights is None:
             return ops.mean(values, axis=1)
         total = sum(self.member_weights)
-        normalized = ops.convert_to_tensor(
-            [w / total for w in self.member_weights], dtype=values.dtype
-        )
+        normalized = ops.convert_to_tensor([w / total for w in self.member_weights], dtype=values.dtype)
         return ops.sum(values * ops.reshape(normalized, (1, -1, 1)), axis=1)

@@ -24,15 +24,11 @@ class MeanCombiner(Combiner):
         **kwargs: `task` and standard layer keyword arguments.
     """
 
-    def __init__(
-        self, weights: Iterable[Any] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, weights: Iterable[Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.member_weights = validate_weights(weights)
 
-    def _combine(
-        self, member_predictions: Tensor, features: Tensor | None
-    ) -> Tensor:
+    def _combine(self, member_predictions: Tensor, features: Tensor | None) -> Tensor:
         return self._weighted_mean(member_predictions)
 
     def get_config(self) -> dict[str, Any]:

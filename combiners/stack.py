@@ -65,9 +65,7 @@ class StackingCombiner(Combiner):
     def needs_features(self) -> bool:
         return self.passthrough
 
-    def _build_state(
-        self, members: int, width: int, features_dim: int | None
-    ) -> None:
+    def _build_state(self, members: int, width: int, features_dim: int | None) -> None:
         if self.task is None:
             raise ValueError(
                 f"{self._describe()} needs its task before it is built: call "
@@ -76,17 +74,13 @@ class StackingCombiner(Combiner):
             )
         num_features = members * width + (features_dim or 0)
         if self.meta_model is None:
-            self.meta_model_ = self._default_meta_model(
-                members, width, num_features
-            )
+            self.meta_model_ = self._default_meta_model(members, width, num_features)
         else:
             self.meta_model_ = self.meta_model
             if not self.meta_model_.built:
                 self.meta_model_.build((None, num_features))
 
-    def _default_meta_model(
-        self, members: int, width: int, num_features: int
-    ) -> keras.layers.Layer:
+    def _default_meta_model(self, members: int, width: int, num_features: int) -> keras.layers.Layer:
         activation = "softmax" if self.task == CLASSIFICATION else None
         dense = keras.layers.Dense(
             width,
@@ -100,15 +94,11 @@ class StackingCombiner(Combiner):
         dense.kernel.assign(mean_kernel(members, width, num_features).astype("float32"))
         return dense
 
-    def _combine(
-        self, member_predictions: Tensor, features: Tensor | None
-    ) -> Tensor:
+    def _combine(self, member_predictions: Tensor, features: Tensor | None) -> Tensor:
         assert self.meta_model_ is not None  # set by build
         return self.meta_model_(self.meta_features(member_predictions, features))
 
-    def meta_features(
-        self, member_predictions: Tensor, features: Tensor | None = None
-    ) -> Tensor:
+    def meta_features(self, member_predictions: Tensor, features: Tensor | None = None) -> Tensor:
         """What the meta-model sees: `(batch, members * width [+ d])`.
 
         Public so that a meta-model fitted outside Keras (scikit-learn's
@@ -117,9 +107,7 @@ class StackingCombiner(Combiner):
         _, members, width = member_predictions.shape
         member_predictions = ops.cast(member_predictions, "float32")
         if self.task == CLASSIFICATION:
-            member_predictions = ops.log(
-                ops.clip(member_predictions, LOG_EPSILON, 1.0)
-            )
+            member_predictions = ops.log(ops.clip(member_predictions, LOG_EPSILON, 1.0))
         meta_features = ops.reshape(member_predictions, (-1, members * width))
         if self.passthrough:
             if features is None:
@@ -137,18 +125,14 @@ class StackingCombiner(Combiner):
         meta_model = None
         if self.meta_model is not None:
             meta_model = keras.saving.serialize_keras_object(self.meta_model)
-        config.update(
-            {"meta_model": meta_model, "passthrough": self.passthrough}
-        )
+        config.update({"meta_model": meta_model, "passthrough": self.passthrough})
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> StackingCombiner:
         config = dict(config)
         if config.get("meta_model") is not None:
-            config["meta_model"] = keras.saving.deserialize_keras_object(
-                config["meta_model"]
-            )
+            config["meta_model"] = keras.saving.deserialize_keras_object(config["meta_model"])
         return cls(**config)
 
     def _describe(self) -> str:

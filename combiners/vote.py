@@ -45,19 +45,14 @@ class VoteCombiner(Combiner):
         **kwargs: Any,
     ) -> None:
         if voting not in VOTING:
-            raise ValueError(
-                f"Expected voting to be one of {VOTING}. "
-                f"Received: voting={voting!r}"
-            )
+            raise ValueError(f"Expected voting to be one of {VOTING}. Received: voting={voting!r}")
         # Set before the base __init__, which checks a given `task` and
         # names the voting in its error.
         self.voting = voting
         super().__init__(**kwargs)
         self.member_weights = validate_weights(weights)
 
-    def _combine(
-        self, member_predictions: Tensor, features: Tensor | None
-    ) -> Tensor:
+    def _combine(self, member_predictions: Tensor, features: Tensor | None) -> Tensor:
         if self.voting == "soft":
             return self._weighted_mean(member_predictions)
         width = ops.shape(member_predictions)[-1]

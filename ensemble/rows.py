@@ -47,7 +47,7 @@ def flat_features(x: Data) -> np.ndarray:
 def data_fingerprint(x: Data) -> str:
     """A hash of a whole dataset: its shapes, dtypes and values."""
     digest = hashlib.sha256()
-    for name, value in (sorted(x.items()) if isinstance(x, Mapping) else [("", x)]):
+    for name, value in sorted(x.items()) if isinstance(x, Mapping) else [("", x)]:
         array = np.ascontiguousarray(value)
         digest.update(f"{name}|{array.shape}|{array.dtype}|".encode())
         digest.update(array.tobytes())

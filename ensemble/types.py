@@ -18,5 +18,5 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 OutputKind = Literal["probabilities", "logits"]
 
-Data = Union[np.ndarray, Mapping[str, np.ndarray]]
+Data = np.ndarray | Mapping[str, np.ndarray]
 """Rows for a model: one array, or named arrays with the same number of rows."""

@@ -27,8 +27,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Build the configured ensemble, evaluate it on the test split, export, write metrics.json."""
     data: Dataset = instantiate(cfg.data)
     combiner = instantiate(cfg.combiner)
-    model = ensemble.build_ensemble(load_members(members_config(cfg, data)), combiner,
-                                    task=cfg.task or data.task)
+    model = ensemble.build_ensemble(
+        load_members(members_config(cfg, data)), combiner, task=cfg.task or data.task
+    )
     model.summary()
     scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, batch_size=cfg.batch_size)
     result: dict[str, Any] = {

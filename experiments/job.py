@@ -35,8 +35,19 @@ from experiments.zoo import (
     zoo_directory,
 )
 
-__all__ = ["Evaluated", "check_writable", "Holdout", "OutOfFold", "export", "finish", "fit_and_evaluate", "load_members",
-           "members_config", "start_runtime"]
+__all__ = [
+    "Evaluated",
+    "Holdout",
+    "OutOfFold",
+    "check_writable",
+    "export",
+    "finish",
+    "fit_and_evaluate",
+    "load_members",
+    "member_options",
+    "members_config",
+    "start_runtime",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +71,9 @@ def start_runtime(runtime: DictConfig) -> tf.distribute.Strategy | None:
     configure_devices(memory_growth=runtime.memory_growth, logical_cpus=runtime.logical_cpus)
     strategy = make_strategy(runtime.strategy, timeout_s=runtime.timeout_s)
     if strategy is not None:
-        log.info("runtime.strategy=%s: %d replica(s) in sync", runtime.strategy,
-                 strategy.num_replicas_in_sync)
+        log.info(
+            "runtime.strategy=%s: %d replica(s) in sync", runtime.strategy, strategy.num_replicas_in_sync
+        )
     return strategy
 
 
@@ -70,7 +82,8 @@ def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None)
     missing (into `directory`, default the zoo's). Under several workers, nothing is trained
     here: every worker must load the very same files, so a missing one is an error."""
     if cfg.get("members"):
-        return cfg.members
+        members: DictConfig = cfg.members
+        return members
     directory = directory or zoo_directory(cfg.zoo, data)
     if cfg.runtime.strategy == "multi_worker":
         stale = stale_members(cfg.zoo, data, directory)
@@ -96,22 +109,38 @@ def load_members(members: DictConfig) -> list[Member]:
                 f"Member {name!r} in config: expected the fields source, format, options. "
                 f"Received: {sorted(spec)}"
             )
-        options = spec.get("options")
-        options = {} if options is None else OmegaConf.to_container(options, resolve=True)
         loaded.append(
-            ensemble.load_member(spec.source, name=str(name), format=spec.get("format", "auto"), **options)
+            ensemble.load_member(
+                spec.source, name=str(name), format=spec.get("format", "auto"), **member_options(spec)
+            )
         )
     return loaded
+
+
+def member_options(spec: DictConfig) -> dict[str, Any]:
+    """The `options` of a member entry as plain keyword arguments for `load_member`."""
+    options = spec.get("options")
+    plain = {} if options is None else OmegaConf.to_container(options, resolve=True)
+    if not isinstance(plain, dict):
+        raise EnsembleError(f"Member options: expected a mapping. Received: {plain!r}")
+    return {str(key): value for key, value in plain.items()}
 
 
 class Holdout:
     """`regime=holdout`: members train on the train split, the combiner fits on the holdout
     split (guarded: no member may have trained on it)."""
 
-    def fit(self, cfg: DictConfig, data: Dataset, fit: Fit, strategy: tf.distribute.Strategy | None,
-            output_dir: str | None) -> tuple[keras.Model, FitReport]:
-        model = ensemble.build_ensemble(load_members(members_config(cfg, data)),
-                                        instantiate(cfg.combiner), task=cfg.task or data.task)
+    def fit(
+        self,
+        cfg: DictConfig,
+        data: Dataset,
+        fit: Fit,
+        strategy: tf.distribute.Strategy | None,
+        output_dir: str | None,
+    ) -> tuple[keras.Model, FitReport]:
+        model = ensemble.build_ensemble(
+            load_members(members_config(cfg, data)), instantiate(cfg.combiner), task=cfg.task or data.task
+        )
         cache = os.path.join(output_dir, "level_one") if output_dir else None
         store = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0, strategy=strategy)
         return model, fit(model, data.x_holdout, data.y_holdout, store=store, strategy=strategy)
@@ -125,8 +154,14 @@ class OutOfFold:
 
     cv: int = 5
 
-    def fit(self, cfg: DictConfig, data: Dataset, fit: Fit, strategy: tf.distribute.Strategy | None,
-            output_dir: str | None) -> tuple[keras.Model, FitReport]:
+    def fit(
+        self,
+        cfg: DictConfig,
+        data: Dataset,
+        fit: Fit,
+        strategy: tf.distribute.Strategy | None,
+        output_dir: str | None,
+    ) -> tuple[keras.Model, FitReport]:
         if cfg.runtime.strategy == "multi_worker":
             raise EnsembleError(
                 "regime=oof retrains the members in every fold, which each worker would do on "
@@ -142,14 +177,21 @@ class OutOfFold:
         y = np.concatenate([data.y_train, data.y_holdout])
         everything = dataclasses.replace(data, x_train=x, y_train=y)
         final = members_config(cfg, everything, os.path.join(zoo_directory(cfg.zoo, data), "oof_final"))
-        model = ensemble.build_ensemble(load_members(final), instantiate(cfg.combiner),
-                                        task=cfg.task or data.task)
-        builders = {name: fit_predict(name, cfg.zoo.members[name], everything) for name in final}
-        report = ensemble.fit_out_of_fold(model, x, y, builders, cv=self.cv, seed=data.split["seed"],
-                                          fitter=fit, strategy=strategy)
+        model = ensemble.build_ensemble(
+            load_members(final), instantiate(cfg.combiner), task=cfg.task or data.task
+        )
+        builders = {str(name): fit_predict(str(name), cfg.zoo.members[name], everything) for name in final}
+        report = ensemble.fit_out_of_fold(
+            model, x, y, builders, cv=self.cv, seed=data.split["seed"], fitter=fit, strategy=strategy
+        )
         if output_dir is not None:
-            np.savez(os.path.join(output_dir, "oof_predictions.npz"), predictions=report.level_one,
-                     folds=report.folds, y=y, members=np.array(list(final)))
+            np.savez(
+                os.path.join(output_dir, "oof_predictions.npz"),
+                predictions=report.level_one,
+                folds=np.asarray(report.folds),
+                y=y,
+                members=np.array(list(final)),
+            )
         return model, report
 
 
@@ -181,8 +223,11 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
 def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:
     """Export per `cfg.export`: the SavedModel (verified by reloading) and its TFLite variants."""
     path = ensemble.export_saved_model(
-        model, os.path.join(output_dir, cfg.export.dir), overwrite=cfg.export.overwrite,
-        config=OmegaConf.to_yaml(cfg, resolve=True), jit_compile=cfg.export.get("jit_compile", False),
+        model,
+        os.path.join(output_dir, cfg.export.dir),
+        overwrite=cfg.export.overwrite,
+        config=OmegaConf.to_yaml(cfg, resolve=True),
+        jit_compile=cfg.export.get("jit_compile", False),
     )
     result: dict[str, Any] = {"export_dir": path}
     if cfg.export.verify:
@@ -197,8 +242,10 @@ def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) 
         os.makedirs(os.path.join(output_dir, "tflite"), exist_ok=True)
         variants = {
             quantize: ensemble.export_tflite(
-                path, os.path.join(output_dir, "tflite", f"{quantize}.tflite"),
-                quantize=quantize, overwrite=cfg.export.overwrite,
+                path,
+                os.path.join(output_dir, "tflite", f"{quantize}.tflite"),
+                quantize=quantize,
+                overwrite=cfg.export.overwrite,
             )
             for quantize in cfg.export.tflite
         }
@@ -206,8 +253,9 @@ def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) 
     return result
 
 
-def finish(result: dict[str, Any], model: keras.Model, cfg: DictConfig, output_dir: str | None,
-           data: Dataset) -> dict[str, Any]:
+def finish(
+    result: dict[str, Any], model: keras.Model, cfg: DictConfig, output_dir: str | None, data: Dataset
+) -> dict[str, Any]:
     """Export (per `cfg.export`) and write `metrics.json` into the run directory."""
     if output_dir is not None and cfg.export.enabled:
         result.update(export(model, cfg, output_dir, data))

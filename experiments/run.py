@@ -40,8 +40,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     if job.output_dir is not None:
         names = EnsembleView.of(job.model).member_names
         figures = write_figures(job.data.y_test, job.outputs, names, result, job.output_dir)
-        write_report(os.path.join(job.output_dir, "report.md"), result, figures,
-                     OmegaConf.to_yaml(cfg, resolve=True))
+        write_report(
+            os.path.join(job.output_dir, "report.md"), result, figures, OmegaConf.to_yaml(cfg, resolve=True)
+        )
     return result
 
 

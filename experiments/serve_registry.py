@@ -1,7 +1,7 @@
 """Serve a registry of models from config to concurrent clients, and report what it cost.
 
-    python -m experiments.serve_registry                       # the zoo's members, 8 threads
-    python -m experiments.serve_registry registry.max_loaded=2 registry.threads=16
+python -m experiments.serve_registry                       # the zoo's members, 8 threads
+python -m experiments.serve_registry registry.max_loaded=2 registry.threads=16
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ensemble import ModelRegistry, configure_devices
 from ensemble.data import Dataset
-from experiments.job import members_config
+from experiments.job import member_options, members_config
 
 __all__ = ["run"]
 
@@ -37,7 +37,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     models = settings.models if settings.models is not None else members_config(cfg, data)
     registry = ModelRegistry(max_loaded=settings.max_loaded, batch_window_ms=settings.batch_window_ms)
     for name, spec in models.items():
-        options = OmegaConf.to_container(spec.get("options") or OmegaConf.create({}), resolve=True)
+        options = member_options(spec)
         if spec.get("format", "auto") != "auto":  # "auto" is load_member's default
             options["format"] = spec.format
         registry.register(str(name), spec.source, device=spec.get("device"), **options)
@@ -57,16 +57,21 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     result = {
         "requests": len(plan),
         "threads": settings.threads,
-        "latency_ms": {q: float(np.percentile(latencies, p) * 1000)
-                       for q, p in (("p50", 50), ("p95", 95), ("max", 100))},
+        "latency_ms": {
+            q: float(np.percentile(latencies, p) * 1000) for q, p in (("p50", 50), ("p95", 95), ("max", 100))
+        },
         **report,
     }
     print(f"\n{'model':<12}{'loads':>6}{'calls':>7}{'params':>10}{'MB':>8}{'load s':>8}")
     for name, stats in report["models"].items():
-        print(f"{name:<12}{stats['loads']:>6}{stats['calls']:>7}{stats['params'] or 0:>10}"
-              f"{(stats['weight_bytes'] or 0) / 1e6:>8.2f}{stats['load_seconds'] or 0:>8.2f}")
-    print(f"latency ms p50 {result['latency_ms']['p50']:.2f}, p95 {result['latency_ms']['p95']:.2f}; "
-          f"RSS {report['rss_bytes'] / 1e6:.0f} MB; in memory: {report['loaded']}")
+        print(
+            f"{name:<12}{stats['loads']:>6}{stats['calls']:>7}{stats['params'] or 0:>10}"
+            f"{(stats['weight_bytes'] or 0) / 1e6:>8.2f}{stats['load_seconds'] or 0:>8.2f}"
+        )
+    print(
+        f"latency ms p50 {result['latency_ms']['p50']:.2f}, p95 {result['latency_ms']['p95']:.2f}; "
+        f"RSS {report['rss_bytes'] / 1e6:.0f} MB; in memory: {report['loaded']}"
+    )
     if output_dir is not None:
         with open(os.path.join(output_dir, "registry.json"), "w") as f:
             json.dump(result, f, indent=2)

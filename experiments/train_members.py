@@ -1,8 +1,8 @@
 """Train the member zoo (`conf/zoo`, `conf/member`) where missing, and report each member.
 
-    python -m experiments.train_members                 # the digits zoo
-    python -m experiments.train_members data=wine
-    python -m experiments.train_members +member@zoo.members.mlp2=mlp zoo.members.mlp2.train.seed=7
+python -m experiments.train_members                 # the digits zoo
+python -m experiments.train_members data=wine
+python -m experiments.train_members +member@zoo.members.mlp2=mlp zoo.members.mlp2.train.seed=7
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Fit the configured combiner without leakage, compare it with each member and the mean, export.
 
-    python -m experiments.train_meta                          # stacking on the holdout split
-    python -m experiments.train_meta regime=oof               # on out-of-fold predictions
-    python -m experiments.train_meta -m combiner=stack,select,weighted
+python -m experiments.train_meta                          # stacking on the holdout split
+python -m experiments.train_meta regime=oof               # on out-of-fold predictions
+python -m experiments.train_meta -m combiner=stack,select,weighted
 """
 
 from __future__ import annotations

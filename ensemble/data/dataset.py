@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from ensemble.errors import EnsembleError
 from ensemble.types import Task
 
-__all__ = ["Dataset", "SKLEARN_DATASETS", "load_dataset", "split_dataset"]
+__all__ = ["SKLEARN_DATASETS", "Dataset", "load_dataset", "split_dataset"]
 
 SKLEARN_DATASETS: dict[str, tuple[Any, Task]] = {
     "digits": (datasets.load_digits, "classification"),
@@ -41,14 +41,10 @@ class Dataset:
     class_names: list[str] | None = None
 
 
-def load_dataset(
-    name: str, *, test_size: float = 0.2, holdout_size: float = 0.2, seed: int = 0
-) -> Dataset:
+def load_dataset(name: str, *, test_size: float = 0.2, holdout_size: float = 0.2, seed: int = 0) -> Dataset:
     """Load scikit-learn's bundled `name` and split it, stratified for classification."""
     if name not in SKLEARN_DATASETS:
-        raise EnsembleError(
-            f"Unknown dataset {name!r}. Expected one of {sorted(SKLEARN_DATASETS)}."
-        )
+        raise EnsembleError(f"Unknown dataset {name!r}. Expected one of {sorted(SKLEARN_DATASETS)}.")
     loader, task = SKLEARN_DATASETS[name]
     x, y = loader(return_X_y=True)
     y = y.astype("int64" if task == "classification" else "float32")
@@ -70,7 +66,7 @@ def split_dataset(
     class_names: list[str] | None = None,
 ) -> Dataset:
     """Split rows into train, holdout and test (stratified for classification), seeded."""
-    if not (0 < test_size and 0 < holdout_size and test_size + holdout_size < 1):
+    if not (test_size > 0 and holdout_size > 0 and test_size + holdout_size < 1):
         raise EnsembleError(
             "Expected test_size > 0, holdout_size > 0 and test_size + holdout_size < 1. "
             f"Received: test_size={test_size}, holdout_size={holdout_size}."
@@ -90,11 +86,17 @@ def split_dataset(
     x = x.astype("float32")
     try:
         x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=test_size, random_state=seed,
+            x,
+            y,
+            test_size=test_size,
+            random_state=seed,
             stratify=y if task == "classification" else None,
         )
         x_train, x_holdout, y_train, y_holdout = train_test_split(
-            x_rest, y_rest, test_size=holdout_size / (1 - test_size), random_state=seed,
+            x_rest,
+            y_rest,
+            test_size=holdout_size / (1 - test_size),
+            random_state=seed,
             stratify=y_rest if task == "classification" else None,
         )
     except ValueError as error:
@@ -104,12 +106,23 @@ def split_dataset(
         ) from error
     classes = len(np.unique(y)) if task == "classification" else None
     split: dict[str, Any] = {
-        "seed": seed, "test_size": test_size, "holdout_size": holdout_size,
+        "seed": seed,
+        "test_size": test_size,
+        "holdout_size": holdout_size,
         "rows": {"train": len(x_train), "holdout": len(x_holdout), "test": len(x_test)},
     }
     if source is not None:
         split["source"] = source
     return Dataset(
-        name, task, x_train, y_train, x_holdout, y_holdout, x_test, y_test, classes, split,
+        name,
+        task,
+        x_train,
+        y_train,
+        x_holdout,
+        y_holdout,
+        x_test,
+        y_test,
+        classes,
+        split,
         class_names,
     )

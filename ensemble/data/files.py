@@ -75,8 +75,15 @@ def load_npz(
     x = x.reshape(len(x), -1) if x.ndim == 1 else x
     y, task, class_names = _prepare_targets(y, task, f"{file}: targets {y_key!r}")
     return split_dataset(
-        name or file.stem, task, x, y, test_size=test_size, holdout_size=holdout_size, seed=seed,
-        source=str(file), class_names=class_names,
+        name or file.stem,
+        task,
+        x,
+        y,
+        test_size=test_size,
+        holdout_size=holdout_size,
+        seed=seed,
+        source=str(file),
+        class_names=class_names,
     )
 
 
@@ -111,9 +118,7 @@ def load_csv(
     columns = [c for c in header if c != target] if features is None else list(features)
     for column in columns:
         if column not in header:
-            raise EnsembleError(
-                f"{file}: no feature column {column!r}. Expected one of {header}."
-            )
+            raise EnsembleError(f"{file}: no feature column {column!r}. Expected one of {header}.")
     if target in columns:
         raise EnsembleError(f"{file}: the target column {target!r} is also listed in features.")
     if not columns:
@@ -127,8 +132,15 @@ def load_csv(
         _target_column(file, target, values(target), lines), task, f"{file}: target {target!r}"
     )
     return split_dataset(
-        name or file.stem, task, x, y, test_size=test_size, holdout_size=holdout_size, seed=seed,
-        source=str(file), class_names=class_names,
+        name or file.stem,
+        task,
+        x,
+        y,
+        test_size=test_size,
+        holdout_size=holdout_size,
+        seed=seed,
+        source=str(file),
+        class_names=class_names,
     )
 
 
@@ -170,20 +182,19 @@ def _read_csv(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], l
 
 def _numeric_column(file: Path, column: str, values: list[str], lines: list[int]) -> np.ndarray:
     numbers = []
-    for value, line in zip(values, lines):
+    for value, line in zip(values, lines, strict=True):
         try:
             numbers.append(float(value))
         except ValueError:
             raise EnsembleError(
-                f"{file}: feature column {column!r} must be numeric. "
-                f"Received: {value!r} on line {line}."
+                f"{file}: feature column {column!r} must be numeric. Received: {value!r} on line {line}."
             ) from None
     return np.array(numbers, dtype="float64")
 
 
 def _target_column(file: Path, column: str, values: list[str], lines: list[int]) -> np.ndarray:
     """Numbers if every value is one, else the values as strings (class names)."""
-    for value, line in zip(values, lines):
+    for value, line in zip(values, lines, strict=True):
         if not value:
             raise EnsembleError(f"{file}: target {column!r} is empty on line {line}. Expected a value.")
     try:

@@ -55,8 +55,9 @@ def comparison_table(sweep_dir: str) -> str:
 
 
 def _jobs(sweep_dir: str) -> list[Job]:
-    paths = sorted(glob.glob(os.path.join(sweep_dir, "*", "metrics.json")),
-                   key=lambda p: (len(p), p))  # job 10 after job 9
+    paths = sorted(
+        glob.glob(os.path.join(sweep_dir, "*", "metrics.json")), key=lambda p: (len(p), p)
+    )  # job 10 after job 9
     jobs = []
     for path in paths:
         with open(path) as f:
@@ -78,11 +79,16 @@ def _labels(jobs: Sequence[Job], leave_out: str | None = None) -> list[str]:
     def left_out(override: str) -> bool:
         return leave_out is not None and override.lstrip("+~").startswith(leave_out + "=")
 
-    labels = [" ".join(o for o in job.overrides if o not in shared and not left_out(o))
-              or job.result.get("combiner", "ensemble") for job in jobs]
+    labels = [
+        " ".join(o for o in job.overrides if o not in shared and not left_out(o))
+        or job.result.get("combiner", "ensemble")
+        for job in jobs
+    ]
     if leave_out is None:
-        labels = [f"{label} (job {job.name})" if labels.count(label) > 1 else label
-                  for label, job in zip(labels, jobs)]
+        labels = [
+            f"{label} (job {job.name})" if labels.count(label) > 1 else label
+            for label, job in zip(labels, jobs, strict=True)
+        ]
     return labels
 
 
@@ -99,8 +105,11 @@ def _seed_order(seed: Any) -> tuple[int, float, str]:
 def _metrics(jobs: Sequence[Job]) -> list[str]:
     """The ensemble metrics every member also has (not the ensemble-only ones)."""
     first = jobs[0].result
-    return [m for m in first["ensemble"]
-            if all(m in member for job in jobs for member in job.result["members"].values())]
+    return [
+        m
+        for m in first["ensemble"]
+        if all(m in member for job in jobs for member in job.result["members"].values())
+    ]
 
 
 def _best(metric: str) -> Callable[..., Any]:
@@ -112,7 +121,7 @@ def _one_split(name: str, jobs: list[Job]) -> str:
     split share their members)."""
     metrics = _metrics(jobs)
     members = jobs[0].result["members"].values()
-    table = {label: job.result["ensemble"] for label, job in zip(_labels(jobs), jobs)}
+    table = {label: job.result["ensemble"] for label, job in zip(_labels(jobs), jobs, strict=True)}
     table["best single member (per metric)"] = {m: _best(m)(v[m] for v in members) for m in metrics}
     return "\n".join([f"### {name}", "", *markdown_table(table, "job", metrics)])
 
@@ -125,7 +134,7 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
     which retrains them)."""
     metrics = _metrics(jobs)
     settings: dict[str, list[dict[str, Any]]] = {}
-    for setting, job in zip(_labels(jobs, leave_out="data.seed"), jobs):
+    for setting, job in zip(_labels(jobs, leave_out="data.seed"), jobs, strict=True):
         settings.setdefault(setting, []).append(job.result)
     table: dict[str, Metrics] = {}
     for setting, results in settings.items():
@@ -138,17 +147,29 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
         prefix = "" if shared else f"{setting}: "
         table.update({prefix + row: values for row, values in rows.items()})
         if on_average:
-            notes.append(f"{prefix}{'best' if prefix else 'Best'} member on average: "
-                         + ", ".join(f"{m} {n}" for m, n in on_average.items()) + ".")
+            notes.append(
+                f"{prefix}{'best' if prefix else 'Best'} member on average: "
+                + ", ".join(f"{m} {n}" for m, n in on_average.items())
+                + "."
+            )
         if shared:
             break
     for setting, results in settings.items():
         wins = _wins(results)
         if wins is not None:
-            notes.append(f"{setting}: ensemble accuracy at least the per-split best member's in "
-                         f"{wins} of {len(results)} splits.")
-    return "\n".join([f"### {name}: means over {len(seeds)} splits (data.seed {', '.join(map(str, seeds))})",
-                      "", *markdown_table(table, "model", metrics), "", *notes])
+            notes.append(
+                f"{setting}: ensemble accuracy at least the per-split best member's in "
+                f"{wins} of {len(results)} splits."
+            )
+    return "\n".join(
+        [
+            f"### {name}: means over {len(seeds)} splits (data.seed {', '.join(map(str, seeds))})",
+            "",
+            *markdown_table(table, "model", metrics),
+            "",
+            *notes,
+        ]
+    )
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -159,7 +180,9 @@ def _shared_members(results: list[dict[str, Any]]) -> list[str]:
     return sorted(set.intersection(*(set(r["members"]) for r in results)))
 
 
-def _baselines(results: list[dict[str, Any]], metrics: list[str]) -> tuple[dict[str, Metrics], dict[str, str]]:
+def _baselines(
+    results: list[dict[str, Any]], metrics: list[str]
+) -> tuple[dict[str, Metrics], dict[str, str]]:
     """The single-member rows for one setting's splits, and which member is best on average
     per metric; nothing when the splits share no member."""
     names = _shared_members(results)
@@ -184,8 +207,10 @@ def _wins(results: list[dict[str, Any]]) -> int | None:
     names = _shared_members(results)
     if not names or not all("accuracy" in r["ensemble"] for r in results):
         return None
-    return sum(r["ensemble"]["accuracy"] >= max(r["members"][n]["accuracy"] for n in names) - 1e-12
-               for r in results)
+    return sum(
+        int(r["ensemble"]["accuracy"] >= max(r["members"][n]["accuracy"] for n in names) - 1e-12)
+        for r in results
+    )
 
 
 class SweepComparison(Callback):

@@ -35,9 +35,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
     }
 
 
-def expected_calibration_error(
-    y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15
-) -> float:
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE: the bin-weighted gap between confidence and accuracy (equal-width bins)."""
     confidence = probabilities.max(-1)
     correct = probabilities.argmax(-1) == np.asarray(y_true)
@@ -88,7 +86,8 @@ def disagreement(member_probabilities: np.ndarray, prediction: np.ndarray) -> fl
     member_probabilities = np.asarray(member_probabilities)
     prediction = np.asarray(prediction)
     if member_probabilities.ndim != 3 or prediction.shape != (
-        member_probabilities.shape[0], member_probabilities.shape[2]
+        member_probabilities.shape[0],
+        member_probabilities.shape[2],
     ):
         raise EnsembleError(
             "Expected member_probabilities of shape (rows, members, classes) and prediction of "

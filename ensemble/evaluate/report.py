@@ -51,15 +51,19 @@ def write_figures(
     if "std" not in outputs:  # classification
         best = min(range(len(member_names)), key=lambda i: scores["members"][member_names[i]]["nll"])
         figures.plot_reliability(
-            y, {"ensemble": outputs["prediction"], f"best member ({member_names[best]})": members[:, best]},
+            y,
+            {"ensemble": outputs["prediction"], f"best member ({member_names[best]})": members[:, best]},
             path("reliability.png"),
         )
-        figures.plot_ensemble_size(y, members, member_names, path("ensemble_size.png"),
-                                   ensemble_metrics=scores["ensemble"])
-        figures.plot_member_correlation(figures.member_correlation(members, y), member_names,
-                                        path("member_correlation.png"))
+        figures.plot_ensemble_size(
+            y, members, member_names, path("ensemble_size.png"), ensemble_metrics=scores["ensemble"]
+        )
+        figures.plot_member_correlation(
+            figures.member_correlation(members, y), member_names, path("member_correlation.png")
+        )
         figures.plot_uncertainty(
-            y, outputs["prediction"],
+            y,
+            outputs["prediction"],
             {"entropy": outputs["entropy"], "mutual_information": outputs["mutual_information"]},
             path("uncertainty.png"),
         )
@@ -69,10 +73,14 @@ def write_figures(
             "Correlation of the members' errors (1 - p(true class))": "member_correlation.png",
             "Uncertainty of right and wrong predictions": "uncertainty.png",
         }
-    figures.plot_ensemble_size_regression(y, members, member_names, path("ensemble_size.png"),
-                                          ensemble_metrics=scores["ensemble"])
-    figures.plot_member_correlation(figures.member_correlation(members, y, task="regression"),
-                                    member_names, path("member_correlation.png"))
+    figures.plot_ensemble_size_regression(
+        y, members, member_names, path("ensemble_size.png"), ensemble_metrics=scores["ensemble"]
+    )
+    figures.plot_member_correlation(
+        figures.member_correlation(members, y, task="regression"),
+        member_names,
+        path("member_correlation.png"),
+    )
     figures.plot_std_vs_error(y, outputs["prediction"], outputs["std"], path("std_vs_error.png"))
     return {
         "RMSE against ensemble size (members added best first, plain mean)": "ensemble_size.png",
@@ -81,8 +89,9 @@ def write_figures(
     }
 
 
-def write_report(path: PathLike, result: Mapping[str, Any], figure_files: Mapping[str, str],
-                 config_yaml: str) -> None:
+def write_report(
+    path: PathLike, result: Mapping[str, Any], figure_files: Mapping[str, str], config_yaml: str
+) -> None:
     """`report.md`: what was run, the tables, the figures inline, the config."""
     rows = {**result["members"], "mean of members": result["mean"], "**ensemble**": result["ensemble"]}
     split = result["data"]["rows"]
@@ -103,8 +112,10 @@ def write_report(path: PathLike, result: Mapping[str, Any], figure_files: Mappin
     shown = ("accuracy", "nll") if result["task"] == "classification" else ("rmse", "mae")
     lines += [
         f"The member one would ship alone, chosen without the test split ({result['selected_member']['by']}): "
-        f"`{selected}`, with test " + ", ".join(
-            f"{m} {result['members'][selected][m]:.4f} (ensemble {result['ensemble'][m]:.4f})" for m in shown)
+        f"`{selected}`, with test "
+        + ", ".join(
+            f"{m} {result['members'][selected][m]:.4f} (ensemble {result['ensemble'][m]:.4f})" for m in shown
+        )
         + ". The best member on the test split was picked by looking at it.",
         "",
     ]
@@ -115,8 +126,11 @@ def write_report(path: PathLike, result: Mapping[str, Any], figure_files: Mappin
     if "export_dir" in result:
         lines += ["## Export", "", f"One SavedModel at `{result['export_dir']}` (verified by reloading).", ""]
     if "tflite" in result:
-        variants = {k: {m: v for m, v in row.items() if m != "bytes"} | {"bytes": row.get("bytes", 0)}
-                    for k, row in result["tflite"].items() if k != "float"}
+        variants = {
+            k: {m: v for m, v in row.items() if m != "bytes"} | {"bytes": row.get("bytes", 0)}
+            for k, row in result["tflite"].items()
+            if k != "float"
+        }
         lines += ["TFLite variants against the float ensemble:", "", *markdown_table(variants), ""]
     lines += ["## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     with open(os.fspath(path), "w") as f:

@@ -90,8 +90,7 @@ def _check_target(target: str, overwrite: bool) -> None:
         raise EnsembleError(f"Export path {target} is a file; expected a directory to write.")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise FileExistsError(
-            f"Export path {target} already exists and is not empty; pass overwrite=True to "
-            "replace it."
+            f"Export path {target} already exists and is not empty; pass overwrite=True to replace it."
         )
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
@@ -109,9 +108,7 @@ def _write(
     archive.track(model)
     # The first endpoint also becomes `serving_default`.
     for endpoint, output in (("serve", None), ("prediction", "prediction")):
-        archive.add_endpoint(
-            endpoint, serving_function(model, specs, output=output, jit_compile=jit_compile)
-        )
+        archive.add_endpoint(endpoint, serving_function(model, specs, output=output, jit_compile=jit_compile))
     archive.write_out(directory, verbose=False)
 
     os.makedirs(os.path.join(directory, "assets.extra"), exist_ok=True)

@@ -67,9 +67,7 @@ def export_tflite(
 
 
 def _convert(saved_model_dir: str, quantize: str) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        saved_model_dir, signature_keys=["serving_default"]
-    )
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
@@ -87,7 +85,9 @@ def _convert(saved_model_dir: str, quantize: str) -> bytes:
     return blob
 
 
-def run_tflite(path: PathLike, feeds: Mapping[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+def run_tflite(
+    path: PathLike, feeds: Mapping[str, np.ndarray], batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """Run a `.tflite` ensemble's `serving_default` signature on `feeds`, batch by batch."""
     from ai_edge_litert.interpreter import Interpreter
 

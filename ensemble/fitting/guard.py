@@ -33,8 +33,10 @@ def check_leakage(model: keras.Model, x: Data, *, allow_overlap: bool = False) -
         if member.training_rows is None:
             if member.name not in _UNRECORDED_LOGGED:
                 _UNRECORDED_LOGGED.add(member.name)
-                log.info("Member %r carries no training-row record: the leakage guard cannot "
-                         "check it.", member.name)
+                log.info(
+                    "Member %r carries no training-row record: the leakage guard cannot check it.",
+                    member.name,
+                )
             continue
         hashes = row_hashes(member_inputs(member, x))
         overlaps[member.name] = int(np.isin(hashes, member.training_rows).sum())

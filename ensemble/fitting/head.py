@@ -65,27 +65,59 @@ def fit_combiner(
             "fit_combiner to train. A MeanCombiner learns member weights with fit_mean_weights; "
             "a StackingCombiner has a meta-model to train."
         )
-    targets, level_one = fitting_rows(view, x, y, store=store, level_one=level_one,
-                                      allow_overlap=allow_overlap, strategy=strategy)
+    targets, level_one = fitting_rows(
+        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+    )
     if strategy is None:
-        history = _fit_head(view, combiner, level_one, x, targets, epochs, batch_size,
-                            validation_split, verbose, optimizer, fit_options, seed=seed)
+        history = _fit_head(
+            view,
+            combiner,
+            level_one,
+            x,
+            targets,
+            epochs,
+            batch_size,
+            validation_split,
+            verbose,
+            optimizer,
+            fit_options,
+            seed=seed,
+        )
     else:
         with strategy.scope():  # Keras trains only variables created under the strategy
             replica = type(combiner).from_config(combiner.get_config())
             replica.build_from_config(combiner.get_build_config())
             replica.set_weights(combiner.get_weights())
-            history = _fit_head(view, replica, level_one, x, targets, epochs, batch_size,
-                                validation_split, verbose, optimizer, fit_options,
-                                seed=0 if seed is None else seed)
+            history = _fit_head(
+                view,
+                replica,
+                level_one,
+                x,
+                targets,
+                epochs,
+                batch_size,
+                validation_split,
+                verbose,
+                optimizer,
+                fit_options,
+                seed=0 if seed is None else seed,
+            )
         combiner.set_weights(replica.get_weights())
     forget_compiled(model)
     return history
 
 
 def _fit_head(
-    view: EnsembleView, combiner: Combiner, level_one: np.ndarray, x: Data, targets: np.ndarray,
-    epochs: int, batch_size: int, validation_split: float | None, verbose: Any, optimizer: Any,
+    view: EnsembleView,
+    combiner: Combiner,
+    level_one: np.ndarray,
+    x: Data,
+    targets: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    validation_split: float | None,
+    verbose: Any,
+    optimizer: Any,
     fit_options: dict[str, Any],
     seed: int | None = None,
 ) -> keras.callbacks.History:
@@ -96,32 +128,46 @@ def _fit_head(
         raise EnsembleError(f"validation_split={validation_split} leaves no row to train on.")
     head.compile(
         optimizer=optimizer or keras.optimizers.Adam(learning_rate=0.01),
-        loss=("sparse_categorical_crossentropy" if view.task == "classification"
-              else "mean_squared_error"),
+        loss=("sparse_categorical_crossentropy" if view.task == "classification" else "mean_squared_error"),
         # One compiled call per epoch: the head is tiny, Python overhead dominates. Not under a
         # distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21 ("You
         # must feed a value for placeholder tensor ... while/cond").
-        steps_per_execution=(1 if tf.distribute.has_strategy()
-                             else max(1, min(64, math.ceil(train_rows / batch_size)))),
+        steps_per_execution=(
+            1 if tf.distribute.has_strategy() else max(1, min(64, math.ceil(train_rows / batch_size)))
+        ),
     )
     shuffle = fit_options.pop("shuffle", True)
     head.sample_batch = (keras.tree.map_structure(lambda a: a[:batch_size], inputs), targets[:batch_size])
-    train = _dataset(keras.tree.map_structure(lambda a: a[:train_rows], inputs),
-                     targets[:train_rows], batch_size, shuffle, seed)
+    train = _dataset(
+        keras.tree.map_structure(lambda a: a[:train_rows], inputs),
+        targets[:train_rows],
+        batch_size,
+        shuffle,
+        seed,
+    )
     validation = None
     if train_rows < rows:
-        validation = _dataset(keras.tree.map_structure(lambda a: a[train_rows:], inputs),
-                              targets[train_rows:], batch_size, shuffle=False)
+        validation = _dataset(
+            keras.tree.map_structure(lambda a: a[train_rows:], inputs),
+            targets[train_rows:],
+            batch_size,
+            shuffle=False,
+        )
     history: keras.callbacks.History = head.fit(
         # shuffle=False: the pipeline shuffles itself; Keras would only warn that it can't.
-        train, epochs=epochs, verbose=verbose, validation_data=validation, shuffle=False,
+        train,
+        epochs=epochs,
+        verbose=verbose,
+        validation_data=validation,
+        shuffle=False,
         **fit_options,
     )
     return history
 
 
-def _dataset(inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool,
-             seed: int | None = None) -> Any:
+def _dataset(
+    inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
+) -> Any:
     """The head's input pipeline, built once: Keras' array adapter rebuilds its iterator every
     epoch, which costs more than a whole epoch of a small head (about 3x over 100 epochs)."""
     features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
@@ -160,8 +206,14 @@ class CombinerHead(keras.Model):
             iterator, data_batch = None, (*self.sample_batch, None)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
-                     sample_weight: Any = None, training: bool = True) -> Any:
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         context = tf.distribute.get_replica_context()
@@ -180,8 +232,10 @@ class CombinerHead(keras.Model):
 
     def _vector_logs(self, logs: Any) -> Any:
         strategy = self.distribute_strategy
-        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                and strategy.extended._in_multi_worker_mode()):
+        if not (
+            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()
+        ):
             return logs
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 

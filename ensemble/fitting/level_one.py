@@ -33,7 +33,6 @@ __all__ = ["LevelOneStore", "distributed_level_one", "member_fingerprint", "memb
 log = logging.getLogger(__name__)
 
 
-
 class LevelOneStore:
     """Members' predictions, `(rows, members, width)`, computed once per member and dataset.
 
@@ -74,8 +73,11 @@ class LevelOneStore:
         found: list[np.ndarray | None] = [self._load(key) for key in keys]
         missing = [i for i, values in enumerate(found) if values is None]
         if missing:
-            log.info("Level-one pass of member(s) %s over %d rows",
-                     [members[i].name for i in missing], row_count(x))
+            log.info(
+                "Level-one pass of member(s) %s over %d rows",
+                [members[i].name for i in missing],
+                row_count(x),
+            )
             pass_model = _members_model(model, [members[i] for i in missing])
             feeds = _feeds(model, x)
             if self.strategy is None:
@@ -114,8 +116,9 @@ def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
     return keras.Model(inputs, MemberStack()(outputs))
 
 
-def _distributed_pass(pass_model: keras.Model, feeds: Any, strategy: tf.distribute.Strategy,
-                      batch_size: int) -> np.ndarray:
+def _distributed_pass(
+    pass_model: keras.Model, feeds: Any, strategy: tf.distribute.Strategy, batch_size: int
+) -> np.ndarray:
     """`pass_model` over `feeds` as a dataset distributed with `strategy`: each replica predicts
     its shard; the outputs are gathered from every replica of every worker and put back in
     row order by row ids, which must come back exactly once each."""

@@ -50,8 +50,9 @@ def fit_mean_weights(
         )
     if method not in ("selection", "optimal"):
         raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
-    targets, level_one = fitting_rows(view, x, y, store=store, level_one=level_one,
-                                      allow_overlap=allow_overlap, strategy=strategy)
+    targets, level_one = fitting_rows(
+        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+    )
     level_one = level_one.astype("float64")
     task = view.task
     weights = (

@@ -38,8 +38,14 @@ class OutOfFold:
 
 
 def out_of_fold_predictions(
-    fit_predict: FitPredict, x: Data, y: np.ndarray, *, cv: int = 5,
-    task: Task = "classification", seed: int = 0, verbose: bool = False,
+    fit_predict: FitPredict,
+    x: Data,
+    y: np.ndarray,
+    *,
+    cv: int = 5,
+    task: Task = "classification",
+    seed: int = 0,
+    verbose: bool = False,
 ) -> OutOfFold:
     """Predict every row of `x` with a model trained on the other `cv - 1` folds.
 
@@ -53,8 +59,14 @@ def out_of_fold_predictions(
 
 
 def stack_out_of_fold(
-    members: Mapping[str, FitPredict], x: Data, y: np.ndarray, *, cv: int = 5,
-    task: Task = "classification", seed: int = 0, verbose: bool = False,
+    members: Mapping[str, FitPredict],
+    x: Data,
+    y: np.ndarray,
+    *,
+    cv: int = 5,
+    task: Task = "classification",
+    seed: int = 0,
+    verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictions of every member on the same folds: `(level_one, folds)`.
 
@@ -70,11 +82,9 @@ def stack_out_of_fold(
             columns.append(_predict_folds(fit_predict, x, y, splits, verbose=verbose))
         except EnsembleError as error:
             raise MemberError(name, str(error)) from error
-    widths = {name: c.shape[1] for name, c in zip(members, columns)}
+    widths = {name: c.shape[1] for name, c in zip(members, columns, strict=True)}
     if len(set(widths.values())) > 1:
-        raise EnsembleError(
-            f"Expected every member to predict the same width. Received: widths={widths}"
-        )
+        raise EnsembleError(f"Expected every member to predict the same width. Received: widths={widths}")
     return np.stack(columns, axis=1), _fold_ids(splits)
 
 
@@ -131,13 +141,18 @@ def _predict_folds(
                 f"Fold {fold}: expected width {outputs[0].shape[1]} as in fold 0. "
                 f"Received: shape={output.shape}"
             )
-        log.info("Fold %d of %d folds: trained on %d rows, predicted %d held-out rows",
-                 fold, len(splits), len(train), len(held_out))
+        log.info(
+            "Fold %d of %d folds: trained on %d rows, predicted %d held-out rows",
+            fold,
+            len(splits),
+            len(train),
+            len(held_out),
+        )
         outputs.append(output)
         if progress is not None:
             progress.update(fold + 1)
     predictions = np.empty((len(y), outputs[0].shape[1]), dtype=np.result_type(*outputs))
-    for (_, held_out), output in zip(splits, outputs):
+    for (_, held_out), output in zip(splits, outputs, strict=True):
         predictions[held_out] = output
     return predictions
 

@@ -127,12 +127,14 @@ def fit(
     level_one = check_level_one(view, level_one, len(targets))
     fitted = None
     if method == "none":
-        log.info("%s %r has nothing to fit: used as configured.", type(view.combiner).__name__,
-                 view.combiner.name)
+        log.info(
+            "%s %r has nothing to fit: used as configured.", type(view.combiner).__name__, view.combiner.name
+        )
     else:
         chosen = {"method": method} if method in ("selection", "optimal") else {}
-        fitted = _FITTERS[method](model, x, targets, level_one=level_one, strategy=strategy,
-                                  **chosen, **options)
+        fitted = _FITTERS[method](
+            model, x, targets, level_one=level_one, strategy=strategy, **chosen, **options
+        )
     weights = view.combiner.member_weights
     return FitReport(
         task=view.task,
@@ -144,8 +146,9 @@ def fit(
         overlaps=overlaps,
         selected_member=selected_member(view, level_one, targets),
         member_weights=None if weights is None else dict(zip(view.member_names, weights, strict=True)),
-        noise_variance=(noise_variance(view.combiner, level_one, targets, x)
-                        if view.task == "regression" else None),
+        noise_variance=(
+            noise_variance(view.combiner, level_one, targets, x) if view.task == "regression" else None
+        ),
         fitted=fitted,
         level_one=level_one,
         targets=targets,
@@ -189,8 +192,9 @@ def fit_out_of_fold(
             f"Expected one builder per member {names}. Missing: {sorted(set(names) - set(builders))}; "
             f"not members: {sorted(set(builders) - set(names))}"
         )
-    level_one, folds = stack_out_of_fold({name: builders[name] for name in names}, x, np.asarray(y),
-                                         cv=cv, task=view.task, seed=seed)
+    level_one, folds = stack_out_of_fold(
+        {name: builders[name] for name in names}, x, np.asarray(y), cv=cv, task=view.task, seed=seed
+    )
     report = (fitter or fit)(model, x, y, level_one=level_one, **options)
     return dataclasses.replace(report, folds=folds)
 

@@ -100,9 +100,7 @@ def ensemble_selection(
     trajectory = [score(total / init_best)]
     bags = [counts.copy()]
     for size in range(init_best + 1, rounds + 1):
-        scores = np.array(
-            [score((total + predictions[:, m]) / size) for m in range(members)]
-        )
+        scores = np.array([score((total + predictions[:, m]) / size) for m in range(members)])
         best = _first_minimum(scores)
         counts[best] += 1
         total += predictions[:, best]
@@ -111,7 +109,9 @@ def ensemble_selection(
     kept = bags[_first_minimum(np.array(trajectory))]
     logger.debug(
         "Ensemble selection: losses %s; kept the bag of %d: %s",
-        [round(value, 6) for value in trajectory], kept.sum(), kept.tolist(),
+        [round(value, 6) for value in trajectory],
+        kept.sum(),
+        kept.tolist(),
     )
     weights: np.ndarray = kept / kept.sum()
     return weights
@@ -147,9 +147,7 @@ def optimal_weights(P: Any, y: Any, *, task: str = CLASSIFICATION) -> np.ndarray
         jac=True,
         method="SLSQP",
         bounds=[(0.0, 1.0)] * members,
-        constraints=[
-            {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}
-        ],
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
         options={"ftol": 1e-12, "maxiter": 1000},
     )
     if not result.success:
@@ -213,9 +211,7 @@ def _mse_objective(predictions: np.ndarray, targets: np.ndarray) -> Objective:
     not depend on the units of the targets; the minimiser is unchanged.
     """
     residuals = predictions - targets[:, None, :]
-    gram = np.einsum("rmk,rnk->mn", residuals, residuals) / (
-        residuals.shape[0] * residuals.shape[2]
-    )
+    gram = np.einsum("rmk,rnk->mn", residuals, residuals) / (residuals.shape[0] * residuals.shape[2])
     scale = float(np.trace(gram)) / len(gram)
     if scale > 0:
         gram = gram / scale
@@ -243,15 +239,8 @@ def _first_minimum(scores: np.ndarray) -> int:
 
 
 def _check_count(name: str, value: Any, *, minimum: int) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise ValueError(
-            f"Expected {name} to be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
 
 
 def _validate(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -279,8 +268,7 @@ def _validate(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
     targets = np.asarray(y)
     if targets.ndim == 0 or len(targets) != rows:
         raise ValueError(
-            f"Expected y with one entry per row of P ({rows} rows). "
-            f"Received: y.shape={targets.shape}"
+            f"Expected y with one entry per row of P ({rows} rows). Received: y.shape={targets.shape}"
         )
     if task == CLASSIFICATION:
         return predictions, _validate_labels(targets, width)
@@ -308,9 +296,7 @@ def _validate_labels(labels: np.ndarray, classes: int) -> np.ndarray:
 
 def _validate_regression_targets(targets: np.ndarray, width: int) -> np.ndarray:
     if targets.dtype.kind not in "iuf":
-        raise ValueError(
-            f"Expected numeric regression targets. Received: y of dtype {targets.dtype}"
-        )
+        raise ValueError(f"Expected numeric regression targets. Received: y of dtype {targets.dtype}")
     matrix = targets[:, None] if targets.ndim == 1 else targets
     if matrix.ndim != 2 or matrix.shape[1] != width:
         accepted = f"(rows,) or (rows, {width})" if width == 1 else f"(rows, {width})"

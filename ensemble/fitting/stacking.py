@@ -65,11 +65,15 @@ def fit_stacking(
         raise EnsembleError(
             "fit_stacking fits the default meta-model of a StackingCombiner (a Dense layer). "
             f"Received: {type(combiner).__name__} {combiner.name!r}"
-            + (" with a custom meta_model; train it with fit_combiner." if isinstance(
-                combiner, StackingCombiner) else ".")
+            + (
+                " with a custom meta_model; train it with fit_combiner."
+                if isinstance(combiner, StackingCombiner)
+                else "."
+            )
         )
-    targets, level_one = fitting_rows(view, x, y, store=store, level_one=level_one,
-                                      allow_overlap=allow_overlap, strategy=strategy)
+    targets, level_one = fitting_rows(
+        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+    )
     features = np.asarray(
         combiner.meta_features(level_one, flat_features(x) if combiner.needs_features else None),
         dtype="float64",
@@ -77,14 +81,20 @@ def fit_stacking(
     width = level_one.shape[-1]
     if view.task == "classification":
         estimator: Any = (
-            LogisticRegression(C=C, max_iter=max_iter) if C is not None
-            else LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), l1_ratios=(0.0,), cv=cv,
-                                      scoring="neg_log_loss", use_legacy_attributes=False,
-                                      max_iter=max_iter)
+            LogisticRegression(C=C, max_iter=max_iter)
+            if C is not None
+            else LogisticRegressionCV(
+                Cs=np.logspace(-4, 2, 13),
+                l1_ratios=(0.0,),
+                cv=cv,
+                scoring="neg_log_loss",
+                use_legacy_attributes=False,
+                max_iter=max_iter,
+            )
         )
         estimator.fit(features, targets)
         if C is None:
-            _log_chosen("C", float(estimator.C_), weakest=estimator.C_ >= np.max(estimator.Cs))
+            _log_chosen("C", float(estimator.C_), weakest=np.max(estimator.Cs) <= estimator.C_)
         missing = sorted(set(range(width)) - {int(c) for c in estimator.classes_})
         if missing:
             raise EnsembleError(
@@ -103,7 +113,9 @@ def fit_stacking(
             Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
         ).fit(features, targets - members_mean)
         if alpha is None:
-            _log_chosen("alpha", float(estimator.alpha_), weakest=estimator.alpha_ <= np.min(estimator.alphas))
+            _log_chosen(
+                "alpha", float(estimator.alpha_), weakest=estimator.alpha_ <= np.min(estimator.alphas)
+            )
         prior = mean_kernel(level_one.shape[1], width, features.shape[1])  # the untrained kernel
         kernel = prior + np.atleast_2d(estimator.coef_).T
         bias = np.atleast_1d(estimator.intercept_)
@@ -123,5 +135,8 @@ def _log_chosen(name: str, value: float, weakest: bool) -> None:
             "Stacking meta-model: cross-validation chose the weakest regularisation tried "
             "(%s=%g): the fitting rows ask for a stacker as sure as the grid allows, so its "
             "confidence, and its NLL on new rows, may be optimistic. "
-            "More fitting rows, or a fixed combiner.fit.%s, bound it.", name, value, name,
+            "More fitting rows, or a fixed combiner.fit.%s, bound it.",
+            name,
+            value,
+            name,
         )

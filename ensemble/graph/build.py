@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import keras
 
@@ -54,9 +54,7 @@ def build_ensemble(
     """
     member_list = _as_members(members)
     if not isinstance(combiner, Combiner):
-        raise EnsembleError(
-            f"Expected combiner to be a combiners.Combiner layer. Received: {combiner!r}"
-        )
+        raise EnsembleError(f"Expected combiner to be a combiners.Combiner layer. Received: {combiner!r}")
     task, member_list = _resolve_task(member_list, task)
     original, combiner = combiner, _configured_copy(combiner, task)
 
@@ -97,7 +95,8 @@ def _configured_copy(combiner: Combiner, task: Task) -> Combiner:
         )
     config = {**combiner.get_config(), "task": task}
     try:
-        return type(combiner).from_config(config)
+        copy: Combiner = type(combiner).from_config(config)
+        return copy
     except (TypeError, ValueError) as error:
         raise EnsembleError(
             f"{type(combiner).__name__} {combiner.name!r} cannot be copied from its config "
@@ -176,15 +175,21 @@ def _resolve_task(members: list[Member], task: str | None) -> tuple[Task, list[M
             "task='classification' or 'regression' to build_ensemble, or load classifiers "
             "with output='probabilities' or 'logits'."
         )
-    return cast(Task, task), members
+    return task, members
 
 
 def _as_regressor(member: Member) -> Member:
     """`member` without its inferred class output (a final sigmoid may be a bounded regressor)."""
     log.info("Member %r: task='regression' overrides its inferred class output.", member.name)
-    regressor = Member(member.model, inputs=member.input_specs, output=None,
-                       output_key=member.output_key, source=member.source, format=member.format,
-                       name=member.name)
+    regressor = Member(
+        member.model,
+        inputs=member.input_specs,
+        output=None,
+        output_key=member.output_key,
+        source=member.source,
+        format=member.format,
+        name=member.name,
+    )
     regressor.training_rows = member.training_rows
     return regressor
 
@@ -207,18 +212,15 @@ def _ensemble_inputs(members: list[Member]) -> dict[str, Any]:
                 )
             specs[spec.name] = (InputSpec(spec.name, merged, spec.dtype), owner)
     return {
-        name: keras.Input(shape=spec.shape, dtype=spec.dtype, name=name)
-        for name, (spec, _) in specs.items()
+        name: keras.Input(shape=spec.shape, dtype=spec.dtype, name=name) for name, (spec, _) in specs.items()
     }
 
 
-def _merge_shapes(
-    a: tuple[int | None, ...], b: tuple[int | None, ...]
-) -> tuple[int | None, ...] | None:
+def _merge_shapes(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> tuple[int | None, ...] | None:
     if len(a) != len(b):
         return None
     merged = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x is not None and y is not None and x != y:
             return None
         merged.append(x if x is not None else y)
@@ -226,7 +228,7 @@ def _merge_shapes(
 
 
 def _check_widths(members: list[Member], predictions: list[Any]) -> None:
-    widths = {m.name: p.shape[-1] for m, p in zip(members, predictions)}
+    widths = {m.name: p.shape[-1] for m, p in zip(members, predictions, strict=True)}
     if len(set(widths.values())) > 1:
         raise EnsembleError(
             f"Members' outputs differ in width: {widths}. Every member must predict the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import keras
 
@@ -42,7 +42,7 @@ class EnsembleView:
                 f"Model {what!r} is not an ensemble built by build_ensemble (expected a built "
                 "functional model with Member layers, a combiner and a dict output with 'prediction')."
             )
-        task = cast(Task, REGRESSION if "std" in output else CLASSIFICATION)
+        task: Task = REGRESSION if "std" in output else CLASSIFICATION
         return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]))
 
     @property

@@ -97,18 +97,16 @@ def _restore_by_name(
     for weight, value, _ in values:
         weight.assign(np.asarray(value, dtype=weight.dtype))
     used = {key for _, _, key in values}
-    unused = sorted(
-        k for k in shapes if k.startswith(scope) and k not in used and not _bookkeeping(k)
-    )
+    unused = sorted(k for k in shapes if k.startswith(scope) and k not in used and not _bookkeeping(k))
     if unused:
-        log.info("Checkpoint %s: %d variables not used by the architecture: %s", prefix,
-                 len(unused), unused[:10])
+        log.info(
+            "Checkpoint %s: %d variables not used by the architecture: %s", prefix, len(unused), unused[:10]
+        )
 
 
 def _restore_object_based(model: keras.Model, prefix: str, shapes: Mapping[str, Any]) -> None:
     roots = sorted(
-        {key.split("/", 1)[0] for key in shapes if key.endswith(_OBJECT_KEY_SUFFIX)}
-        - set(_NOT_MODEL)
+        {key.split("/", 1)[0] for key in shapes if key.endswith(_OBJECT_KEY_SUFFIX)} - set(_NOT_MODEL)
     )
     if len(roots) != 1:
         raise ValueError(
@@ -127,7 +125,7 @@ def _restore_object_based(model: keras.Model, prefix: str, shapes: Mapping[str, 
 def _relative_paths(model: keras.Model) -> list[tuple[Any, str]]:
     """Each weight with its path inside the model (the model's own name stripped)."""
     head = f"{model.name}/"
-    return [(w, w.path[len(head):] if w.path.startswith(head) else w.path) for w in model.weights]
+    return [(w, w.path[len(head) :] if w.path.startswith(head) else w.path) for w in model.weights]
 
 
 def _bookkeeping(key: str) -> bool:

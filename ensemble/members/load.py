@@ -140,7 +140,9 @@ def load_member(
             model = _load_keras_file(label, fmt, safe_mode, custom_objects)
         elif fmt == "saved_model":
             model = SavedModelLayer(
-                label, tags=tags, signature=signature,
+                label,
+                tags=tags,
+                signature=signature,
                 output_key=None if output_key is None else str(output_key),
             )
             output_key = None  # The layer already picked it.
@@ -157,8 +159,9 @@ def load_member(
     except ValueError as error:
         if isinstance(error, MemberError):
             raise
-        raise MemberError(name, f"cannot tell the shape of its inputs (each needs a known rank): "
-                                f"{error}") from error
+        raise MemberError(
+            name, f"cannot tell the shape of its inputs (each needs a known rank): {error}"
+        ) from error
     member = Member(
         model,
         inputs=specs,
@@ -169,7 +172,9 @@ def load_member(
         name=name,
     )
     # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
-    member.output_inferred = inferred and member.output_kind is not None and _final_activation(model) == "sigmoid"
+    member.output_inferred = (
+        inferred and member.output_kind is not None and _final_activation(model) == "sigmoid"
+    )
     _check_output_key(member)
     if not is_object:
         member.training_rows = load_training_rows(label)
@@ -230,7 +235,8 @@ def _copy_model(model: keras.Model) -> keras.Model:
     except Exception as error:  # Subclassed models without a config cannot be copied.
         log.warning(
             "Model %r cannot be copied (%s); the member shares its variables and freezes it.",
-            model.name, error,
+            model.name,
+            error,
         )
         return model
 
@@ -266,7 +272,9 @@ def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> l
         )
     return [
         InputSpec(
-            input_name, tuple(int(d) if d is not None else None for d in shape), dtype,
+            input_name,
+            tuple(int(d) if d is not None else None for d in shape),
+            dtype,
             key=key if keyed else None,
         )
         for input_name, (key, shape, dtype) in zip(names, own, strict=True)

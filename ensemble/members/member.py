@@ -13,7 +13,7 @@ from keras import ops
 from ensemble.rows import input_values
 from ensemble.types import OutputKind, Tensor
 
-__all__ = ["InputSpec", "Member", "OUTPUT_KINDS"]
+__all__ = ["OUTPUT_KINDS", "InputSpec", "Member"]
 
 OUTPUT_KINDS: tuple[str, ...] = ("probabilities", "logits")
 
@@ -34,7 +34,9 @@ class InputSpec:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> InputSpec:
         return cls(
-            name=config["name"], shape=tuple(config["shape"]), dtype=config["dtype"],
+            name=config["name"],
+            shape=tuple(config["shape"]),
+            dtype=config["dtype"],
             key=config.get("key"),
         )
 
@@ -113,8 +115,7 @@ class Member(keras.Model):
             if len(outputs) == 1:
                 return next(iter(outputs.values()))
             raise ValueError(
-                f"Member {self.name!r} returns several outputs {sorted(outputs)}; "
-                "choose one with output_key."
+                f"Member {self.name!r} returns several outputs {sorted(outputs)}; choose one with output_key."
             )
         if isinstance(outputs, (list, tuple)):
             if self.output_key is not None:

@@ -26,8 +26,7 @@ __all__ = ["SavedModelLayer", "is_saved_model_dir"]
 
 def is_saved_model_dir(path: str) -> bool:
     return tf.io.gfile.isdir(path) and any(
-        tf.io.gfile.exists(tf.io.gfile.join(path, name))
-        for name in ("saved_model.pb", "saved_model.pbtxt")
+        tf.io.gfile.exists(tf.io.gfile.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt")
     )
 
 
@@ -144,8 +143,7 @@ def _read_meta_graphs(path: str) -> list[Any]:
 
 def _missing_signature(path: str, signature: str, available: Any) -> ValueError:
     return ValueError(
-        f"SavedModel {path} has no signature {signature!r}. "
-        f"Available signatures: {sorted(available)}"
+        f"SavedModel {path} has no signature {signature!r}. Available signatures: {sorted(available)}"
     )
 
 
@@ -160,9 +158,7 @@ class _TF2Signature(tf.Module):
         self.function = self.loaded.signatures[signature]
         self.inputs = dict(self.function.structured_input_signature[1])
         self.outputs = dict(self.function.structured_outputs)
-        self.parameter_count = sum(
-            int(v.shape.num_elements() or 0) for v in self.function.variables
-        )
+        self.parameter_count = sum(int(v.shape.num_elements() or 0) for v in self.function.variables)
 
     def __call__(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.function(**feeds)  # type: ignore[no-any-return]
@@ -204,9 +200,7 @@ class _FrozenTF1Signature(tf.Module):
             key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
             for key, info in signature_def.outputs.items()
         }
-        wrapped = tf.compat.v1.wrap_function(
-            lambda: tf.compat.v1.import_graph_def(frozen, name=""), []
-        )
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(frozen, name=""), [])
         self.function = wrapped.prune(
             feeds=[wrapped.graph.get_tensor_by_name(input_names[key]) for key in self.inputs],
             fetches={key: wrapped.graph.get_tensor_by_name(n) for key, n in output_names.items()},
@@ -216,9 +210,7 @@ class _FrozenTF1Signature(tf.Module):
         return self.function(*[feeds[key] for key in self.inputs])  # type: ignore[no-any-return]
 
 
-def _choose_output(
-    path: str, signature: str, outputs: Mapping[str, Any], output_key: str | None
-) -> str:
+def _choose_output(path: str, signature: str, outputs: Mapping[str, Any], output_key: str | None) -> str:
     if output_key is not None:
         if output_key not in outputs:
             raise ValueError(

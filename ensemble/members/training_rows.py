@@ -20,8 +20,7 @@ def row_hashes(x: Data) -> np.ndarray:
     """A 64-bit hash of each row's values (uint64, one per row)."""
     matrix = np.ascontiguousarray(flat_features(x))
     return np.array(
-        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
-         for row in matrix],
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in matrix],
         dtype="uint64",
     )
 

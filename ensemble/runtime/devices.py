@@ -38,5 +38,9 @@ def configure_devices(*, memory_growth: bool = False, logical_cpus: int | None =
         ) from None
     # Physical devices only: listing logical ones would initialise TensorFlow's context, after
     # which a multi-worker strategy can no longer configure its collective operations.
-    log.info("Device settings applied (memory_growth=%s, logical_cpus=%s) on %s", memory_growth,
-             logical_cpus, [d.name for d in tf.config.list_physical_devices()])
+    log.info(
+        "Device settings applied (memory_growth=%s, logical_cpus=%s) on %s",
+        memory_growth,
+        logical_cpus,
+        [d.name for d in tf.config.list_physical_devices()],
+    )

@@ -37,7 +37,9 @@ def make_strategy(name: str = "default", *, timeout_s: float = 300.0) -> tf.dist
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if timeout_s <= 0:
-            raise EnsembleError(f"runtime.timeout_s: expected a positive number of seconds. Received: {timeout_s}")
+            raise EnsembleError(
+                f"runtime.timeout_s: expected a positive number of seconds. Received: {timeout_s}"
+            )
         config = parse_tf_config(os.environ.get("TF_CONFIG"))
         _bound_cluster_registration(config["cluster"], timeout_s)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
@@ -73,7 +75,8 @@ def _bound_cluster_registration(cluster: Mapping[str, Any], timeout_s: float) ->
         service_leader=multi_worker_util.coordination_leader(spec),
         coordinated_jobs=[
             coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
-            for job in ("chief", "worker") if job in spec.jobs
+            for job in ("chief", "worker")
+            if job in spec.jobs
         ],
         cluster_register_timeout_in_ms=int(timeout_s * 1000),
     )
@@ -90,10 +93,14 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
         raise EnsembleError(f"TF_CONFIG is not valid JSON: {error}") from None
     cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, Mapping) or not cluster:
-        raise EnsembleError(f"TF_CONFIG.cluster: expected a mapping of job names to addresses. Received: {cluster!r}")
+        raise EnsembleError(
+            f"TF_CONFIG.cluster: expected a mapping of job names to addresses. Received: {cluster!r}"
+        )
     for job, addresses in cluster.items():
-        if not isinstance(addresses, list) or not addresses or not all(
-            isinstance(a, str) and ":" in a for a in addresses
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) and ":" in a for a in addresses)
         ):
             raise EnsembleError(
                 f"TF_CONFIG.cluster.{job}: expected a list of 'host:port' addresses. Received: {addresses!r}"

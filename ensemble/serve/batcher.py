@@ -26,8 +26,13 @@ class Batcher:
         self._lock = threading.Lock()
         self._pending: list[tuple[dict[str, np.ndarray], Future[Any]]] = []
 
-    def submit(self, call: Callable[[Any], Any], feeds: dict[str, np.ndarray], window: float,
-               on_call: Callable[[], None]) -> Any:
+    def submit(
+        self,
+        call: Callable[[Any], Any],
+        feeds: dict[str, np.ndarray],
+        window: float,
+        on_call: Callable[[], None],
+    ) -> Any:
         future: Future[Any] = Future()
         with self._lock:
             self._pending.append((feeds, future))
@@ -43,7 +48,11 @@ class Batcher:
                 start = 0
                 for request, waiting in batch:
                     rows = len(next(iter(request.values())))
-                    waiting.set_result(keras.tree.map_structure(lambda v: v[start:start + rows], outputs))
+                    waiting.set_result(
+                        keras.tree.map_structure(
+                            lambda v, start=start, rows=rows: v[start : start + rows], outputs
+                        )
+                    )
                     start += rows
             except BaseException as error:
                 for _, waiting in batch:

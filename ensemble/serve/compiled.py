@@ -24,7 +24,9 @@ __all__ = ["compiled_predict"]
 _CACHE: weakref.WeakKeyDictionary[keras.Model, dict[bool, Callable[..., Any]]] = weakref.WeakKeyDictionary()
 
 
-def compiled_predict(model: keras.Model, *, jit_compile: bool = False) -> Callable[[Any], dict[str, np.ndarray]]:
+def compiled_predict(
+    model: keras.Model, *, jit_compile: bool = False
+) -> Callable[[Any], dict[str, np.ndarray]]:
     """`predict(x) -> {output: array}` for `model`, traced once and cached per model.
 
     Args:

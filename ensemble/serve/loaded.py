@@ -69,8 +69,7 @@ def source_kind(name: str, source: PathLike | keras.Model) -> str:
         path = os.fspath(source)
     except TypeError:
         raise EnsembleError(
-            f"Model {name!r}: expected a path or a keras.Model as source. "
-            f"Received: {type(source).__name__}"
+            f"Model {name!r}: expected a path or a keras.Model as source. Received: {type(source).__name__}"
         ) from None
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return "ensemble"
@@ -133,8 +132,7 @@ def load_member_model(name: str, source: PathLike | keras.Model, options: Mappin
     def call(feeds: dict[str, np.ndarray]) -> Tensor:
         return function(*(feeds[spec.name] for spec in specs))
 
-    return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member,
-                  function=function)
+    return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member, function=function)
 
 
 def load_exported(source: PathLike) -> Loaded:
@@ -178,9 +176,7 @@ def checked_feeds(name: str, specs: Mapping[str, tf.TensorSpec], x: Any) -> dict
     if isinstance(x, Mapping):
         missing = sorted(set(specs) - set(x))
         if missing:
-            raise EnsembleError(
-                f"Model {name!r} expects inputs {sorted(specs)}. Missing: {missing}"
-            )
+            raise EnsembleError(f"Model {name!r} expects inputs {sorted(specs)}. Missing: {missing}")
         values = {key: x[key] for key in specs}
     elif len(specs) == 1:
         values = {next(iter(specs)): x}
@@ -197,8 +193,7 @@ def checked_feeds(name: str, specs: Mapping[str, tf.TensorSpec], x: Any) -> dict
             expected = tuple(spec.shape.as_list())
             where = "" if len(specs) == 1 else f" {key!r}"
             raise EnsembleError(
-                f"Model {name!r} expects input{where} of shape {expected}. "
-                f"Received: {array.shape}"
+                f"Model {name!r} expects input{where} of shape {expected}. Received: {array.shape}"
             )
         feeds[key] = array
     return feeds

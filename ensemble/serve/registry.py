@@ -50,6 +50,7 @@ __all__ = ["ModelRegistry", "ModelStats", "process_rss_bytes"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ModelStats:
     """A snapshot of one registered model's resources and use.
@@ -159,14 +160,13 @@ class ModelRegistry:
                 f"Model {name!r}: an exported ensemble takes no load options. "
                 f"Received: {sorted(load_options)}"
             )
-        entry = _Entry(name=name, source=source, kind=kind, options=dict(load_options),
-                       device=check_device(name, device))
+        entry = _Entry(
+            name=name, source=source, kind=kind, options=dict(load_options), device=check_device(name, device)
+        )
         with self._lock:
             old = self._entries.get(name)
             if old is not None and not replace:
-                raise EnsembleError(
-                    f"Model {name!r} is already registered; pass replace=True to replace it."
-                )
+                raise EnsembleError(f"Model {name!r} is already registered; pass replace=True to replace it.")
             dropped = old is not None and self._drop(old)
             self._entries[name] = entry
         if dropped:
@@ -225,8 +225,9 @@ class ModelRegistry:
             if not batched:  # a batch's leader counts the batch's one call
                 entry.model_calls += 1
         if batched:
-            return entry.batcher.submit(loaded.call, feeds, self.batch_window_ms / 1000,
-                                        lambda: self._count_model_call(entry))
+            return entry.batcher.submit(
+                loaded.call, feeds, self.batch_window_ms / 1000, lambda: self._count_model_call(entry)
+            )
         return as_numpy(loaded.call(feeds))
 
     def stats(self, name: str) -> ModelStats:
@@ -323,8 +324,11 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             with tf.device(entry.device):
-                loaded = (load_exported(entry.source) if entry.kind == "ensemble"
-                          else load_member_model(entry.name, entry.source, entry.options))
+                loaded = (
+                    load_exported(entry.source)
+                    if entry.kind == "ensemble"
+                    else load_member_model(entry.name, entry.source, entry.options)
+                )
             if entry.device is not None:
                 loaded = dataclasses.replace(loaded, call=pinned(loaded.call, entry.device))
         except Exception as error:

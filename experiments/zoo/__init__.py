@@ -2,13 +2,20 @@
 members trained where missing, as separate runs would save them."""
 
 from experiments.zoo.members import (
-           EXTENSIONS,
-           ensure_zoo,
-           member_entries,
-           stale_members,
-           zoo_directory,
+    EXTENSIONS,
+    ensure_zoo,
+    member_entries,
+    stale_members,
+    zoo_directory,
 )
 from experiments.zoo.training import fit_predict, train_member
 
-__all__ = ["EXTENSIONS", "ensure_zoo", "fit_predict", "member_entries", "stale_members", "train_member",
-           "zoo_directory"]
+__all__ = [
+    "EXTENSIONS",
+    "ensure_zoo",
+    "fit_predict",
+    "member_entries",
+    "stale_members",
+    "train_member",
+    "zoo_directory",
+]

@@ -25,18 +25,20 @@ def _standardize(x_train: np.ndarray) -> keras.layers.Layer:
     """
     flat = x_train.reshape(len(x_train), -1)
     variance = flat.var(axis=0)
-    return keras.layers.Normalization(
-        mean=flat.mean(axis=0), variance=np.where(variance > 0, variance, 1.0)
-    )
+    return keras.layers.Normalization(mean=flat.mean(axis=0), variance=np.where(variance > 0, variance, 1.0))
 
 
-def _head(x: keras.KerasTensor, task: str, width: int, y_train: np.ndarray, logits: bool) -> keras.KerasTensor:
+def _head(
+    x: keras.KerasTensor, task: str, width: int, y_train: np.ndarray, logits: bool
+) -> keras.KerasTensor:
     if task == "classification":
         return keras.layers.Dense(width, activation=None if logits else "softmax", name="head")(x)
     # Predict standardised targets, then rescale: the MSE gradient is well scaled.
     y = y_train.reshape(len(y_train), -1).astype("float64")
     x = keras.layers.Dense(width, name="head")(x)
-    return keras.layers.Rescaling(scale=y.std(axis=0) + 1e-12, offset=y.mean(axis=0), name="to_target_units")(x)
+    return keras.layers.Rescaling(scale=y.std(axis=0) + 1e-12, offset=y.mean(axis=0), name="to_target_units")(
+        x
+    )
 
 
 def mlp(
@@ -56,7 +58,8 @@ def mlp(
     x = _standardize(x_train)(keras.layers.Flatten()(inputs))
     for units in hidden:
         x = keras.layers.Dense(
-            units, activation=activation,
+            units,
+            activation=activation,
             kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
         )(x)
         if dropout:
@@ -64,8 +67,9 @@ def mlp(
     return keras.Model(inputs, _head(x, task, width, y_train, logits))
 
 
-def linear(x_train: np.ndarray, y_train: np.ndarray, *, task: str, width: int, l2: float = 0.0,
-           logits: bool = False) -> keras.Model:
+def linear(
+    x_train: np.ndarray, y_train: np.ndarray, *, task: str, width: int, l2: float = 0.0, logits: bool = False
+) -> keras.Model:
     """Multinomial logistic (or linear) regression on standardised features."""
     return mlp(x_train, y_train, task=task, width=width, hidden=(), l2=l2, logits=logits)
 
@@ -94,8 +98,10 @@ def cnn(
     x = keras.layers.Reshape(shape)(x)
     for n in filters:
         x = keras.layers.Conv2D(n, 3, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x) if shape[0] < 4 else keras.layers.Flatten()(
-        keras.layers.MaxPooling2D(2)(x)
+    x = (
+        keras.layers.GlobalAveragePooling2D()(x)
+        if shape[0] < 4
+        else keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(x))
     )
     x = keras.layers.Dropout(dropout)(keras.layers.Dense(dense, activation="relu")(x))
     return keras.Model(inputs, _head(x, task, width, y_train, logits))

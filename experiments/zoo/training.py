@@ -4,7 +4,6 @@ split finds the epoch count, then a fresh copy trains that many epochs on every 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -16,6 +15,8 @@ from sklearn.model_selection import train_test_split
 
 from ensemble import EnsembleError
 from ensemble.data import Dataset
+from ensemble.fitting import FitPredict
+from ensemble.types import Data
 
 __all__ = ["REFIT", "fit_predict", "train_member"]
 
@@ -32,7 +33,10 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
     keras.utils.set_random_seed(int(train.seed))
     classification = data.task == "classification"
     x_fit, x_val, y_fit, y_val = train_test_split(
-        x, y, test_size=train.validation_fraction, random_state=int(train.seed),
+        x,
+        y,
+        test_size=train.validation_fraction,
+        random_state=int(train.seed),
         stratify=y if classification else None,
     )
     model = _compiled(name, spec, x_fit, y_fit, data)
@@ -40,13 +44,17 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
         monitor="val_loss", patience=int(train.patience), restore_best_weights=True
     )
     history = model.fit(
-        x_fit, _targets(y_fit, data), validation_data=(x_val, _targets(y_val, data)),
-        epochs=int(train.epochs), batch_size=int(train.batch_size), callbacks=[stop], verbose=0,
+        x_fit,
+        _targets(y_fit, data),
+        validation_data=(x_val, _targets(y_val, data)),
+        epochs=int(train.epochs),
+        batch_size=int(train.batch_size),
+        callbacks=[stop],
+        verbose=0,
     )
     losses = history.history["val_loss"]
     best = int(np.argmin(losses)) + 1
-    log.info("Zoo member %r: best val_loss %.4f after %d of %d epochs", name, min(losses), best,
-             len(losses))
+    log.info("Zoo member %r: best val_loss %.4f after %d of %d epochs", name, min(losses), best, len(losses))
     if not train.get("refit", REFIT):
         return model
     # Early stopping on ~50 validation rows is a noisy choice of weights, and it keeps those
@@ -60,7 +68,7 @@ def train_member(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data
 
 def _compiled(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: Dataset) -> keras.Model:
     """The member's architecture built on `(x, y)` (its preprocessing adapted to `x`), compiled."""
-    width = int(data.classes) if data.task == "classification" else int(np.reshape(y, (len(y), -1)).shape[1])
+    width = _classes(data) if data.task == "classification" else int(np.reshape(y, (len(y), -1)).shape[1])
     try:
         model = instantiate(spec.build)(x, y, task=data.task, width=width)
     except Exception as error:
@@ -79,15 +87,21 @@ def _compiled(name: str, spec: DictConfig, x: np.ndarray, y: np.ndarray, data: D
 
 def _targets(y: np.ndarray, data: Dataset) -> np.ndarray:
     """One-hot rows for a classifier (its loss takes smoothed one-hot targets), else `y`."""
-    return np.eye(int(data.classes))[y] if data.task == "classification" else y
+    return np.eye(_classes(data))[y] if data.task == "classification" else y
 
 
-def fit_predict(name: str, spec: DictConfig, data: Dataset) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """For out-of-fold stacking: train a fresh member on some rows, predict others (probabilities
-    for a classifier)."""
+def _classes(data: Dataset) -> int:
+    if data.classes is None:
+        raise EnsembleError(f"Dataset {data.name!r}: a classification dataset without a class count.")
+    return data.classes
 
-    def run(x_train: np.ndarray, y_train: np.ndarray, x_predict: np.ndarray) -> np.ndarray:
-        model = train_member(name, spec, x_train, y_train, data)
+
+def fit_predict(name: str, spec: DictConfig, data: Dataset) -> FitPredict:
+    """The member's builder for out-of-fold stacking (`ensemble.fit_out_of_fold`): train a fresh
+    member on some rows, predict others (probabilities for a classifier)."""
+
+    def run(x_train: Data, y_train: np.ndarray, x_predict: Data) -> np.ndarray:
+        model = train_member(name, spec, np.asarray(x_train), y_train, data)
         output = np.asarray(model.predict(x_predict, batch_size=256, verbose=0), dtype="float64")
         return softmax(output, axis=-1) if spec.build.get("logits", False) else output
 

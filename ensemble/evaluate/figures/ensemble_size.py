@@ -118,7 +118,7 @@ def _plot_size(
     reference = _reference(ensemble_metrics, tuple(panels))
     figure = Figure(figsize=(7, 2 + 2 * len(panels)), layout="constrained")
     all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for axes, (key, label) in zip(all_axes, panels.items()):
+    for axes, (key, label) in zip(all_axes, panels.items(), strict=True):
         axes.plot(curve["k"], curve[key], marker="o", label="mean of the first k")
         if key in reference:
             axes.axhline(reference[key], linestyle="--", color="black", label="configured ensemble")
@@ -158,5 +158,7 @@ def _reference(metrics: Mapping[str, float] | None, keys: tuple[str, ...]) -> di
 
 def _member_ticks(axes: Axes, k: IntArray, added: list[str]) -> None:
     """Label each ensemble size with the member it added."""
-    axes.set_xticks(k, [f"{size}: +{name}" for size, name in zip(k, added)], rotation=30, ha="right")
+    axes.set_xticks(
+        k, [f"{size}: +{name}" for size, name in zip(k, added, strict=True)], rotation=30, ha="right"
+    )
     axes.set_xlabel("ensemble size (member added)")

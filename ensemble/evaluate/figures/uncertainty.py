@@ -49,7 +49,9 @@ def plot_uncertainty(
         raise EnsembleError("Expected at least one uncertainty measure. Received: uncertainties={}")
     splits = {name: uncertainty_split(y, prediction, u) for name, u in uncertainties.items()}
     figure = Figure(figsize=(4.5 * len(splits), 3.5), layout="constrained")
-    for axes, (name, split) in zip(figure.subplots(1, len(splits), squeeze=False)[0], splits.items()):
+    for axes, (name, split) in zip(
+        figure.subplots(1, len(splits), squeeze=False)[0], splits.items(), strict=True
+    ):
         edges = np.histogram_bin_edges(np.concatenate([split["right"], split["wrong"]]), bins=30)
         for side, values, color in (
             ("right", split["right"], "tab:green"),

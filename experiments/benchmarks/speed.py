@@ -1,0 +1,104 @@
+"""Fitting, latency, throughput and output overhead, each against the naive way."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from ensemble import compiled_predict, export_saved_model, fit_combiner
+from ensemble.graph.view import ensemble_members
+from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble
+from experiments.benchmarks.timing import matmul_peak_gflops, median_call_seconds, median_seconds
+
+__all__ = ["bench_fit", "bench_inference", "bench_overhead", "members_only_as_dict"]
+
+
+def bench_fit(cfg: DictConfig) -> dict[str, float]:
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.normal(size=(cfg.rows, cfg.features)).astype("float32")
+    y = rng.integers(0, cfg.classes, size=cfg.rows)
+
+    def whole_graph(model: keras.Model) -> None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(0.01), loss={"prediction": "sparse_categorical_crossentropy"}
+        )
+        model.fit(x, {"prediction": y}, epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=0)
+
+    def level_one(model: keras.Model) -> None:  # the members' single pass included
+        fit_combiner(model, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=0)
+
+    build = lambda: synthetic_ensemble(cfg)  # noqa: E731
+    naive = median_seconds(build, whole_graph, cfg.repeats)
+    ours = median_seconds(build, level_one, cfg.repeats)
+    return {"model_fit_s": naive, "fit_combiner_s": ours, "speedup": naive / ours}
+
+
+def bench_inference(cfg: DictConfig, scratch: str) -> dict[str, Any]:
+    """Seconds per call at batch 1 and rows/s at `cfg.large_batch`, for each way to predict."""
+    model = synthetic_ensemble(cfg)
+    members = ensemble_members(model)
+    export_dir = export_saved_model(model, os.path.join(scratch, "export"))
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    compiled_members = [
+        tf.function(m.call, input_signature=[tf.TensorSpec((None, cfg.features), tf.float32)])
+        for m in members
+    ]
+    fast, xla = compiled_predict(model), compiled_predict(model, jit_compile=True)
+    ways: dict[str, Callable[[np.ndarray], Any]] = {
+        "loop of member.predict": lambda x: [m.predict(x, verbose=0) for m in members],
+        "loop of compiled members": lambda x: [f(x).numpy() for f in compiled_members],
+        "Keras predict on the ensemble": lambda x: model.predict(x, verbose=0),
+        "compiled_predict": fast,
+        "compiled_predict, XLA": xla,
+        "exported serving_default": lambda x: {
+            k: v.numpy() for k, v in serving(features=tf.constant(x)).items()
+        },
+    }
+    rng = np.random.default_rng(cfg.seed)
+    one = rng.normal(size=(1, cfg.features)).astype("float32")
+    large = rng.normal(size=(cfg.large_batch, cfg.features)).astype("float32")
+    latency = {
+        name: median_call_seconds(functools.partial(f, one), cfg.latency_calls) for name, f in ways.items()
+    }
+    throughput = {
+        name: cfg.large_batch / median_call_seconds(functools.partial(f, large), cfg.throughput_calls)
+        for name, f in ways.items()
+        if not name.startswith("loop of member.predict")
+    }
+    one_member = median_call_seconds(lambda: compiled_members[0](one).numpy(), cfg.latency_calls)
+    peak = matmul_peak_gflops()
+    best = max(throughput.values())
+    return {
+        "latency_s": latency,
+        "throughput_rows_per_s": throughput,
+        "one_compiled_member_latency_s": one_member,
+        "matmul_peak_gflops": peak,
+        "ensemble_gflops_at_large_batch": best * ensemble_flops_per_row(cfg) / 1e9,
+    }
+
+
+def bench_overhead(cfg: DictConfig) -> dict[str, float]:
+    """What the combiner and the uncertainty outputs cost at a large batch: the whole graph
+    against the members alone, both compiled."""
+    model = synthetic_ensemble(cfg)
+    members_only = keras.Model(model.input, model.get_layer("member_predictions").output)
+    x = np.random.default_rng(cfg.seed).normal(size=(cfg.large_batch, cfg.features)).astype("float32")
+    whole, bare = compiled_predict(model), compiled_predict(members_only_as_dict(members_only))
+    seconds_whole = median_call_seconds(lambda: whole(x), cfg.throughput_calls * 3)
+    seconds_bare = median_call_seconds(lambda: bare(x), cfg.throughput_calls * 3)
+    return {
+        "members_only_s": seconds_bare,
+        "whole_s": seconds_whole,
+        "overhead": seconds_whole / seconds_bare - 1,
+    }
+
+
+def members_only_as_dict(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, {"member_predictions": model.output})
