@@ -6,7 +6,9 @@ a small head model with compiled multi-step execution, so members stay bit-ident
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -68,67 +70,47 @@ def fit_combiner(
     targets, level_one = fitting_rows(
         view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
     )
+    training = _Training(epochs, batch_size, validation_split, verbose, optimizer, seed, fit_options)
     if strategy is None:
-        history = _fit_head(
-            view,
-            combiner,
-            level_one,
-            x,
-            targets,
-            epochs,
-            batch_size,
-            validation_split,
-            verbose,
-            optimizer,
-            fit_options,
-            seed=seed,
-        )
+        history = _fit_head(view.task, combiner, level_one, x, targets, training)
     else:
         with strategy.scope():  # Keras trains only variables created under the strategy
             replica = type(combiner).from_config(combiner.get_config())
             replica.build_from_config(combiner.get_build_config())
             replica.set_weights(combiner.get_weights())
-            history = _fit_head(
-                view,
-                replica,
-                level_one,
-                x,
-                targets,
-                epochs,
-                batch_size,
-                validation_split,
-                verbose,
-                optimizer,
-                fit_options,
-                seed=0 if seed is None else seed,
-            )
+            seeded = dataclasses.replace(training, seed=0 if seed is None else seed)
+            history = _fit_head(view.task, replica, level_one, x, targets, seeded)
         combiner.set_weights(replica.get_weights())
     forget_compiled(model)
     return history
 
 
+@dataclass(frozen=True)
+class _Training:
+    """How the head trains: Keras `fit`'s own arguments."""
+
+    epochs: int
+    batch_size: int
+    validation_split: float | None
+    verbose: Any
+    optimizer: Any
+    seed: int | None
+    fit_options: dict[str, Any]
+
+
 def _fit_head(
-    view: EnsembleView,
-    combiner: Combiner,
-    level_one: np.ndarray,
-    x: Data,
-    targets: np.ndarray,
-    epochs: int,
-    batch_size: int,
-    validation_split: float | None,
-    verbose: Any,
-    optimizer: Any,
-    fit_options: dict[str, Any],
-    seed: int | None = None,
+    task: str, combiner: Combiner, level_one: np.ndarray, x: Data, targets: np.ndarray, training: _Training
 ) -> keras.callbacks.History:
+    epochs, batch_size, validation_split = training.epochs, training.batch_size, training.validation_split
+    fit_options, seed = dict(training.fit_options), training.seed
     head, inputs = _head(combiner, level_one, x)
     rows = len(targets)
     train_rows = rows - int(rows * (validation_split or 0.0))  # Keras' rule: the last rows validate
     if train_rows < 1:
         raise EnsembleError(f"validation_split={validation_split} leaves no row to train on.")
     head.compile(
-        optimizer=optimizer or keras.optimizers.Adam(learning_rate=0.01),
-        loss=("sparse_categorical_crossentropy" if view.task == "classification" else "mean_squared_error"),
+        optimizer=training.optimizer or keras.optimizers.Adam(learning_rate=0.01),
+        loss=("sparse_categorical_crossentropy" if task == "classification" else "mean_squared_error"),
         # One compiled call per epoch: the head is tiny, Python overhead dominates. Not under a
         # distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21 ("You
         # must feed a value for placeholder tensor ... while/cond").
@@ -157,7 +139,7 @@ def _fit_head(
         # shuffle=False: the pipeline shuffles itself; Keras would only warn that it can't.
         train,
         epochs=epochs,
-        verbose=verbose,
+        verbose=training.verbose,
         validation_data=validation,
         shuffle=False,
         **fit_options,

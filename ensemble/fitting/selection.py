@@ -12,14 +12,14 @@ Both functions return float64 weights, non-negative and summing to 1, that
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from scipy import optimize
 
-from ensemble.types import CLASSIFICATION, TASKS
+from ensemble.fitting.arrays import check_count, checked_predictions
+from ensemble.types import CLASSIFICATION
 
 __all__ = ["Metric", "ensemble_selection", "optimal_weights"]
 
@@ -70,10 +70,10 @@ def ensemble_selection(
         float64 weights `(members,)`: each member's count in the bag over
         the bag size.
     """
-    predictions, targets = _validate(P, y, task)
+    predictions, targets = checked_predictions(P, y, task)
     members = predictions.shape[1]
-    _check_count("rounds", rounds, minimum=1)
-    _check_count("init_best", init_best, minimum=1)
+    check_count("rounds", rounds, minimum=1)
+    check_count("init_best", init_best, minimum=1)
     if init_best > min(members, rounds):
         raise ValueError(
             "Expected init_best to be at most the number of members "
@@ -134,7 +134,7 @@ def optimal_weights(P: Any, y: Any, *, task: str = CLASSIFICATION) -> np.ndarray
     Returns:
         float64 weights `(members,)`.
     """
-    predictions, targets = _validate(P, y, task)
+    predictions, targets = checked_predictions(P, y, task)
     members = predictions.shape[1]
     uniform = np.full(members, 1.0 / members)
     if task == CLASSIFICATION:
@@ -236,74 +236,3 @@ def _first_minimum(scores: np.ndarray) -> int:
 
 
 # Validation.
-
-
-def _check_count(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
-
-
-def _validate(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Returns predictions as float64 `(rows, members, width)` and the targets.
-
-    Targets come back as int64 labels `(rows,)` for classification and as
-    float64 `(rows, width)` for regression.
-    """
-    if task not in TASKS:
-        raise ValueError(f"Expected task to be one of {TASKS}. Received: task={task!r}")
-    predictions = np.asarray(P, dtype=np.float64)
-    if predictions.ndim != 3:
-        raise ValueError(
-            "Expected level-one predictions P of shape (rows, members, width). "
-            f"Received: P.shape={predictions.shape}"
-        )
-    rows, members, width = predictions.shape
-    if rows == 0 or members == 0 or width == 0:
-        raise ValueError(
-            "Expected level-one predictions P with at least one row, member "
-            f"and output. Received: P.shape={predictions.shape}"
-        )
-    if not np.isfinite(predictions).all():
-        raise ValueError("Expected finite level-one predictions P. Received: NaN or inf in P")
-    targets = np.asarray(y)
-    if targets.ndim == 0 or len(targets) != rows:
-        raise ValueError(
-            f"Expected y with one entry per row of P ({rows} rows). Received: y.shape={targets.shape}"
-        )
-    if task == CLASSIFICATION:
-        return predictions, _validate_labels(targets, width)
-    return predictions, _validate_regression_targets(targets, width)
-
-
-def _validate_labels(labels: np.ndarray, classes: int) -> np.ndarray:
-    integral = labels.dtype.kind in "iu" or (
-        labels.dtype.kind == "f"
-        and bool(np.isfinite(labels).all())
-        and bool((labels == np.round(labels)).all())
-    )
-    if labels.ndim != 1 or not integral:
-        raise ValueError(
-            "Expected integer class labels of shape (rows,) for classification. "
-            f"Received: y of shape {labels.shape} and dtype {labels.dtype}"
-        )
-    if labels.min() < 0 or labels.max() >= classes:
-        raise ValueError(
-            f"Expected class labels in [0, {classes}), one class per column of P. "
-            f"Received: labels from {labels.min()} to {labels.max()}"
-        )
-    return labels.astype(np.int64)
-
-
-def _validate_regression_targets(targets: np.ndarray, width: int) -> np.ndarray:
-    if targets.dtype.kind not in "iuf":
-        raise ValueError(f"Expected numeric regression targets. Received: y of dtype {targets.dtype}")
-    matrix = targets[:, None] if targets.ndim == 1 else targets
-    if matrix.ndim != 2 or matrix.shape[1] != width:
-        accepted = f"(rows,) or (rows, {width})" if width == 1 else f"(rows, {width})"
-        raise ValueError(
-            f"Expected regression targets of shape {accepted}, one column per "
-            f"column of P. Received: y.shape={targets.shape}"
-        )
-    if not np.isfinite(matrix).all():
-        raise ValueError("Expected finite regression targets. Received: NaN or inf in y")
-    return matrix.astype(np.float64)

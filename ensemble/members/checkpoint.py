@@ -13,7 +13,13 @@ import tensorflow as tf
 
 from ensemble.types import PathLike
 
-__all__ = ["Architecture", "build_architecture", "resolve_checkpoint", "restore_checkpoint"]
+__all__ = [
+    "Architecture",
+    "build_architecture",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "restore_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,29 @@ def resolve_checkpoint(path: str) -> str | None:
     if tf.io.gfile.exists(path + ".index"):
         return path
     return None
+
+
+def read_checkpoint(
+    prefix: str,
+    *,
+    copy_model: Callable[[keras.Model], keras.Model],
+    architecture: Architecture | None = None,
+    scope: str | None = None,
+    variable_map: Mapping[str, str] | None = None,
+    safe_mode: bool = True,
+) -> keras.Model:
+    """`architecture` built and restored from the checkpoint at `prefix` (resolved by the
+    caller); the caller's own model is never restored into: a copy is (`copy_model`)."""
+    if architecture is None:
+        raise ValueError(
+            "a checkpoint holds only variables: pass architecture= (a .keras file, a Keras "
+            "model config, or a builder) to restore them into."
+        )
+    model = build_architecture(architecture, safe_mode=safe_mode)
+    if model is architecture:
+        model = copy_model(model)
+    restore_checkpoint(model, prefix, scope=scope, variable_map=variable_map)
+    return model
 
 
 def build_architecture(architecture: Architecture, *, safe_mode: bool = True) -> keras.Model:

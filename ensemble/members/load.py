@@ -10,18 +10,14 @@ from typing import Any
 import keras
 
 from ensemble.errors import MemberError
-from ensemble.members.checkpoint import (
-    Architecture,
-    build_architecture,
-    resolve_checkpoint,
-    restore_checkpoint,
-)
+from ensemble.members.checkpoint import read_checkpoint, resolve_checkpoint
+from ensemble.members.keras_file import copy_model, read_keras_file
 from ensemble.members.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.members.saved_model import SavedModelLayer, is_saved_model_dir
 from ensemble.members.training_rows import load_training_rows
 from ensemble.types import OutputKind, PathLike
 
-__all__ = ["DEFAULT_INPUT", "FORMATS", "detect_format", "load_member"]
+__all__ = ["DEFAULT_INPUT", "FORMATS", "FORMAT_OPTIONS", "detect_format", "load_member"]
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +25,13 @@ FORMATS: tuple[str, ...] = ("keras", "h5", "saved_model", "checkpoint", "object"
 DEFAULT_INPUT = "features"
 """The ensemble input that single-input members read unless told otherwise."""
 
-# The options that only make sense for some formats, so a misplaced one is an error.
-_FORMAT_OPTIONS: dict[str, frozenset[str]] = {
-    "keras": frozenset({"safe_mode", "custom_objects"}),
-    "h5": frozenset({"custom_objects"}),
-    "saved_model": frozenset({"tags", "signature"}),
-    "checkpoint": frozenset({"architecture", "scope", "variable_map", "safe_mode"}),
-    "object": frozenset(),
+# The options each format's reader takes: any other is an error naming the member.
+FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "keras": ("safe_mode", "custom_objects"),
+    "h5": ("custom_objects",),
+    "saved_model": ("tags", "signature"),
+    "checkpoint": ("architecture", "scope", "variable_map", "safe_mode"),
+    "object": (),
 }
 
 
@@ -44,15 +40,8 @@ def detect_format(source: PathLike | keras.Model) -> str | None:
     if isinstance(source, keras.layers.Layer):
         return "object"
     path = os.fspath(source)
-    if path.endswith(".keras"):
-        return "keras"
-    if path.endswith((".h5", ".hdf5")):
-        return "h5"
-    if is_saved_model_dir(path):
-        return "saved_model"
-    if resolve_checkpoint(path) is not None:
-        return "checkpoint"
-    return None
+    checkpoint = None if os.path.isfile(path) or is_saved_model_dir(path) else resolve_checkpoint(path)
+    return _detect(path, checkpoint)
 
 
 def load_member(
@@ -63,13 +52,7 @@ def load_member(
     output: OutputKind | None = None,
     output_key: str | int | None = None,
     inputs: str | Sequence[str] | None = None,
-    safe_mode: bool = True,
-    custom_objects: Mapping[str, Any] | None = None,
-    tags: Sequence[str] | None = None,
-    signature: str = "serving_default",
-    architecture: Architecture | None = None,
-    scope: str | None = None,
-    variable_map: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> Member:
     """Load one member model from `source` as a frozen `keras.Model` named `name`.
 
@@ -86,15 +69,13 @@ def load_member(
         inputs: the ensemble input name(s) the member reads, in the order of its
             own inputs. Default: "features" for a single-input member, the
             model's own input names otherwise.
-        safe_mode: Keras' safe_mode for `.keras` files and architectures; opt
-            out only for files you trust.
-        custom_objects: custom layers and functions for `.keras`/`.h5` files.
-        tags, signature: the MetaGraph tags and signature key of a SavedModel
-            (a TF1 one may need tags, e.g. `["serve"]`).
-        architecture, scope, variable_map: for a checkpoint, the model to
-            restore into (a `.keras` file, a Keras config, a builder or its
-            dotted path), the name scope its TF1 variables live under, and
-            explicit `{weight path: checkpoint name}` pairs.
+        **options: what the format's reader takes (`FORMAT_OPTIONS`):
+            `safe_mode` (`.keras` files and architectures; opt out only for files you
+            trust), `custom_objects` (`.keras`/`.h5`); `tags`, `signature` (a SavedModel's
+            MetaGraph tags, e.g. `["serve"]` for TF1, and signature key); `architecture`,
+            `scope`, `variable_map` (a checkpoint: the model to restore into, as a `.keras`
+            file, a Keras config, a builder or its dotted path; the name scope of its TF1
+            variables; explicit `{weight path: checkpoint name}` pairs).
 
     Returns:
         A `Member` whose outputs equal the source model's.
@@ -104,56 +85,86 @@ def load_member(
             unknown format or misplaced option, or an output that cannot be chosen.
     """
     _check_name(name)
-    is_object = isinstance(source, keras.layers.Layer)
-    if not is_object and not os.path.exists(os.fspath(source)) and not _checkpoint_exists(source):
-        raise MemberError(name, f"source {os.fspath(source)!r} does not exist.")
-    fmt = detect_format(source) if format == "auto" else format
-    if fmt is None:
+    fmt, label, checkpoint = _locate(name, source, format)
+    misplaced = sorted(set(options) - set(FORMAT_OPTIONS[fmt]))
+    if misplaced:
+        accepted = ", ".join(FORMAT_OPTIONS[fmt]) or "none"
         raise MemberError(
-            name,
-            f"cannot tell the format of {os.fspath(source)!r} (a file or directory). Expected a "
-            ".keras or .h5/.hdf5 file, a SavedModel directory, or a checkpoint; or pass format= "
-            f"one of {FORMATS}.",
+            name, f"option(s) {misplaced} do not apply to a {fmt!r} source (its options: {accepted})."
         )
-    if fmt not in FORMATS:
-        raise MemberError(name, f"expected format 'auto' or one of {FORMATS}. Received: {fmt!r}")
     if output is not None and output not in OUTPUT_KINDS:
         raise MemberError(name, f"expected output in {OUTPUT_KINDS} or None. Received: {output!r}")
-    given = {
-        "safe_mode": safe_mode is not True,
-        "custom_objects": custom_objects is not None,
-        "tags": tags is not None,
-        "signature": signature != "serving_default",
-        "architecture": architecture is not None,
-        "scope": scope is not None,
-        "variable_map": variable_map is not None,
-    }
-    misplaced = sorted(opt for opt, set_ in given.items() if set_ and opt not in _FORMAT_OPTIONS[fmt])
-    if misplaced:
-        raise MemberError(name, f"option(s) {misplaced} do not apply to a {fmt!r} source.")
-
-    label = "<in-memory>" if is_object else os.fspath(source)
     try:
         if fmt == "object":
-            model = _copy_model(source)
+            model = copy_model(source)
         elif fmt in ("keras", "h5"):
-            model = _load_keras_file(label, fmt, safe_mode, custom_objects)
+            model = read_keras_file(label, fmt, **options)
         elif fmt == "saved_model":
-            model = SavedModelLayer(
-                label,
-                tags=tags,
-                signature=signature,
-                output_key=None if output_key is None else str(output_key),
-            )
-            output_key = None  # The layer already picked it.
+            key = None if output_key is None else str(output_key)
+            model, output_key = (
+                SavedModelLayer(label, output_key=key, **options),
+                None,
+            )  # it picked the output
         else:
-            model = _load_checkpoint(label, architecture, scope, variable_map, safe_mode)
+            model = read_checkpoint(
+                label if checkpoint is None else checkpoint, copy_model=copy_model, **options
+            )
     except MemberError:
         raise
     except Exception as error:  # Any reader's failure becomes one error naming member and path.
         raise MemberError(name, f"cannot load {fmt!r} source {label!r}: {error}") from error
+    member = _wrap(name, model, fmt, label, output, output_key, inputs)
+    if fmt != "object":
+        member.training_rows = load_training_rows(label)
+    log.info("Loaded member %r from %s (%s)", name, label, fmt)
+    return member
 
-    inferred = output is None
+
+def _locate(name: str, source: PathLike | keras.Model, format: str) -> tuple[str, str, str | None]:
+    """The format, a label for `source` (its path), and its checkpoint prefix when it is one;
+    the checkpoint is looked up once, and only when the path is no file or SavedModel."""
+    if isinstance(source, keras.layers.Layer):
+        fmt = "object" if format == "auto" else format
+        if fmt != "object":
+            raise MemberError(name, f"an in-memory model is format 'object'. Received: format={format!r}")
+        return fmt, "<in-memory>", None
+    path = os.fspath(source)
+    checkpoint = None if os.path.isfile(path) or is_saved_model_dir(path) else resolve_checkpoint(path)
+    if not os.path.exists(path) and checkpoint is None:
+        raise MemberError(name, f"source {path!r} does not exist.")
+    detected = _detect(path, checkpoint) if format == "auto" else format
+    if detected is None:
+        raise MemberError(
+            name,
+            f"cannot tell the format of {path!r} (a file or directory). Expected a "
+            ".keras or .h5/.hdf5 file, a SavedModel directory, or a checkpoint; or pass format= "
+            f"one of {FORMATS}.",
+        )
+    if detected not in FORMATS:
+        raise MemberError(name, f"expected format 'auto' or one of {FORMATS}. Received: {detected!r}")
+    return detected, path, checkpoint
+
+
+def _detect(path: str, checkpoint: str | None) -> str | None:
+    if path.endswith(".keras"):
+        return "keras"
+    if path.endswith((".h5", ".hdf5")):
+        return "h5"
+    if is_saved_model_dir(path):
+        return "saved_model"
+    return "checkpoint" if checkpoint is not None else None
+
+
+def _wrap(
+    name: str,
+    model: Any,
+    fmt: str,
+    label: str,
+    output: OutputKind | None,
+    output_key: str | int | None,
+    inputs: str | Sequence[str] | None,
+) -> Member:
+    """The read model as a `Member`: its inputs named, its output kind declared or inferred."""
     try:
         specs = _input_specs(name, model, inputs)
     except ValueError as error:
@@ -162,23 +173,13 @@ def load_member(
         raise MemberError(
             name, f"cannot tell the shape of its inputs (each needs a known rank): {error}"
         ) from error
+    kind = output if output is not None else (None if output_key is not None else _infer_output(model))
     member = Member(
-        model,
-        inputs=specs,
-        output=output if output is not None else (None if output_key is not None else _infer_output(model)),
-        output_key=output_key,
-        source=label,
-        format=fmt,
-        name=name,
+        model, inputs=specs, output=kind, output_key=output_key, source=label, format=fmt, name=name
     )
     # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
-    member.output_inferred = (
-        inferred and member.output_kind is not None and _final_activation(model) == "sigmoid"
-    )
+    member.output_inferred = output is None and kind is not None and _final_activation(model) == "sigmoid"
     _check_output_key(member)
-    if not is_object:
-        member.training_rows = load_training_rows(label)
-    log.info("Loaded member %r from %s (%s)", name, label, fmt)
     return member
 
 
@@ -187,58 +188,6 @@ def _check_name(name: Any) -> None:
         raise MemberError(
             str(name), f"expected a member name: a non-empty string without '/'. Received: {name!r}"
         )
-
-
-def _checkpoint_exists(source: PathLike) -> bool:
-    return resolve_checkpoint(os.fspath(source)) is not None
-
-
-def _load_keras_file(
-    path: str, fmt: str, safe_mode: bool, custom_objects: Mapping[str, Any] | None
-) -> keras.Model:
-    objects = dict(custom_objects or {})
-    if fmt == "keras":
-        return keras.saving.load_model(path, custom_objects=objects, compile=False, safe_mode=safe_mode)
-    return keras.saving.load_model(path, custom_objects=objects, compile=False)
-
-
-def _load_checkpoint(
-    path: str,
-    architecture: Architecture | None,
-    scope: str | None,
-    variable_map: Mapping[str, str] | None,
-    safe_mode: bool,
-) -> keras.Model:
-    if architecture is None:
-        raise ValueError(
-            "a checkpoint holds only variables: pass architecture= (a .keras file, a Keras "
-            "model config, or a builder) to restore them into."
-        )
-    prefix = resolve_checkpoint(path)
-    if prefix is None:
-        raise ValueError(f"no checkpoint found at {path!r}")
-    model = build_architecture(architecture, safe_mode=safe_mode)
-    if model is architecture:  # the caller's own model: restore into a copy, never into it
-        model = _copy_model(model)
-    restore_checkpoint(model, prefix, scope=scope, variable_map=variable_map)
-    return model
-
-
-def _copy_model(model: keras.Model) -> keras.Model:
-    """A copy with its own variables, so freezing the member never touches the caller's model."""
-    try:
-        copy: keras.Model = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-        if not copy.built and model.built:
-            copy.build_from_config(model.get_build_config())
-        copy.set_weights(model.get_weights())
-        return copy
-    except Exception as error:  # Subclassed models without a config cannot be copied.
-        log.warning(
-            "Model %r cannot be copied (%s); the member shares its variables and freezes it.",
-            model.name,
-            error,
-        )
-        return model
 
 
 def _input_specs(name: str, model: Any, inputs: str | Sequence[str] | None) -> list[InputSpec]:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import keras
@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from ensemble.errors import EnsembleError, MemberError
 from ensemble.members.saved_model import SavedModelLayer
-from ensemble.serve.batcher import Batcher, as_numpy
+from ensemble.serve.batcher import as_numpy
+from ensemble.serve.entry import Entry, ModelStats
 from ensemble.serve.loaded import (
     Loaded,
     check_device,
@@ -39,8 +40,6 @@ from ensemble.serve.loaded import (
     pinned,
     process_rss_bytes,
     source_kind,
-    tracing_count,
-    variable_devices,
     variables,
     weight_sizes,
 )
@@ -49,50 +48,6 @@ from ensemble.types import PathLike, Tensor
 __all__ = ["ModelRegistry", "ModelStats", "process_rss_bytes"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """A snapshot of one registered model's resources and use.
-
-    `params` and `weight_bytes` are None until the model has loaded once;
-    `traces` is how often its call was traced (1 after a load of a member;
-    an exported ensemble's signature is already traced and reports 0).
-    """
-
-    name: str
-    kind: str
-    source: str
-    loaded: bool
-    params: int | None
-    weight_bytes: int | None
-    load_seconds: float | None
-    loads: int
-    failures: int
-    calls: int
-    traces: int
-    model_calls: int = 0  # calls of the model itself: fewer than `calls` when batched
-    device: str | None = None  # the device it is pinned to
-    variable_devices: tuple[str, ...] = ()  # where its loaded variables are (empty if not loaded)
-
-
-@dataclass
-class _Entry:
-    name: str
-    source: PathLike | keras.Model
-    kind: str
-    options: dict[str, Any]
-    device: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    loaded: Loaded | None = None  # set and cleared under the registry lock only
-    params: int | None = None
-    weight_bytes: int | None = None
-    load_seconds: float | None = None
-    loads: int = 0
-    failures: int = 0
-    calls: int = 0  # requests answered
-    model_calls: int = 0  # calls of the model (fewer than requests when batched)
-    batcher: Batcher = field(default_factory=lambda: Batcher())
 
 
 class ModelRegistry:
@@ -124,7 +79,7 @@ class ModelRegistry:
         self.max_loaded = max_loaded
         self.batch_window_ms = float(batch_window_ms)
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()  # loaded names, most recent last
 
     # -- registration -------------------------------------------------------------------------
@@ -160,7 +115,7 @@ class ModelRegistry:
                 f"Model {name!r}: an exported ensemble takes no load options. "
                 f"Received: {sorted(load_options)}"
             )
-        entry = _Entry(
+        entry = Entry(
             name=name, source=source, kind=kind, options=dict(load_options), device=check_device(name, device)
         )
         with self._lock:
@@ -234,23 +189,7 @@ class ModelRegistry:
         """A snapshot of the resources and use of model `name`."""
         with self._lock:
             entry = self._entry(name)
-            loaded = entry.loaded
-            return ModelStats(
-                name=entry.name,
-                kind=entry.kind,
-                source=label(entry.source),
-                loaded=loaded is not None,
-                params=entry.params,
-                weight_bytes=entry.weight_bytes,
-                load_seconds=entry.load_seconds,
-                loads=entry.loads,
-                failures=entry.failures,
-                calls=entry.calls,
-                traces=tracing_count(loaded),
-                model_calls=entry.model_calls,
-                device=entry.device,
-                variable_devices=variable_devices(loaded),
-            )
+            return entry.snapshot()
 
     def report(self) -> dict[str, Any]:
         """Every model's stats as plain values, and the process' resident memory in bytes."""
@@ -259,11 +198,11 @@ class ModelRegistry:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _count_model_call(self, entry: _Entry) -> None:
+    def _count_model_call(self, entry: Entry) -> None:
         with self._lock:  # another batch's leader may be calling at the same time
             entry.model_calls += 1
 
-    def _entry(self, name: str) -> _Entry:
+    def _entry(self, name: str) -> Entry:
         """The entry of `name`; the caller holds the registry lock."""
         try:
             return self._entries[name]
@@ -272,7 +211,7 @@ class ModelRegistry:
                 f"No model named {name!r} is registered. Registered: {sorted(self._entries)}"
             ) from None
 
-    def _drop(self, entry: _Entry) -> bool:
+    def _drop(self, entry: Entry) -> bool:
         """Forget `entry`'s loaded model; the caller holds the registry lock."""
         if entry.loaded is None:
             return False
@@ -281,14 +220,14 @@ class ModelRegistry:
         log.info("Unloaded model %r", entry.name)
         return True
 
-    def _touch(self, entry: _Entry) -> Loaded | None:
+    def _touch(self, entry: Entry) -> Loaded | None:
         """`entry`'s loaded model, now the most recently used; the caller holds the lock."""
         loaded = entry.loaded
         if loaded is not None and entry.name in self._lru:
             self._lru.move_to_end(entry.name)
         return loaded
 
-    def _ensure_loaded(self, entry: _Entry) -> Loaded:
+    def _ensure_loaded(self, entry: Entry) -> Loaded:
         with self._lock:
             loaded = self._touch(entry)
         if loaded is not None:
@@ -305,7 +244,7 @@ class ModelRegistry:
             gc.collect()  # release the evicted models' graphs and variables now
         return loaded
 
-    def _admit(self, entry: _Entry, loaded: Loaded) -> bool:
+    def _admit(self, entry: Entry, loaded: Loaded) -> bool:
         """Record `entry` as loaded and evict past `max_loaded`; True if any was evicted."""
         evicted = False
         with self._lock:
@@ -320,7 +259,7 @@ class ModelRegistry:
                 evicted |= self._drop(self._entries[oldest])
         return evicted
 
-    def _load(self, entry: _Entry) -> Loaded:
+    def _load(self, entry: Entry) -> Loaded:
         start = time.perf_counter()
         try:
             with tf.device(entry.device):

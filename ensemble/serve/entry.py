@@ -1,0 +1,81 @@
+"""A registered model's bookkeeping, and the snapshot of it that `ModelRegistry.stats` gives."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from ensemble.serve.batcher import Batcher
+from ensemble.serve.loaded import Loaded, label, tracing_count, variable_devices
+from ensemble.types import PathLike
+
+__all__ = ["Entry", "ModelStats"]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """A snapshot of one registered model's resources and use.
+
+    `params` and `weight_bytes` are None until the model has loaded once;
+    `traces` is how often its call was traced (1 after a load of a member;
+    an exported ensemble's signature is already traced and reports 0).
+    """
+
+    name: str
+    kind: str
+    source: str
+    loaded: bool
+    params: int | None
+    weight_bytes: int | None
+    load_seconds: float | None
+    loads: int
+    failures: int
+    calls: int
+    traces: int
+    model_calls: int = 0  # calls of the model itself: fewer than `calls` when batched
+    device: str | None = None  # the device it is pinned to
+    variable_devices: tuple[str, ...] = ()  # where its loaded variables are (empty if not loaded)
+
+
+@dataclass
+class Entry:
+    """One registered model: where it comes from, what of it is loaded, and its counters."""
+
+    name: str
+    source: PathLike | keras.Model
+    kind: str
+    options: dict[str, Any]
+    device: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded: Loaded | None = None  # set and cleared under the registry lock only
+    params: int | None = None
+    weight_bytes: int | None = None
+    load_seconds: float | None = None
+    loads: int = 0
+    failures: int = 0
+    calls: int = 0  # requests answered
+    model_calls: int = 0  # calls of the model (fewer than requests when batched)
+    batcher: Batcher = field(default_factory=lambda: Batcher())
+
+    def snapshot(self) -> ModelStats:
+        """Its stats now; the caller holds the registry lock."""
+        loaded = self.loaded
+        return ModelStats(
+            name=self.name,
+            kind=self.kind,
+            source=label(self.source),
+            loaded=loaded is not None,
+            params=self.params,
+            weight_bytes=self.weight_bytes,
+            load_seconds=self.load_seconds,
+            loads=self.loads,
+            failures=self.failures,
+            calls=self.calls,
+            traces=tracing_count(loaded),
+            model_calls=self.model_calls,
+            device=self.device,
+            variable_devices=variable_devices(loaded),
+        )
