@@ -46,6 +46,7 @@ __all__ = [
     "load_members",
     "member_options",
     "members_config",
+    "register_models",
     "start_runtime",
 ]
 
@@ -97,6 +98,15 @@ def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None)
     elif cfg.zoo.train_missing:
         ensure_zoo(cfg.zoo, data, directory)
     return member_entries(cfg.zoo, data, directory)
+
+
+def register_models(registry: ensemble.ModelRegistry, models: DictConfig) -> None:
+    """Register every `name: {source, format, device, options}` entry with `registry`."""
+    for name, spec in models.items():
+        options = member_options(spec)
+        if spec.get("format", "auto") != "auto":  # "auto" is load_member's default
+            options["format"] = spec.format
+        registry.register(str(name), spec.source, device=spec.get("device"), **options)
 
 
 def load_members(members: DictConfig) -> list[Member]:

@@ -7,25 +7,20 @@ python -m experiments.serve_registry registry.max_loaded=2 registry.threads=16
 from __future__ import annotations
 
 import json
-import logging
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ensemble import ModelRegistry, configure_devices
 from ensemble.data import Dataset
-from experiments.job import member_options, members_config
+from ensemble.serve.load import load_registry
+from experiments.job import members_config, register_models
 
 __all__ = ["run"]
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
@@ -34,43 +29,21 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     # Before anything builds or loads a model: TensorFlow fixes its devices then.
     configure_devices(memory_growth=cfg.runtime.memory_growth, logical_cpus=cfg.runtime.logical_cpus)
     data: Dataset = instantiate(cfg.data)
-    models = settings.models if settings.models is not None else members_config(cfg, data)
     registry = ModelRegistry(max_loaded=settings.max_loaded, batch_window_ms=settings.batch_window_ms)
-    for name, spec in models.items():
-        options = member_options(spec)
-        if spec.get("format", "auto") != "auto":  # "auto" is load_member's default
-            options["format"] = spec.format
-        registry.register(str(name), spec.source, device=spec.get("device"), **options)
-
-    rng = np.random.default_rng(settings.seed)
-    plan = [(str(rng.choice(registry.names)), int(rng.integers(1, 33))) for _ in range(settings.requests)]
-
-    def request(job: tuple[str, int]) -> float:
-        name, rows = job
-        start = time.perf_counter()
-        registry.predict(name, data.x_test[:rows])
-        return time.perf_counter() - start
-
-    with ThreadPoolExecutor(max_workers=settings.threads) as pool:
-        latencies = np.array(list(pool.map(request, plan)))
-    report = registry.report()
-    result = {
-        "requests": len(plan),
-        "threads": settings.threads,
-        "latency_ms": {
-            q: float(np.percentile(latencies, p) * 1000) for q, p in (("p50", 50), ("p95", 95), ("max", 100))
-        },
-        **report,
-    }
+    register_models(registry, settings.models if settings.models is not None else members_config(cfg, data))
+    result = load_registry(
+        registry, data.x_test, requests=settings.requests, threads=settings.threads, seed=settings.seed
+    )
     print(f"\n{'model':<12}{'loads':>6}{'calls':>7}{'params':>10}{'MB':>8}{'load s':>8}")
-    for name, stats in report["models"].items():
+    for name, s in result["models"].items():
         print(
-            f"{name:<12}{stats['loads']:>6}{stats['calls']:>7}{stats['params'] or 0:>10}"
-            f"{(stats['weight_bytes'] or 0) / 1e6:>8.2f}{stats['load_seconds'] or 0:>8.2f}"
+            f"{name:<12}{s['loads']:>6}{s['calls']:>7}{s['params'] or 0:>10}"
+            f"{(s['weight_bytes'] or 0) / 1e6:>8.2f}{s['load_seconds'] or 0:>8.2f}"
         )
+    latency = result["latency_ms"]
     print(
-        f"latency ms p50 {result['latency_ms']['p50']:.2f}, p95 {result['latency_ms']['p95']:.2f}; "
-        f"RSS {report['rss_bytes'] / 1e6:.0f} MB; in memory: {report['loaded']}"
+        f"latency ms p50 {latency['p50']:.2f}, p95 {latency['p95']:.2f}; "
+        f"RSS {result['rss_bytes'] / 1e6:.0f} MB; in memory: {result['loaded']}"
     )
     if output_dir is not None:
         with open(os.path.join(output_dir, "registry.json"), "w") as f:

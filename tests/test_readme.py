@@ -1,0 +1,68 @@
+"""The README's promises: its training-script example runs as written, and its quick start is
+what CI runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+def section_code(title: str, language: str = "python") -> str:
+    """The first fenced `language` block under the `## title` heading."""
+    section = readme().split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert match, f"no {language} block under '## {title}'"
+    return match.group(1)
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second():
+    block = section_code("Quick start", "bash").strip().splitlines()
+    assert len(block) == 2
+    assert "experiments.run" in block[0]
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert block[1] in f.read()
+
+
+@pytest.mark.slow
+def test_training_script_example_runs_as_written(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(section_code("In a training script"))
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
+    assert "refused: Rows given to fit the combiner trained member(s)" in out
+    assert re.search(r"^sklearn 44 rows; ship alone: \w+$", out, re.M)
+    assert re.search(r"^oof \{'small': [\d.e-]+, 'medium': [\d.e-]+, 'large': [\d.e-]+\}$", out, re.M)
+    for name in ("small", "medium", "large"):  # each member file carries its training-row record
+        assert (tmp_path / f"{name}.keras.training_rows.npy").is_file()
+    # The export stands alone: a fresh process with TensorFlow only, no member file, answers
+    # with probabilities.
+    for name in ("small", "medium", "large"):
+        os.remove(tmp_path / f"{name}.keras")
+    probe = (
+        "import numpy as np, tensorflow as tf\n"
+        "from sklearn.datasets import load_wine\n"
+        "x = load_wine(return_X_y=True)[0][:5].astype('float32')\n"
+        f"sig = tf.saved_model.load({str(tmp_path / 'export')!r}).signatures['serving_default']\n"
+        "print(sig(features=tf.constant(x))['prediction'].numpy().sum(1).tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    sums = np.array(eval(done.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
