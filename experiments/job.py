@@ -37,6 +37,7 @@ from experiments.zoo import (
 
 __all__ = [
     "Evaluated",
+    "FitContext",
     "Holdout",
     "OutOfFold",
     "check_writable",
@@ -136,24 +137,32 @@ def member_options(spec: DictConfig) -> dict[str, Any]:
     return {str(key): value for key, value in plain.items()}
 
 
+@dataclass(frozen=True)
+class FitContext:
+    """What a regime needs to build the ensemble and fit its combiner."""
+
+    cfg: DictConfig
+    data: Dataset
+    fit: Fit  # `ensemble.fit`, configured by the `fit` option
+    strategy: tf.distribute.Strategy | None
+    output_dir: str | None  # None: write nothing (a worker that is not the chief)
+
+    def build(self, members: DictConfig) -> keras.Model:
+        """The ensemble of `members` (a members config) with the configured combiner."""
+        combiner = instantiate(self.cfg.combiner)
+        return ensemble.build_ensemble(load_members(members), combiner, task=self.cfg.task or self.data.task)
+
+
 class Holdout:
     """`regime=holdout`: members train on the train split, the combiner fits on the holdout
     split (guarded: no member may have trained on it)."""
 
-    def fit(
-        self,
-        cfg: DictConfig,
-        data: Dataset,
-        fit: Fit,
-        strategy: tf.distribute.Strategy | None,
-        output_dir: str | None,
-    ) -> tuple[keras.Model, FitReport]:
-        model = ensemble.build_ensemble(
-            load_members(members_config(cfg, data)), instantiate(cfg.combiner), task=cfg.task or data.task
-        )
-        cache = os.path.join(output_dir, "level_one") if output_dir else None
-        store = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0, strategy=strategy)
-        return model, fit(model, data.x_holdout, data.y_holdout, store=store, strategy=strategy)
+    def fit(self, job: FitContext) -> tuple[keras.Model, FitReport]:
+        cfg, data = job.cfg, job.data
+        model = job.build(members_config(cfg, data))
+        cache = os.path.join(job.output_dir, "level_one") if job.output_dir else None
+        store = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0, strategy=job.strategy)
+        return model, job.fit(model, data.x_holdout, data.y_holdout, store=store, strategy=job.strategy)
 
 
 @dataclass
@@ -164,14 +173,8 @@ class OutOfFold:
 
     cv: int = 5
 
-    def fit(
-        self,
-        cfg: DictConfig,
-        data: Dataset,
-        fit: Fit,
-        strategy: tf.distribute.Strategy | None,
-        output_dir: str | None,
-    ) -> tuple[keras.Model, FitReport]:
+    def fit(self, job: FitContext) -> tuple[keras.Model, FitReport]:
+        cfg, data = job.cfg, job.data
         if cfg.runtime.strategy == "multi_worker":
             raise EnsembleError(
                 "regime=oof retrains the members in every fold, which each worker would do on "
@@ -187,16 +190,14 @@ class OutOfFold:
         y = np.concatenate([data.y_train, data.y_holdout])
         everything = dataclasses.replace(data, x_train=x, y_train=y)
         final = members_config(cfg, everything, os.path.join(zoo_directory(cfg.zoo, data), "oof_final"))
-        model = ensemble.build_ensemble(
-            load_members(final), instantiate(cfg.combiner), task=cfg.task or data.task
-        )
+        model = job.build(final)
         builders = {str(name): fit_predict(str(name), cfg.zoo.members[name], everything) for name in final}
         report = ensemble.fit_out_of_fold(
-            model, x, y, builders, cv=self.cv, seed=data.split["seed"], fitter=fit, strategy=strategy
+            model, x, y, builders, cv=self.cv, seed=data.split["seed"], fitter=job.fit, strategy=job.strategy
         )
-        if output_dir is not None:
+        if job.output_dir is not None:
             np.savez(
-                os.path.join(output_dir, "oof_predictions.npz"),
+                os.path.join(job.output_dir, "oof_predictions.npz"),
                 predictions=report.level_one,
                 folds=np.asarray(report.folds),
                 y=y,
@@ -222,7 +223,9 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
         log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
         output_dir = None
     data: Dataset = instantiate(cfg.data)
-    model, report = instantiate(cfg.regime).fit(cfg, data, instantiate(cfg.fit), strategy, output_dir)
+    model, report = instantiate(cfg.regime).fit(
+        FitContext(cfg, data, instantiate(cfg.fit), strategy, output_dir)
+    )
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
     scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, outputs=outputs, fit_report=report)
     print("\n" + format_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}))
