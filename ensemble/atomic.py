@@ -22,13 +22,13 @@ __all__ = ["atomic_path", "save_array"]
 
 
 @contextlib.contextmanager
-def atomic_path(target: PathLike, *, overwrite: bool = True) -> Iterator[str]:
+def atomic_path(target: PathLike, *, overwrite: bool = True, what: str = "file") -> Iterator[str]:
     """A fresh path to write `target` at (a file or a directory, same base name, so its
     extension is kept); moved into place when the block completes, removed when it fails.
 
     An existing `target` is replaced only once the new one is complete, and only with
-    `overwrite` (otherwise one that appeared meanwhile is a `FileExistsError`); an existing
-    directory is first renamed aside, then removed.
+    `overwrite` (otherwise one that appeared meanwhile is a `FileExistsError` naming `what` was
+    being written); an existing directory is first renamed aside, then removed.
     """
     target = os.path.abspath(os.fspath(target))
     parent, base = os.path.split(target)
@@ -38,17 +38,17 @@ def atomic_path(target: PathLike, *, overwrite: bool = True) -> Iterator[str]:
         yield written
         if not os.path.lexists(written):
             raise FileNotFoundError(f"Nothing was written for {target}.")
-        _move_into_place(written, target, os.path.join(staging, base + ".old"), overwrite)
+        _move_into_place(written, target, os.path.join(staging, base + ".old"), overwrite, what)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _move_into_place(written: str, target: str, retired: str, overwrite: bool) -> None:
+def _move_into_place(written: str, target: str, retired: str, overwrite: bool, what: str) -> None:
     if os.path.isdir(target) and not os.listdir(target) and os.path.isdir(written):
         os.rmdir(target)  # an empty directory is no export to keep
     if os.path.lexists(target) and not overwrite:
         raise FileExistsError(
-            f"{target} was created while it was being written; pass overwrite=True to replace it."
+            f"{target} was created while this {what} was written; pass overwrite=True to replace it."
         )
     if not os.path.isdir(target):
         os.replace(written, target)  # atomic for a file, or onto a missing path

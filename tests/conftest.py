@@ -7,19 +7,24 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 FEATURES = 8
 CLASSES = 3
 
 
 def dense_classifier(
-    seed: int, *, features: int = FEATURES, classes: int = CLASSES, final: str | None = "softmax",
-    name: str | None = None, dropout: float = 0.0,
+    seed: int,
+    *,
+    features: int = FEATURES,
+    classes: int = CLASSES,
+    final: str | None = "softmax",
+    name: str | None = None,
+    dropout: float = 0.0,
 ) -> keras.Model:
     """A small Sequential with random (seeded) weights; `final=None` emits logits."""
     keras.utils.set_random_seed(seed)
@@ -40,8 +45,10 @@ def two_input_ensemble() -> keras.Model:
     meta_in = keras.Input((2,), name="m")
     meta = keras.Model(meta_in, keras.layers.Dense(3, activation="softmax")(meta_in))
     return ensemble.build_ensemble(
-        [ensemble.load_member(image, name="vision", inputs="image"),
-         ensemble.load_member(meta, name="tabular", inputs="meta")],
+        [
+            ensemble.load_member(image, name="vision", inputs="image"),
+            ensemble.load_member(meta, name="tabular", inputs="meta"),
+        ],
         combiners.MeanCombiner(),
     )
 

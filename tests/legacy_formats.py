@@ -8,6 +8,7 @@ independent NumPy reference every loaded artifact is compared with.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -96,9 +97,7 @@ class DenseNet:
         return _np_activation(self.activations[-1], self.logits(x))
 
     @classmethod
-    def random(
-        cls, sizes: Sequence[int] = (64, 32, 10), seed: int = 0, final: str = "softmax"
-    ) -> DenseNet:
+    def random(cls, sizes: Sequence[int] = (64, 32, 10), seed: int = 0, final: str = "softmax") -> DenseNet:
         """A random float32 net with ReLU hidden layers and the given final activation."""
         rng = np.random.default_rng(seed)
         layers = [
@@ -106,7 +105,7 @@ class DenseNet:
                 rng.normal(0.0, 1.0 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32),
                 rng.normal(0.0, 0.1, (n_out,)).astype(np.float32),
             )
-            for n_in, n_out in zip(sizes[:-1], sizes[1:])
+            for n_in, n_out in itertools.pairwise(sizes)
         ]
         return cls(layers, ["relu"] * (len(layers) - 1) + [final])
 
@@ -128,7 +127,7 @@ class DenseNet:
         """The same net as a Keras Sequential with Dense layers `dense_0`, `dense_1`, ..."""
         model = keras.Sequential(name=name)
         model.add(keras.Input(shape=(self.input_dim,)))
-        for i, ((kernel, bias), activation) in enumerate(zip(self.layers, self.activations)):
+        for i, ((kernel, bias), activation) in enumerate(zip(self.layers, self.activations, strict=True)):
             model.add(keras.layers.Dense(kernel.shape[1], activation=activation, name=f"dense_{i}"))
             model.layers[-1].set_weights([kernel, bias])
         return model
@@ -138,7 +137,7 @@ def _build_tf1_graph(net: DenseNet, x: Any, scope: str) -> tuple[Any, Any, list[
     """Build `net` in the current TF1 graph; return (output, logits, variables)."""
     variables, h = [], x
     with tf.compat.v1.variable_scope(scope or tf.compat.v1.get_variable_scope()):
-        for i, ((kernel, bias), activation) in enumerate(zip(net.layers, net.activations)):
+        for i, ((kernel, bias), activation) in enumerate(zip(net.layers, net.activations, strict=True)):
             with tf.compat.v1.variable_scope(f"dense_{i}"):
                 # use_resource=False: the VariableV2 ops a TF1 codebase wrote.
                 k = tf.compat.v1.get_variable("kernel", initializer=kernel, use_resource=False)
@@ -170,7 +169,7 @@ def write_tf1_saved_model(
         tensors = [y, logits, tf.argmax(logits, axis=-1, output_type=tf.int64)]
         sess.run(tf.compat.v1.global_variables_initializer())
         predict = tf.compat.v1.saved_model.predict_signature_def
-        signatures = {signature_key: predict({input_key: x}, dict(zip(output_keys, tensors)))}
+        signatures = {signature_key: predict({input_key: x}, dict(zip(output_keys, tensors, strict=False)))}
         # Decoys: the logits under the same output key, so picking the wrong signature shows.
         for key in extra_signatures:
             signatures[key] = predict({input_key: x}, {output_keys[0]: logits})
@@ -208,7 +207,7 @@ class _DenseModule(tf.Module):
     def __call__(self, x: Any) -> dict[str, Any]:
         """Forward pass returning `{"output_0": y}`."""
         h = x
-        for kernel, bias, activation in zip(self.kernels, self.biases, self.activations):
+        for kernel, bias, activation in zip(self.kernels, self.biases, self.activations, strict=True):
             h = _tf_activation(activation, tf.matmul(h, kernel) + bias)
         return {"output_0": h}
 

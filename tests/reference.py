@@ -17,7 +17,7 @@ __all__ = ["KINDS", "predict_in_fresh_process"]
 KINDS = ("keras", "saved_model", "keras_export")
 
 # Runs in the child; it must not import this project, so nothing here does.
-_SCRIPT = r'''
+_SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import tensorflow as tf
@@ -57,7 +57,7 @@ elif kind == "keras_export":
 else:
     raise ValueError(f"unknown kind {kind!r}")
 np.save("y.npy", np.asarray(y))
-'''
+"""
 
 
 def predict_in_fresh_process(

@@ -13,10 +13,23 @@ from experiments.benchmark import run
 def test_benchmark_smoke(tmp_path):
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path="../conf"):
-        cfg = compose("benchmark", overrides=[
-            "member_count=2", "features=4", "hidden=[8]", "classes=3", "rows=64", "epochs=2",
-            "batch_size=32", "repeats=1", "large_batch=64", "latency_calls=2", "throughput_calls=1", "memory_hidden=[16]",
-        ])
+        cfg = compose(
+            "benchmark",
+            overrides=[
+                "member_count=2",
+                "features=4",
+                "hidden=[8]",
+                "classes=3",
+                "rows=64",
+                "epochs=2",
+                "batch_size=32",
+                "repeats=1",
+                "large_batch=64",
+                "latency_calls=2",
+                "throughput_calls=1",
+                "memory_hidden=[16]",
+            ],
+        )
     GlobalHydra.instance().clear()
     results = run(cfg, output_dir=str(tmp_path))
     assert json.loads((tmp_path / "benchmark.json").read_text()) == results

@@ -42,8 +42,7 @@ def test_classification_outputs_match_numpy(x):
     np.testing.assert_allclose(
         out["disagreement"], (votes != prediction.argmax(-1)[:, None]).mean(1), atol=1e-6
     )
-    assert set(out) == {"prediction", "member_predictions", "entropy", "mutual_information",
-                        "disagreement"}
+    assert set(out) == {"prediction", "member_predictions", "entropy", "mutual_information", "disagreement"}
 
 
 def test_regression_outputs_match_numpy(x):
@@ -95,8 +94,10 @@ def test_members_reading_different_named_inputs():
         combiners.MeanCombiner(),
     )
     rng = np.random.default_rng(1)
-    feed = {"image": rng.normal(size=(3, 4, 4, 1)).astype("float32"),
-            "meta": rng.normal(size=(3, 5)).astype("float32")}
+    feed = {
+        "image": rng.normal(size=(3, 4, 4, 1)).astype("float32"),
+        "meta": rng.normal(size=(3, 5)).astype("float32"),
+    }
     assert sorted(model.input) == ["image", "meta"]
     out = model(feed)
     expected = np.stack(
@@ -132,7 +133,7 @@ def test_members_are_frozen_and_deterministic(x):
     first = np.asarray(model(x, training=True)["member_predictions"])
     second = np.asarray(model(x, training=True)["member_predictions"])
     np.testing.assert_array_equal(first, second)  # dropout stays off inside a member
-    for a, b in zip(before, source.get_weights()):
+    for a, b in zip(before, source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

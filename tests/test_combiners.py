@@ -31,12 +31,8 @@ def random_probabilities(seed: int) -> np.ndarray:
 
 
 PROBABILITIES = random_probabilities(0)
-TARGET_PREDICTIONS = (
-    np.random.default_rng(1).normal(size=(BATCH, MEMBERS, TARGETS)).astype("float32")
-)
-RAW_FEATURES = (
-    np.random.default_rng(2).normal(size=(BATCH, FEATURES)).astype("float32")
-)
+TARGET_PREDICTIONS = np.random.default_rng(1).normal(size=(BATCH, MEMBERS, TARGETS)).astype("float32")
+RAW_FEATURES = np.random.default_rng(2).normal(size=(BATCH, FEATURES)).astype("float32")
 # Row 0: a tie inside each member (0.4 = 0.4, 0.45 = 0.45): the lowest index
 # wins. Row 1: one vote each for classes 0 and 2: a tie in the shares.
 TIED_PROBABILITIES = np.array(
@@ -208,9 +204,7 @@ ERROR_CASES = [
         id="stack-without-task",
     ),
     pytest.param(
-        lambda: StackingCombiner(passthrough=True, task=CLASSIFICATION)(
-            PROBABILITIES
-        ),
+        lambda: StackingCombiner(passthrough=True, task=CLASSIFICATION)(PROBABILITIES),
         "needs the raw features",
         id="passthrough-without-features",
     ),
@@ -239,18 +233,14 @@ def small_meta_model() -> keras.Model:
 
 # (factory, task, passthrough): every combiner, as the ensemble builder uses it.
 SERIALIZATION_CASES = [
-    pytest.param(
-        lambda: MeanCombiner(weights=(1, 2, 3)), CLASSIFICATION, False, id="mean"
-    ),
+    pytest.param(lambda: MeanCombiner(weights=(1, 2, 3)), CLASSIFICATION, False, id="mean"),
     pytest.param(
         lambda: VoteCombiner(weights=[2, 1, 1]),
         CLASSIFICATION,
         False,
         id="hard-vote",
     ),
-    pytest.param(
-        lambda: VoteCombiner(voting="soft"), CLASSIFICATION, False, id="soft-vote"
-    ),
+    pytest.param(lambda: VoteCombiner(voting="soft"), CLASSIFICATION, False, id="soft-vote"),
     pytest.param(StackingCombiner, CLASSIFICATION, False, id="stack"),
     pytest.param(StackingCombiner, REGRESSION, False, id="stack-regression"),
     pytest.param(
@@ -281,9 +271,7 @@ def perturb_weights(layer: keras.layers.Layer) -> None:
 
 
 @pytest.mark.parametrize("factory, task, passthrough", SERIALIZATION_CASES)
-def test_config_round_trip(
-    factory: Callable[[], Combiner], task: str, passthrough: bool
-) -> None:
+def test_config_round_trip(factory: Callable[[], Combiner], task: str, passthrough: bool) -> None:
     inputs = inputs_for(task, passthrough)
     combiner = factory()
     combiner.configure(task)
@@ -344,7 +332,5 @@ def test_stacking_trains_only_its_meta_model() -> None:
         (MEMBERS * CLASSES, CLASSES),
         (CLASSES,),
     ]
-    assert {id(v) for v in combiner.trainable_weights} == {
-        id(v) for v in meta_variables
-    }
+    assert {id(v) for v in combiner.trainable_weights} == {id(v) for v in meta_variables}
     assert MeanCombiner(task=CLASSIFICATION).trainable_weights == []

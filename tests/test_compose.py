@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import h5py
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -87,9 +87,19 @@ def test_command_line_reuses_the_zoo(mean_run, wine_overrides, tmp_path):
     _, _, zoo = mean_run
     before = {p.name: p.stat().st_mtime_ns for p in zoo.iterdir()}
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.compose", *wine_overrides, "combiner=vote",
-         "export=none", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "experiments.compose",
+            *wine_overrides,
+            "combiner=vote",
+            "export=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]

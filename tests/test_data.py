@@ -66,7 +66,7 @@ def test_csv_returns_the_columns_written_and_encodes_names(tmp_path: Path) -> No
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 2)).round(3)
     names = np.array(["cat", "dog", "emu"])[np.arange(30) % 3]
-    rows = [[name, a, "ignored", b] for name, (a, b) in zip(names, x)]
+    rows = [[name, a, "ignored", b] for name, (a, b) in zip(names, x, strict=True)]
     path = write_csv(tmp_path / "pets.csv", ["animal", "a", "note", "b"], rows, delimiter=";")
 
     data = load_csv(path, target="animal", features=["a", "b"], delimiter=";", name="pets")
@@ -136,7 +136,7 @@ def test_splits_are_stratified_disjoint_complete_and_seeded(tmp_path: Path, load
         np.savez(path, x=x, y=y)
         load: Callable[..., Dataset] = load_npz
     else:
-        rows = [[*row, label] for row, label in zip(x, y)]
+        rows = [[*row, label] for row, label in zip(x, y, strict=True)]
         path = write_csv(tmp_path / "d.csv", ["i", "f", "label"], rows)
         load = lambda path, **kw: load_csv(path, target="label", **kw)  # noqa: E731
 
@@ -145,7 +145,7 @@ def test_splits_are_stratified_disjoint_complete_and_seeded(tmp_path: Path, load
     index = [getattr(data, f"x_{part}")[:, 0].astype(int) for part in PARTS]
     assert sorted(np.concatenate(index).tolist()) == list(range(90))
     assert [len(i) for i in index] == [45, 27, 18]
-    for part, rows in zip(PARTS, index):
+    for part, rows in zip(PARTS, index, strict=True):
         # Stratified: every class in the same share as in the whole set.
         counts = np.bincount(getattr(data, f"y_{part}"))
         np.testing.assert_array_equal(counts, [len(rows) // 3] * 3, err_msg=part)
@@ -159,8 +159,10 @@ def test_splits_are_stratified_disjoint_complete_and_seeded(tmp_path: Path, load
 
 
 def test_the_wine_example_splits_like_the_bundled_wine() -> None:
-    # conf/data/npz.yaml shares the name `wine` (and its zoo of members): the rows must match.
+    # conf/data/npz.yaml is named after its file, `wine` (and shares its zoo of members): the rows
+    # must match.
     from_file, bundled = load_npz(EXAMPLES / "wine.npz"), load_dataset("wine")
+    assert from_file.name == bundled.name == "wine"
     for part in PARTS:
         np.testing.assert_array_equal(getattr(from_file, f"x_{part}"), getattr(bundled, f"x_{part}"))
         np.testing.assert_array_equal(getattr(from_file, f"y_{part}"), getattr(bundled, f"y_{part}"))
@@ -190,9 +192,7 @@ def test_relative_path_falls_back_to_the_repository_root(
     assert load_npz("conf/data/examples/wine.npz").split["source"] == str(EXAMPLES / "wine.npz")
 
 
-def test_relative_path_prefers_the_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_path_prefers_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A file of the same relative path in the working directory wins over the repository's.
     own = tmp_path / "conf" / "data" / "examples" / "wine.npz"
     own.parent.mkdir(parents=True)
@@ -230,39 +230,110 @@ def case(call: Callable[[Path], Dataset], match: str, id: str) -> Any:
 
 
 ERRORS = [
-    case(lambda d: load_csv(d / "nowhere.csv", target="label"), r"'.*nowhere\.csv' not found", "csv_missing_file"),
-    case(lambda d: load_npz("no/such.npz"), r"'no/such\.npz' not found.*Expected a file at", "npz_missing_relative"),
-    case(lambda d: load_csv(d / "ok.csv", target="kind"),
-         r"ok\.csv: no target column 'kind'.*\['a', 'b', 'label'\]", "csv_no_target_column"),
-    case(lambda d: load_csv(d / "ok.csv", target="label", features=["a", "z"]),
-         r"no feature column 'z'.*\['a', 'b', 'label'\]", "csv_no_feature_column"),
-    case(lambda d: load_csv(d / "ok.csv", target="label", features=["a", "label"]),
-         r"target column 'label' is also listed", "csv_target_among_features"),
-    case(lambda d: load_csv(d / "text.csv", target="label"),
-         r"text\.csv: feature column 'b' must be numeric.*'x' on line 6", "csv_text_feature"),
-    case(lambda d: load_csv(d / "ragged.csv", target="label"),
-         r"ragged\.csv, line 3: expected 3 fields.*Received: 2", "csv_ragged_row"),
-    case(lambda d: load_csv(d / "dup.csv", target="label"), r"unique column names.*\['a'\]", "csv_repeated_column"),
-    case(lambda d: load_csv(d / "empty.csv", target="label"), r"empty\.csv: expected a header row", "csv_empty_file"),
-    case(lambda d: load_csv(d / "ok.csv", target="label", task="regression"),
-         r"target 'label': task='regression' needs numeric", "csv_names_as_regression"),
-    case(lambda d: load_csv(d / "ok.csv", target="label", task="ranking"), r"Received: task='ranking'", "unknown_task"),
-    case(lambda d: load_csv(d / "rare.csv", target="label"),
-         r"rare\.csv: class 'q' has 2 row\(s\).*at least 3 rows of every class", "csv_class_too_rare"),
-    case(lambda d: load_csv(d / "tiny.csv", target="label"),
-         r"tiny\.csv: expected at least 3 rows.*Received: 2", "csv_too_few_rows"),
-    case(lambda d: load_npz(d / "ok.npz", test_size=0.2, holdout_size=0.05),
-         r"ok\.npz: 12 rows are too few for test_size=0.2, holdout_size=0.05", "npz_split_too_small"),
-    case(lambda d: load_npz(d / "ok.npz", test_size=0.5, holdout_size=0.5),
-         r"test_size \+ holdout_size < 1.*test_size=0.5, holdout_size=0.5", "npz_sizes_sum_to_one"),
-    case(lambda d: load_npz(d / "ok.npz", x_key="features"), r"ok\.npz: no array 'features'.*\['x', 'y'\]", "npz_no_x"),
+    case(
+        lambda d: load_csv(d / "nowhere.csv", target="label"),
+        r"'.*nowhere\.csv' not found",
+        "csv_missing_file",
+    ),
+    case(
+        lambda d: load_npz("no/such.npz"),
+        r"'no/such\.npz' not found.*Expected a file at",
+        "npz_missing_relative",
+    ),
+    case(
+        lambda d: load_csv(d / "ok.csv", target="kind"),
+        r"ok\.csv: no target column 'kind'.*\['a', 'b', 'label'\]",
+        "csv_no_target_column",
+    ),
+    case(
+        lambda d: load_csv(d / "ok.csv", target="label", features=["a", "z"]),
+        r"no feature column 'z'.*\['a', 'b', 'label'\]",
+        "csv_no_feature_column",
+    ),
+    case(
+        lambda d: load_csv(d / "ok.csv", target="label", features=["a", "label"]),
+        r"target column 'label' is also listed",
+        "csv_target_among_features",
+    ),
+    case(
+        lambda d: load_csv(d / "text.csv", target="label"),
+        r"text\.csv: feature column 'b' must be numeric.*'x' on line 6",
+        "csv_text_feature",
+    ),
+    case(
+        lambda d: load_csv(d / "ragged.csv", target="label"),
+        r"ragged\.csv, line 3: expected 3 fields.*Received: 2",
+        "csv_ragged_row",
+    ),
+    case(
+        lambda d: load_csv(d / "dup.csv", target="label"),
+        r"unique column names.*\['a'\]",
+        "csv_repeated_column",
+    ),
+    case(
+        lambda d: load_csv(d / "empty.csv", target="label"),
+        r"empty\.csv: expected a header row",
+        "csv_empty_file",
+    ),
+    case(
+        lambda d: load_csv(d / "ok.csv", target="label", task="regression"),
+        r"target 'label': task='regression' needs numeric",
+        "csv_names_as_regression",
+    ),
+    case(
+        lambda d: load_csv(d / "ok.csv", target="label", task="ranking"),
+        r"Received: task='ranking'",
+        "unknown_task",
+    ),
+    case(
+        lambda d: load_csv(d / "rare.csv", target="label"),
+        r"rare\.csv: class 'q' has 2 row\(s\).*at least 3 rows of every class",
+        "csv_class_too_rare",
+    ),
+    case(
+        lambda d: load_csv(d / "tiny.csv", target="label"),
+        r"tiny\.csv: expected at least 3 rows.*Received: 2",
+        "csv_too_few_rows",
+    ),
+    case(
+        lambda d: load_npz(d / "ok.npz", test_size=0.2, holdout_size=0.05),
+        r"ok\.npz: 12 rows are too few for test_size=0.2, holdout_size=0.05",
+        "npz_split_too_small",
+    ),
+    case(
+        lambda d: load_npz(d / "ok.npz", test_size=0.5, holdout_size=0.5),
+        r"test_size \+ holdout_size < 1.*test_size=0.5, holdout_size=0.5",
+        "npz_sizes_sum_to_one",
+    ),
+    case(
+        lambda d: load_npz(d / "ok.npz", x_key="features"),
+        r"ok\.npz: no array 'features'.*\['x', 'y'\]",
+        "npz_no_x",
+    ),
     case(lambda d: load_npz(d / "ok.npz", y_key="label"), r"no array 'label'.*\['x', 'y'\]", "npz_no_y"),
-    case(lambda d: load_npz(d / "rows.npz"), r"rows\.npz.*'x' has 12 rows, 'y' has 11", "npz_row_counts_differ"),
-    case(lambda d: load_npz(d / "words.npz"),
-         r"words\.npz: features 'x' must be a numeric array.*dtype <U1", "npz_text_features"),
-    case(lambda d: load_npz(d / "single.npy"), r"single\.npy: expected an \.npz archive.*not a zip", "npz_is_npy"),
-    case(lambda d: load_npz(d / "objects.npz"), r"objects\.npz: expected plain arrays under 'x' and 'y'", "npz_objects"),
-    case(lambda d: load_npz(d / "noise.npz"), r"noise\.npz: expected an \.npz archive.*not a zip", "npz_not_a_zip"),
+    case(
+        lambda d: load_npz(d / "rows.npz"), r"rows\.npz.*'x' has 12 rows, 'y' has 11", "npz_row_counts_differ"
+    ),
+    case(
+        lambda d: load_npz(d / "words.npz"),
+        r"words\.npz: features 'x' must be a numeric array.*dtype <U1",
+        "npz_text_features",
+    ),
+    case(
+        lambda d: load_npz(d / "single.npy"),
+        r"single\.npy: expected an \.npz archive.*not a zip",
+        "npz_is_npy",
+    ),
+    case(
+        lambda d: load_npz(d / "objects.npz"),
+        r"objects\.npz: expected plain arrays under 'x' and 'y'",
+        "npz_objects",
+    ),
+    case(
+        lambda d: load_npz(d / "noise.npz"),
+        r"noise\.npz: expected an \.npz archive.*not a zip",
+        "npz_not_a_zip",
+    ),
 ]
 
 

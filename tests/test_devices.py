@@ -52,8 +52,12 @@ _SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_models_pinned_to_logical_devices(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, "-c", _SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -15,8 +15,8 @@ import pytest
 
 import combiners
 import ensemble
+from ensemble.export import saved_model as export_module
 from tests.conftest import two_input_ensemble
-from ensemble import export as export_module
 from tests.legacy_formats import DenseNet, write_tf1_saved_model
 
 # Runs in a fresh process where this project cannot be imported (nor Keras: the
@@ -45,7 +45,10 @@ def serve_in_fresh_process(path: str, feeds: dict[str, np.ndarray], tmp_path) ->
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", _SERVE, path, os.fspath(feeds_file), os.fspath(out_file)],
-        cwd=tmp_path, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,7 +84,7 @@ def test_export_serves_without_member_files_or_this_project(tmp_path, mixed_ense
     path = ensemble.export_saved_model(model, tmp_path / "export")
     shutil.rmtree(sources)  # the export must not refer to them
 
-    for x, want in zip(batches, expected):
+    for x, want in zip(batches, expected, strict=True):
         served = serve_in_fresh_process(path, {"features": x}, tmp_path)
         assert sorted(k for k in served if k.startswith("serving_default/")) == sorted(
             f"serving_default/{k}" for k in want
@@ -99,13 +102,17 @@ def test_manifest_and_config_travel_as_plain_files(tmp_path, mixed_ensemble):
     assert manifest["task"] == "classification" and manifest["width"] == 3
     assert manifest["inputs"] == {"features": {"shape": [None, 8], "dtype": "float32"}}
     assert [(m["name"], m["format"]) for m in manifest["members"]] == [
-        ("a", "keras"), ("b", "h5"), ("c", "saved_model"), ("d", "saved_model")
+        ("a", "keras"),
+        ("b", "h5"),
+        ("c", "saved_model"),
+        ("d", "saved_model"),
     ]
     assert manifest["members"][0]["source"] == os.fspath(sources / "a.keras")
     assert manifest["combiner"]["class"] == "StackingCombiner"
     assert manifest["combiner"]["config"]["passthrough"] is True
     assert manifest["versions"]["tensorflow"] and manifest["versions"]["keras"]
-    assert open(os.path.join(path, "assets.extra", "config.yaml")).read() == "combiner: stack\n"
+    with open(os.path.join(path, "assets.extra", "config.yaml")) as f:
+        assert f.read() == "combiner: stack\n"
     assert ensemble.read_manifest(path) == manifest
 
 
@@ -116,8 +123,11 @@ def test_saved_model_cli_reads_and_runs_the_signature(tmp_path, mixed_ensemble):
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     show = subprocess.run(
-        cli + ["show", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [*cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert show.returncode == 0, show.stderr[-2000:]
     assert "inputs['features']" in show.stdout and "shape: (-1, 8)" in show.stdout
@@ -126,9 +136,24 @@ def test_saved_model_cli_reads_and_runs_the_signature(tmp_path, mixed_ensemble):
     x = np.random.default_rng(1).normal(size=(2, 8)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     run = subprocess.run(
-        cli + ["run", "--dir", path, "--tag_set", "serve", "--signature_def", "prediction",
-               "--inputs", f"features={tmp_path / 'x.npy'}", "--outdir", os.fspath(tmp_path / "cli")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            *cli,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "prediction",
+            "--inputs",
+            f"features={tmp_path / 'x.npy'}",
+            "--outdir",
+            os.fspath(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     np.testing.assert_allclose(
@@ -152,7 +177,8 @@ def test_multi_input_ensemble_names_its_signature_inputs(tmp_path):
 def _listing(directory):
     return sorted(
         (os.path.relpath(os.path.join(root, f), directory), os.path.getsize(os.path.join(root, f)))
-        for root, _, files in os.walk(directory) for f in files
+        for root, _, files in os.walk(directory)
+        for f in files
     )
 
 
@@ -164,11 +190,16 @@ def test_an_existing_export_is_never_half_overwritten(tmp_path, mixed_ensemble, 
         ensemble.export_saved_model(model, path)
     assert _listing(path) == before
 
-    def fail_midway(model, directory, config, jit_compile):
-        open(os.path.join(directory, "saved_model.pb"), "w").write("half")
+    import tensorflow as tf
+
+    def fail_midway(obj, directory, *args, **kwargs):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "saved_model.pb"), "w") as f:
+            f.write("half")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_module, "_write", fail_midway)
+    # TensorFlow's SavedModel writer fails halfway through the export.
+    monkeypatch.setattr(tf.saved_model, "save", fail_midway)
     with pytest.raises(RuntimeError, match="disk full"):
         ensemble.export_saved_model(model, path, overwrite=True)
     assert _listing(path) == before
@@ -213,14 +244,16 @@ def test_xla_compiled_export_gives_the_same_outputs(tmp_path, mixed_ensemble):
 def test_overwrite_is_checked_again_when_the_export_moves_into_place(tmp_path, mixed_ensemble, monkeypatch):
     model, _ = mixed_ensemble
     target = tmp_path / "export"
-    real_write = export_module._write
+    import tensorflow as tf
 
-    def someone_else_writes_meanwhile(model, directory, config, jit_compile):
-        real_write(model, directory, config, jit_compile)
+    real_save = tf.saved_model.save
+
+    def someone_else_writes_meanwhile(obj, directory, *args, **kwargs):
+        real_save(obj, directory, *args, **kwargs)
         target.mkdir()
         (target / "theirs.txt").write_text("keep me")
 
-    monkeypatch.setattr(export_module, "_write", someone_else_writes_meanwhile)
+    monkeypatch.setattr(tf.saved_model, "save", someone_else_writes_meanwhile)
     with pytest.raises(FileExistsError, match="was created while this export was written"):
         ensemble.export_saved_model(model, target)
     assert (target / "theirs.txt").read_text() == "keep me"
@@ -231,6 +264,9 @@ def test_config_may_be_an_omegaconf_mapping(tmp_path, mixed_ensemble):
     from omegaconf import OmegaConf
 
     model, _ = mixed_ensemble
-    path = ensemble.export_saved_model(model, tmp_path / "export", config=OmegaConf.create({"a": {"b": [1, 2]}}))
-    written = json.loads(open(os.path.join(path, "assets.extra", "config.yaml")).read())
+    path = ensemble.export_saved_model(
+        model, tmp_path / "export", config=OmegaConf.create({"a": {"b": [1, 2]}})
+    )
+    with open(os.path.join(path, "assets.extra", "config.yaml")) as f:
+        written = json.loads(f.read())
     assert written == {"a": {"b": [1, 2]}}

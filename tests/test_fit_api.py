@@ -32,7 +32,10 @@ def rows(n: int = 60, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     ("combiner", "method"),
     [
         (lambda: combiners.StackingCombiner(), "sklearn"),
-        (lambda: combiners.StackingCombiner(meta_model=keras.layers.Dense(CLASSES, activation="softmax")), "keras"),
+        (
+            lambda: combiners.StackingCombiner(meta_model=keras.layers.Dense(CLASSES, activation="softmax")),
+            "keras",
+        ),
         (lambda: combiners.MeanCombiner(), "none"),
         (lambda: combiners.VoteCombiner(voting="hard"), "none"),
     ],
@@ -76,7 +79,9 @@ def test_the_guard_counts_and_refuses_rows_that_trained_a_member(tmp_path):
     path = tmp_path / "m.keras"
     dense_classifier(7).save(path)
     ensemble.record_training_rows(path, x[:10])
-    model = ensemble.build_ensemble([ensemble.load_member(path, name="m"), *members(2)], combiners.StackingCombiner())
+    model = ensemble.build_ensemble(
+        [ensemble.load_member(path, name="m"), *members(2)], combiners.StackingCombiner()
+    )
     with pytest.raises(ensemble.EnsembleError, match=r"trained member\(s\) \{'m': 10\}"):
         ensemble.fit(model, x, y)
     report = ensemble.fit(model, x, y, allow_overlap=True)
@@ -88,7 +93,11 @@ def test_the_guard_counts_and_refuses_rows_that_trained_a_member(tmp_path):
     ("combiner", "kwargs", "match"),
     [
         (combiners.MeanCombiner, {"method": "gradient"}, r"Expected method in \('auto'"),
-        (combiners.StackingCombiner, {"method": "selection"}, r"method='selection' learns a MeanCombiner's weights"),
+        (
+            combiners.StackingCombiner,
+            {"method": "selection"},
+            r"method='selection' learns a MeanCombiner's weights",
+        ),
         (combiners.MeanCombiner, {"method": "sklearn"}, r"fit_stacking fits the default meta-model"),
     ],
     ids=["unknown-method", "selection-on-a-stacker", "sklearn-on-a-mean"],
@@ -108,17 +117,23 @@ def test_fit_out_of_fold_matches_sklearns_cross_val_predict():
     def builder(c):
         def fit_predict(x_train, y_train, x_predict):
             return LogisticRegression(C=c, max_iter=5000).fit(x_train, y_train).predict_proba(x_predict)
+
         return fit_predict
 
     # The final members, stand-ins trained on every row (their predictions are not used here).
-    final = [ensemble.load_member(dense_classifier(i, features=30, classes=2), name=n)
-             for i, n in enumerate(regularisations)]
+    final = [
+        ensemble.load_member(dense_classifier(i, features=30, classes=2), name=n)
+        for i, n in enumerate(regularisations)
+    ]
     model = ensemble.build_ensemble(final, combiners.MeanCombiner())
-    report = ensemble.fit_out_of_fold(model, x, y, {n: builder(c) for n, c in regularisations.items()},
-                                      cv=4, seed=3, method="optimal")
+    report = ensemble.fit_out_of_fold(
+        model, x, y, {n: builder(c) for n, c in regularisations.items()}, cv=4, seed=3, method="optimal"
+    )
     folds = StratifiedKFold(n_splits=4, shuffle=True, random_state=3)
     for i, c in enumerate(regularisations.values()):
-        expected = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, cv=folds, method="predict_proba")
+        expected = cross_val_predict(
+            LogisticRegression(C=c, max_iter=5000), x, y, cv=folds, method="predict_proba"
+        )
         np.testing.assert_allclose(report.level_one[:, i], expected, atol=1e-6)
     assert report.regime == "oof" and report.folds.shape == (200,) and set(report.folds) == {0, 1, 2, 3}
     assert set(report.member_weights) == set(regularisations)
@@ -140,15 +155,18 @@ def test_build_ensemble_leaves_the_callers_combiner_and_members_alone():
     assert combiner.member_weights is None  # the ensemble's own copy holds the weights
     assert ensemble.EnsembleView.of(classification).combiner.member_weights is not None
     # The same combiner object then serves a regression ensemble.
-    x_reg, y_reg = train_test_split(np.random.default_rng(0).normal(size=(40, 4)).astype("float32"), random_state=0)
+    x_reg, _ = train_test_split(
+        np.random.default_rng(0).normal(size=(40, 4)).astype("float32"), random_state=0
+    )
     regressor = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     member = ensemble.load_member(regressor, name="bounded")  # a sigmoid: inferred as a classifier
     assert member.output_kind == "probabilities" and member.output_inferred
     regression = ensemble.build_ensemble([member], combiner, task="regression")
     assert ensemble.EnsembleView.of(regression).task == "regression"
     assert member.output_kind == "probabilities"  # the caller's member is unchanged
-    np.testing.assert_allclose(regression.predict(x_reg, verbose=0)["prediction"],
-                               regressor.predict(x_reg, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        regression.predict(x_reg, verbose=0)["prediction"], regressor.predict(x_reg, verbose=0), atol=1e-6
+    )
 
 
 def test_a_combiner_configured_for_another_task_is_refused():

@@ -13,13 +13,9 @@ from sklearn.model_selection import train_test_split
 
 import combiners
 import ensemble
-from ensemble.members.training_rows import record_training_rows
-from ensemble.fitting.guard import check_leakage
-from ensemble.fitting.head import fit_combiner
-from ensemble.fitting.mean_weights import fit_mean_weights
-from ensemble.fitting.stacking import fit_stacking
-from ensemble.fitting.level_one import LevelOneStore
-from ensemble.evaluate.metrics import classification_metrics
+from ensemble.evaluate import classification_metrics, noise_variance
+from ensemble.fitting import LevelOneStore, check_leakage, fit_combiner, fit_mean_weights, fit_stacking
+from ensemble.members import record_training_rows
 
 
 def _dense_member(coef: np.ndarray, intercept: np.ndarray, name: str, activation: str | None) -> keras.Model:
@@ -127,7 +123,7 @@ def test_members_are_bit_identical_after_fitting(digits, unequal_members):
     fit_combiner(model, x_hold, y_hold, epochs=5, verbose=0)
     fit_stacking(model, x_hold, y_hold)
     for m in members:
-        for w, original in zip(m.get_weights(), before[m.name]):
+        for w, original in zip(m.get_weights(), before[m.name], strict=True):
             assert w.tobytes() == original.tobytes(), m.name
 
 
@@ -145,11 +141,12 @@ def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passt
 
 
 def test_sklearn_baked_binary_and_regression():
-    x, y, lr, members = _binary_members()
+    x, y, _, members = _binary_members()
     model = _ensemble(members, combiners.StackingCombiner())
     estimator = fit_stacking(model, x[200:400], y[200:400])
-    features = np.asarray(ensemble.ensemble_combiner(model).meta_features(
-        LevelOneStore().predictions(model, x[400:])))
+    features = np.asarray(
+        ensemble.ensemble_combiner(model).meta_features(LevelOneStore().predictions(model, x[400:]))
+    )
     np.testing.assert_allclose(
         model.predict(x[400:], verbose=0)["prediction"], estimator.predict_proba(features), atol=1e-5
     )
@@ -163,14 +160,15 @@ def test_sklearn_baked_binary_and_regression():
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],
         level_one.mean(axis=1)[:, 0] + np.ravel(estimator.predict(features)),
-        rtol=1e-5, atol=1e-3,
+        rtol=1e-5,
+        atol=1e-3,
     )
     # A heavy penalty shrinks the stacked ensemble to the plain mean, not to zero.
     fit_stacking(model, xr[200:350], yr[200:350], alpha=1e12)
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],
-        level_one.mean(axis=1)[:, 0] + np.mean(yr[200:350] - LevelOneStore().predictions(
-            model, xr[200:350]).mean(axis=1)[:, 0]),
+        level_one.mean(axis=1)[:, 0]
+        + np.mean(yr[200:350] - LevelOneStore().predictions(model, xr[200:350]).mean(axis=1)[:, 0]),
         rtol=1e-4,
     )
 
@@ -187,7 +185,7 @@ def test_stacking_beats_the_mean_when_members_differ(digits, unequal_members):
 
 @pytest.mark.parametrize("method", ["selection", "optimal"])
 def test_learned_mean_weights_end_up_in_the_config(digits, unequal_members, method):
-    _, _, x_hold, y_hold, x_test, y_test = digits
+    _, _, x_hold, y_hold, x_test, _ = digits
     model = _ensemble(unequal_members, combiners.MeanCombiner())
     uniform_nll = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])["nll"]
     weights = fit_mean_weights(model, x_hold, y_hold, method=method)
@@ -290,8 +288,6 @@ def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
 
 @pytest.mark.parametrize("passthrough", [False, True])
 def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthrough):
-    from experiments.common import _noise_variance
-
     xr, yr, regressors = _regression_members()
     model = _ensemble(regressors, combiners.StackingCombiner(passthrough=passthrough), task="regression")
     x, y = xr[200:350], yr[200:350]
@@ -300,5 +296,5 @@ def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthro
     out = model.predict(x, verbose=0)  # reference: the whole ensemble's prediction and spread
     expected = max(float(np.mean((y[:, None] - out["prediction"]) ** 2 - out["std"] ** 2)), 0.0)
     assert expected > 0
-    actual = _noise_variance(ensemble.ensemble_combiner(model), level_one, y, x)
+    actual = noise_variance(ensemble.ensemble_combiner(model), level_one, y, x)
     np.testing.assert_allclose(actual, expected, rtol=1e-4)

@@ -43,7 +43,11 @@ def runs(tmp_path_factory):
     for seed, run in ((1, "run_a"), (2, "run_b")):
         subprocess.run(
             [sys.executable, "-c", _TRAIN_RUN, str(seed), os.fspath(root / run)],
-            check=True, env=env, cwd=root, capture_output=True, timeout=300,
+            check=True,
+            env=env,
+            cwd=root,
+            capture_output=True,
+            timeout=300,
         )
     for seed, run in ((3, "tf1_a"), (4, "tf1_b")):  # the same TF1 scope and variable names
         write_tf1_saved_model(root / run, DenseNet.random(sizes=(8, 16, 3), seed=seed), scope="model")
@@ -65,8 +69,7 @@ def alone(runs):
     """Each source's prediction from a fresh process that loads it alone with plain TF/Keras."""
     x = np.random.default_rng(0).normal(size=(5, 8)).astype("float32")
     return x, {
-        name: predict_in_fresh_process(kind, runs / filename, x)
-        for name, (filename, kind) in SOURCES.items()
+        name: predict_in_fresh_process(kind, runs / filename, x) for name, (filename, kind) in SOURCES.items()
     }
 
 

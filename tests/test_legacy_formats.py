@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from tests.legacy_formats import (
     DenseNet,
     write_tf1_checkpoint,
@@ -53,7 +54,7 @@ def test_dense_net_matches_its_keras_twin(final, x):
     np.testing.assert_allclose(model(x, training=False), net.predict(x), atol=ATOL)
     back = DenseNet.from_keras(model)
     assert back.activations == net.activations
-    for (k0, b0), (k1, b1) in zip(back.layers, net.layers):
+    for (k0, b0), (k1, b1) in zip(back.layers, net.layers, strict=True):
         np.testing.assert_array_equal(k0, k1)
         np.testing.assert_array_equal(b0, b1)
 

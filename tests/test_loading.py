@@ -73,15 +73,23 @@ def test_tf1_saved_model_defaults(tmp_path, x):
 
 def test_tf1_saved_model_tags_signature_and_output_key(tmp_path, x):
     path = write_tf1_saved_model(
-        tmp_path / "tf1", NET, tags=("custom",), signature_key="predict",
-        output_keys=("probabilities", "logits", "classes"), extra_signatures=("serving_default",),
+        tmp_path / "tf1",
+        NET,
+        tags=("custom",),
+        signature_key="predict",
+        output_keys=("probabilities", "logits", "classes"),
+        extra_signatures=("serving_default",),
     )
     member = ensemble.load_member(
         path, name="tf1", tags=["custom"], signature="predict", output_key="probabilities"
     )
     np.testing.assert_allclose(_member_output(member, x), NET.predict(x), atol=1e-5)
     logits = ensemble.load_member(
-        path, name="tf1_logits", tags=["custom"], signature="predict", output_key="logits",
+        path,
+        name="tf1_logits",
+        tags=["custom"],
+        signature="predict",
+        output_key="logits",
         output="logits",
     )
     np.testing.assert_allclose(_member_output(logits, x), NET.predict(x), atol=1e-5)
@@ -92,9 +100,7 @@ def test_tf1_checkpoint_by_name_under_scope(tmp_path, x, scope):
     prefix = write_tf1_checkpoint(tmp_path / "ckpt" / "model.ckpt", NET, scope=scope)
     architecture = DenseNet.random(sizes=(8, 16, 3), seed=99).to_keras  # same shapes, other values
     for source in (prefix, os.path.dirname(prefix)):  # the prefix, or its directory
-        member = ensemble.load_member(
-            source, name="ckpt", architecture=architecture, scope=scope or None
-        )
+        member = ensemble.load_member(source, name="ckpt", architecture=architecture, scope=scope or None)
         np.testing.assert_allclose(_member_output(member, x), NET.predict(x), atol=1e-5)
         assert member.format == "checkpoint"
 
@@ -120,8 +126,12 @@ def test_tf1_checkpoint_variable_map(tmp_path, x):
     inputs = keras.Input((8,))
     hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
     arch = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(hidden))
-    mapping = {"hidden/kernel": "net/dense_0/kernel", "hidden/bias": "net/dense_0/bias",
-               "head/kernel": "net/dense_1/kernel", "head/bias": "net/dense_1/bias"}
+    mapping = {
+        "hidden/kernel": "net/dense_0/kernel",
+        "hidden/bias": "net/dense_0/bias",
+        "head/kernel": "net/dense_1/kernel",
+        "head/bias": "net/dense_1/bias",
+    }
     member = ensemble.load_member(prefix, name="mapped", architecture=arch, variable_map=mapping)
     np.testing.assert_allclose(_member_output(member, x), NET.predict(x), atol=1e-5)
 

@@ -8,12 +8,16 @@ from scipy.stats import norm
 from sklearn import metrics
 
 from ensemble import EnsembleError
-from ensemble.evaluate.metrics import classification_metrics, disagreement, expected_calibration_error, gaussian_nll, regression_metrics
+from ensemble.evaluate import (
+    classification_metrics,
+    disagreement,
+    expected_calibration_error,
+    gaussian_nll,
+    regression_metrics,
+)
 
 # Six rows, two classes: (probabilities, label). Confidences avoid bin edges on purpose.
-ECE_PROBABILITIES = np.array(
-    [[0.9, 0.1], [0.1, 0.9], [0.55, 0.45], [0.3, 0.7], [0.65, 0.35], [0.05, 0.95]]
-)
+ECE_PROBABILITIES = np.array([[0.9, 0.1], [0.1, 0.9], [0.55, 0.45], [0.3, 0.7], [0.65, 0.35], [0.05, 0.95]])
 ECE_LABELS = np.array([0, 0, 0, 1, 1, 1])  # correct, wrong, correct, correct, wrong, correct
 
 
@@ -57,9 +61,7 @@ def test_classification_metrics_on_the_hand_worked_rows() -> None:
     assert result["ece"] == pytest.approx(2.25 / 6)
 
 
-@pytest.mark.parametrize(
-    "shape", [(40,), (40, 1), (40, 3)], ids=["vector", "one_column", "three_targets"]
-)
+@pytest.mark.parametrize("shape", [(40,), (40, 1), (40, 3)], ids=["vector", "one_column", "three_targets"])
 def test_regression_metrics_match_sklearn_and_scipy(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(1)
     y = rng.normal(size=shape)

@@ -17,13 +17,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ensemble.errors import EnsembleError, MemberError
-from ensemble.fitting.out_of_fold import OutOfFold, out_of_fold_predictions, stack_out_of_fold
+from ensemble.fitting import OutOfFold, out_of_fold_predictions, stack_out_of_fold
 
 
 def sklearn_fit_predict(estimator, method: str) -> Callable[..., np.ndarray]:
     """A `fit_predict` that trains a fresh clone of `estimator` on each call."""
+
     def fit_predict(x_train, y_train, x_predict):
         return getattr(clone(estimator).fit(x_train, y_train), method)(x_predict)
+
     return fit_predict
 
 
@@ -33,18 +35,29 @@ def two_targets() -> tuple[np.ndarray, np.ndarray]:
 
 
 REFERENCE_CASES = [
-    (lambda: load_iris(return_X_y=True), make_pipeline(StandardScaler(), LogisticRegression()),
-     "classification", 5),
-    (lambda: load_wine(return_X_y=True), make_pipeline(StandardScaler(), LogisticRegression()),
-     "classification", 3),
+    (
+        lambda: load_iris(return_X_y=True),
+        make_pipeline(StandardScaler(), LogisticRegression()),
+        "classification",
+        5,
+    ),
+    (
+        lambda: load_wine(return_X_y=True),
+        make_pipeline(StandardScaler(), LogisticRegression()),
+        "classification",
+        3,
+    ),
     (lambda: load_diabetes(return_X_y=True), Ridge(alpha=0.5), "regression", 5),
     (two_targets, Ridge(alpha=0.5), "regression", 4),
 ]
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-@pytest.mark.parametrize(("load", "estimator", "task", "cv"), REFERENCE_CASES,
-                         ids=["iris-logistic", "wine-logistic", "diabetes-ridge", "diabetes-ridge-2-targets"])
+@pytest.mark.parametrize(
+    ("load", "estimator", "task", "cv"),
+    REFERENCE_CASES,
+    ids=["iris-logistic", "wine-logistic", "diabetes-ridge", "diabetes-ridge-2-targets"],
+)
 def test_matches_cross_val_predict(load, estimator, task, cv, seed):
     x, y = load()
     if task == "classification":
@@ -62,7 +75,9 @@ def test_matches_cross_val_predict(load, estimator, task, cv, seed):
         np.testing.assert_array_equal(np.flatnonzero(oof.folds == fold), held_out)
 
 
-@pytest.mark.parametrize(("task", "cv"), [("classification", 5), ("regression", 3)], ids=["stratified", "kfold"])
+@pytest.mark.parametrize(
+    ("task", "cv"), [("classification", 5), ("regression", 3)], ids=["stratified", "kfold"]
+)
 def test_rows_never_seen_by_the_model_that_predicted_them(task, cv):
     features, y = load_iris(return_X_y=True)
     rows = len(features)
@@ -110,12 +125,15 @@ def fold_counter() -> Callable[..., np.ndarray]:
     def fit_predict(x_train, y_train, x_predict):
         calls.append(len(x_train))
         return np.full(len(x_predict), len(calls) - 1)
+
     return fit_predict
 
 
 def test_stack_uses_the_same_folds_for_every_member():
     x, y = load_iris(return_X_y=True)
-    level_one, folds = stack_out_of_fold({"first": fold_counter(), "second": fold_counter()}, x, y, cv=3, seed=4)
+    level_one, folds = stack_out_of_fold(
+        {"first": fold_counter(), "second": fold_counter()}, x, y, cv=3, seed=4
+    )
 
     assert level_one.shape == (len(x), 2, 1)
     np.testing.assert_array_equal(level_one[:, 0, 0], folds)
@@ -127,7 +145,9 @@ def test_stack_is_in_member_order_and_matches_each_member():
     x, y = load_iris(return_X_y=True)
     members = {
         "naive_bayes": sklearn_fit_predict(GaussianNB(), "predict_proba"),
-        "logistic": sklearn_fit_predict(make_pipeline(StandardScaler(), LogisticRegression()), "predict_proba"),
+        "logistic": sklearn_fit_predict(
+            make_pipeline(StandardScaler(), LogisticRegression()), "predict_proba"
+        ),
     }
     level_one, folds = stack_out_of_fold(members, x, y, cv=5, seed=1)
 
@@ -148,14 +168,16 @@ def test_named_inputs_are_indexed_together():
         return Ridge().fit(joined[0], y_train).predict(joined[1])
 
     named = out_of_fold_predictions(fit_predict, x, y, task="regression", seed=3)
-    plain = out_of_fold_predictions(sklearn_fit_predict(Ridge(), "predict"), features, y, task="regression", seed=3)
+    plain = out_of_fold_predictions(
+        sklearn_fit_predict(Ridge(), "predict"), features, y, task="regression", seed=3
+    )
     np.testing.assert_allclose(named.predictions, plain.predictions, rtol=0, atol=1e-8)
     np.testing.assert_array_equal(named.folds, plain.folds)
 
 
 def test_logs_one_line_per_fold(caplog):
     x, y = load_iris(return_X_y=True)
-    with caplog.at_level(logging.INFO, logger="ensemble.oof"):
+    with caplog.at_level(logging.INFO, logger="ensemble.fitting.out_of_fold"):
         out_of_fold_predictions(lambda a, b, c: np.zeros(len(c)), x, y, cv=4)
     folds = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(folds) == 4
@@ -175,11 +197,13 @@ def test_keras_member():
 
     def fit_predict(x_train, y_train, x_predict):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((x.shape[1],)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((x.shape[1],)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
         model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
         return model.predict(x_predict, verbose=0)
@@ -209,15 +233,29 @@ Y12 = np.repeat([0, 1, 2], 4)
 ERRORS = [
     ({"cv": 1}, r"Expected cv >= 2 folds\. Received: cv=1"),
     ({"cv": 13, "task": "regression"}, r"Expected cv <= 12, the number of rows\. Received: cv=13"),
-    ({"y": np.array([0] * 10 + [7] * 2), "cv": 3},
-     r"Expected cv <= 2, the rows of the smallest class 7, .* Received: cv=3"),
+    (
+        {"y": np.array([0] * 10 + [7] * 2), "cv": 3},
+        r"Expected cv <= 2, the rows of the smallest class 7, .* Received: cv=3",
+    ),
     ({"y": Y12[:-1]}, r"Expected len\(y\) == 12, one target per row of x\. Received: len\(y\)=11"),
-    ({"fit_predict": one_row_short},
-     r"Fold 0: expected predictions of shape \(4,\) or \(4, width\), .* Received: shape=\(3, 2\)"),
-    ({"fit_predict": lambda a, b, c: np.zeros((len(c), 2, 2)), "cv": 3},
-     r"Fold 0: expected predictions of shape .* Received: shape=\(4, 2, 2\)"),
-    ({"fit_predict": widths_differ, "cv": 3, "task": "regression", "x": np.zeros((10, 2)), "y": np.zeros(10)},
-     r"Fold 1: expected width 2 as in fold 0\. Received: shape=\(3, 3\)"),
+    (
+        {"fit_predict": one_row_short},
+        r"Fold 0: expected predictions of shape \(4,\) or \(4, width\), .* Received: shape=\(3, 2\)",
+    ),
+    (
+        {"fit_predict": lambda a, b, c: np.zeros((len(c), 2, 2)), "cv": 3},
+        r"Fold 0: expected predictions of shape .* Received: shape=\(4, 2, 2\)",
+    ),
+    (
+        {
+            "fit_predict": widths_differ,
+            "cv": 3,
+            "task": "regression",
+            "x": np.zeros((10, 2)),
+            "y": np.zeros(10),
+        },
+        r"Fold 1: expected width 2 as in fold 0\. Received: shape=\(3, 3\)",
+    ),
     ({"task": "ranking"}, r"Expected task 'classification' or 'regression'\. Received: task='ranking'"),
     ({"y": np.eye(3)[Y12]}, r"Expected 1-D class labels for classification\. Received: y\.shape=\(12, 3\)"),
     ({"x": {"a": X12, "b": X12[:-1]}}, r"same rows\. Received: rows=\{'a': 12, 'b': 11\}"),
@@ -225,11 +263,23 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "match"), ERRORS, ids=[
-    "cv-below-2", "cv-above-rows", "cv-above-smallest-class", "y-rows", "fit-predict-rows",
-    "fit-predict-3d", "fit-predict-width", "unknown-task", "one-hot-labels", "named-inputs-rows",
-    "no-named-inputs",
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    ERRORS,
+    ids=[
+        "cv-below-2",
+        "cv-above-rows",
+        "cv-above-smallest-class",
+        "y-rows",
+        "fit-predict-rows",
+        "fit-predict-3d",
+        "fit-predict-width",
+        "unknown-task",
+        "one-hot-labels",
+        "named-inputs-rows",
+        "no-named-inputs",
+    ],
+)
 def test_errors(overrides, match):
     arguments = {"fit_predict": zeros, "x": X12, "y": Y12, "cv": 3, "task": "classification"}
     arguments.update(overrides)
@@ -239,12 +289,19 @@ def test_errors(overrides, match):
     assert isinstance(raised.value, EnsembleError)
 
 
-@pytest.mark.parametrize(("members", "error", "match"), [
-    ({}, EnsembleError, r"Expected at least one member\. Received: members=\{\}"),
-    ({"ok": zeros, "short": one_row_short}, MemberError, r"Member 'short': Fold 0: expected predictions"),
-    ({"two": zeros, "one": lambda a, b, c: np.zeros(len(c))}, EnsembleError,
-     r"same width\. Received: widths=\{'two': 2, 'one': 1\}"),
-], ids=["no-members", "member-rows", "member-widths"])
+@pytest.mark.parametrize(
+    ("members", "error", "match"),
+    [
+        ({}, EnsembleError, r"Expected at least one member\. Received: members=\{\}"),
+        ({"ok": zeros, "short": one_row_short}, MemberError, r"Member 'short': Fold 0: expected predictions"),
+        (
+            {"two": zeros, "one": lambda a, b, c: np.zeros(len(c))},
+            EnsembleError,
+            r"same width\. Received: widths=\{'two': 2, 'one': 1\}",
+        ),
+    ],
+    ids=["no-members", "member-rows", "member-widths"],
+)
 def test_stack_errors(members, error, match):
     with pytest.raises(error, match=match):
         stack_out_of_fold(members, X12, Y12, cv=3)

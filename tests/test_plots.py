@@ -11,8 +11,8 @@ import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score, root_mean_squared_error
 
-from ensemble import plots
-from ensemble.evaluate.metrics import expected_calibration_error
+from ensemble.evaluate import expected_calibration_error
+from ensemble.evaluate import figures as plots
 
 # Warnings (0/0 in empty bins, constant inputs to a correlation) must be handled, not leaked.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -37,7 +37,12 @@ def classification() -> dict[str, np.ndarray]:
     member_probabilities[:5] = np.eye(CLASSES)[rng.integers(0, CLASSES, 5)][:, None, :]
     prediction = member_probabilities.mean(1)
     entropy = -(prediction * np.log(np.clip(prediction, 1e-12, 1))).sum(-1)
-    return {"y": y, "member_probabilities": member_probabilities, "prediction": prediction, "entropy": entropy}
+    return {
+        "y": y,
+        "member_probabilities": member_probabilities,
+        "prediction": prediction,
+        "entropy": entropy,
+    }
 
 
 @pytest.fixture
@@ -46,8 +51,12 @@ def regression() -> dict[str, np.ndarray]:
     y = rng.normal(size=(ROWS, TARGETS))
     noise = np.linspace(0.3, 1.5, MEMBERS)[None, :, None] * rng.normal(size=(ROWS, MEMBERS, TARGETS))
     member_predictions = y[:, None, :] + noise + rng.normal(scale=0.2, size=(ROWS, 1, TARGETS))
-    return {"y": y, "member_predictions": member_predictions,
-            "prediction": member_predictions.mean(1), "std": member_predictions.std(1)}
+    return {
+        "y": y,
+        "member_predictions": member_predictions,
+        "prediction": member_predictions.mean(1),
+        "std": member_predictions.std(1),
+    }
 
 
 # Computations against references.
@@ -99,7 +108,9 @@ def test_ensemble_size_curve_matches_sklearn(classification):
         mean = p[:, curve["order"][:k]].mean(1)
         assert curve["accuracy"][k - 1] == pytest.approx(accuracy_score(y, mean.argmax(-1)))
         assert curve["nll"][k - 1] == pytest.approx(log_loss(y, mean, labels=range(CLASSES)), rel=1e-9)
-    assert curve["nll"][-1] == pytest.approx(log_loss(y, p.mean(1)), rel=1e-9)  # order does not matter at k=all
+    assert curve["nll"][-1] == pytest.approx(
+        log_loss(y, p.mean(1)), rel=1e-9
+    )  # order does not matter at k=all
 
 
 def test_ensemble_size_curve_follows_a_given_order(classification):
@@ -144,8 +155,9 @@ def test_member_correlation_of_regression_residuals_and_raw_outputs(regression):
     residuals = np.stack([(predictions[:, m] - y).ravel() for m in range(MEMBERS)])
     raw = np.stack([predictions[:, m].ravel() for m in range(MEMBERS)])
 
-    np.testing.assert_allclose(plots.member_correlation(predictions, y, task="regression"),
-                               np.corrcoef(residuals), rtol=1e-12)
+    np.testing.assert_allclose(
+        plots.member_correlation(predictions, y, task="regression"), np.corrcoef(residuals), rtol=1e-12
+    )
     np.testing.assert_allclose(plots.member_correlation(predictions), np.corrcoef(raw), rtol=1e-12)
 
 
@@ -199,16 +211,28 @@ def test_std_vs_error_matches_rank_correlation(regression):
 
 PLOTS = {
     "reliability": lambda c, r, path: plots.plot_reliability(
-        c["y"], {"ensemble": c["prediction"], "member 4": c["member_probabilities"][:, 4]}, path),
+        c["y"], {"ensemble": c["prediction"], "member 4": c["member_probabilities"][:, 4]}, path
+    ),
     "ensemble-size": lambda c, r, path: plots.plot_ensemble_size(
-        c["y"], c["member_probabilities"], [f"m{i}" for i in range(MEMBERS)], path,
-        ensemble_metrics={"accuracy": 0.8, "nll": 0.5, "ece": 0.1}),
+        c["y"],
+        c["member_probabilities"],
+        [f"m{i}" for i in range(MEMBERS)],
+        path,
+        ensemble_metrics={"accuracy": 0.8, "nll": 0.5, "ece": 0.1},
+    ),
     "ensemble-size-regression": lambda c, r, path: plots.plot_ensemble_size_regression(
-        r["y"], r["member_predictions"], [f"m{i}" for i in range(MEMBERS)], path, ensemble_metrics={"rmse": 0.6}),
+        r["y"],
+        r["member_predictions"],
+        [f"m{i}" for i in range(MEMBERS)],
+        path,
+        ensemble_metrics={"rmse": 0.6},
+    ),
     "member-correlation": lambda c, r, path: plots.plot_member_correlation(
-        plots.member_correlation(c["member_probabilities"], c["y"]), [f"m{i}" for i in range(MEMBERS)], path),
+        plots.member_correlation(c["member_probabilities"], c["y"]), [f"m{i}" for i in range(MEMBERS)], path
+    ),
     "uncertainty": lambda c, r, path: plots.plot_uncertainty(
-        c["y"], c["prediction"], {"entropy": c["entropy"], "mutual_information": c["entropy"] / 2}, path),
+        c["y"], c["prediction"], {"entropy": c["entropy"], "mutual_information": c["entropy"] / 2}, path
+    ),
     "std-vs-error": lambda c, r, path: plots.plot_std_vs_error(r["y"], r["prediction"], r["std"], path),
 }
 
@@ -252,48 +276,112 @@ def _p(rows: int = 4, classes: int = 3, members: int | None = None) -> np.ndarra
 
 
 ERRORS = [
-    (plots.reliability_curve, ([0, 1, 2, 0], _p()[0]),
-     r"Expected probabilities of shape \(rows, classes\)\. Received: probabilities\.shape=\(3,\)"),
-    (plots.reliability_curve, ([0, 1, 2], _p()), r"Expected y with one label per row \(4 rows\)\. Received: 3"),
-    (plots.reliability_curve, ([[0], [1], [2], [0]], _p()), r"Expected y of shape \(rows,\).*y\.shape=\(4, 1\)"),
-    (plots.reliability_curve, ([0, 1, 3, 0], _p()), r"Expected labels in \[0, 3\).*Received: labels in \[0, 3\]"),
+    (
+        plots.reliability_curve,
+        ([0, 1, 2, 0], _p()[0]),
+        r"Expected probabilities of shape \(rows, classes\)\. Received: probabilities\.shape=\(3,\)",
+    ),
+    (
+        plots.reliability_curve,
+        ([0, 1, 2], _p()),
+        r"Expected y with one label per row \(4 rows\)\. Received: 3",
+    ),
+    (
+        plots.reliability_curve,
+        ([[0], [1], [2], [0]], _p()),
+        r"Expected y of shape \(rows,\).*y\.shape=\(4, 1\)",
+    ),
+    (
+        plots.reliability_curve,
+        ([0, 1, 3, 0], _p()),
+        r"Expected labels in \[0, 3\).*Received: labels in \[0, 3\]",
+    ),
     (plots.reliability_curve, ([0, -1, 2, 0], _p()), r"Expected labels in \[0, 3\).*\[-1, 2\]"),
     (plots.reliability_curve, ([0, 0.5, 2, 0], _p()), r"Expected integer class labels.*dtype=float64"),
-    (plots.reliability_curve, ([0, 1, 2, 0], np.ones((4, 3))), r"Expected probabilities to hold probabilities"),
+    (
+        plots.reliability_curve,
+        ([0, 1, 2, 0], np.ones((4, 3))),
+        r"Expected probabilities to hold probabilities",
+    ),
     (plots.reliability_curve, ([0, 1, 2, 0], _p(), 0), r"Expected a positive integer number of bins.*bins=0"),
     (plots.reliability_curve, ([], np.zeros((0, 3))), r"Expected at least one row in probabilities"),
-    (plots.ensemble_size_curve, ([0, 1, 2, 0], _p()),
-     r"Expected member_probabilities of shape \(rows, members, classes\)\. Received: .*shape=\(4, 3\)"),
-    (plots.ensemble_size_curve, ([0, 1, 2, 0, 1], _p(members=2)), r"Expected y with one label per row \(4 rows\)"),
-    (plots.ensemble_size_curve, ([0, 1, 2, 0], _p(members=2), [0, 0]),
-     r"Expected order to be a permutation of the 2 member indices\. Received: order=\[0, 0\]"),
-    (plots.ensemble_size_curve_regression, (np.zeros((4, 2)), np.zeros((4, 3, 1))),
-     r"Expected y of shape \(4, 1\) or \(4,\)\. Received: y\.shape=\(4, 2\)"),
+    (
+        plots.ensemble_size_curve,
+        ([0, 1, 2, 0], _p()),
+        r"Expected member_probabilities of shape \(rows, members, classes\)\. Received: .*shape=\(4, 3\)",
+    ),
+    (
+        plots.ensemble_size_curve,
+        ([0, 1, 2, 0, 1], _p(members=2)),
+        r"Expected y with one label per row \(4 rows\)",
+    ),
+    (
+        plots.ensemble_size_curve,
+        ([0, 1, 2, 0], _p(members=2), [0, 0]),
+        r"Expected order to be a permutation of the 2 member indices\. Received: order=\[0, 0\]",
+    ),
+    (
+        plots.ensemble_size_curve_regression,
+        (np.zeros((4, 2)), np.zeros((4, 3, 1))),
+        r"Expected y of shape \(4, 1\) or \(4,\)\. Received: y\.shape=\(4, 2\)",
+    ),
     (plots.ensemble_size_curve_regression, (np.zeros(5), np.zeros((4, 3, 1))), r"Received: y\.shape=\(5,\)"),
-    (plots.ensemble_size_curve_regression, (np.zeros(4), np.zeros((4, 3))),
-     r"Expected member_predictions of shape \(rows, members, targets\)"),
+    (
+        plots.ensemble_size_curve_regression,
+        (np.zeros(4), np.zeros((4, 3))),
+        r"Expected member_predictions of shape \(rows, members, targets\)",
+    ),
     (plots.member_correlation, (_p(members=2), [0, 1, 5, 0]), r"Expected labels in \[0, 3\)"),
-    (partial(plots.member_correlation, task="regression"), (np.zeros((4, 2, 1)), np.zeros(3)),
-     r"Expected y of shape \(4, 1\) or \(4,\)\. Received: y\.shape=\(3,\)"),
-    (partial(plots.member_correlation, task="survival"), (np.zeros((4, 2, 1)),),
-     r"Expected task 'classification' or 'regression'\. Received: task='survival'"),
-    (plots.uncertainty_split, ([0, 1, 2, 0], _p(), np.zeros(5)),
-     r"Expected the same number of rows in prediction, uncertainty\. Received: rows=\{'prediction': 4, 'unc"),
-    (plots.uncertainty_split, ([0, 1, 2, 0], _p(), np.zeros((4, 1))), r"Expected uncertainty of shape \(rows,\)"),
-    (plots.std_vs_error, (np.zeros(4), np.zeros((4, 1)), np.zeros((4, 2))),
-     r"Expected std of the shape of prediction \(4, 1\)\. Received: std\.shape=\(4, 2\)"),
-    (plots.plot_member_correlation, (np.eye(3)[:2], ["a", "b"], "x.png"), r"Expected a square correlation matrix"),
-    (plots.plot_member_correlation, (np.eye(2), ["a"], "x.png"),
-     r"Expected 2 member names, one per member\. Received: member_names=\['a'\]"),
-    (plots.plot_ensemble_size, ([0, 1, 2, 0], _p(members=2), ["a", "b"], "x.png", {"accuracy": 0.5}),
-     r"Expected ensemble_metrics with keys \['accuracy', 'nll'\]\. Received: keys=\['accuracy'\]"),
+    (
+        partial(plots.member_correlation, task="regression"),
+        (np.zeros((4, 2, 1)), np.zeros(3)),
+        r"Expected y of shape \(4, 1\) or \(4,\)\. Received: y\.shape=\(3,\)",
+    ),
+    (
+        partial(plots.member_correlation, task="survival"),
+        (np.zeros((4, 2, 1)),),
+        r"Expected task 'classification' or 'regression'\. Received: task='survival'",
+    ),
+    (
+        plots.uncertainty_split,
+        ([0, 1, 2, 0], _p(), np.zeros(5)),
+        r"Expected the same number of rows in prediction, uncertainty\. Received: rows=\{'prediction': 4, 'unc",
+    ),
+    (
+        plots.uncertainty_split,
+        ([0, 1, 2, 0], _p(), np.zeros((4, 1))),
+        r"Expected uncertainty of shape \(rows,\)",
+    ),
+    (
+        plots.std_vs_error,
+        (np.zeros(4), np.zeros((4, 1)), np.zeros((4, 2))),
+        r"Expected std of the shape of prediction \(4, 1\)\. Received: std\.shape=\(4, 2\)",
+    ),
+    (
+        plots.plot_member_correlation,
+        (np.eye(3)[:2], ["a", "b"], "x.png"),
+        r"Expected a square correlation matrix",
+    ),
+    (
+        plots.plot_member_correlation,
+        (np.eye(2), ["a"], "x.png"),
+        r"Expected 2 member names, one per member\. Received: member_names=\['a'\]",
+    ),
+    (
+        plots.plot_ensemble_size,
+        ([0, 1, 2, 0], _p(members=2), ["a", "b"], "x.png", {"accuracy": 0.5}),
+        r"Expected ensemble_metrics with keys \['accuracy', 'nll'\]\. Received: keys=\['accuracy'\]",
+    ),
     (plots.plot_reliability, ([0, 1, 2, 0], {}, "x.png"), r"Expected at least one model in curves"),
     (plots.plot_uncertainty, ([0, 1, 2, 0], _p(), {}, "x.png"), r"Expected at least one uncertainty measure"),
 ]
 
 
-@pytest.mark.parametrize(("function", "args", "match"), ERRORS,
-                         ids=[f"{i}-{getattr(f, 'func', f).__name__}" for i, (f, _, _) in enumerate(ERRORS)])
+@pytest.mark.parametrize(
+    ("function", "args", "match"),
+    ERRORS,
+    ids=[f"{i}-{getattr(f, 'func', f).__name__}" for i, (f, _, _) in enumerate(ERRORS)],
+)
 def test_errors(function, args, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # plots that fail must write nothing
     with pytest.raises(ValueError, match=match):

@@ -40,7 +40,11 @@ def test_training_script_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(section_code("In a training script"))
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT},
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -61,8 +65,13 @@ def test_training_script_example_runs_as_written(tmp_path):
         f"sig = tf.saved_model.load({str(tmp_path / 'export')!r}).signatures['serving_default']\n"
         "print(sig(features=tf.constant(x))['prediction'].numpy().sum(1).tolist())\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     sums = np.array(eval(done.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)

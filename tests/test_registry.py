@@ -12,7 +12,7 @@ import pytest
 
 import combiners
 import ensemble
-from ensemble import registry as registry_module
+from ensemble.serve import loaded as loaded_module  # where the registry loads its members
 from ensemble.serve.registry import ModelRegistry, ModelStats
 
 FEATURES, CLASSES = 4, 3
@@ -125,7 +125,9 @@ def test_bad_arguments(tmp_path, make, error, match):
 
 
 def test_wrong_shape_names_model_and_expected_shape(registry):
-    with pytest.raises(ValueError, match=r"Model 'a' expects input of shape \(None, 4\)\. Received: \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"Model 'a' expects input of shape \(None, 4\)\. Received: \(2, 5\)"
+    ):
         registry.predict("a", np.zeros((2, 5), "float32"))
     with pytest.raises(ValueError, match=r"Model 'a' expects input of shape \(None, 4\)\. Received: \(4,\)"):
         registry.predict("a", np.zeros(4, "float32"))
@@ -152,14 +154,14 @@ def test_threads_match_serial_results(registry, sources):
 
 def test_thundering_herd_loads_once(registry, monkeypatch):
     calls = []
-    real = registry_module.load_member
+    real = loaded_module.load_member
 
     def slow_load(*args, **kwargs):
         calls.append(kwargs["name"])
         time.sleep(0.3)  # long enough that every thread arrives while the load runs
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry_module, "load_member", slow_load)
+    monkeypatch.setattr(loaded_module, "load_member", slow_load)
     start = threading.Barrier(16)
     x = batch(3)
 
@@ -177,14 +179,14 @@ def test_thundering_herd_loads_once(registry, monkeypatch):
 
 def test_slow_load_does_not_block_other_models(registry, monkeypatch):
     registry.predict("b", batch(1))
-    real = registry_module.load_member
+    real = loaded_module.load_member
     release = threading.Event()
 
     def blocked_load(*args, **kwargs):
         release.wait(10)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry_module, "load_member", blocked_load)
+    monkeypatch.setattr(loaded_module, "load_member", blocked_load)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(registry.predict, "a", batch(2))
         time.sleep(0.1)
@@ -279,7 +281,7 @@ def test_concurrent_requests_are_batched_within_the_window(sources):
         answers = list(pool.map(send, requests))
     serial = ModelRegistry()
     serial.register("a", sources["a"])
-    for x, answer in zip(requests, answers):
+    for x, answer in zip(requests, answers, strict=True):
         np.testing.assert_allclose(answer, serial.predict("a", x), atol=1e-6)
     stats = registry.stats("a")
     assert stats.calls == 9 and stats.model_calls < 9  # 8 concurrent requests, far fewer calls

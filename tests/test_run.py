@@ -36,8 +36,16 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
     for plot in ("reliability", "ensemble_size", "member_correlation", "uncertainty"):
         _png(tmp_path / f"{plot}.png")
     report = (tmp_path / "report.md").read_text()
-    for expected in ("## Test metrics", "| **ensemble** |", "![", "reliability.png", "## Config",
-                     "combiner:", "## Export", "TFLite"):
+    for expected in (
+        "## Test metrics",
+        "| **ensemble** |",
+        "![",
+        "reliability.png",
+        "## Config",
+        "combiner:",
+        "## Export",
+        "TFLite",
+    ):
         assert expected in report, expected
     for name in result["members"]:
         assert f"| {name} |" in report
@@ -100,8 +108,12 @@ def test_a_run_directory_that_is_not_writable(tmp_path):
 
 def test_a_dataset_not_in_the_group():
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.run", "data=mnist"], cwd=ROOT, capture_output=True,
-        text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, "-m", "experiments.run", "data=mnist"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode != 0
     assert "Could not find 'data/mnist'" in done.stderr and "digits" in done.stderr
@@ -111,12 +123,16 @@ def test_a_dataset_not_in_the_group():
 def test_the_selected_member_is_the_best_on_the_fitting_rows(task):
     from sklearn.metrics import log_loss, root_mean_squared_error
 
-    from experiments.common import selected_member
+    from ensemble.evaluate import selected_member
     from tests.conftest import dense_classifier
 
     rng = np.random.default_rng(0)
-    model = ensemble.build_ensemble([dense_classifier(i, name=f"m{i}") for i in range(3)],
-                                    combiners.MeanCombiner())
+    final = "softmax" if task == "classification" else None  # regressors: a linear output
+    model = ensemble.build_ensemble(
+        [dense_classifier(i, name=f"m{i}", final=final) for i in range(3)],
+        combiners.MeanCombiner(),
+        task=task,
+    )
     level_one = rng.dirichlet(np.ones(3), size=(40, 3))
     y = rng.integers(0, 3, size=40)
     if task == "classification":
@@ -124,7 +140,9 @@ def test_the_selected_member_is_the_best_on_the_fitting_rows(task):
     else:
         y = rng.normal(size=(40, 3))
         want = [root_mean_squared_error(y, level_one[:, i]) for i in range(3)]
-    got = selected_member(model, level_one, y, task)
+    view = ensemble.EnsembleView.of(model)
+    assert view.task == task
+    got = selected_member(view, level_one, y)
     assert got["name"] == f"m{int(np.argmin(want))}"
     assert got[("nll" if task == "classification" else "rmse")] == pytest.approx(min(want))
     assert got["by"].endswith("on the 40 fitting rows")

@@ -17,10 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_serve_the_zoo_with_eviction(wine_overrides, tmp_path):
     # A fresh process: device settings apply only before TensorFlow initialises its devices.
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.serve_registry", *wine_overrides,
-         "registry.max_loaded=2", "registry.threads=4", "registry.requests=60",
-         f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "experiments.serve_registry",
+            *wine_overrides,
+            "registry.max_loaded=2",
+            "registry.threads=4",
+            "registry.requests=60",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]

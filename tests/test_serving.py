@@ -7,7 +7,7 @@ import pytest
 
 import combiners
 import ensemble
-from tests.conftest import two_input_ensemble, dense_classifier
+from tests.conftest import dense_classifier, two_input_ensemble
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])

@@ -41,7 +41,9 @@ def data():
 @pytest.fixture(scope="module")
 def variants(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("tflite")
-    return {q: ensemble.export_tflite(model, root / f"{q}.tflite", quantize=q) for q in ensemble.QUANTIZATIONS}
+    return {
+        q: ensemble.export_tflite(model, root / f"{q}.tflite", quantize=q) for q in ensemble.QUANTIZATIONS
+    }
 
 
 def test_float_variant_equals_the_ensemble_on_every_output(model, variants, data):
@@ -66,7 +68,9 @@ def test_report_measures_size_and_quality_of_each_variant(model, variants, data)
 
 
 def test_tflite_errors(model, variants, tmp_path):
-    with pytest.raises(ensemble.EnsembleError, match=r"Expected quantize in \('none', 'dynamic', 'float16'\)"):
+    with pytest.raises(
+        ensemble.EnsembleError, match=r"Expected quantize in \('none', 'dynamic', 'float16'\)"
+    ):
         ensemble.export_tflite(model, tmp_path / "x.tflite", quantize="int4")
     with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
         ensemble.export_tflite(model, variants["none"])
@@ -82,9 +86,13 @@ class _Bessel(tf.Module):
 
 def test_ops_tflite_cannot_take_are_named(tmp_path):
     module = _Bessel()
-    tf.saved_model.save(module, os.fspath(tmp_path / "bessel"), signatures={"serving_default": module.__call__})
+    tf.saved_model.save(
+        module, os.fspath(tmp_path / "bessel"), signatures={"serving_default": module.__call__}
+    )
     member = ensemble.load_member(tmp_path / "bessel", name="bessel", output="probabilities")
     model = ensemble.build_ensemble([member], combiners.MeanCombiner())
-    with pytest.raises(ensemble.EnsembleError, match=r"ops \['BesselI1e'\] are outside TFLite's builtin op set"):
+    with pytest.raises(
+        ensemble.EnsembleError, match=r"ops \['BesselI1e'\] are outside TFLite's builtin op set"
+    ):
         ensemble.export_tflite(model, tmp_path / "bessel.tflite")
     assert not (tmp_path / "bessel.tflite").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ensemble
-from ensemble.members.training_rows import row_hashes
+from ensemble.members import row_hashes
 from experiments.train_meta import run
 from tests.conftest import compose_config
 
@@ -51,7 +51,7 @@ def test_select_records_its_weights(config, tmp_path):
 
 
 def test_oof_regime(config, zoo, tmp_path):
-    result = run(config("meta.regime=oof", "meta.cv=3"), output_dir=str(tmp_path))
+    result = run(config("regime=oof", "regime.cv=3"), output_dir=str(tmp_path))
     rows = result["data"]["rows"]
     assert result["regime"] == "oof" and result["fit_rows"] == rows["train"] + rows["holdout"]
     saved = np.load(tmp_path / "oof_predictions.npz")
@@ -69,16 +69,29 @@ def test_oof_regime(config, zoo, tmp_path):
 
 
 def test_oof_refuses_members_it_cannot_retrain(config, tmp_path):
-    cfg = config("meta.regime=oof", "members=example")
-    with pytest.raises(ensemble.EnsembleError, match=r"members=\['run_a', 'run_b'\] are files from elsewhere"):
+    cfg = config("regime=oof", "members=example")
+    with pytest.raises(
+        ensemble.EnsembleError, match=r"members=\['run_a', 'run_b'\] are files from elsewhere"
+    ):
         run(cfg, output_dir=str(tmp_path))
 
 
 def test_sweep_from_the_command_line(wine_overrides, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.train_meta", "-m", "combiner=stack,weighted",
-         *wine_overrides, "export=none", f"hydra.sweep.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "experiments.train_meta",
+            "-m",
+            "combiner=stack,weighted",
+            *wine_overrides,
+            "export=none",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -89,13 +102,13 @@ def test_sweep_from_the_command_line(wine_overrides, tmp_path):
 
 
 def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):
+    import keras
+    from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    import keras
-
     from ensemble.data import load_dataset
-    from ensemble.members.training_rows import record_training_rows
-    from experiments.common import build_and_fit
+    from ensemble.members import record_training_rows
+    from experiments.job import FitContext
 
     data = load_dataset("wine")
     members = {}
@@ -109,20 +122,23 @@ def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):
     with open_dict(cfg):
         cfg.members = members
     with pytest.raises(ensemble.EnsembleError, match=rf"trained member\(s\) \{{'a': {len(data.x_holdout)}"):
-        build_and_fit(cfg, data, None)
+        context = FitContext(cfg=cfg, data=data, fit=instantiate(cfg.fit), strategy=None, output_dir=None)
+        instantiate(cfg.regime).fit(context)
 
 
 def test_a_changed_member_is_retrained_in_place(wine_overrides, tmp_path):
     from ensemble.data import load_dataset
-    from experiments.zoo import ensure_zoo
+    from experiments.zoo import ensure_zoo, zoo_directory
 
     data = load_dataset("wine")
     zoo = tmp_path / "zoo"
     first = compose_config(*wine_overrides, f"zoo.dir={zoo}")
-    assert sorted(ensure_zoo(first.zoo, data)) == ["deep_mlp", "linear", "mlp", "wide"]
-    assert ensure_zoo(first.zoo, data) == []  # unchanged: nothing retrained
+    directory = zoo_directory(first.zoo, data)
+    assert directory == str(zoo)
+    assert sorted(ensure_zoo(first.zoo, data, directory)) == ["deep_mlp", "linear", "mlp", "wide"]
+    assert ensure_zoo(first.zoo, data, directory) == []  # unchanged: nothing retrained
     changed = compose_config(*wine_overrides, f"zoo.dir={zoo}", "zoo.members.linear.train.seed=99")
-    assert ensure_zoo(changed.zoo, data) == ["linear"]  # a SavedModel directory, replaced
+    assert ensure_zoo(changed.zoo, data, directory) == ["linear"]  # a SavedModel directory, replaced
     assert not [p.name for p in zoo.iterdir() if "partial" in p.name or "retired" in p.name]
     assert "seed: 99" in (zoo / "linear_savedmodel.recipe.yaml").read_text()
     ensemble.load_member(zoo / "linear_savedmodel", name="linear", output="probabilities")
@@ -145,8 +161,11 @@ def test_a_member_refits_on_every_row_for_the_early_stopped_epochs(refit, monkey
 
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
     data = load_dataset("wine")
-    cfg = compose_config(f"zoo.members.linear.train.refit={refit}", "zoo.members.linear.train.epochs=30",
-                         "zoo.members.linear.train.patience=3")
+    cfg = compose_config(
+        f"zoo.members.linear.train.refit={refit}",
+        "zoo.members.linear.train.epochs=30",
+        "zoo.members.linear.train.patience=3",
+    )
     model = train_member("linear", cfg.zoo.members.linear, data.x_train, data.y_train, data)
     (fit_rows, _, stopped), *refits = fits
     assert fit_rows < len(data.x_train)  # the validation rows held out
@@ -159,6 +178,7 @@ def test_a_member_refits_on_every_row_for_the_early_stopped_epochs(refit, monkey
         assert refits == []
     # The preprocessing adapts to the rows the returned model trained on.
     standardize = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
-    every_row = np.allclose(np.ravel(keras.ops.convert_to_numpy(standardize.mean)),
-                            data.x_train.mean(axis=0), rtol=1e-4)
+    every_row = np.allclose(
+        np.ravel(keras.ops.convert_to_numpy(standardize.mean)), data.x_train.mean(axis=0), rtol=1e-4
+    )
     assert every_row == refit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from combiners import MeanCombiner
-from ensemble.fitting.selection import ensemble_selection, optimal_weights
+from ensemble.fitting import ensemble_selection, optimal_weights
 
 
 def nll(y: np.ndarray, probabilities: np.ndarray) -> float:
@@ -28,7 +28,7 @@ def weighted(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def binary_members(true_class: list[list[float]], labels: list[int]) -> np.ndarray:
     """`(rows, members, 2)` probabilities from each member's true-class probability per row."""
     q = np.asarray(true_class, dtype="float64").T  # (rows, members)
-    p = np.empty(q.shape + (2,))
+    p = np.empty((*q.shape, 2))
     rows = np.arange(len(labels))
     p[rows, :, labels] = q
     p[rows, :, 1 - np.asarray(labels)] = 1.0 - q
@@ -48,7 +48,9 @@ def noisy_softmax_members(
     return e / e.sum(-1, keepdims=True), y
 
 
-def true_class_max_members(seed: int, members: int, rows: int = 200, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def true_class_max_members(
+    seed: int, members: int, rows: int = 200, classes: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Random probabilities whose largest entry is always the true class (so it is >= 1/classes)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, rows)
@@ -70,9 +72,7 @@ def true_class_max_members(seed: int, members: int, rows: int = 200, classes: in
 # Round 3: {0,0,1} = [.8,.8,.8,.5] .3406; {0,1,1} = [.7]*4 .3567;
 #          {0,1,2} .4461 -> add 0. Every round improved: keep all 3.
 HAND_LABELS = np.array([0, 0, 1, 1])
-HAND_P = binary_members(
-    [[0.9, 0.9, 0.9, 0.3], [0.6, 0.6, 0.6, 0.9], [0.5, 0.5, 0.5, 0.5]], [0, 0, 1, 1]
-)
+HAND_P = binary_members([[0.9, 0.9, 0.9, 0.3], [0.6, 0.6, 0.6, 0.9], [0.5, 0.5, 0.5, 0.5]], [0, 0, 1, 1])
 
 # Ties. Labels [0, 1]; true-class probabilities:
 #   member 0: [.5, .5]  NLL .6931
@@ -192,9 +192,7 @@ def test_optimal_weights_regression_prefers_the_accurate_member(width: int) -> N
     assert mse(y, weighted(P, weights)) <= min(mse(y, P[:, m]) for m in range(2))
 
 
-@pytest.mark.parametrize(
-    "s1, s2", [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0)], ids=["0.5-1", "equal", "2-1"]
-)
+@pytest.mark.parametrize("s1, s2", [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0)], ids=["0.5-1", "equal", "2-1"])
 def test_optimal_weights_match_inverse_variance_weighting(s1: float, s2: float) -> None:
     # Unbiased members with independent noise: the MSE-optimal convex weight
     # on member 0 is s2^2 / (s1^2 + s2^2).
@@ -211,9 +209,7 @@ def test_a_single_member_gets_all_the_weight() -> None:
     np.testing.assert_array_equal(ensemble_selection(P, y), [1.0])
 
 
-@pytest.mark.parametrize(
-    "learn", [ensemble_selection, optimal_weights], ids=["selection", "optimal"]
-)
+@pytest.mark.parametrize("learn", [ensemble_selection, optimal_weights], ids=["selection", "optimal"])
 def test_weights_feed_a_mean_combiner(learn: Callable[..., np.ndarray]) -> None:
     P, y = noisy_softmax_members(seed=10, noise=[1.0, 3.0, 5.0])
     weights = list(learn(P, y))
@@ -257,9 +253,7 @@ LABELS = np.array([0, 1, 2, 0])
         "P-nan",
     ],
 )
-@pytest.mark.parametrize(
-    "learn", [ensemble_selection, optimal_weights], ids=["selection", "optimal"]
-)
+@pytest.mark.parametrize("learn", [ensemble_selection, optimal_weights], ids=["selection", "optimal"])
 def test_invalid_inputs(
     learn: Callable[..., np.ndarray], P: np.ndarray, y: np.ndarray, kwargs: dict[str, str], match: str
 ) -> None:

@@ -72,7 +72,7 @@ def export_saved_model(
     view = EnsembleView.of(model)
     target = os.path.abspath(os.fspath(path))
     _check_target(target, overwrite)
-    with atomic_path(target, overwrite=overwrite) as staging:
+    with atomic_path(target, overwrite=overwrite, what="export") as staging:
         _write(view, staging, config, jit_compile)
     log.info("Exported ensemble %r to %s", model.name, target)
     return target

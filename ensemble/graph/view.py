@@ -33,13 +33,16 @@ class EnsembleView:
     @classmethod
     def of(cls, model: Any) -> EnsembleView:
         """The view of `model`; an error when it is not an ensemble from `build_ensemble`."""
-        output = getattr(model, "output", None) if isinstance(model, keras.Model) and model.built else None
+        if not isinstance(model, keras.Model):
+            raise EnsembleError(
+                f"Expected an ensemble built by build_ensemble. Received: {type(model).__name__}"
+            )
+        output = getattr(model, "output", None) if model.built else None
         members = tuple(layer for layer in model.layers if isinstance(layer, Member)) if output else ()
         combiners = [layer for layer in model.layers if isinstance(layer, Combiner)] if output else []
         if not isinstance(output, Mapping) or "prediction" not in output or not members or not combiners:
-            what = model.name if isinstance(model, keras.Model) else type(model).__name__
             raise EnsembleError(
-                f"Model {what!r} is not an ensemble built by build_ensemble (expected a built "
+                f"Model {model.name!r} is not an ensemble built by build_ensemble (expected a built "
                 "functional model with Member layers, a combiner and a dict output with 'prediction')."
             )
         task: Task = REGRESSION if "std" in output else CLASSIFICATION
