@@ -80,8 +80,9 @@ class Combiner(keras.layers.Layer):
     """Merges `(batch, members, width)` member predictions to `(batch, width)`.
 
     Args:
-        task: `"classification"` or `"regression"`, or None to let the
-            ensemble builder set it with `configure(task)`.
+        task: `"classification"` or `"regression"`, or None: `build_ensemble` then holds a
+            copy configured for its task (from `get_config()`, so every constructor argument
+            must be in it) and leaves this layer as it was.
         **kwargs: standard layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -107,7 +108,7 @@ class Combiner(keras.layers.Layer):
         return False
 
     def configure(self, task: str) -> None:
-        """Sets the task; the ensemble builder calls it before the layer."""
+        """Sets the task, once; a layer built without one needs it before it is called."""
         if task not in TASKS:
             raise ValueError(f"Expected task to be one of {TASKS}. Received: task={task!r}")
         if task not in self.supported_tasks:

@@ -70,7 +70,7 @@ def test_given_level_one_is_out_of_fold_and_members_do_not_run():
     given = np.full((len(y), 3, CLASSES), 1.0 / CLASSES, dtype="float32")
     store = ensemble.LevelOneStore()
     report = ensemble.fit(model, x, y, method="optimal", level_one=given, store=store)
-    assert report.regime == "oof" and store.computed == []
+    assert report.regime == "given" and store.computed == []
     np.testing.assert_array_equal(report.level_one, given)
 
 
@@ -99,8 +99,24 @@ def test_the_guard_counts_and_refuses_rows_that_trained_a_member(tmp_path):
             r"method='selection' learns a MeanCombiner's weights",
         ),
         (combiners.MeanCombiner, {"method": "sklearn"}, r"fit_stacking fits the default meta-model"),
+        (
+            combiners.MeanCombiner,
+            {"method": "keras"},
+            r"method='keras' trains a combiner's weights; MeanCombiner",
+        ),
+        (
+            combiners.MeanCombiner,
+            {"method": "none", "epochs": 5},
+            r"method='none' fits nothing. Received options: \['epochs'\]",
+        ),
     ],
-    ids=["unknown-method", "selection-on-a-stacker", "sklearn-on-a-mean"],
+    ids=[
+        "unknown-method",
+        "selection-on-a-stacker",
+        "sklearn-on-a-mean",
+        "keras-on-a-mean",
+        "options-for-none",
+    ],
 )
 def test_bad_fit_requests_are_named(combiner, kwargs, match):
     x, y = rows()
@@ -172,3 +188,32 @@ def test_build_ensemble_leaves_the_callers_combiner_and_members_alone():
 def test_a_combiner_configured_for_another_task_is_refused():
     with pytest.raises(ensemble.EnsembleError, match=r"configured for a regression task"):
         ensemble.build_ensemble(members(), combiners.MeanCombiner(task="regression"))
+
+
+def test_progress_display_is_not_recorded_as_a_fit_option():
+    x, y = rows()
+    model = ensemble.build_ensemble(members(), combiners.StackingCombiner())
+    report = ensemble.fit(model, x, y, method="keras", epochs=2, verbose=0)
+    assert report.options == {"epochs": 2}
+
+
+def test_weights_set_after_construction_survive_the_ensembles_copy():
+    class Weighted(combiners.Combiner):  # a user's combiner on the base's weighted mean
+        def _combine(self, member_predictions, features):
+            return self._weighted_mean(member_predictions)
+
+    combiner = Weighted()
+    combiner.set_member_weights([0, 1, 0])
+    model = ensemble.build_ensemble(members(), combiner)
+    x, _ = rows()
+    out = model.predict(x, verbose=0)
+    np.testing.assert_allclose(out["prediction"], out["member_predictions"][:, 1], atol=1e-6)
+
+
+def test_a_combiner_that_cannot_take_the_task_says_so():
+    regressor = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    member = ensemble.load_member(regressor, name="r")
+    with pytest.raises(
+        ensemble.EnsembleError, match=r"VoteCombiner 'vote_combiner\w*' cannot combine a regression task"
+    ):
+        ensemble.build_ensemble([member], combiners.VoteCombiner(), task="regression")

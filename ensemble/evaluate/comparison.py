@@ -130,7 +130,7 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
     """Several split seeds: each setting's ensemble averaged over its splits, against the
     selected, the best-on-average and the per-split best member, averaged the same way. The
     member rows come from each setting's own jobs, shown once when every setting has the
-    same members (a sweep over combiners), per setting otherwise (say `meta.regime=oof`,
+    same members (a sweep over combiners), per setting otherwise (say `regime=oof`,
     which retrains them)."""
     metrics = _metrics(jobs)
     settings: dict[str, list[dict[str, Any]]] = {}

@@ -50,7 +50,7 @@ class FitReport:
     combiner: str  # the combiner's class
     method: str  # one of FIT_METHODS but "auto"
     options: dict[str, Any]
-    regime: str  # "holdout": the members predicted the rows, guarded; "oof": out of fold
+    regime: str  # "holdout": the members predicted the rows, guarded; "oof": out of fold; "given"
     rows: int
     overlaps: dict[str, int]  # rows shared with each guarded member's training rows
     selected_member: dict[str, Any]  # the member one would ship alone, chosen on these rows
@@ -105,8 +105,9 @@ def fit(
         x, y: the fitting rows, which no member may have trained on (the leakage guard
             checks members that carry a training-row record, `record_training_rows`).
         method: one of `FIT_METHODS`; `auto` picks by combiner.
-        level_one: the members' predictions of `x` made elsewhere (out of fold), shape
-            `(rows, members, width)`; the guard does not apply, no member ran on `x`.
+        level_one: the members' predictions of `x` made elsewhere, shape `(rows, members,
+            width)`, reported as `regime="given"`; the guard does not apply (no member runs on
+            `x` here), so they must come from models that never saw their rows (out of fold).
         store: where the members' predictions of `x` are computed and cached.
         allow_overlap: fit even on rows a member trained on (the guard only counts them).
         strategy: a `tf.distribute` strategy for the level-one pass and Keras training.
@@ -119,7 +120,9 @@ def fit(
     view = EnsembleView.of(model)
     method = _resolve_method(view, method)
     targets = check_targets(view, x, y)
-    regime, overlaps = "oof", {}
+    if method == "none" and options:
+        raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
+    regime, overlaps = "given", {}
     if level_one is None:
         regime = "holdout"
         overlaps = check_leakage(model, x, allow_overlap=allow_overlap)
@@ -140,7 +143,9 @@ def fit(
         task=view.task,
         combiner=type(view.combiner).__name__,
         method=method,
-        options=dict(options),
+        options={
+            k: v for k, v in options.items() if k != "verbose"
+        },  # how it showed progress: not what it did
         regime=regime,
         rows=len(targets),
         overlaps=overlaps,
@@ -196,7 +201,7 @@ def fit_out_of_fold(
         {name: builders[name] for name in names}, x, np.asarray(y), cv=cv, task=view.task, seed=seed
     )
     report = (fitter or fit)(model, x, y, level_one=level_one, **options)
-    return dataclasses.replace(report, folds=folds)
+    return dataclasses.replace(report, regime="oof", folds=folds)
 
 
 def _resolve_method(view: EnsembleView, method: str) -> str:
@@ -207,6 +212,11 @@ def _resolve_method(view: EnsembleView, method: str) -> str:
         if isinstance(combiner, StackingCombiner) and combiner.meta_model is None:
             return "sklearn"
         return "keras" if combiner.trainable_weights else "none"
+    if method == "keras" and not combiner.trainable_weights:
+        raise EnsembleError(
+            f"method='keras' trains a combiner's weights; {type(combiner).__name__} {combiner.name!r} "
+            "has none (a MeanCombiner learns weights with method='selection' or 'optimal')."
+        )
     if method in ("selection", "optimal") and not isinstance(combiner, MeanCombiner):
         raise EnsembleError(
             f"method={method!r} learns a MeanCombiner's weights. Received: "

@@ -135,7 +135,7 @@ def _log_chosen(name: str, value: float, weakest: bool) -> None:
             "Stacking meta-model: cross-validation chose the weakest regularisation tried "
             "(%s=%g): the fitting rows ask for a stacker as sure as the grid allows, so its "
             "confidence, and its NLL on new rows, may be optimistic. "
-            "More fitting rows, or a fixed combiner.fit.%s, bound it.",
+            "More fitting rows, or a fixed fit.%s, bound it.",
             name,
             value,
             name,

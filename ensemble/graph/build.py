@@ -88,20 +88,28 @@ def build_ensemble(
 def _configured_copy(combiner: Combiner, task: Task) -> Combiner:
     """A copy of `combiner` configured for `task`: the caller's layer is left as it was (a
     combiner given to two ensembles, or kept to build another, never changes under them)."""
+    kind = type(combiner).__name__
+    if task not in combiner.supported_tasks:
+        raise EnsembleError(
+            f"{kind} {combiner.name!r} cannot combine a {task} task: it supports "
+            f"{' and '.join(combiner.supported_tasks)} only."
+        )
     if combiner.task is not None and combiner.task != task:
         raise EnsembleError(
-            f"{type(combiner).__name__} {combiner.name!r} is configured for a {combiner.task} "
-            f"task. Received: a {task} ensemble."
+            f"{kind} {combiner.name!r} is configured for a {combiner.task} task. Received: a {task} ensemble."
         )
     config = {**combiner.get_config(), "task": task}
     try:
         copy: Combiner = type(combiner).from_config(config)
-        return copy
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, NotImplementedError) as error:
         raise EnsembleError(
-            f"{type(combiner).__name__} {combiner.name!r} cannot be copied from its config "
-            f"({error}); a combiner must round-trip through get_config()/from_config()."
+            f"{kind} {combiner.name!r} cannot be copied from its config ({error}): the ensemble "
+            "holds its own copy, so a combiner must round-trip through get_config()/from_config() "
+            "(every constructor argument in get_config, custom layers registered serializable)."
         ) from error
+    if combiner.member_weights is not None and copy.member_weights != combiner.member_weights:
+        copy.set_member_weights(combiner.member_weights)  # set after construction, not in its config
+    return copy
 
 
 def _copy_state(original: Combiner, copy: Combiner) -> None:

@@ -81,7 +81,7 @@ class Member(keras.Model):
         self.source = source
         self.format = format
         # Hashes of the rows that trained the source model, when this project trained it
-        # (see ensemble.fingerprint): what the leakage guard checks. Not part of the config.
+        # (see ensemble.members.training_rows): what the leakage guard checks. Not part of the config.
         self.training_rows: np.ndarray | None = None
         # Whether `output_kind` was inferred from a final sigmoid rather than declared: a
         # regression ensemble may override it (a bounded regression output looks the same).
