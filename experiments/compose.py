@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 import ensemble
 from ensemble.data import Dataset
 from ensemble.evaluate import format_table
-from experiments.job import finish, load_members, members_config
+from experiments.job import build_from_config, finish, members_config
 
 __all__ = ["run"]
 
@@ -26,15 +26,12 @@ __all__ = ["run"]
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Build the configured ensemble, evaluate it on the test split, export, write metrics.json."""
     data: Dataset = instantiate(cfg.data)
-    combiner = instantiate(cfg.combiner)
-    model = ensemble.build_ensemble(
-        load_members(members_config(cfg, data)), combiner, task=cfg.task or data.task
-    )
+    model = build_from_config(cfg, data, members_config(cfg, data))
     model.summary()
     scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, batch_size=cfg.batch_size)
     result: dict[str, Any] = {
         "task": data.task,
-        "combiner": type(combiner).__name__,
+        "combiner": type(ensemble.EnsembleView.of(model).combiner).__name__,
         "members": scores["members"],
         "ensemble": scores["ensemble"],
         "data": {"name": data.name, **data.split},

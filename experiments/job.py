@@ -40,6 +40,7 @@ __all__ = [
     "FitContext",
     "Holdout",
     "OutOfFold",
+    "build_from_config",
     "check_writable",
     "export",
     "finish",
@@ -149,8 +150,15 @@ class FitContext:
 
     def build(self, members: DictConfig) -> keras.Model:
         """The ensemble of `members` (a members config) with the configured combiner."""
-        combiner = instantiate(self.cfg.combiner)
-        return ensemble.build_ensemble(load_members(members), combiner, task=self.cfg.task or self.data.task)
+        return build_from_config(self.cfg, self.data, members)
+
+
+def build_from_config(cfg: DictConfig, data: Dataset, members: DictConfig) -> keras.Model:
+    """The ensemble of `members` (a members config) with the `combiner` option, for the task of
+    `task` (else the data's)."""
+    return ensemble.build_ensemble(
+        load_members(members), instantiate(cfg.combiner), task=cfg.task or data.task
+    )
 
 
 class Holdout:

@@ -67,7 +67,7 @@ def fit_combiner(
             "fit_combiner to train. A MeanCombiner learns member weights with fit_mean_weights; "
             "a StackingCombiner has a meta-model to train."
         )
-    targets, level_one = fitting_rows(
+    targets, level_one, _ = fitting_rows(
         view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
     )
     training = _Training(epochs, batch_size, validation_split, verbose, optimizer, seed, fit_options)

@@ -50,7 +50,7 @@ def fit_mean_weights(
         )
     if method not in ("selection", "optimal"):
         raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
-    targets, level_one = fitting_rows(
+    targets, level_one, _ = fitting_rows(
         view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
     )
     level_one = level_one.astype("float64")

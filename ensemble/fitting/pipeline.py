@@ -10,6 +10,7 @@ retrained per fold by your builders, while the ensemble keeps members trained on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,12 +23,11 @@ import tensorflow as tf
 from combiners import MeanCombiner, StackingCombiner
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.baselines import noise_variance, selected_member
-from ensemble.fitting.guard import check_leakage
 from ensemble.fitting.head import fit_combiner
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
-from ensemble.fitting.prepare import check_level_one, check_targets
+from ensemble.fitting.prepare import fitting_rows
 from ensemble.fitting.stacking import fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -81,8 +81,8 @@ class FitReport:
 _FITTERS: dict[str, Callable[..., Any]] = {
     "sklearn": fit_stacking,
     "keras": fit_combiner,
-    "selection": fit_mean_weights,
-    "optimal": fit_mean_weights,
+    "selection": functools.partial(fit_mean_weights, method="selection"),
+    "optimal": functools.partial(fit_mean_weights, method="optimal"),
 }
 
 
@@ -119,25 +119,18 @@ def fit(
     """
     view = EnsembleView.of(model)
     method = _resolve_method(view, method)
-    targets = check_targets(view, x, y)
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
-    regime, overlaps = "given", {}
-    if level_one is None:
-        regime = "holdout"
-        overlaps = check_leakage(model, x, allow_overlap=allow_overlap)
-        level_one = (store or LevelOneStore(strategy=strategy)).predictions(model, x)
-    level_one = check_level_one(view, level_one, len(targets))
+    targets, level_one, overlaps = fitting_rows(
+        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+    )
     fitted = None
     if method == "none":
         log.info(
             "%s %r has nothing to fit: used as configured.", type(view.combiner).__name__, view.combiner.name
         )
     else:
-        chosen = {"method": method} if method in ("selection", "optimal") else {}
-        fitted = _FITTERS[method](
-            model, x, targets, level_one=level_one, strategy=strategy, **chosen, **options
-        )
+        fitted = _FITTERS[method](model, x, targets, level_one=level_one, strategy=strategy, **options)
     weights = view.combiner.member_weights
     return FitReport(
         task=view.task,
@@ -146,9 +139,9 @@ def fit(
         options={
             k: v for k, v in options.items() if k != "verbose"
         },  # how it showed progress: not what it did
-        regime=regime,
+        regime="given" if overlaps is None else "holdout",
         rows=len(targets),
-        overlaps=overlaps,
+        overlaps=overlaps or {},
         selected_member=selected_member(view, level_one, targets),
         member_weights=None if weights is None else dict(zip(view.member_names, weights, strict=True)),
         noise_variance=(

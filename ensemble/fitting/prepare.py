@@ -3,7 +3,7 @@ rows (given out of fold, or computed once after the leakage guard)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -16,7 +16,13 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import Data
 
-__all__ = ["check_level_one", "check_targets", "fitting_rows", "forget_compiled"]
+__all__ = ["FittingRows", "check_level_one", "check_targets", "fitting_rows", "forget_compiled"]
+
+
+class FittingRows(NamedTuple):
+    targets: np.ndarray
+    level_one: np.ndarray  # (rows, members, width), float32
+    overlaps: dict[str, int] | None  # the guard's counts; None when the predictions were given
 
 
 def fitting_rows(
@@ -28,16 +34,16 @@ def fitting_rows(
     level_one: np.ndarray | None = None,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`(targets, level_one)` for fitting `view`'s combiner on `(x, y)`: the targets checked
-    against the members' outputs; the members' predictions of `x`, given (out of fold: the
-    guard does not apply, no member saw their rows) or from `store` after the guard."""
+) -> FittingRows:
+    """The fitting rows of `view`'s combiner on `(x, y)`: the targets checked against the
+    members' outputs; the members' predictions of `x`, given (out of fold: the guard does not
+    apply, no member saw their rows) or from `store` after the guard, with its overlaps."""
     targets = check_targets(view, x, y)
     if level_one is None:
-        check_leakage(view.model, x, allow_overlap=allow_overlap)
+        overlaps = check_leakage(view.model, x, allow_overlap=allow_overlap)
         store = store or LevelOneStore(strategy=strategy)
-        return targets, store.predictions(view.model, x)
-    return targets, check_level_one(view, level_one, len(targets))
+        return FittingRows(targets, store.predictions(view.model, x), overlaps)
+    return FittingRows(targets, check_level_one(view, level_one, len(targets)), None)
 
 
 def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray:

@@ -71,7 +71,7 @@ def fit_stacking(
                 else "."
             )
         )
-    targets, level_one = fitting_rows(
+    targets, level_one, _ = fitting_rows(
         view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
     )
     features = np.asarray(

@@ -101,6 +101,8 @@ def _configured_copy(combiner: Combiner, task: Task) -> Combiner:
     config = {**combiner.get_config(), "task": task}
     try:
         copy: Combiner = type(combiner).from_config(config)
+    # Keras' Layer.get_config raises NotImplementedError for constructor arguments it cannot
+    # serialize; from_config, TypeError/ValueError for a config that does not fit the class.
     except (TypeError, ValueError, NotImplementedError) as error:
         raise EnsembleError(
             f"{kind} {combiner.name!r} cannot be copied from its config ({error}): the ensemble "

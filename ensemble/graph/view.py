@@ -52,10 +52,6 @@ class EnsembleView:
     def member_names(self) -> list[str]:
         return [member.name for member in self.members]
 
-    @property
-    def input_names(self) -> list[str]:
-        return [tensor.name for tensor in keras.tree.flatten(self.model.input)]
-
 
 def ensemble_members(model: keras.Model) -> list[Member]:
     """The members of an ensemble built by `build_ensemble`, in order."""

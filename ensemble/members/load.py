@@ -40,7 +40,7 @@ def detect_format(source: PathLike | keras.Model) -> str | None:
     if isinstance(source, keras.layers.Layer):
         return "object"
     path = os.fspath(source)
-    checkpoint = None if os.path.isfile(path) or is_saved_model_dir(path) else resolve_checkpoint(path)
+    checkpoint = _checkpoint_at(path)
     return _detect(path, checkpoint)
 
 
@@ -129,7 +129,7 @@ def _locate(name: str, source: PathLike | keras.Model, format: str) -> tuple[str
             raise MemberError(name, f"an in-memory model is format 'object'. Received: format={format!r}")
         return fmt, "<in-memory>", None
     path = os.fspath(source)
-    checkpoint = None if os.path.isfile(path) or is_saved_model_dir(path) else resolve_checkpoint(path)
+    checkpoint = _checkpoint_at(path)
     if not os.path.exists(path) and checkpoint is None:
         raise MemberError(name, f"source {path!r} does not exist.")
     detected = _detect(path, checkpoint) if format == "auto" else format
@@ -143,6 +143,11 @@ def _locate(name: str, source: PathLike | keras.Model, format: str) -> tuple[str
     if detected not in FORMATS:
         raise MemberError(name, f"expected format 'auto' or one of {FORMATS}. Received: {detected!r}")
     return detected, path, checkpoint
+
+
+def _checkpoint_at(path: str) -> str | None:
+    """The checkpoint prefix at `path`, looked up only when it is no file or SavedModel."""
+    return None if os.path.isfile(path) or is_saved_model_dir(path) else resolve_checkpoint(path)
 
 
 def _detect(path: str, checkpoint: str | None) -> str | None:
