@@ -44,8 +44,9 @@ def first_argmax(values: Tensor) -> Tensor:
     Computed explicitly: backends do not promise how `argmax` breaks ties.
     """
     width = values.shape[-1]
-    is_max = ops.equal(values, ops.max(values, axis=-1, keepdims=True))
-    return ops.min(ops.where(is_max, ops.arange(width, dtype="int32"), width), axis=-1)
+    # `initial` keeps both reductions defined on a batch of no rows.
+    is_max = ops.equal(values, ops.max(values, axis=-1, keepdims=True, initial=-math.inf))
+    return ops.min(ops.where(is_max, ops.arange(width, dtype="int32"), width), axis=-1, initial=width)
 
 
 def validate_weights(weights: Iterable[Any] | None) -> list[float] | None:
@@ -188,9 +189,10 @@ class Combiner(keras.layers.Layer):
             raise ValueError(f"Expected {members} weights, one per member. Received: weights={list(weights)}")
 
     def _weighted_mean(self, values: Tensor) -> Tensor:
-        """Weighted mean over the members axis of `(batch, members, width)`."""
+        """Weighted mean over the members axis of `(batch, members, ...)`."""
         if self.member_weights is None:
             return ops.mean(values, axis=1)
         total = sum(self.member_weights)
         normalized = ops.convert_to_tensor([w / total for w in self.member_weights], dtype=values.dtype)
-        return ops.sum(values * ops.reshape(normalized, (1, -1, 1)), axis=1)
+        shape = (1, -1) + (1,) * (len(values.shape) - 2)
+        return ops.sum(values * ops.reshape(normalized, shape), axis=1)

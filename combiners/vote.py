@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 import keras
@@ -16,9 +18,31 @@ from combiners.base import (
     validate_weights,
 )
 
-__all__ = ["VoteCombiner"]
+__all__ = ["VoteCombiner", "exact_vote_weights"]
 
 VOTING = ("hard", "soft")
+
+# Exact tallies stay in int32; past this total, hard votes are tallied in float64 (like sklearn).
+_MAX_EXACT_TOTAL = 2**31 - 1
+
+
+def exact_vote_weights(weights: list[float] | None, members: int) -> list[int] | None:
+    """The members' weights as the smallest integers in the same ratios, so that hard-vote
+    tallies are exact and a tie is a tie: 0.1 and 0.2 are read as 1/10 and 2/10 (the shortest
+    fraction within 1e-12 of each weight). None when the integers would overflow int32."""
+    if weights is None:
+        return [1] * members
+    fractions = []
+    for weight in weights:
+        fraction = Fraction(weight).limit_denominator(10**9)
+        if abs(float(fraction) - weight) > 1e-12 * max(weight, 1e-300):
+            return None
+        fractions.append(fraction)
+    scale = math.lcm(*(f.denominator for f in fractions))
+    integers = [int(f * scale) for f in fractions]
+    divisor = math.gcd(*integers)
+    integers = [i // divisor for i in integers]
+    return integers if sum(integers) <= _MAX_EXACT_TOTAL else None
 
 
 @keras.saving.register_keras_serializable(package="combiners")
@@ -28,7 +52,10 @@ class VoteCombiner(Combiner):
     - `voting="soft"`: the weighted mean of the members' probabilities.
     - `voting="hard"`: each member votes for its most probable class (a tie
       inside one member goes to the lowest class index, as `np.argmax`); the
-      output is the weighted vote shares, which sum to 1 per row.
+      output is the weighted vote shares, which sum to 1 per row. The votes are
+      tallied exactly (in integers in the weights' ratios, `exact_vote_weights`),
+      so an exact tie between classes stays one and goes to the lowest class
+      index, as scikit-learn's `VotingClassifier` breaks it.
 
     Args:
         voting: `"hard"` or `"soft"`.
@@ -55,10 +82,18 @@ class VoteCombiner(Combiner):
     def _combine(self, member_predictions: Tensor, features: Tensor | None) -> Tensor:
         if self.voting == "soft":
             return self._weighted_mean(member_predictions)
-        width = ops.shape(member_predictions)[-1]
-        winner = first_argmax(member_predictions)
-        votes = ops.one_hot(winner, width, dtype=member_predictions.dtype)
-        return self._weighted_mean(votes)
+        width = member_predictions.shape[-1]
+        members = member_predictions.shape[1]
+        winner = first_argmax(member_predictions)  # (batch, members, ...)
+        integers = exact_vote_weights(self.member_weights, members)
+        dtype = "float64" if integers is None else "int32"
+        weights = self.member_weights if integers is None else integers
+        shape = (1, members) + (1,) * (len(member_predictions.shape) - 2)
+        votes = ops.one_hot(winner, width, dtype=dtype)
+        tally = ops.sum(votes * ops.reshape(ops.convert_to_tensor(weights, dtype=dtype), shape), axis=1)
+        # Equal integer tallies give equal shares; distinct ones stay ordered (float32 holds
+        # integers to 2**24 exactly).
+        return ops.cast(tally, member_predictions.dtype) / float(sum(weights))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
