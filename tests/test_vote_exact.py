@@ -32,7 +32,9 @@ def fraction_winners(weights: list[float]) -> np.ndarray:
     exact = [Fraction(w).limit_denominator(10**9) for w in weights]
 
     def winner(row: np.ndarray) -> int:
-        tallies = [sum((w for w, v in zip(exact, row, strict=True) if v == k), Fraction(0)) for k in range(CLASSES)]
+        tallies = [
+            sum((w for w, v in zip(exact, row, strict=True) if v == k), Fraction(0)) for k in range(CLASSES)
+        ]
         return max(range(CLASSES), key=lambda k: (tallies[k], -k))
 
     return np.array([winner(row) for row in VOTES])
@@ -44,13 +46,17 @@ def combine(weights: list[float] | None) -> np.ndarray:
 
 @pytest.mark.parametrize("weights", [[1, 2, 1, 3], [2, 1, 1, 1], [1, 1, 1, 1]])
 def test_integer_weights_break_ties_like_sklearn(weights):
-    sklearn_rule = np.array([np.argmax(np.bincount(row, weights=weights, minlength=CLASSES)) for row in VOTES])
+    sklearn_rule = np.array(
+        [np.argmax(np.bincount(row, weights=weights, minlength=CLASSES)) for row in VOTES]
+    )
     shares = combine(weights)
     np.testing.assert_array_equal(shares.argmax(-1), sklearn_rule)
     np.testing.assert_allclose(shares.sum(-1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("weights", [[0.1, 0.2, 0.1, 0.3], [1 / 3, 1 / 3, 2 / 3, 1 / 3], [0.25, 0.5, 0.125, 0.125]])
+@pytest.mark.parametrize(
+    "weights", [[0.1, 0.2, 0.1, 0.3], [1 / 3, 1 / 3, 2 / 3, 1 / 3], [0.25, 0.5, 0.125, 0.125]]
+)
 def test_rational_weights_tie_exactly(weights):
     np.testing.assert_array_equal(combine(weights).argmax(-1), fraction_winners(weights))
 

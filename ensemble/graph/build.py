@@ -14,8 +14,10 @@ from ensemble.graph.layers import (
     ClassificationUncertainty,
     FlatFeatures,
     MemberStack,
+    NonFiniteRows,
     RegressionSpread,
 )
+from ensemble.graph.model import EnsembleModel
 from ensemble.members.load import load_member
 from ensemble.members.member import InputSpec, Member
 from ensemble.types import Task
@@ -25,7 +27,7 @@ __all__ = ["build_ensemble"]
 log = logging.getLogger(__name__)
 
 # Names of the graph's own layers; a member may not take one.
-_RESERVED = ("member_predictions", "uncertainty", "std", "features_flat")
+_RESERVED = ("member_predictions", "uncertainty", "std", "features_flat", "non_finite_rows")
 
 
 def build_ensemble(
@@ -50,7 +52,9 @@ def build_ensemble(
         A `keras.Model` whose inputs are the union of the members' named inputs
         (one tensor when there is one, else a dict) and whose output is a dict:
         `prediction` and `member_predictions` and, for classification,
-        `entropy`, `mutual_information`, `disagreement`; for regression, `std`.
+        `entropy`, `mutual_information`, `disagreement`; for regression, `std`. A row
+        with a NaN or infinite input or member prediction is NaN in every output (the
+        other rows are unaffected); a batch of no rows gives empty outputs.
     """
     member_list = _as_members(members)
     if not isinstance(combiner, Combiner):
@@ -80,9 +84,11 @@ def build_ensemble(
         outputs.update(ClassificationUncertainty(name="uncertainty")(member_predictions, prediction))
     else:
         outputs["std"] = RegressionSpread(name="std")(member_predictions)
+    checked = [inputs[k] for k in sorted(inputs)] + [member_predictions]
+    outputs = NonFiniteRows(name="non_finite_rows")(outputs, checked)
     _copy_state(original, combiner)
     model_inputs = next(iter(inputs.values())) if len(inputs) == 1 else inputs
-    return keras.Model(inputs=model_inputs, outputs=outputs, name=name)
+    return EnsembleModel(inputs=model_inputs, outputs=outputs, name=name)
 
 
 def _configured_copy(combiner: Combiner, task: Task) -> Combiner:

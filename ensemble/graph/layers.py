@@ -14,6 +14,7 @@ __all__ = [
     "ClassificationUncertainty",
     "FlatFeatures",
     "MemberStack",
+    "NonFiniteRows",
     "RegressionSpread",
     "entropy",
 ]
@@ -89,3 +90,31 @@ class FlatFeatures(keras.layers.Layer):
                 size = None if size is None or dim is None else size * dim
             width = None if width is None or size is None else width + size
         return keras.KerasTensor((inputs[0].shape[0], width), dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class NonFiniteRows(keras.layers.Layer):
+    """Every output NaN on a row whose inputs or member predictions hold a NaN or infinity.
+
+    A non-finite value must not become a confident answer: fused kernels (a matmul with its
+    relu) and the hard vote's argmax can turn it into a finite one. The other rows pass as they
+    are; integer inputs (token ids) are finite by construction and not checked.
+    """
+
+    def call(self, outputs: dict[str, Tensor], checked: list[Tensor]) -> dict[str, Tensor]:
+        finite = None
+        for value in checked:
+            if "float" not in str(value.dtype):
+                continue
+            rows = ops.all(ops.isfinite(ops.reshape(value, (ops.shape(value)[0], -1))), axis=1)
+            finite = rows if finite is None else ops.logical_and(finite, rows)
+        if finite is None:
+            return dict(outputs)
+        result = {}
+        for key, value in outputs.items():
+            mask = ops.reshape(finite, (-1,) + (1,) * (len(value.shape) - 1))
+            result[key] = ops.where(mask, value, ops.cast(float("nan"), value.dtype))
+        return result
+
+    def compute_output_spec(self, outputs: dict[str, Any], checked: list[Any]) -> dict[str, Any]:
+        return {key: keras.KerasTensor(value.shape, dtype=value.dtype) for key, value in outputs.items()}
