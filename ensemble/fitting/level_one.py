@@ -3,14 +3,14 @@
 Member outputs never change while a combiner trains, so running every member
 forward on every batch of every epoch is waste. The store runs each member
 once over the data (batched, with a Keras progress bar) and keeps the result
-in memory, or as `.npy` files in `directory`, memory-mapped on reuse, keyed
-by the member's and the data's fingerprints so a rerun (even in a new
-process) reuses them and a retrained member or changed data does not.
+in memory, or as files in `directory`, keyed by the content of each loaded
+member and of the data (`ensemble.fitting.cache`), so a rerun (even in a new
+process) reuses them and a retrained member or changed data does not. Every
+file is validated before use; a bad one is recomputed with a warning.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.atomic import save_array
 from ensemble.errors import EnsembleError
+from ensemble.fitting.cache import entry_path, member_fingerprint, member_width, read_entry, write_entry
 from ensemble.graph.layers import MemberStack
 from ensemble.graph.view import EnsembleView
 from ensemble.members.member import Member
@@ -37,7 +37,8 @@ class LevelOneStore:
     """Members' predictions, `(rows, members, width)`, computed once per member and dataset.
 
     Args:
-        directory: where to keep them as `.npy` files; None keeps them in memory.
+        directory: where to keep them as files (one validated `.npz` per member and dataset);
+            None keeps them in memory.
         batch_size: rows per batch when a member predicts (per replica, under a strategy).
         verbose: Keras' progress-bar setting for those passes.
         strategy: a `tf.distribute` strategy to run the passes under, each replica (of every
@@ -67,16 +68,17 @@ class LevelOneStore:
         Members not cached yet run together, in one compiled pass of the
         ensemble's member graph, rather than one pass (and one trace) each.
         """
-        data_key = data_fingerprint(x)[:16]
+        data_key = data_fingerprint(x)[:32]
+        rows = row_count(x)
         members = list(EnsembleView.of(model).members)
-        keys = [f"{m.name}-{member_fingerprint(m)[:16]}-{data_key}" for m in members]
-        found: list[np.ndarray | None] = [self._load(key) for key in keys]
+        keys = [f"{m.name}-{member_fingerprint(m)[:32]}-{data_key}" for m in members]
+        found = [self._load(key, rows, m) for key, m in zip(keys, members, strict=True)]
         missing = [i for i, values in enumerate(found) if values is None]
         if missing:
             log.info(
                 "Level-one pass of member(s) %s over %d rows",
                 [members[i].name for i in missing],
-                row_count(x),
+                rows,
             )
             pass_model = _members_model(model, [members[i] for i in missing])
             feeds = _feeds(model, x)
@@ -91,21 +93,18 @@ class LevelOneStore:
                 found[i] = values
         return np.stack([values for values in found if values is not None], axis=1)
 
-    def _load(self, key: str) -> np.ndarray | None:
+    def _load(self, key: str, rows: int, member: Member) -> np.ndarray | None:
         if key in self._memory:
             return self._memory[key]
-        if self.directory is not None:
-            path = os.path.join(self.directory, key + ".npy")
-            if os.path.exists(path):
-                values: np.ndarray = np.load(path, mmap_mode="r")
-                return values
-        return None
+        if self.directory is None:
+            return None
+        return read_entry(entry_path(self.directory, key), key, rows, member_width(member))
 
     def _save(self, key: str, values: np.ndarray) -> None:
         if self.directory is None:
             self._memory[key] = values
             return
-        save_array(os.path.join(self.directory, key + ".npy"), values)
+        write_entry(entry_path(self.directory, key), key, values)
 
 
 def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
@@ -187,19 +186,3 @@ def distributed_level_one(
     worker) predicting its shard; gathered back in row order and checked by row ids. The same
     pass as `LevelOneStore(strategy=strategy)`, without the cache."""
     return LevelOneStore(strategy=strategy, batch_size=batch_size, verbose=0).predictions(model, x)
-
-
-def member_fingerprint(member: Member) -> str:
-    """A hash of what a member computes: its identity, its Keras weights, its SavedModel files."""
-    digest = hashlib.sha256(
-        f"{member.name}|{member.format}|{member.output_kind}|{member.output_key}".encode()
-    )
-    for weight in member.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    directory = getattr(member.model, "filepath", None)  # a SavedModelLayer's source
-    if directory and os.path.isdir(directory):
-        for root, _, files in sorted(os.walk(directory)):
-            for name in sorted(files):
-                with open(os.path.join(root, name), "rb") as f:
-                    digest.update(f.read())
-    return digest.hexdigest()
