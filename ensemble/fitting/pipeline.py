@@ -23,6 +23,7 @@ import tensorflow as tf
 from combiners import MeanCombiner, StackingCombiner
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.baselines import noise_variance, selected_member
+from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult
 from ensemble.fitting.head import fit_combiner
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
@@ -60,6 +61,9 @@ class FitReport:
     level_one: np.ndarray = field(repr=False)  # (rows, members, width)
     targets: np.ndarray = field(repr=False)
     folds: np.ndarray | None = field(default=None, repr=False)  # "oof": each row's fold
+    # The leakage guard: rows_compared, tolerance, overlaps, training_rows, unchecked (no
+    # record), exact_only (old records); {"checked": False, "reason": ...} when it did not run.
+    guard: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain values (what `metrics.json` records of the fit)."""
@@ -70,6 +74,7 @@ class FitReport:
             "regime": self.regime,
             "fit_rows": self.rows,
             "selected_member": self.selected_member,
+            "guard": self.guard,
         }
         if self.member_weights is not None:
             record["weights"] = self.member_weights
@@ -93,8 +98,11 @@ def fit(
     *,
     method: str = "auto",
     level_one: np.ndarray | None = None,
+    level_one_unseen: bool = False,
     store: LevelOneStore | None = None,
     allow_overlap: bool = False,
+    guard_rtol: float = DEFAULT_RTOL,
+    guard_atol: float = DEFAULT_ATOL,
     strategy: tf.distribute.Strategy | None = None,
     **options: Any,
 ) -> FitReport:
@@ -106,10 +114,15 @@ def fit(
             checks members that carry a training-row record, `record_training_rows`).
         method: one of `FIT_METHODS`; `auto` picks by combiner.
         level_one: the members' predictions of `x` made elsewhere, shape `(rows, members,
-            width)`, reported as `regime="given"`; the guard does not apply (no member runs on
-            `x` here), so they must come from models that never saw their rows (out of fold).
+            width)`, reported as `regime="given"`. The guard still checks `x` against the
+            members' training rows: predictions of rows a member trained on are refused.
+        level_one_unseen: `level_one` comes from models that never saw their rows (out of
+            fold, as `fit_out_of_fold` makes; the final members may have trained on `x`):
+            the guard does not run, and the report says so.
         store: where the members' predictions of `x` are computed and cached.
         allow_overlap: fit even on rows a member trained on (the guard only counts them).
+        guard_rtol, guard_atol: the guard's tolerance (`ensemble.fitting.guard`): a row of
+            `x` is a training row when every feature is within `atol + rtol * max|feature|`.
         strategy: a `tf.distribute` strategy for the level-one pass and Keras training.
         **options: for the fit function of `method` (`C`, `alpha`, `cv` for `sklearn`;
             `epochs`, `batch_size`, `seed`, ... for `keras`; `rounds` for `selection`).
@@ -121,8 +134,18 @@ def fit(
     method = _resolve_method(view, method)
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
+    given = level_one is not None
     targets, level_one, overlaps = fitting_rows(
-        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+        view,
+        x,
+        y,
+        store=store,
+        level_one=level_one,
+        level_one_unseen=level_one_unseen,
+        allow_overlap=allow_overlap,
+        strategy=strategy,
+        guard_rtol=guard_rtol,
+        guard_atol=guard_atol,
     )
     fitted = None
     if method == "none":
@@ -130,7 +153,12 @@ def fit(
             "%s %r has nothing to fit: used as configured.", type(view.combiner).__name__, view.combiner.name
         )
     else:
-        fitted = _FITTERS[method](model, x, targets, level_one=level_one, strategy=strategy, **options)
+        # The guard has run (or was told the predictions are unseen): the fit function's own
+        # check would only repeat it on the same rows.
+        fitter = _FITTERS[method]
+        fitted = fitter(
+            model, x, targets, level_one=level_one, allow_overlap=True, strategy=strategy, **options
+        )
     weights = view.combiner.member_weights
     return FitReport(
         task=view.task,
@@ -139,9 +167,9 @@ def fit(
         options={
             k: v for k, v in options.items() if k != "verbose"
         },  # how it showed progress: not what it did
-        regime="given" if overlaps is None else "holdout",
+        regime="given" if given else "holdout",
         rows=len(targets),
-        overlaps=overlaps or {},
+        overlaps=dict(overlaps or {}),
         selected_member=selected_member(view, level_one, targets),
         member_weights=None if weights is None else dict(zip(view.member_names, weights, strict=True)),
         noise_variance=(
@@ -150,6 +178,7 @@ def fit(
         fitted=fitted,
         level_one=level_one,
         targets=targets,
+        guard=_guard_record(overlaps),
     )
 
 
@@ -193,8 +222,15 @@ def fit_out_of_fold(
     level_one, folds = stack_out_of_fold(
         {name: builders[name] for name in names}, x, np.asarray(y), cv=cv, task=view.task, seed=seed
     )
-    report = (fitter or fit)(model, x, y, level_one=level_one, **options)
+    # The final members trained on x; the predictions come from fold models that did not.
+    report = (fitter or fit)(model, x, y, level_one=level_one, level_one_unseen=True, **options)
     return dataclasses.replace(report, regime="oof", folds=folds)
+
+
+def _guard_record(overlaps: dict[str, int] | None) -> dict[str, Any]:
+    if isinstance(overlaps, GuardResult):
+        return overlaps.as_dict()
+    return {"checked": False, "reason": "level_one_unseen: predictions from models that never saw their rows"}
 
 
 def _resolve_method(view: EnsembleView, method: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble.errors import EnsembleError
-from ensemble.fitting.guard import check_leakage
+from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, guard_rows
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
@@ -32,18 +32,39 @@ def fitting_rows(
     *,
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
+    level_one_unseen: bool = False,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    guard_rtol: float = DEFAULT_RTOL,
+    guard_atol: float = DEFAULT_ATOL,
 ) -> FittingRows:
     """The fitting rows of `view`'s combiner on `(x, y)`: the targets checked against the
-    members' outputs; the members' predictions of `x`, given (out of fold: the guard does not
-    apply, no member saw their rows) or from `store` after the guard, with its overlaps."""
+    members' outputs; the members' predictions of `x`, from `store` or given, after the
+    leakage guard (its tolerance `guard_rtol`, `guard_atol`) with its overlaps. Given
+    predictions are guarded too, unless `level_one_unseen` says they come from models that
+    never saw their rows (out of fold): then nothing is checked and the overlaps are None."""
     targets = check_targets(view, x, y)
+    if level_one is None and level_one_unseen:
+        raise EnsembleError(
+            "level_one_unseen=True says the given level_one predictions come from models that "
+            "never saw their rows. Received no level_one: pass it, or drop level_one_unseen."
+        )
+    if level_one is not None:
+        level_one = check_level_one(view, level_one, len(targets))
+        if level_one_unseen:
+            return FittingRows(targets, level_one, None)
+    overlaps = guard_rows(
+        view.model,
+        x,
+        allow_overlap=allow_overlap,
+        rtol=guard_rtol,
+        atol=guard_atol,
+        level_one_given=level_one is not None,
+    )
     if level_one is None:
-        overlaps = check_leakage(view.model, x, allow_overlap=allow_overlap)
         store = store or LevelOneStore(strategy=strategy)
-        return FittingRows(targets, store.predictions(view.model, x), overlaps)
-    return FittingRows(targets, check_level_one(view, level_one, len(targets)), None)
+        level_one = store.predictions(view.model, x)
+    return FittingRows(targets, level_one, overlaps)
 
 
 def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray:
