@@ -156,7 +156,8 @@ class _TF2Signature(tf.Module):
         if signature not in self.loaded.signatures:
             raise _missing_signature(path, signature, self.loaded.signatures)
         self.function = self.loaded.signatures[signature]
-        self.inputs = dict(self.function.structured_input_signature[1])
+        # Sorted: a signature's inputs come from a protobuf map, in no fixed order across processes.
+        self.inputs = dict(sorted(self.function.structured_input_signature[1].items()))
         self.outputs = dict(self.function.structured_outputs)
         self.parameter_count = sum(int(v.shape.num_elements() or 0) for v in self.function.variables)
 
@@ -194,7 +195,7 @@ class _FrozenTF1Signature(tf.Module):
         output_names = {key: info.name for key, info in signature_def.outputs.items()}
         self.inputs = {
             key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
-            for key, info in signature_def.inputs.items()
+            for key, info in sorted(signature_def.inputs.items())  # in no fixed order, as in TF2
         }
         self.outputs = {
             key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype), key)
