@@ -87,7 +87,7 @@ class VoteCombiner(Combiner):
         winner = first_argmax(member_predictions)  # (batch, members, ...)
         integers = exact_vote_weights(self.member_weights, members)
         dtype = "float64" if integers is None else "int32"
-        weights = self.member_weights if integers is None else integers
+        weights: list[float] | list[int] = integers if integers is not None else self.member_weights or []
         shape = (1, members) + (1,) * (len(member_predictions.shape) - 2)
         votes = ops.one_hot(winner, width, dtype=dtype)
         tally = ops.sum(votes * ops.reshape(ops.convert_to_tensor(weights, dtype=dtype), shape), axis=1)

@@ -18,6 +18,7 @@ from ensemble.graph.layers import (
     RegressionSpread,
 )
 from ensemble.graph.model import EnsembleModel
+from ensemble.members.checks import check_class_outputs
 from ensemble.members.load import load_member
 from ensemble.members.member import InputSpec, Member
 from ensemble.types import Task
@@ -182,6 +183,10 @@ def _resolve_task(members: list[Member], task: str | None) -> tuple[Task, list[M
             f"task='regression', but member(s) {classifiers} declare class outputs "
             "(output='probabilities' or 'logits')."
         )
+    if task == CLASSIFICATION:
+        for member in members:
+            if member.output_kind is None:
+                check_class_outputs(member)  # declared ones were checked at load
     if task is None:
         if len(classifiers) == len(members):
             return CLASSIFICATION, members

@@ -11,6 +11,7 @@ import keras
 
 from ensemble.errors import MemberError
 from ensemble.members.checkpoint import read_checkpoint, resolve_checkpoint
+from ensemble.members.checks import check_declared_output, check_finite_weights
 from ensemble.members.keras_file import copy_model, read_keras_file
 from ensemble.members.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.members.saved_model import SavedModelLayer, is_saved_model_dir
@@ -28,7 +29,7 @@ DEFAULT_INPUT = "features"
 # The options each format's reader takes: any other is an error naming the member.
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "keras": ("safe_mode", "custom_objects"),
-    "h5": ("custom_objects",),
+    "h5": ("safe_mode", "custom_objects"),
     "saved_model": ("tags", "signature"),
     "checkpoint": ("architecture", "scope", "variable_map", "safe_mode"),
     "object": (),
@@ -70,8 +71,9 @@ def load_member(
             own inputs. Default: "features" for a single-input member, the
             model's own input names otherwise.
         **options: what the format's reader takes (`FORMAT_OPTIONS`):
-            `safe_mode` (`.keras` files and architectures; opt out only for files you
-            trust), `custom_objects` (`.keras`/`.h5`); `tags`, `signature` (a SavedModel's
+            `safe_mode` (`.keras`/`.h5` files and architectures: a `Lambda` layer's code runs
+            only with `safe_mode=False`; opt out only for files you trust), `custom_objects`
+            (`.keras`/`.h5`); `tags`, `signature` (a SavedModel's
             MetaGraph tags, e.g. `["serve"]` for TF1, and signature key); `architecture`,
             `scope`, `variable_map` (a checkpoint: the model to restore into, as a `.keras`
             file, a Keras config, a builder or its dotted path; the name scope of its TF1
@@ -82,7 +84,9 @@ def load_member(
 
     Raises:
         MemberError: naming the member, for a missing or unreadable source, an
-            unknown format or misplaced option, or an output that cannot be chosen.
+            unknown format or misplaced option, an output that cannot be chosen, a
+            declaration its outputs contradict (`output="logits"` on probabilities,
+            `"probabilities"` on rows that do not sum to one), or a NaN/infinite weight.
     """
     _check_name(name)
     fmt, label, checkpoint = _locate(name, source, format)
@@ -185,6 +189,8 @@ def _wrap(
     # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
     member.output_inferred = output is None and kind is not None and _final_activation(model) == "sigmoid"
     _check_output_key(member)
+    check_finite_weights(member)
+    check_declared_output(member, _final_activation(model))
     return member
 
 

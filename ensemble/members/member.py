@@ -98,9 +98,11 @@ class Member(keras.Model):
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         del training  # A member is frozen: always inference mode.
-        features = self._select_inputs(inputs)
-        outputs = self.model(features, training=False)
-        return self._as_prediction(self._select_output(outputs))
+        return self._as_prediction(self.source_output(inputs))
+
+    def source_output(self, inputs: Tensor) -> Tensor:
+        """The source model's chosen output, as it emits it (before logits become probabilities)."""
+        return self._select_output(self.model(self._select_inputs(inputs), training=False))
 
     def _select_inputs(self, inputs: Tensor) -> Tensor:
         values = input_values(inputs, self.input_names)

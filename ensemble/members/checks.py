@@ -1,0 +1,154 @@
+"""A member's declarations checked against the model: what it says it emits, what it holds.
+
+A declaration that contradicts the model is bad input, named before anything runs on it:
+`output="logits"` on a model that already ends in a softmax (the ensemble would apply a second
+one: a 0.95 answer becomes 0.56); `output="probabilities"` on rows that do not sum to one; a
+class-output member under `task="classification"` whose rows are no probabilities; a NaN or
+infinite weight. The outputs are judged on a few probe rows drawn from the member's own input
+specs (standard normal features, zero token ids), so no data of the user's is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ensemble.errors import MemberError
+from ensemble.members.member import Member
+from ensemble.members.saved_model import SavedModelLayer
+
+__all__ = ["check_class_outputs", "check_declared_output", "check_finite_weights", "probe_inputs"]
+
+log = logging.getLogger(__name__)
+
+PROBE_ROWS = 8
+_UNKNOWN_DIM = 4  # the size probe rows take along an axis the model leaves open
+_SUM_TOLERANCE = 1e-3  # float16 members sum to one this loosely
+
+
+def probe_inputs(member: Member, rows: int = PROBE_ROWS, seed: int = 0) -> list[np.ndarray] | None:
+    """Rows the member can read, one array per input spec; None when an input is no number."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for spec in member.input_specs:
+        shape = (rows, *(_UNKNOWN_DIM if d is None else d for d in spec.shape))
+        dtype = np.dtype(spec.dtype) if spec.dtype != "string" else None
+        if dtype is None or dtype.kind not in "fiub":
+            return None
+        values.append(rng.normal(size=shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
+    return values
+
+
+def _probe(member: Member, *, source: bool) -> np.ndarray | None:
+    """The member's output on probe rows (the source model's own output when `source`), as
+    float64 `(rows, width)`; None when the member cannot be probed (it then fails, named, where
+    it is first called)."""
+    inputs = probe_inputs(member)
+    if inputs is None:
+        return None
+    feed = inputs[0] if len(inputs) == 1 else inputs
+    try:
+        output = member.source_output(feed) if source else member(feed)
+    except Exception as error:  # An input the probe guessed wrong (an open axis, a range).
+        log.debug("Member %r could not be probed (%s): its declaration is not checked.", member.name, error)
+        return None
+    values = np.asarray(output, dtype="float64")
+    values = values.reshape(len(values), -1) if values.ndim < 2 else values
+    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+    return values[finite] if finite.any() else None
+
+
+def _row_sums(values: np.ndarray) -> tuple[bool, str]:
+    """Whether each row is a probability vector, and its sums for a message."""
+    sums = values.sum(axis=-1)
+    ok = bool(np.all(values >= -_SUM_TOLERANCE) and np.allclose(sums, 1.0, atol=_SUM_TOLERANCE))
+    return ok, f"row sums {np.round(sums.ravel()[:4], 4).tolist()}, min {values.min():.4g}"
+
+
+def check_declared_output(member: Member, final_activation: str | None) -> None:
+    """`member`'s declared output kind against its source model's outputs."""
+    declared = member.output_kind
+    if declared is None:
+        return
+    if declared == "logits" and final_activation in ("softmax", "sigmoid"):
+        raise MemberError(
+            member.name,
+            f"output='logits', but its model ends in a {final_activation}: its outputs are "
+            "probabilities already (a second softmax would flatten them). Load it with "
+            "output='probabilities' (or leave output unset).",
+        )
+    values = _probe(member, source=True)
+    if values is None:
+        return
+    if values.shape[-1] == 1:
+        if declared == "probabilities" and not np.all((values >= 0) & (values <= 1)):
+            raise MemberError(
+                member.name,
+                "output='probabilities', but its single output column leaves [0, 1] (min "
+                f"{values.min():.4g}, max {values.max():.4g}): a logit? Load it with output='logits'.",
+            )
+        return
+    probabilities, sums = _row_sums(values)
+    if declared == "logits" and probabilities:
+        raise MemberError(
+            member.name,
+            f"output='logits', but its rows are probabilities already ({sums} on probe rows): "
+            "a second softmax would flatten them. Load it with output='probabilities'.",
+        )
+    if declared == "probabilities" and not probabilities:
+        raise MemberError(
+            member.name,
+            f"output='probabilities', but its rows are no probabilities ({sums} on probe rows). "
+            "Load it with output='logits' if it emits logits, or without output for regression.",
+        )
+
+
+def check_class_outputs(member: Member) -> None:
+    """Under `task="classification"`, `member`'s predictions must be class probabilities."""
+    values = _probe(member, source=False)
+    if values is None:
+        return
+    probabilities, sums = _row_sums(values)
+    if not probabilities:
+        raise MemberError(
+            member.name,
+            f"under task='classification' its predictions must be class probabilities, but its "
+            f"rows are not ({sums} on probe rows): a regression model, or logits (load it with "
+            "output='logits').",
+        )
+
+
+def check_finite_weights(member: Member) -> None:
+    """Every weight (and, in a frozen TF1 graph, every float constant) of `member` is finite."""
+    model = member.model
+    if isinstance(model, SavedModelLayer):
+        named = [(v.name, v) for v in model.tf_variables] + _graph_constants(model)
+    else:
+        named = [(getattr(w, "path", None) or w.name, w) for w in getattr(model, "weights", [])]
+    for name, variable in named:
+        values = np.asarray(variable)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise MemberError(
+                member.name,
+                f"weight {name!r} holds {bad} NaN or infinite value(s) of {values.size}: a "
+                "diverged or corrupted training run. Its outputs would be NaN.",
+            )
+
+
+def _graph_constants(layer: SavedModelLayer) -> list[tuple[str, Any]]:
+    """The float constants of the signature's graph: a frozen TF1 SavedModel's weights."""
+    graph = getattr(getattr(layer._signature, "function", None), "graph", None)
+    if graph is None:
+        return []
+    graph_def = graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    floats = {dtype.as_datatype_enum for dtype in (tf.float16, tf.float32, tf.float64)}
+    return [
+        (node.name, tf.make_ndarray(node.attr["value"].tensor))
+        for node in nodes
+        if node.op == "Const" and node.attr["dtype"].type in floats
+    ]

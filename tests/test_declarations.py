@@ -1,0 +1,91 @@
+"""A declaration that contradicts the model is an error naming the member: logits declared on
+probabilities (a second softmax), probabilities declared on logits, a regression model under
+task='classification', NaN or infinite weights (in a Keras model and in a frozen TF1 graph)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import combiners
+import ensemble
+from tests.conftest import FEATURES, dense_classifier
+from tests.legacy_formats import DenseNet, write_tf1_saved_model, write_tf2_module_saved_model
+
+
+def test_logits_on_a_final_softmax_is_an_error():
+    with pytest.raises(ensemble.MemberError, match=r"'soft'.*output='logits'.*ends in a softmax"):
+        ensemble.load_member(dense_classifier(0), name="soft", output="logits")
+
+
+def test_logits_on_rows_that_sum_to_one_is_an_error(tmp_path):
+    # A plain tf.Module: no layers to read the activation from, so the probe rows decide.
+    path = write_tf2_module_saved_model(
+        tmp_path / "module", DenseNet.random((FEATURES, 8, 3), final="softmax")
+    )
+    with pytest.raises(ensemble.MemberError, match=r"'module'.*rows are probabilities already"):
+        ensemble.load_member(path, name="module", output="logits")
+    member = ensemble.load_member(path, name="module", output="probabilities")
+    x = np.random.default_rng(0).normal(size=(5, FEATURES)).astype("float32")
+    np.testing.assert_allclose(
+        member(x), DenseNet.random((FEATURES, 8, 3), final="softmax").predict(x), atol=1e-6
+    )
+
+
+def test_probabilities_on_logits_is_an_error(tmp_path):
+    with pytest.raises(ensemble.MemberError, match=r"'raw'.*output='probabilities'.*no probabilities"):
+        ensemble.load_member(dense_classifier(0, final=None), name="raw", output="probabilities")
+    path = write_tf1_saved_model(tmp_path / "tf1", DenseNet.random((FEATURES, 8, 3), final="linear"))
+    with pytest.raises(ensemble.MemberError, match=r"'tf1'.*no probabilities"):
+        ensemble.load_member(path, name="tf1", output="probabilities")
+
+
+def test_a_single_logit_column_declared_probabilities_is_an_error():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1, kernel_initializer="ones")])
+    with pytest.raises(ensemble.MemberError, match=r"'logit'.*leaves \[0, 1\]"):
+        ensemble.load_member(model, name="logit", output="probabilities")
+    assert ensemble.load_member(model, name="logit", output="logits")(np.ones((2, FEATURES))).shape == (2, 2)
+
+
+def test_right_declarations_load():
+    x = np.random.default_rng(1).normal(size=(4, FEATURES)).astype("float32")
+    logits = dense_classifier(0, final=None)
+    member = ensemble.load_member(logits, name="logits", output="logits")
+    np.testing.assert_allclose(member(x), keras.ops.softmax(logits(x)), atol=1e-6)
+    assert (
+        ensemble.load_member(dense_classifier(0), name="probs", output="probabilities").output_kind
+        == "probabilities"
+    )
+
+
+def test_a_regression_member_under_classification_is_an_error():
+    keras.utils.set_random_seed(0)
+    regressor = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(3)])
+    members = [
+        ensemble.load_member(dense_classifier(0), name="clf"),
+        ensemble.load_member(regressor, name="reg"),
+    ]
+    with pytest.raises(ensemble.MemberError, match=r"'reg'.*task='classification'.*not"):
+        ensemble.build_ensemble(members, combiners.MeanCombiner(), task="classification")
+    # The same member is fine where it belongs.
+    ensemble.build_ensemble([members[1]], combiners.MeanCombiner(), task="regression")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_keras_weights_are_named(value):
+    model = dense_classifier(0)
+    kernel, bias = model.layers[-1].get_weights()
+    bias[1] = value
+    model.layers[-1].set_weights([kernel, bias])
+    with pytest.raises(ensemble.MemberError, match=r"'diverged'.*weight '.*bias'.*1 NaN or infinite"):
+        ensemble.load_member(model, name="diverged")
+
+
+def test_non_finite_frozen_tf1_constants_are_named(tmp_path):
+    net = DenseNet.random((FEATURES, 8, 3), seed=2)
+    net.layers[0][0][3, 4] = np.nan
+    path = write_tf1_saved_model(tmp_path / "tf1_nan", net)
+    with pytest.raises(ensemble.MemberError, match=r"'tf1_nan'.*weight .*NaN or infinite"):
+        ensemble.load_member(path, name="tf1_nan", output="probabilities")
