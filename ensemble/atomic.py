@@ -2,23 +2,43 @@
 
 Every writer of this project (member files, training-row records, level-one caches, exports,
 TFLite files, figures) writes into a private staging folder beside the target, then renames the
-result into place. Readers never see a half-written file, concurrent writers never mix, and a
-failure leaves nothing behind.
+result into place. Readers never see a half-written file, concurrent writers never mix.
+
+A staging folder is named `<prefix><pid>-<random>` and holds `.lock`, which its writer keeps
+locked (`flock`) while it writes. A writer killed outright (`kill -9`, power loss) leaves its
+folder behind; the next writer to the same place removes it once nobody holds its lock (the
+kernel drops the lock with the process), or, where the folder has no lock, once the pid in its
+name is gone (or, with no pid, once it is an hour old: the folders of earlier versions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import numpy as np
 
 from ensemble.types import PathLike
 
-__all__ = ["atomic_path", "save_array"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; abandoned folders are told by their pid alone
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK", "atomic_path", "exchange", "remove_abandoned", "save_array", "staging_dir"]
+
+LOCK = ".lock"
+STALE_SECONDS = 3600.0  # the age past which a folder with neither lock nor pid is abandoned
+_PID = re.compile(r"([0-9]+)-")
 
 
 @contextlib.contextmanager
@@ -28,19 +48,142 @@ def atomic_path(target: PathLike, *, overwrite: bool = True, what: str = "file")
 
     An existing `target` is replaced only once the new one is complete, and only with
     `overwrite` (otherwise one that appeared meanwhile is a `FileExistsError` naming `what` was
-    being written); an existing directory is first renamed aside, then removed.
+    being written). A directory is swapped with the new one in one step where the system can
+    (Linux), else renamed aside first. Abandoned staging folders of `target` are removed first.
     """
     target = os.path.abspath(os.fspath(target))
     parent, base = os.path.split(target)
-    staging = tempfile.mkdtemp(prefix=f".{base}.partial-", dir=parent)
-    try:
+    with staging_dir(parent, f".{base}.partial-", target=target) as staging:
         written = os.path.join(staging, base)
         yield written
         if not os.path.lexists(written):
             raise FileNotFoundError(f"Nothing was written for {target}.")
         _move_into_place(written, target, os.path.join(staging, base + ".old"), overwrite, what)
+
+
+def save_array(path: PathLike, values: np.ndarray) -> None:
+    """`np.save` to `path` (which should end in `.npy`) atomically."""
+    with atomic_path(path) as staged, open(staged, "wb") as f:
+        np.save(f, values)
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str, prefix: str, *, target: str | None = None) -> Iterator[str]:
+    """A fresh folder `parent/<prefix><pid>-<random>`, locked while the block runs and removed
+    after it; abandoned ones of the same prefix are removed first (see `remove_abandoned`)."""
+    remove_abandoned(parent, prefix, target=target)
+    staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+    lock = _lock(os.path.join(staging, LOCK), wait=True)
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_abandoned(parent: str, prefix: str, *, target: str | None = None) -> list[str]:
+    """Remove the entries of `parent` named `<prefix>...` that no live writer uses: a folder
+    whose `.lock` nobody holds; without a lock, one whose pid is not alive (none in this
+    process), or with no pid either, one older than an hour. Returns the paths removed.
+
+    A folder that holds `<basename of target>.old` (a writer killed between renaming `target`
+    aside and renaming the new one in, where no one-step swap exists) gives it back first.
+    """
+    try:
+        names = sorted(n for n in os.listdir(parent) if n.startswith(prefix))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(parent, name)
+        match = _PID.match(name[len(prefix) :])
+        try:
+            lock = _lock(os.path.join(path, LOCK), wait=False)
+        except BlockingIOError:
+            continue  # its writer is alive
+        except OSError:  # not a folder
+            lock = None
+        if lock is None and not _abandoned(path, match):
+            continue
+        try:
+            old = os.path.join(path, os.path.basename(target) + ".old") if target else ""
+            if target and os.path.lexists(old) and not os.path.lexists(target):
+                os.rename(old, target)
+            _remove(path)
+            removed.append(path)
+        finally:
+            if lock is not None:
+                os.close(lock)
+    return removed
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap the entries at `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`, any mix
+    of file, directory and symlink); False, with nothing done, where the system cannot."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False  # an old kernel, or a filesystem without it (some network ones)
+    raise OSError(code, os.strerror(code), a, None, b)
+
+
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    call = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if call is None:
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return cast("Callable[..., int]", call)
+
+
+def _lock(path: str, *, wait: bool) -> int | None:
+    """An open descriptor holding `flock(LOCK_EX)` on `path` (created when `wait`); None without
+    flock or (not `wait`) without the file; `BlockingIOError` when another holds it."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if wait else 0), 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _abandoned(path: str, pid: re.Match[str] | None) -> bool:
+    if pid is None:
+        try:
+            return time.time() - os.lstat(path).st_mtime > STALE_SECONDS
+        except FileNotFoundError:
+            return False
+    number = int(pid[1])
+    if number == os.getpid():
+        return False
+    try:
+        os.kill(number, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # alive, as another user
+    return False
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _move_into_place(written: str, target: str, retired: str, overwrite: bool, what: str) -> None:
@@ -53,15 +196,11 @@ def _move_into_place(written: str, target: str, retired: str, overwrite: bool, w
     if not os.path.isdir(target):
         os.replace(written, target)  # atomic for a file, or onto a missing path
         return
+    if exchange(written, target):  # the old one is now at `written`, removed with the staging
+        return
     os.rename(target, retired)  # os.replace cannot replace a non-empty directory
     try:
         os.rename(written, target)
     except BaseException:
         os.rename(retired, target)  # put the old one back
         raise
-
-
-def save_array(path: PathLike, values: np.ndarray) -> None:
-    """`np.save` to `path` (which should end in `.npy`) atomically."""
-    with atomic_path(path) as staged, open(staged, "wb") as f:
-        np.save(f, values)

@@ -243,13 +243,15 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
 
 def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:
     """Export per `cfg.export`: the SavedModel (verified by reloading) and its TFLite variants."""
-    path = ensemble.export_saved_model(
-        model,
-        os.path.join(output_dir, cfg.export.dir),
-        overwrite=cfg.export.overwrite,
-        config=OmegaConf.to_yaml(cfg, resolve=True),
-        jit_compile=cfg.export.get("jit_compile", False),
-    )
+    options: dict[str, Any] = {
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "jit_compile": cfg.export.get("jit_compile", False),
+    }
+    directory = os.path.join(output_dir, cfg.export.dir)
+    if cfg.export.get("versioned", False):  # a new <dir>/<n>/, as TF Serving reads them
+        path = ensemble.export_version(model, directory, keep=cfg.export.get("keep"), **options)
+    else:
+        path = ensemble.export_saved_model(model, directory, overwrite=cfg.export.overwrite, **options)
     result: dict[str, Any] = {"export_dir": path}
     if cfg.export.verify:
         rows = data.x_test[:64]

@@ -1,6 +1,6 @@
-"""Shipping ONE artifact: the SavedModel (TF Serving), TFLite, and the one signature builder."""
+"""Shipping ONE artifact: the SavedModel (TF Serving, in versions), TFLite, and the one signature builder."""
 
-from ensemble.export.saved_model import MANIFEST, export_saved_model, read_manifest
+from ensemble.export.saved_model import MANIFEST, export_saved_model, export_version, read_manifest
 from ensemble.export.signature import input_specs, serving_function
 from ensemble.export.tflite import (
     QUANTIZATIONS,
@@ -8,13 +8,16 @@ from ensemble.export.tflite import (
     run_tflite,
     tflite_report,
 )
+from ensemble.export.versions import list_versions
 
 __all__ = [
     "MANIFEST",
     "QUANTIZATIONS",
     "export_saved_model",
     "export_tflite",
+    "export_version",
     "input_specs",
+    "list_versions",
     "read_manifest",
     "run_tflite",
     "serving_function",

@@ -30,11 +30,12 @@ import tensorflow as tf
 
 from ensemble.atomic import atomic_path
 from ensemble.errors import EnsembleError
+from ensemble.export import versions
 from ensemble.export.signature import input_specs, serving_function
 from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
 
-__all__ = ["MANIFEST", "export_saved_model", "read_manifest"]
+__all__ = ["MANIFEST", "export_saved_model", "export_version", "read_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,86 @@ def export_saved_model(
 ) -> str:
     """Write `model` (from `build_ensemble`) as one SavedModel directory at `path`.
 
-    Nothing is written at `path` until the export is complete: it is written
-    beside `path` and renamed into place, and a failure leaves no debris. An
-    existing `path` that is not an empty directory is an error unless
-    `overwrite=True`, and is replaced only once the new export is complete.
+    `path` becomes a relative symlink to `.NAME.versions/<n>` beside it (NAME its base name),
+    written there completely before `path` is pointed at it. An overwrite points `path` at the
+    new version in one step (`os.replace` of the symlink), so at every moment `path` holds one
+    complete export, then removes the replaced one (see `ensemble.export.versions`); an export
+    left as a real directory by earlier versions of this code is swapped the same way (Linux).
+    For TF Serving's `base/<version>/` layout use `export_version`.
 
     Args:
         model: an ensemble built by `build_ensemble`.
-        path: the directory to write.
-        overwrite: replace an existing export at `path`.
+        path: the export to write.
+        overwrite: replace an existing export at `path` (a directory that is no export, one
+            without `assets.extra/manifest.json`, is refused before anything is written).
         config: the resolved config (YAML text or a mapping) to ship beside.
         jit_compile: compile the signatures with XLA. Off by default: a server built
             without XLA cannot run such a signature, its first call pays the compilation,
             and the gain on CPU is modest (see the benchmark). TFLite converts it as usual.
 
     Returns:
-        The absolute path written.
+        The absolute path written (`path`, not the version it points at).
     """
     view = EnsembleView.of(model)
     target = os.path.abspath(os.fspath(path))
     _check_target(target, overwrite)
-    with atomic_path(target, overwrite=overwrite, what="export") as staging:
-        _write(view, staging, config, jit_compile)
+
+    def write(directory: str) -> None:
+        _write(view, directory, config, jit_compile)
+
+    if versions.LINKS:
+        versions.swap_in(target, write, lambda: _check_again(target, overwrite))
+    else:  # no symlinks or flock (Windows): a plain directory, renamed into place
+        with atomic_path(target, overwrite=overwrite, what="export") as staging:
+            write(staging)
     log.info("Exported ensemble %r to %s", model.name, target)
     return target
+
+
+def export_version(
+    model: keras.Model,
+    base: PathLike,
+    *,
+    version: int | None = None,
+    keep: int | None = None,
+    config: str | Mapping[str, Any] | None = None,
+    jit_compile: bool = False,
+) -> str:
+    """Write `model` as a new version `base/<version>/`, the layout TF Serving watches (it
+    serves the highest integer). The version is written in a staging folder inside `base`
+    (`.partial-<pid>-...`, no integer) and renamed into place in one step; no other version
+    is touched, so readers of them are unaffected.
+
+    Args:
+        model: an ensemble built by `build_ensemble`.
+        base: the directory of versions (made when missing; its parent must exist).
+        version: the version to write; None for one past the highest there. An existing
+            version is an error.
+        keep: once the new version is in place, remove all but the newest `keep` versions
+            (never the one just written); None keeps them all.
+        config, jit_compile: as for `export_saved_model`.
+
+    Returns:
+        The absolute path of the version written, `base/<version>`.
+    """
+    view = EnsembleView.of(model)
+    base = os.path.abspath(os.fspath(base))
+    for name, value, least in (("version", version, 0), ("keep", keep, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise EnsembleError(f"Expected {name} to be an integer >= {least} or None. Received: {value!r}")
+    _check_parent(base, "Export base")
+    if os.path.lexists(base) and not os.path.isdir(base):
+        raise EnsembleError(f"Export base {base} is not a directory; expected a directory of versions.")
+    if os.path.isfile(os.path.join(base, MANIFEST)):
+        raise EnsembleError(f"Export base {base} is an export itself, not a directory of versions.")
+    if version is not None and version in versions.list_versions(base):
+        raise FileExistsError(f"Version {version} of {base} already exists; versions are never replaced.")
+    os.makedirs(base, exist_ok=True)
+    number = versions.publish(base, lambda directory: _write(view, directory, config, jit_compile), version)
+    if keep is not None:
+        versions.prune(base, keep, spare=number)
+    log.info("Exported ensemble %r as version %d of %s", model.name, number, base)
+    return os.path.join(base, str(number))
 
 
 def read_manifest(path: PathLike) -> dict[str, Any]:
@@ -92,11 +149,39 @@ def _check_target(target: str, overwrite: bool) -> None:
         raise FileExistsError(
             f"Export path {target} already exists and is not empty; pass overwrite=True to replace it."
         )
+    if os.path.lexists(target) and not os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"Export path {target} is a broken symlink; pass overwrite=True to replace it.")
+    _check_parent(target, "Export path")
+    _check_is_export(target)
+
+
+def _check_again(target: str, overwrite: bool) -> None:
+    """Just before the swap: what appeared at `target` while the export was written."""
+    if not overwrite and os.path.lexists(target) and not (os.path.isdir(target) and not os.listdir(target)):
+        raise FileExistsError(
+            f"{target} was created while this export was written; pass overwrite=True to replace it."
+        )
+    if os.path.isfile(target):
+        raise EnsembleError(f"Export path {target} became a file while the export was written.")
+    _check_is_export(target)
+
+
+def _check_is_export(target: str) -> None:
+    """Only an earlier export (one with a manifest) or an empty directory may be replaced."""
+    if os.path.isdir(target) and os.listdir(target) and not os.path.isfile(os.path.join(target, MANIFEST)):
+        hint = " (it holds versions: add one with export_version)" if versions.list_versions(target) else ""
+        raise EnsembleError(
+            f"Export path {target} holds no export (no {MANIFEST}){hint}; overwrite=True replaces "
+            "only an earlier export. Remove it yourself or choose another path."
+        )
+
+
+def _check_parent(target: str, what: str) -> None:
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
-        raise FileNotFoundError(f"Export path {target}: its parent directory does not exist.")
+        raise FileNotFoundError(f"{what} {target}: its parent directory does not exist.")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"Export path {target}: no permission to write in {parent}.")
+        raise PermissionError(f"{what} {target}: no permission to write in {parent}.")
 
 
 def _write(

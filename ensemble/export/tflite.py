@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.atomic import atomic_path
+from ensemble.atomic import atomic_path, staging_dir
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
 from ensemble.export.saved_model import export_saved_model
@@ -36,7 +35,8 @@ def export_tflite(
     Args:
         model: an ensemble from `build_ensemble`, or a directory written by
             `export_saved_model`.
-        path: the `.tflite` file to write (written beside, then renamed).
+        path: the `.tflite` file to write (written beside, then renamed; what a killed
+            export left beside it is removed first).
         quantize: "none" (float32), "dynamic" (dynamic-range int8 weights) or
             "float16" (float16 weights).
         overwrite: replace an existing file at `path`.
@@ -57,7 +57,10 @@ def export_tflite(
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"TFLite file {target} already exists; pass overwrite=True to replace it.")
     if isinstance(model, keras.Model):
-        with tempfile.TemporaryDirectory(prefix="ensemble-tflite-") as scratch:
+        # The intermediate SavedModel is staged beside `path` too, so a killed conversion
+        # leaves debris that the next export to `path` removes (see ensemble.atomic).
+        parent, name = os.path.split(target)
+        with staging_dir(parent, f".{name}.partial-") as scratch:
             blob = _convert(export_saved_model(model, os.path.join(scratch, "saved_model")), quantize)
     else:
         blob = _convert(os.fspath(model), quantize)

@@ -1,0 +1,273 @@
+"""Exports in versions (`base/<n>/`), overwrites with no moment without a complete export,
+refusal of what is no export, and the removal of what killed writers left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import combiners
+import ensemble
+from ensemble.atomic import LOCK, save_array
+from ensemble.export import saved_model as export_module
+from ensemble.export import versions
+from tests.conftest import dense_classifier
+
+X = np.linspace(-1, 1, 16, dtype="float32").reshape(2, 8)
+
+
+def small_ensemble(version: int, members: int = 2):
+    """Seeded, so another process builds the same one; `members` changes the graph's layout."""
+    loaded = [ensemble.load_member(dense_classifier(10 * version + i), name=f"m{i}") for i in range(members)]
+    return ensemble.build_ensemble(loaded, combiners.MeanCombiner())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_ensemble(0)
+
+
+@pytest.fixture
+def fake_write(monkeypatch):
+    """A fast stand-in for the SavedModel writer: the manifest and a marker, nothing else."""
+
+    def write(view, directory, config, jit_compile):
+        os.makedirs(os.path.join(directory, "assets.extra"))
+        with open(os.path.join(directory, export_module.MANIFEST), "w") as f:
+            json.dump({"config": config}, f)
+
+    monkeypatch.setattr(export_module, "_write", write)
+
+
+def dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_versions_are_integer_directories_written_in_one_step(tmp_path, model, fake_write):
+    base = tmp_path / "serving"
+    assert ensemble.export_version(model, base) == os.fspath(base / "1")
+    (base / f".partial-{dead_pid()}-junk").mkdir()  # a dead writer's staging folder: no version
+    (base / "notes").mkdir()
+    (base / "9").write_text("a file, no version")
+    assert ensemble.list_versions(base) == [1]
+    assert ensemble.export_version(model, base, config="c: 2\n").endswith(os.sep + "2")
+    assert ensemble.export_version(model, base, version=7) == os.fspath(base / "7")
+    with pytest.raises(FileExistsError, match=r"Version 7 of .*serving already exists"):
+        ensemble.export_version(model, base, version=7)
+    assert ensemble.read_manifest(base / "2") == {"config": "c: 2\n"}
+    assert ensemble.export_version(model, base, keep=2) == os.fspath(base / "8")
+    assert ensemble.list_versions(base) == [7, 8]
+    assert sorted(os.listdir(base)) == ["7", "8", "9", "notes"]  # the dead staging folder went too
+    for bad in ({"version": -1}, {"version": True}, {"keep": 0}):
+        with pytest.raises(ensemble.EnsembleError, match=r"Expected (version|keep) to be an integer"):
+            ensemble.export_version(model, base, **bad)
+    ensemble.export_saved_model(model, tmp_path / "plain")
+    with pytest.raises(ensemble.EnsembleError, match=r"plain is an export itself"):
+        ensemble.export_version(model, tmp_path / "plain")
+    with pytest.raises(ensemble.EnsembleError, match=r"holds no export .*add one with export_version"):
+        ensemble.export_saved_model(model, base, overwrite=True)
+
+
+def test_overwrite_points_the_path_at_the_new_version(tmp_path, model, fake_write):
+    path = tmp_path / "export"
+    ensemble.export_saved_model(model, path, config="v: 1\n")
+    assert os.readlink(path) == os.path.join(".export.versions", "1")
+    for number in (2, 3):
+        ensemble.export_saved_model(model, path, overwrite=True, config=f"v: {number}\n")
+        assert ensemble.read_manifest(path) == {"config": f"v: {number}\n"}
+        assert os.readlink(path) == os.path.join(".export.versions", str(number))
+    # A replaced version stays until the next export is in place, for readers that resolved it.
+    assert sorted(os.listdir(tmp_path / ".export.versions")) == ["2", "3"]
+    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export"]
+
+
+def test_overwrite_refuses_a_directory_that_is_no_export(tmp_path, model, fake_write):
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep")
+    with pytest.raises(ensemble.EnsembleError, match=r"Export path .*results holds no export"):
+        ensemble.export_saved_model(model, mine, overwrite=True)
+    assert os.listdir(mine) == ["thesis.tex"] and sorted(os.listdir(tmp_path)) == ["results"]
+    (tmp_path / "empty").mkdir()  # an empty directory is no export to keep
+    ensemble.export_saved_model(model, tmp_path / "empty")
+    assert os.path.islink(tmp_path / "empty")
+
+
+def test_a_legacy_export_directory_is_swapped_for_the_link(tmp_path, model, fake_write, monkeypatch):
+    path = tmp_path / "export"
+    monkeypatch.setattr(versions, "LINKS", False)  # as earlier versions of this code wrote it
+    ensemble.export_saved_model(model, path, config="old\n")
+    assert path.is_dir() and not path.is_symlink()
+    monkeypatch.setattr(versions, "LINKS", True)
+    ensemble.export_saved_model(model, path, overwrite=True, config="new\n")
+    assert os.path.islink(path) and ensemble.read_manifest(path) == {"config": "new\n"}
+    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export"]
+    assert os.listdir(tmp_path / ".export.versions") == ["1"]
+
+
+def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, fake_write):
+    import fcntl
+
+    path, gone = tmp_path / "export", dead_pid()
+    ensemble.export_saved_model(model, path)
+    store = tmp_path / ".export.versions"
+    debris = [
+        tmp_path / f".export.partial-{gone}-ab12",  # a staging folder of a dead writer
+        tmp_path / ".export.partial-k3x9_q1z",  # of an earlier version of this code, old
+        store / f".partial-{gone}-cd34",
+        store / "5",  # a version published by a writer killed before its swap
+    ]
+    for folder in debris:
+        folder.mkdir()
+        (folder / LOCK).touch()
+    os.remove(debris[1] / LOCK)
+    os.utime(debris[1], (time.time() - 7200,) * 2)
+    os.symlink(os.path.join(".export.versions", "5"), tmp_path / f".export.link-{gone}-ef56")
+    live = tmp_path / f".export.partial-{gone}-live"  # its lock is held: in use, whatever its pid
+    live.mkdir()
+    held = os.open(live / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        ensemble.export_saved_model(model, path, overwrite=True)
+    finally:
+        os.close(held)
+    assert sorted(os.listdir(tmp_path)) == [f".export.partial-{gone}-live", ".export.versions", "export"]
+    assert sorted(os.listdir(store)) == ["1", "2"]  # the stray version 5 went first
+
+    # The same for any atomic write (caches, training-row records, TFLite files).
+    (tmp_path / f".rows.npy.partial-{gone}-gh78").mkdir()
+    save_array(tmp_path / "rows.npy", np.arange(3))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".rows.npy")]
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), np.arange(3))
+
+
+# Loads the export in a loop, as a server would (resolving the link once per load), and probes
+# the path itself in a thread; stops by itself after `iterations`, `seconds` or the stop file.
+_READER = textwrap.dedent(
+    """
+    import json, os, sys, threading, time
+    import numpy as np, tensorflow as tf
+    path, out, stop, iterations, seconds = sys.argv[1:]
+    x = tf.constant(np.linspace(-1, 1, 16, dtype="float32").reshape(2, 8))
+    predictions, failures, probes, misses, done = [], [], [0], [0], threading.Event()
+    def probe():
+        while not done.is_set():
+            probes[0] += 1
+            if not os.path.isfile(os.path.join(path, "assets.extra", "manifest.json")) or not (
+                os.path.isfile(os.path.join(path, "saved_model.pb"))):
+                misses[0] += 1
+            time.sleep(0.002)
+    threading.Thread(target=probe, daemon=True).start()
+    start = time.time()
+    while (len(predictions) + len(failures) < int(iterations) and time.time() - start < float(seconds)
+           and not os.path.exists(stop)):
+        try:
+            served = tf.saved_model.load(os.path.realpath(path)).signatures["serving_default"](features=x)
+            predictions.append(served["prediction"].numpy().tolist())
+            open(stop + ".up", "w").close()
+        except Exception as error:
+            failures.append(repr(error)[:500])
+    done.set()
+    json.dump({"predictions": predictions, "failures": failures, "probes": probes[0],
+               "misses": misses[0]}, open(out, "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_reader_in_a_loop_never_fails_while_the_export_is_overwritten(tmp_path):
+    path, out, stop = tmp_path / "export", tmp_path / "reader.json", tmp_path / "stop"
+    models = [small_ensemble(v, members=2 + v % 2) for v in range(6)]  # layouts differ
+    expected = [np.asarray(m(X)["prediction"]) for m in models]
+    ensemble.export_saved_model(models[0], path)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, os.fspath(path), os.fspath(out), os.fspath(stop), "300", "120"],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    try:
+        while not (tmp_path / "stop.up").exists() and reader.poll() is None:
+            time.sleep(0.2)  # until its first load, of version 1
+        for model in models[1:]:
+            ensemble.export_saved_model(model, path, overwrite=True)
+        time.sleep(1)
+        stop.touch()
+        reader.wait(timeout=60)
+    finally:
+        reader.kill()
+    seen = json.loads(out.read_text())
+    print("reader:", len(seen["predictions"]), "loads,", seen["probes"], "probes of the path")
+    assert seen["failures"] == [] and seen["misses"] == 0 and seen["probes"] > 100
+    which = [
+        next(i for i, e in enumerate(expected) if np.allclose(p, e, atol=1e-6)) for p in seen["predictions"]
+    ]
+    assert len(which) >= 10 and which == sorted(which) and which[-1] == 5, which
+    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export", "reader.json", "stop", "stop.up"]
+
+
+_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, os.getcwd())
+    from tests.test_export_versions import small_ensemble
+    import ensemble
+    model = small_ensemble(1)
+    print("ready", flush=True)
+    ensemble.export_saved_model(model, sys.argv[1], overwrite=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_export_leaves_the_earlier_export_or_none(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    earlier, later = (np.asarray(small_ensemble(v)(X)["prediction"]) for v in (0, 1))
+    trials = {"first": None, "legacy": False, "link": True, "link-again": True}  # earlier export?
+    rng = np.random.default_rng(14)
+    writers = {}
+    for name, links in trials.items():
+        (tmp_path / name).mkdir()
+        if links is not None:
+            monkeypatch.setattr(versions, "LINKS", links)
+            ensemble.export_saved_model(small_ensemble(0), tmp_path / name / "export")
+    monkeypatch.setattr(versions, "LINKS", True)
+    for name in trials:  # all at once: the imports of four processes overlap
+        writers[name] = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, os.fspath(tmp_path / name / "export")],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+    kills = {}  # each at a random moment after its own "ready", where its export runs
+    for (name, writer), delay in zip(writers.items(), rng.uniform(0.05, 2.5, len(writers)), strict=True):
+        assert writer.stdout.readline().strip() == "ready"
+        kills[name] = time.monotonic() + delay
+    for name, moment in sorted(kills.items(), key=lambda item: item[1]):
+        time.sleep(max(0.0, moment - time.monotonic()))
+        os.kill(writers[name].pid, signal.SIGKILL)
+    for name, writer in writers.items():
+        writer.wait(timeout=30)
+        path = tmp_path / name / "export"
+        # Killed before its first export was in place: nothing there, never a half one.
+        if trials[name] is not None or os.path.lexists(path):
+            served = tf.saved_model.load(os.fspath(path)).signatures["serving_default"](features=X)
+            got = served["prediction"].numpy()
+            assert np.allclose(got, earlier, atol=1e-6) or np.allclose(got, later, atol=1e-6), name
+            print(name, "holds", "earlier" if np.allclose(got, earlier, atol=1e-6) else "later")
+        else:
+            print(name, "holds nothing")
+        ensemble.export_saved_model(small_ensemble(2), path, overwrite=True)  # cleans what was left
+        assert sorted(os.listdir(tmp_path / name)) == [".export.versions", "export"], name
+        assert len(os.listdir(tmp_path / name / ".export.versions")) <= 2, name
