@@ -38,6 +38,7 @@ def fit_combiner(
     optimizer: Any = None,
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
+    level_one_unseen: bool = False,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
     seed: int | None = None,
@@ -56,6 +57,9 @@ def fit_combiner(
     each must call this alike, with the same rows; the shuffle is seeded (`seed`, default 0)
     so that every worker shuffles alike.
 
+    The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
+    `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
+
     Returns:
         The Keras `History` of the head's training.
     """
@@ -68,7 +72,15 @@ def fit_combiner(
             "a StackingCombiner has a meta-model to train."
         )
     targets, level_one, _ = fitting_rows(
-        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+        view,
+        x,
+        y,
+        store=store,
+        level_one=level_one,
+        level_one_unseen=level_one_unseen,
+        allow_overlap=allow_overlap,
+        strategy=strategy,
+        verbose=verbose,
     )
     training = _Training(epochs, batch_size, validation_split, verbose, optimizer, seed, fit_options)
     if strategy is None:

@@ -28,8 +28,10 @@ def fit_mean_weights(
     rounds: int = 50,
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
+    level_one_unseen: bool = False,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    verbose: Any = "auto",
 ) -> np.ndarray:
     """Learn the weights of the ensemble's `MeanCombiner` on `(x, y)` and set them.
 
@@ -37,6 +39,9 @@ def fit_mean_weights(
     replacement (`rounds` picks); `"optimal"`: non-negative weights summing to
     1 that minimise the NLL (MSE for regression). The weights end up in the
     layer's config.
+
+    The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
+    `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
 
     Returns:
         The weights, one per member.
@@ -51,7 +56,15 @@ def fit_mean_weights(
     if method not in ("selection", "optimal"):
         raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
     targets, level_one, _ = fitting_rows(
-        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+        view,
+        x,
+        y,
+        store=store,
+        level_one=level_one,
+        level_one_unseen=level_one_unseen,
+        allow_overlap=allow_overlap,
+        strategy=strategy,
+        verbose=verbose,
     )
     level_one = level_one.astype("float64")
     task = view.task

@@ -104,6 +104,7 @@ def fit(
     guard_rtol: float = DEFAULT_RTOL,
     guard_atol: float = DEFAULT_ATOL,
     strategy: tf.distribute.Strategy | None = None,
+    verbose: Any = "auto",
     **options: Any,
 ) -> FitReport:
     """Fit what the combiner of `model` (from `build_ensemble`) needs on `(x, y)`, in place.
@@ -124,6 +125,7 @@ def fit(
         guard_rtol, guard_atol: the guard's tolerance (`ensemble.fitting.guard`): a row of
             `x` is a training row when every feature is within `atol + rtol * max|feature|`.
         strategy: a `tf.distribute` strategy for the level-one pass and Keras training.
+        verbose: Keras' progress setting for the level-one pass and Keras training.
         **options: for the fit function of `method` (`C`, `alpha`, `cv` for `sklearn`;
             `epochs`, `batch_size`, `seed`, ... for `keras`; `rounds` for `selection`).
 
@@ -144,6 +146,7 @@ def fit(
         level_one_unseen=level_one_unseen,
         allow_overlap=allow_overlap,
         strategy=strategy,
+        verbose=verbose,
         guard_rtol=guard_rtol,
         guard_atol=guard_atol,
     )
@@ -153,20 +156,24 @@ def fit(
             "%s %r has nothing to fit: used as configured.", type(view.combiner).__name__, view.combiner.name
         )
     else:
-        # The guard has run (or was told the predictions are unseen): the fit function's own
-        # check would only repeat it on the same rows.
-        fitter = _FITTERS[method]
-        fitted = fitter(
-            model, x, targets, level_one=level_one, allow_overlap=True, strategy=strategy, **options
+        # The rows are checked and guarded, the predictions made: the fit function takes them
+        # as they are (unseen, as far as the guard could tell).
+        fitted = _FITTERS[method](
+            model,
+            x,
+            targets,
+            level_one=level_one,
+            level_one_unseen=True,
+            strategy=strategy,
+            verbose=verbose,
+            **options,
         )
     weights = view.combiner.member_weights
     return FitReport(
         task=view.task,
         combiner=type(view.combiner).__name__,
         method=method,
-        options={
-            k: v for k, v in options.items() if k != "verbose"
-        },  # how it showed progress: not what it did
+        options=options,
         regime="given" if given else "holdout",
         rows=len(targets),
         overlaps=dict(overlaps or {}),

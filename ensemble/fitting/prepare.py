@@ -1,8 +1,9 @@
-"""What every fit starts from: checked targets, and the members' predictions of the fitting
-rows (given out of fold, or computed once after the leakage guard)."""
+"""What every fit starts from: checked targets and rows (finite, every class present), and the
+members' predictions of the fitting rows (given, or computed once) after the leakage guard."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import keras
@@ -16,13 +17,20 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import Data
 
-__all__ = ["FittingRows", "check_level_one", "check_targets", "fitting_rows", "forget_compiled"]
+__all__ = [
+    "FittingRows",
+    "check_finite",
+    "check_level_one",
+    "check_targets",
+    "fitting_rows",
+    "forget_compiled",
+]
 
 
 class FittingRows(NamedTuple):
     targets: np.ndarray
     level_one: np.ndarray  # (rows, members, width), float32
-    overlaps: dict[str, int] | None  # the guard's counts; None when the predictions were given
+    overlaps: dict[str, int] | None  # the guard's counts; None when level_one_unseen
 
 
 def fitting_rows(
@@ -35,6 +43,7 @@ def fitting_rows(
     level_one_unseen: bool = False,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    verbose: Any = "auto",
     guard_rtol: float = DEFAULT_RTOL,
     guard_atol: float = DEFAULT_ATOL,
 ) -> FittingRows:
@@ -42,8 +51,14 @@ def fitting_rows(
     members' outputs; the members' predictions of `x`, from `store` or given, after the
     leakage guard (its tolerance `guard_rtol`, `guard_atol`) with its overlaps. Given
     predictions are guarded too, unless `level_one_unseen` says they come from models that
-    never saw their rows (out of fold): then nothing is checked and the overlaps are None."""
+    never saw their rows (out of fold): then nothing is checked and the overlaps are None.
+    `verbose` is the level-one pass's progress bar (a `store` given keeps its own)."""
     targets = check_targets(view, x, y)
+    if isinstance(x, Mapping):
+        for name, values in x.items():
+            check_finite(values, f"x[{name!r}]")
+    else:
+        check_finite(x, "x")
     if level_one is None and level_one_unseen:
         raise EnsembleError(
             "level_one_unseen=True says the given level_one predictions come from models that "
@@ -62,9 +77,32 @@ def fitting_rows(
         level_one_given=level_one is not None,
     )
     if level_one is None:
-        store = store or LevelOneStore(strategy=strategy)
+        store = store or LevelOneStore(strategy=strategy, verbose=verbose)
         level_one = store.predictions(view.model, x)
+        _check_member_predictions(view, level_one)
     return FittingRows(targets, level_one, overlaps)
+
+
+def check_finite(values: Any, what: str) -> None:
+    """An error counting and naming the rows and columns of `values` that are NaN or infinite."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(array.reshape(len(array), -1))
+    if not bad.any():
+        return
+    rows, columns = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+    raise EnsembleError(
+        f"{what} holds NaN or infinite values in {len(rows)} row(s) of {len(array)} (first rows "
+        f"{rows[:5].tolist()}), column(s) {columns[:10].tolist()} (of the row flattened). A combiner "
+        "cannot fit on them: drop or impute those rows first."
+    )
+
+
+def _check_member_predictions(view: EnsembleView, level_one: np.ndarray) -> None:
+    """Finite rows must get finite predictions: a member that answers NaN is named."""
+    for index, name in enumerate(view.member_names):
+        check_finite(level_one[:, index], f"Member {name!r}'s predictions of the (finite) fitting rows")
 
 
 def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray:
@@ -75,7 +113,9 @@ def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray
             f"Expected level_one of shape (rows, members, width) = {expected}. "
             f"Received: {np.shape(level_one)}"
         )
-    return np.asarray(level_one, dtype="float32")
+    level_one = np.asarray(level_one, dtype="float32")
+    check_finite(level_one, "level_one")
+    return level_one
 
 
 def forget_compiled(model: keras.Model) -> None:
@@ -96,12 +136,14 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
     width = view.width
     if view.task == "regression":
         targets = targets.astype("float32").reshape(rows, -1)
+        check_finite(targets, "y")
         if targets.shape[1] != width:
             raise EnsembleError(
                 f"Expected {width} regression target(s) per row, as the members predict. "
                 f"Received: y of shape {np.shape(y)}."
             )
         return targets
+    check_finite(targets, "y")
     if targets.ndim != 1 or not np.all(np.mod(targets, 1) == 0):
         raise EnsembleError(
             "Expected integer class labels, shape (rows,), for a classification ensemble. "
@@ -114,5 +156,11 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
         raise EnsembleError(
             f"Expected class labels in [0, {width}), one per column of the members' outputs. "
             f"Received labels {outside[:10]}: do these labels match the members' classes?"
+        )
+    missing = sorted(set(range(width)) - {int(t) for t in targets})
+    if missing:
+        raise EnsembleError(
+            f"Class(es) {missing[:10]} have no row in y ({rows} rows): a combiner fitted on them "
+            "never learns those classes. Fit on rows of every class (a stratified split)."
         )
     return targets

@@ -41,8 +41,10 @@ def fit_stacking(
     max_iter: int = 2000,
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
+    level_one_unseen: bool = False,
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
+    verbose: Any = "auto",
 ) -> Any:
     """Fit the default stacking meta-model the exact convex way and bake it into the graph.
 
@@ -55,6 +57,9 @@ def fit_stacking(
     members x classes^2 weights, which overfit the fitting rows otherwise.
     The ensemble's `prediction` then equals the estimator's `predict_proba`
     (classification) or the members' mean plus its `predict` (regression).
+
+    The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
+    `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
 
     Returns:
         The fitted scikit-learn estimator.
@@ -72,7 +77,15 @@ def fit_stacking(
             )
         )
     targets, level_one, _ = fitting_rows(
-        view, x, y, store=store, level_one=level_one, allow_overlap=allow_overlap, strategy=strategy
+        view,
+        x,
+        y,
+        store=store,
+        level_one=level_one,
+        level_one_unseen=level_one_unseen,
+        allow_overlap=allow_overlap,
+        strategy=strategy,
+        verbose=verbose,
     )
     features = np.asarray(
         combiner.meta_features(level_one, flat_features(x) if combiner.needs_features else None),
@@ -95,12 +108,6 @@ def fit_stacking(
         estimator.fit(features, targets)
         if C is None:
             _log_chosen("C", float(estimator.C_), weakest=np.max(estimator.Cs) <= estimator.C_)
-        missing = sorted(set(range(width)) - {int(c) for c in estimator.classes_})
-        if missing:
-            raise EnsembleError(
-                f"Class(es) {missing} have no row in y: the meta-model cannot learn them. Fit on "
-                "rows of every class."
-            )
         kernel, bias = estimator.coef_.T, estimator.intercept_
         if width == 2:  # sklearn's binary form: p1 = sigmoid(x.w + b) = softmax([0, x.w + b])[1]
             kernel = np.hstack([np.zeros_like(kernel), kernel])
