@@ -113,9 +113,9 @@ def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray
             f"Expected level_one of shape (rows, members, width) = {expected}. "
             f"Received: {np.shape(level_one)}"
         )
-    level_one = np.asarray(level_one, dtype="float32")
-    check_finite(level_one, "level_one")
-    return level_one
+    values: np.ndarray = np.asarray(level_one, dtype="float32")
+    check_finite(values, "level_one")
+    return values
 
 
 def forget_compiled(model: keras.Model) -> None:
