@@ -287,3 +287,22 @@ def test_concurrent_requests_are_batched_within_the_window(sources):
     assert stats.calls == 9 and stats.model_calls < 9  # 8 concurrent requests, far fewer calls
     with pytest.raises(ensemble.EnsembleError, match=r"batch_window_ms >= 0"):
         ModelRegistry(batch_window_ms=-1)
+
+
+def test_a_versioned_base_serves_its_highest_version(tmp_path):
+    models = [
+        ensemble.build_ensemble([ensemble.load_member(tiny_model(s), name="m")], combiners.MeanCombiner())
+        for s in (3, 4)
+    ]
+    for model in models:
+        ensemble.export_version(model, tmp_path / "serving")
+    (tmp_path / "serving" / "7").mkdir()  # a version directory holding no export is passed over
+    reg = ModelRegistry()
+    reg.register("served", tmp_path / "serving")
+    assert reg.stats("served").kind == "ensemble"
+    x = batch(3, seed=0)
+    np.testing.assert_allclose(
+        reg.predict("served", x)["prediction"],
+        keras.ops.convert_to_numpy(models[1](x)["prediction"]),
+        atol=1e-6,
+    )

@@ -17,6 +17,7 @@ import tensorflow as tf
 from ensemble.errors import EnsembleError
 from ensemble.export.saved_model import MANIFEST
 from ensemble.export.signature import serving_function
+from ensemble.export.versions import list_versions
 from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.members.load import load_member
 from ensemble.members.saved_model import SavedModelLayer
@@ -71,7 +72,7 @@ def source_kind(name: str, source: PathLike | keras.Model) -> str:
         raise EnsembleError(
             f"Model {name!r}: expected a path or a keras.Model as source. Received: {type(source).__name__}"
         ) from None
-    if os.path.isfile(os.path.join(path, MANIFEST)):
+    if export_dir(path) is not None:
         return "ensemble"
     if not os.path.exists(path) and resolve_checkpoint(path) is None:
         raise EnsembleError(f"Model {name!r}: source {path!r} does not exist.")
@@ -135,9 +136,26 @@ def load_member_model(name: str, source: PathLike | keras.Model, options: Mappin
     return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member, function=function)
 
 
+def export_dir(path: str) -> str | None:
+    """The export directory `path` names, resolved once: an export (through its symlink, so a
+    load never pairs one version's graph with the next one's variables during an overwrite),
+    or the highest version of a TF Serving base `path/<n>/`; None when it names no export."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return os.path.realpath(path)
+    versions = list_versions(path) if os.path.isdir(path) else []
+    for version in reversed(versions):
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, MANIFEST)):
+            return os.path.realpath(candidate)
+    return None
+
+
 def load_exported(source: PathLike) -> Loaded:
-    """An exported ensemble: its `serving_default` signature."""
-    root = tf.saved_model.load(os.fspath(source))
+    """An exported ensemble (`export_dir`): its `serving_default` signature."""
+    directory = export_dir(os.fspath(source))
+    if directory is None:
+        raise EnsembleError(f"{os.fspath(source)!r} holds no exported ensemble (no {MANIFEST}).")
+    root = tf.saved_model.load(directory)
     signature = root.signatures["serving_default"]
     specs = dict(signature.structured_input_signature[1])
 
