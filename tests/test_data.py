@@ -222,6 +222,14 @@ def bad(tmp_path: Path) -> Path:
     np.save(tmp_path / "single.npy", np.zeros(3))
     (tmp_path / "noise.npz").write_bytes(b"not a zip archive")
     np.savez(tmp_path / "objects.npz", x=np.array([{}] * 12, dtype=object), y=np.zeros(12))
+    write_csv(
+        tmp_path / "nan.csv", ["a", "b", "label"], [[i, "nan" if i == 7 else i, "p"] for i in range(12)]
+    )
+    write_csv(tmp_path / "inf.csv", ["a", "y"], [[i, "-inf" if i == 2 else i * 0.5] for i in range(12)])
+    holes = np.ones((12, 3))
+    holes[[5, 9], 2] = np.nan
+    np.savez(tmp_path / "holes.npz", x=holes, y=np.arange(12) % 3)
+    np.savez(tmp_path / "inf_y.npz", x=np.ones((12, 2)), y=np.where(np.arange(12) == 4, np.inf, 0.5))
     return tmp_path
 
 
@@ -328,6 +336,26 @@ ERRORS = [
         lambda d: load_npz(d / "objects.npz"),
         r"objects\.npz: expected plain arrays under 'x' and 'y'",
         "npz_objects",
+    ),
+    case(
+        lambda d: load_csv(d / "nan.csv", target="label"),
+        r"nan\.csv: feature column 'b' holds 'nan' on line 9\. Expected a finite number",
+        "csv_nan_feature",
+    ),
+    case(
+        lambda d: load_csv(d / "inf.csv", target="y"),
+        r"inf\.csv: target 'y' holds '-inf' on line 4",
+        "csv_inf_target",
+    ),
+    case(
+        lambda d: load_npz(d / "holes.npz"),
+        r"holes\.npz: features 'x' holds 2 NaN or infinite value\(s\), first at row 5, column 2",
+        "npz_nan_features",
+    ),
+    case(
+        lambda d: load_npz(d / "inf_y.npz"),
+        r"inf_y\.npz: targets 'y' holds 1 NaN .* row 4",
+        "npz_inf_targets",
     ),
     case(
         lambda d: load_npz(d / "noise.npz"),

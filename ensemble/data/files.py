@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,9 @@ def load_npz(
             f"Received: {x_key!r} has {len(x)} rows, {y_key!r} has {len(y)}."
         )
     x = x.reshape(len(x), -1) if x.ndim == 1 else x
+    _check_finite_array(file, f"features {x_key!r}", x)
+    if np.issubdtype(y.dtype, np.floating):
+        _check_finite_array(file, f"targets {y_key!r}", y)
     y, task, class_names = _prepare_targets(y, task, f"{file}: targets {y_key!r}")
     return split_dataset(
         name or file.stem,
@@ -189,7 +193,29 @@ def _numeric_column(file: Path, column: str, values: list[str], lines: list[int]
             raise EnsembleError(
                 f"{file}: feature column {column!r} must be numeric. Received: {value!r} on line {line}."
             ) from None
+        _check_finite_cell(file, f"feature column {column!r}", numbers[-1], value, line)
     return np.array(numbers, dtype="float64")
+
+
+def _check_finite_cell(file: Path, what: str, number: float, value: str, line: int) -> None:
+    if not math.isfinite(number):
+        raise EnsembleError(
+            f"{file}: {what} holds {value!r} on line {line}. Expected a finite number: drop or "
+            "impute the row before training on it."
+        )
+
+
+def _check_finite_array(file: Path, what: str, values: np.ndarray) -> None:
+    if values.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(values.reshape(len(values), -1))
+    if bad.any():
+        rows, columns = np.nonzero(bad)
+        raise EnsembleError(
+            f"{file}: {what} holds {int(bad.sum())} NaN or infinite value(s), first at row "
+            f"{int(rows[0])}, column {int(columns[0])} (of the row flattened). Expected finite "
+            "numbers: drop or impute those rows before training on them."
+        )
 
 
 def _target_column(file: Path, column: str, values: list[str], lines: list[int]) -> np.ndarray:
@@ -198,9 +224,12 @@ def _target_column(file: Path, column: str, values: list[str], lines: list[int])
         if not value:
             raise EnsembleError(f"{file}: target {column!r} is empty on line {line}. Expected a value.")
     try:
-        return np.array([float(value) for value in values], dtype="float64")
+        numbers = [float(value) for value in values]
     except ValueError:
         return np.array(values, dtype=str)
+    for number, value, line in zip(numbers, values, lines, strict=True):
+        _check_finite_cell(file, f"target {column!r}", number, value, line)
+    return np.array(numbers, dtype="float64")
 
 
 def _prepare_targets(
