@@ -50,9 +50,29 @@ def test_classification_metrics_match_sklearn() -> None:
     assert result["accuracy"] == pytest.approx(metrics.accuracy_score(y, exact.argmax(-1)))
     assert result["nll"] == pytest.approx(metrics.log_loss(y, exact, labels=labels))
     assert result["nll"] == pytest.approx(-np.log(exact[np.arange(50), y]).mean())
-    assert result["brier"] == pytest.approx(metrics.brier_score_loss(y, exact, labels=labels))
+    assert result["brier"] == pytest.approx(((exact - np.eye(4)[y]) ** 2).sum(-1).mean())
     assert result["ece"] == pytest.approx(expected_calibration_error(y, exact))
     assert all(type(value) is float for value in result.values())
+
+
+def test_brier_is_one_definition_for_two_and_more_classes() -> None:
+    # Two classes scored like any other count: the squared error summed over both columns.
+    probabilities = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    y = np.array([0, 0, 1])
+    by_hand = ((probabilities - np.eye(2)[y]) ** 2).sum(-1).mean()
+    assert classification_metrics(y, probabilities)["brier"] == pytest.approx(by_hand)
+    assert by_hand == pytest.approx(2 * metrics.brier_score_loss(y, probabilities[:, 1]))
+    # The same rows padded with a class nobody predicts score the same.
+    padded = np.hstack([probabilities, np.zeros((3, 1))])
+    assert classification_metrics(y, padded)["brier"] == pytest.approx(by_hand)
+
+
+def test_multi_target_rmse_is_pooled() -> None:
+    y = np.zeros((4, 2))
+    prediction = np.array(
+        [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    )  # target 0 off by 1, target 1 exact
+    assert regression_metrics(y, prediction)["rmse"] == pytest.approx(np.sqrt(0.5))  # not (1 + 0) / 2
 
 
 def test_classification_metrics_on_the_hand_worked_rows() -> None:
@@ -73,7 +93,8 @@ def test_regression_metrics_match_sklearn_and_scipy(shape: tuple[int, ...]) -> N
     result = regression_metrics(y, prediction, std)
 
     assert set(plain) == {"rmse", "mae"} and set(result) == {"rmse", "mae", "nll"}
-    assert result["rmse"] == pytest.approx(metrics.root_mean_squared_error(y_2d, prediction))
+    # Pooled over every entry: not sklearn's mean of per-target RMSEs.
+    assert result["rmse"] == pytest.approx(np.sqrt(((y_2d - prediction) ** 2).mean()))
     assert result["mae"] == pytest.approx(metrics.mean_absolute_error(y_2d, prediction))
     assert result["nll"] == pytest.approx(-norm.logpdf(y_2d, prediction, std).mean())
     assert {k: result[k] for k in plain} == plain

@@ -22,7 +22,11 @@ _MIN_STD = 1e-6
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Accuracy, NLL (log loss), multiclass Brier score and ECE of predicted probabilities."""
+    """Accuracy, NLL (log loss), Brier score and ECE of predicted probabilities.
+
+    The Brier score is Brier's own: the squared error summed over every class column, averaged
+    over rows, in [0, 2], for any number of classes, two included (scikit-learn's binary
+    default scores the positive column only, half of this: `scale_by_half=False` here)."""
     # Rows of float32 probabilities sum to 1 only to float32 precision; sklearn checks float64.
     probabilities = np.asarray(probabilities, dtype="float64")
     probabilities = probabilities / probabilities.sum(-1, keepdims=True)
@@ -30,7 +34,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
     return {
         "accuracy": float(metrics.accuracy_score(y_true, probabilities.argmax(-1))),
         "nll": float(metrics.log_loss(y_true, probabilities, labels=labels)),
-        "brier": float(metrics.brier_score_loss(y_true, probabilities, labels=labels)),
+        "brier": float(metrics.brier_score_loss(y_true, probabilities, labels=labels, scale_by_half=False)),
         "ece": expected_calibration_error(y_true, probabilities),
     }
 
@@ -52,11 +56,12 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bi
 def regression_metrics(
     y_true: np.ndarray, prediction: np.ndarray, std: np.ndarray | None = None
 ) -> dict[str, float]:
-    """RMSE and MAE over all targets; with a predicted `std`, also the Gaussian NLL."""
+    """RMSE and MAE pooled over every row and target (the root of the mean squared error of
+    all entries, not a mean of per-target RMSEs); with a predicted `std`, also the Gaussian NLL."""
     y_true = np.asarray(y_true, dtype="float64").reshape(len(prediction), -1)
     prediction = np.asarray(prediction, dtype="float64").reshape(len(y_true), -1)
     result = {
-        "rmse": float(metrics.root_mean_squared_error(y_true, prediction)),
+        "rmse": math.sqrt(metrics.mean_squared_error(y_true, prediction)),
         "mae": float(metrics.mean_absolute_error(y_true, prediction)),
     }
     if std is not None:
