@@ -94,6 +94,10 @@ class Combiner(keras.layers.Layer):
     """
 
     supported_tasks: tuple[str, ...] = TASKS
+    # Whether member predictions may carry axes between members and width, `(batch, members,
+    # ..., width)` (a per-token or per-pixel classifier): the combiner then merges position by
+    # position. Combiners whose state is sized by members x width (stacking) cannot.
+    combines_positions: bool = False
     # Per-member weights; combiners that take `weights=` set them.
     member_weights: list[float] | None = None
 
@@ -126,13 +130,16 @@ class Combiner(keras.layers.Layer):
         features_shape: Shape | None = None,
     ) -> None:
         shape = tuple(member_predictions_shape)
-        if len(shape) != 3 or shape[1] is None or shape[2] is None:
-            raise ValueError(
-                f"{self._describe()} expects member predictions of shape "
-                "(batch, members, width) with known members and width. "
-                f"Received: member_predictions_shape={shape}"
+        rank_ok = len(shape) == 3 or (len(shape) > 3 and self.combines_positions)
+        if not rank_ok or shape[1] is None or shape[-1] is None:
+            expected = (
+                "(batch, members, ..., width)" if self.combines_positions else "(batch, members, width)"
             )
-        members, width = int(shape[1]), int(shape[2])
+            raise ValueError(
+                f"{self._describe()} expects member predictions of shape {expected} with known "
+                f"members and width. Received: member_predictions_shape={shape}"
+            )
+        members, width = int(shape[1]), int(shape[-1])
         features_dim = None
         if self.needs_features:
             if features_shape is None or len(features_shape) != 2 or features_shape[-1] is None:

@@ -24,6 +24,8 @@ class MeanCombiner(Combiner):
         **kwargs: `task` and standard layer keyword arguments.
     """
 
+    combines_positions = True
+
     def __init__(self, weights: Iterable[Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.member_weights = validate_weights(weights)

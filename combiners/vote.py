@@ -64,6 +64,7 @@ class VoteCombiner(Combiner):
     """
 
     supported_tasks = (CLASSIFICATION,)
+    combines_positions = True
 
     def __init__(
         self,

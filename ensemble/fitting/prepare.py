@@ -53,6 +53,13 @@ def fitting_rows(
     predictions are guarded too, unless `level_one_unseen` says they come from models that
     never saw their rows (out of fold): then nothing is checked and the overlaps are None.
     `verbose` is the level-one pass's progress bar (a `store` given keeps its own)."""
+    positions = tuple(view.model.output["member_predictions"].shape[2:-1])
+    if positions:
+        raise EnsembleError(
+            f"The members predict per position, shape (rows, {', '.join(map(str, positions))}, "
+            f"width): a combiner fits on (rows, members, width) predictions. Combine them with "
+            "fixed weights (MeanCombiner or VoteCombiner, method='none')."
+        )
     targets = check_targets(view, x, y)
     if isinstance(x, Mapping):
         for name, values in x.items():

@@ -72,7 +72,7 @@ def build_ensemble(
                 "another name (load_member(..., name=...))."
             )
     predictions = [member({n: inputs[n] for n in member.input_names}) for member in member_list]
-    _check_widths(member_list, predictions)
+    _check_widths(member_list, predictions, combiner)
     member_predictions = MemberStack(name="member_predictions")(predictions)
     if combiner.needs_features:
         features = FlatFeatures(name="features_flat")([inputs[k] for k in sorted(inputs)])
@@ -248,10 +248,23 @@ def _merge_shapes(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> tuple
     return tuple(merged)
 
 
-def _check_widths(members: list[Member], predictions: list[Any]) -> None:
+def _check_widths(members: list[Member], predictions: list[Any], combiner: Combiner) -> None:
     widths = {m.name: p.shape[-1] for m, p in zip(members, predictions, strict=True)}
     if len(set(widths.values())) > 1:
         raise EnsembleError(
             f"Members' outputs differ in width: {widths}. Every member must predict the "
             "same classes (or targets) in the same order."
+        )
+    shapes = {m.name: tuple(p.shape[1:]) for m, p in zip(members, predictions, strict=True)}
+    if len(set(shapes.values())) > 1:
+        raise EnsembleError(
+            f"Members' outputs differ in shape: {shapes}. Members combine position by position, "
+            "so every member must predict the same axes."
+        )
+    positions = next(iter(shapes.values()))[:-1]
+    if positions and not combiner.combines_positions:
+        raise EnsembleError(
+            f"{type(combiner).__name__} {combiner.name!r} combines (batch, width) predictions; the "
+            f"members predict per position, shape (batch, {', '.join(map(str, positions))}, width): "
+            f"{sorted(shapes)}. Combine them with MeanCombiner or VoteCombiner."
         )

@@ -61,7 +61,7 @@ class ClassificationUncertainty(keras.layers.Layer):
     def compute_output_spec(self, member_predictions: Any, prediction: Any) -> dict[str, Any]:
         # One KerasTensor per output: a shared one would make them one graph output.
         return {
-            key: keras.KerasTensor((prediction.shape[0],), dtype="float32")
+            key: keras.KerasTensor(tuple(prediction.shape[:-1]), dtype="float32")
             for key in ("entropy", "mutual_information", "disagreement")
         }
 

@@ -48,6 +48,9 @@ class InputSpec:
 class Member(keras.Model):
     """A source model wrapped for use inside an ensemble.
 
+    Its prediction is `(batch, width)`, or `(batch, ..., width)` for a model that predicts per
+    position (a token or pixel classifier): every axis the source model emits is kept.
+
     The wrapper gives the model the member's unique `name` (so two runs' models
     both called `sequential` never clash), freezes it (always called with
     `training=False`, no trainable weights), selects one output of a
@@ -145,10 +148,10 @@ class Member(keras.Model):
         # Trace the wrapped model symbolically; Keras cannot infer this for a subclass.
         outputs = self.model.compute_output_spec(self._select_inputs(inputs))
         y = self._select_output(outputs)
-        width = 1 if len(y.shape) == 1 else y.shape[-1]
-        if self.output_kind is not None and width == 1:
-            width = 2
-        return keras.KerasTensor((y.shape[0], width), dtype="float32")
+        shape = (y.shape[0], 1) if len(y.shape) == 1 else tuple(y.shape)  # every axis, as call keeps it
+        if self.output_kind is not None and shape[-1] == 1:
+            shape = (*shape[:-1], 2)
+        return keras.KerasTensor(shape, dtype="float32")
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
