@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score, root_mean_squared_error
+from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
 from ensemble.evaluate import expected_calibration_error
 from ensemble.evaluate import figures as plots
@@ -126,18 +126,21 @@ def test_ensemble_size_curve_follows_a_given_order(classification):
 
 @pytest.mark.parametrize("targets", [1, TARGETS], ids=["y-1d", "y-2d"])
 def test_ensemble_size_curve_regression_matches_sklearn(regression, targets):
+    def pooled_rmse(y, p):  # pooled over every target, as the metrics define it
+        return np.sqrt(mean_squared_error(y, p))
+
     y, predictions = regression["y"][:, :targets], regression["member_predictions"][:, :, :targets]
     y_given = y[:, 0] if targets == 1 else y
-    own_rmse = [root_mean_squared_error(y, predictions[:, m]) for m in range(MEMBERS)]
+    own_rmse = [pooled_rmse(y, predictions[:, m]) for m in range(MEMBERS)]
 
     curve = plots.ensemble_size_curve_regression(y_given, predictions)
 
     assert curve["order"][0] == int(np.argmin(own_rmse))
     assert curve["rmse"][0] == pytest.approx(min(own_rmse), rel=1e-12)
-    assert curve["rmse"][-1] == pytest.approx(root_mean_squared_error(y, predictions.mean(1)), rel=1e-12)
+    assert curve["rmse"][-1] == pytest.approx(pooled_rmse(y, predictions.mean(1)), rel=1e-12)
     order = [4, 2, 0, 1, 3]
     custom = plots.ensemble_size_curve_regression(y_given, predictions, order=order)
-    assert custom["rmse"][1] == pytest.approx(root_mean_squared_error(y, predictions[:, [4, 2]].mean(1)))
+    assert custom["rmse"][1] == pytest.approx(pooled_rmse(y, predictions[:, [4, 2]].mean(1)))
 
 
 def test_member_correlation_of_classification_errors(classification):
