@@ -34,7 +34,15 @@ try:
 except ImportError:  # Windows: no flock; abandoned folders are told by their pid alone
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK", "atomic_path", "exchange", "remove_abandoned", "save_array", "staging_dir"]
+__all__ = [
+    "LOCK",
+    "atomic_path",
+    "exchange",
+    "remove_abandoned",
+    "remove_abandoned_writes",
+    "save_array",
+    "staging_dir",
+]
 
 LOCK = ".lock"
 STALE_SECONDS = 3600.0  # the age past which a folder with neither lock nor pid is abandoned
@@ -116,6 +124,25 @@ def remove_abandoned(parent: str, prefix: str, *, target: str | None = None) -> 
             if lock is not None:
                 os.close(lock)
     return removed
+
+
+_STAGING_NAME = re.compile(r"\.(.+)\.partial-[0-9]+-")
+
+
+def remove_abandoned_writes(parent: str) -> list[str]:
+    """Remove what `atomic_path` writers of any target in `parent` left when killed (their
+    `.NAME.partial-<pid>-...` folders, `remove_abandoned`'s rules): for a folder of many
+    targets each written once (a cache), where no later write of the same target clears them."""
+    try:
+        names = os.listdir(parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    bases = sorted({match[1] for match in map(_STAGING_NAME.match, names) if match})
+    return [
+        path
+        for base in bases
+        for path in remove_abandoned(parent, f".{base}.partial-", target=os.path.join(parent, base))
+    ]
 
 
 def exchange(a: str, b: str) -> bool:

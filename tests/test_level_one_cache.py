@@ -258,3 +258,21 @@ def test_readers_never_see_a_half_written_entry(tmp_path):
         writer.join()
     assert failures == [] and [str(w.message) for w in caught] == []
     assert sorted(os.listdir(tmp_path)) == ["entry.npz"]  # no staging left behind
+
+
+def test_a_new_store_removes_what_killed_writers_left(tmp_path):
+    # A writer killed between moving its entry into place and removing its staging folder
+    # leaves `.KEY.npz.partial-<pid>-...`; an entry is never written again, so the store clears it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    abandoned = tmp_path / f".m-abc-def.npz.partial-{int(dead.stdout)}-x1y2"
+    abandoned.mkdir()
+    (abandoned / "m-abc-def.npz").write_bytes(b"half")
+    alive = tmp_path / f".m-ghi-jkl.npz.partial-{os.getpid()}-z3"  # a writer of this process
+    alive.mkdir()
+    unrelated = tmp_path / ".keep"  # not a staging folder: never touched
+    unrelated.mkdir()
+    LevelOneStore(tmp_path)
+    assert not abandoned.exists()
+    assert alive.exists() and unrelated.exists()

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ensemble.atomic import remove_abandoned_writes
 from ensemble.errors import EnsembleError
 from ensemble.fitting.cache import entry_path, member_fingerprint, member_width, read_entry, write_entry
 from ensemble.graph.layers import MemberStack
@@ -61,6 +62,7 @@ class LevelOneStore:
         self.computed: list[str] = []  # keys computed (not reused) by this store, in order
         if self.directory is not None:
             os.makedirs(self.directory, exist_ok=True)
+            remove_abandoned_writes(self.directory)  # what writers killed mid-entry left
 
     def predictions(self, model: keras.Model, x: Data) -> np.ndarray:
         """Every member's predictions on `x`, stacked as `(rows, members, width)`.
