@@ -129,3 +129,5 @@ def test_export_registry_and_tflite(rows, tmp_path):
     np.testing.assert_allclose(
         np.asarray(outputs["prediction"])[good], np.asarray(reference["prediction"])[good], atol=1e-5
     )
+    empty = ensemble.run_tflite(tflite, {"features": x[:0]})
+    assert empty["prediction"].shape == (0, 3) and empty["entropy"].shape == (0,)

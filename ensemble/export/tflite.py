@@ -91,14 +91,15 @@ def _convert(saved_model_dir: str, quantize: str) -> bytes:
 def run_tflite(
     path: PathLike, feeds: Mapping[str, np.ndarray], batch_size: int = 256
 ) -> dict[str, np.ndarray]:
-    """Run a `.tflite` ensemble's `serving_default` signature on `feeds`, batch by batch."""
+    """Run a `.tflite` ensemble's `serving_default` signature on `feeds`, batch by batch (a feed
+    of no rows runs once, for empty outputs of the right shapes)."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=os.fspath(path)).get_signature_runner("serving_default")
     rows = len(next(iter(feeds.values())))
     chunks = [
         runner(**{name: np.ascontiguousarray(value[i : i + batch_size]) for name, value in feeds.items()})
-        for i in range(0, rows, batch_size)
+        for i in range(0, max(rows, 1), batch_size)
     ]
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
