@@ -40,6 +40,7 @@ __all__ = [
     "exchange",
     "remove_abandoned",
     "remove_abandoned_writes",
+    "remove_entry",
     "save_array",
     "staging_dir",
 ]
@@ -118,7 +119,7 @@ def remove_abandoned(parent: str, prefix: str, *, target: str | None = None) -> 
             old = os.path.join(path, os.path.basename(target) + ".old") if target else ""
             if target and os.path.lexists(old) and not os.path.lexists(target):
                 os.rename(old, target)
-            _remove(path)
+            remove_entry(path)
             removed.append(path)
         finally:
             if lock is not None:
@@ -205,7 +206,8 @@ def _abandoned(path: str, pid: re.Match[str] | None) -> bool:
     return False
 
 
-def _remove(path: str) -> None:
+def remove_entry(path: str) -> None:
+    """Remove a folder with what it holds, or a file or symlink; nothing when it is gone."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -30,7 +30,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 
-from ensemble.atomic import exchange, remove_abandoned, staging_dir
+from ensemble.atomic import exchange, remove_abandoned, remove_entry, staging_dir
 
 try:
     import fcntl
@@ -151,20 +151,12 @@ def _clean(target: str, store: str, *, spare: int | None) -> None:
     with os.scandir(store) as entries:
         for entry in entries:
             if entry.name not in (str(current), str(spare)):
-                _remove(entry.path)
+                remove_entry(entry.path)
     parent, name = os.path.split(target)
     for leftover in os.listdir(parent):
         if leftover.startswith(f".{name}.link-"):
-            _remove(os.path.join(parent, leftover))
+            remove_entry(os.path.join(parent, leftover))
     remove_abandoned(parent, f".{name}.partial-")  # staging folders of earlier versions of this code
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
 
 
 @contextlib.contextmanager
