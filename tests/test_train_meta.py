@@ -142,6 +142,13 @@ def test_a_changed_member_is_retrained_in_place(wine_overrides, tmp_path):
     assert not [p.name for p in zoo.iterdir() if "partial" in p.name or "retired" in p.name]
     assert "seed: 99" in (zoo / "linear_savedmodel.recipe.yaml").read_text()
     ensemble.load_member(zoo / "linear_savedmodel", name="linear", output="probabilities")
+    # A zoo of an earlier version holds exact row hashes: recorded again, no retraining.
+    from ensemble.members.training_rows import row_hashes, training_rows_path
+
+    np.save(training_rows_path(zoo / "linear_savedmodel"), np.unique(row_hashes(data.x_train)))
+    assert ensure_zoo(changed.zoo, data, directory) == []
+    record = np.load(training_rows_path(zoo / "linear_savedmodel"))
+    np.testing.assert_array_equal(record, np.asarray(data.x_train, dtype="float32").reshape(len(record), -1))
 
 
 @pytest.mark.parametrize("refit", [True, False])

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ensemble import EnsembleError, record_training_rows
 from ensemble.atomic import atomic_path
 from ensemble.data import Dataset
+from ensemble.members.training_rows import is_hash_record, load_training_rows
 from ensemble.rows import data_fingerprint
 from experiments.zoo.training import REFIT, train_member
 
@@ -66,7 +67,16 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
     `data.x_train`; returns the names it trained."""
     os.makedirs(directory, exist_ok=True)
     trained = []
-    for name, recipe in _stale_recipes(zoo, data, directory).items():
+    stale = _stale_recipes(zoo, data, directory)
+    for name, spec in zoo.members.items():
+        path = _path(directory, str(name), spec)
+        if str(name) in stale or not os.path.exists(path + RECIPE_SUFFIX):
+            continue
+        record = load_training_rows(path)
+        if record is None or is_hash_record(record):  # a zoo of an earlier version: exact hashes
+            log.info("Zoo member %r: recording its training rows for the leakage guard's tolerance", name)
+            record_training_rows(path, data.x_train)  # its recipe says it trained on these rows
+    for name, recipe in stale.items():
         spec = zoo.members[name]
         path = _path(directory, name, spec)
         if os.path.exists(path):
