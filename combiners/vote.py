@@ -22,14 +22,16 @@ __all__ = ["VoteCombiner", "exact_vote_weights"]
 
 VOTING = ("hard", "soft")
 
-# Exact tallies stay in int32; past this total, hard votes are tallied in float64 (like sklearn).
-_MAX_EXACT_TOTAL = 2**31 - 1
+# Integer tallies up to this total are exact in float32 too; past it (weights with no small
+# common denominator), hard votes are tallied in float32, exact only to its rounding.
+_MAX_EXACT_TOTAL = 2**24
 
 
 def exact_vote_weights(weights: list[float] | None, members: int) -> list[int] | None:
     """The members' weights as the smallest integers in the same ratios, so that hard-vote
     tallies are exact and a tie is a tie: 0.1 and 0.2 are read as 1/10 and 2/10 (the shortest
-    fraction within 1e-12 of each weight). None when the integers would overflow int32."""
+    fraction within 1e-12 of each weight). None when their total passes 2**24, where float32
+    (and so the vote shares) stops holding every integer."""
     if weights is None:
         return [1] * members
     fractions = []
@@ -87,14 +89,16 @@ class VoteCombiner(Combiner):
         members = member_predictions.shape[1]
         winner = first_argmax(member_predictions)  # (batch, members, ...)
         integers = exact_vote_weights(self.member_weights, members)
-        dtype = "float64" if integers is None else "int32"
-        weights: list[float] | list[int] = integers if integers is not None else self.member_weights or []
+        if integers is None:  # no exact integer tally: float32 weights, as the mean does
+            return self._weighted_mean(ops.one_hot(winner, width, dtype=member_predictions.dtype))
         shape = (1, members) + (1,) * (len(member_predictions.shape) - 2)
-        votes = ops.one_hot(winner, width, dtype=dtype)
-        tally = ops.sum(votes * ops.reshape(ops.convert_to_tensor(weights, dtype=dtype), shape), axis=1)
-        # Equal integer tallies give equal shares; distinct ones stay ordered (float32 holds
-        # integers to 2**24 exactly).
-        return ops.cast(tally, member_predictions.dtype) / float(sum(weights))
+        votes = ops.one_hot(winner, width, dtype="int32")
+        tally = ops.sum(votes * ops.reshape(ops.convert_to_tensor(integers, dtype="int32"), shape), axis=1)
+        # Equal integer tallies give equal shares, distinct ones stay ordered (float32 holds
+        # integers to 2**24). The total is summed at run time: a constant as large would not
+        # survive a float16 export.
+        tally = ops.cast(tally, member_predictions.dtype)
+        return tally / ops.sum(tally, axis=-1, keepdims=True)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

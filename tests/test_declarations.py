@@ -89,3 +89,24 @@ def test_non_finite_frozen_tf1_constants_are_named(tmp_path):
     path = write_tf1_saved_model(tmp_path / "tf1_nan", net)
     with pytest.raises(ensemble.MemberError, match=r"'tf1_nan'.*weight .*NaN or infinite"):
         ensemble.load_member(path, name="tf1_nan", output="probabilities")
+
+
+def test_legitimate_models_are_not_refused(tmp_path):
+    """No false alarms: a bounded multi-target regressor (an inferred sigmoid), a logits head
+    chosen from a model whose other head ends in a softmax, an exported ensemble (its graph
+    holds -inf and NaN constants on purpose) loaded as a member."""
+    inputs = keras.Input((FEATURES,))
+    bounded = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(inputs))
+    regressor = ensemble.load_member(bounded, name="bounded")
+    ensemble.build_ensemble([regressor], combiners.MeanCombiner(), task="regression")
+    logits = keras.layers.Dense(3)(inputs)
+    two_heads = keras.Model(inputs, [logits, keras.layers.Softmax()(logits)])
+    head = ensemble.load_member(two_heads, name="head", output_key=0, output="logits")
+    x = np.random.default_rng(0).normal(size=(4, FEATURES)).astype("float32")
+    np.testing.assert_allclose(head(x), keras.ops.softmax(two_heads(x)[0]), atol=1e-6)
+    inner = ensemble.build_ensemble(
+        [ensemble.load_member(dense_classifier(s), name=f"m{s}") for s in range(2)], combiners.VoteCombiner()
+    )
+    path = ensemble.export_saved_model(inner, tmp_path / "inner")
+    nested = ensemble.load_member(path, name="nested", output_key="prediction", output="probabilities")
+    np.testing.assert_allclose(nested(x), inner(x)["prediction"], atol=1e-6)

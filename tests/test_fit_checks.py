@@ -100,3 +100,10 @@ def test_verbose_zero_draws_no_progress_bar(name, rows, capsys):
     )
     captured = capsys.readouterr()
     assert "step" not in captured.out + captured.err
+
+
+def test_a_fit_that_learns_nothing_takes_rows_without_every_class(rows):
+    x, y = rows
+    model = ensemble_of(combiners.VoteCombiner())
+    report = ensemble.fit(model, x, np.where(y == 2, 0, y), method="none")
+    assert report.method == "none" and report.rows == ROWS

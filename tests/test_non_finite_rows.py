@@ -76,7 +76,13 @@ def test_empty_batches(kind, rows, tmp_path):
     x, _ = rows
     model = make(COMBINERS[kind]())
     full = model.predict(x, verbose=0)
-    for outputs in (model(x[:0]), model.predict(x[:0], verbose=0), ensemble.compiled_predict(model)(x[:0])):
+    calls = (
+        model(x[:0]),
+        model.predict(x[:0], verbose=0),
+        model.predict(tf.constant(x[:0]), verbose=0),
+        ensemble.compiled_predict(model)(x[:0]),
+    )
+    for outputs in calls:
         assert set(outputs) == set(full)
         for key, value in outputs.items():
             assert np.shape(value) == (0, *np.shape(full[key])[1:]), key

@@ -73,7 +73,8 @@ def test_exact_vote_weights_are_the_smallest_integers():
     assert exact_vote_weights([0.1, 0.2, 0.3], 3) == [1, 2, 3]
     assert exact_vote_weights([1 / 3, 2 / 3], 2) == [1, 2]
     assert exact_vote_weights(None, 3) == [1, 1, 1]
-    assert exact_vote_weights([1.0, 1e-300], 2) is None  # beyond int32: float64 tallies
+    assert exact_vote_weights([1.0, 1e-300], 2) is None  # past 2**24: float32 tallies
+    assert exact_vote_weights([2**23, 2**23 + 1], 2) is None
 
 
 def test_digits_votes_match_voting_classifier():
@@ -89,3 +90,26 @@ def test_digits_votes_match_voting_classifier():
     probabilities = np.stack([e.predict_proba(x[1437:]) for e in voting.estimators_], 1).astype("float32")
     shares = VoteCombiner(voting="hard", weights=weights, task="classification")(probabilities)
     np.testing.assert_array_equal(np.asarray(shares).argmax(-1), voting.predict(x[1437:]))
+
+
+def test_large_integer_totals_fall_back_and_still_export(tmp_path):
+    """Weights with no small common denominator vote in float32 (as the mean weighs) and
+    convert to TFLite's builtin ops, float16 included."""
+    import keras
+
+    import ensemble
+
+    keras.utils.set_random_seed(0)
+    sources = [
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")]) for _ in range(3)
+    ]
+    members = [ensemble.load_member(m, name=f"m{i}") for i, m in enumerate(sources)]
+    model = ensemble.build_ensemble(members, VoteCombiner(voting="hard", weights=[1e-9, 1, 1]))
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    expected = np.asarray(model(x)["prediction"])
+    np.testing.assert_allclose(expected.sum(-1), 1.0, rtol=1e-6)
+    for quantize in ("none", "float16"):
+        path = ensemble.export_tflite(model, tmp_path / f"{quantize}.tflite", quantize=quantize)
+        np.testing.assert_allclose(
+            ensemble.run_tflite(path, {"features": x})["prediction"], expected, atol=1e-3
+        )

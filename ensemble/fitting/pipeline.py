@@ -149,6 +149,7 @@ def fit(
         verbose=verbose,
         guard_rtol=guard_rtol,
         guard_atol=guard_atol,
+        learning=method != "none",
     )
     fitted = None
     if method == "none":

@@ -19,6 +19,7 @@ from ensemble.types import Data
 
 __all__ = [
     "FittingRows",
+    "check_every_class",
     "check_finite",
     "check_level_one",
     "check_targets",
@@ -46,21 +47,25 @@ def fitting_rows(
     verbose: Any = "auto",
     guard_rtol: float = DEFAULT_RTOL,
     guard_atol: float = DEFAULT_ATOL,
+    learning: bool = True,
 ) -> FittingRows:
     """The fitting rows of `view`'s combiner on `(x, y)`: the targets checked against the
     members' outputs; the members' predictions of `x`, from `store` or given, after the
     leakage guard (its tolerance `guard_rtol`, `guard_atol`) with its overlaps. Given
     predictions are guarded too, unless `level_one_unseen` says they come from models that
     never saw their rows (out of fold): then nothing is checked and the overlaps are None.
-    `verbose` is the level-one pass's progress bar (a `store` given keeps its own)."""
+    `verbose` is the level-one pass's progress bar (a `store` given keeps its own). Rows that
+    lack a class are refused when the fit is `learning` (not for a fit that learns nothing)."""
     positions = tuple(view.model.output["member_predictions"].shape[2:-1])
     if positions:
         raise EnsembleError(
             f"The members predict per position, shape (rows, {', '.join(map(str, positions))}, "
             f"width): a combiner fits on (rows, members, width) predictions. Combine them with "
-            "fixed weights (MeanCombiner or VoteCombiner, method='none')."
+            "fixed weights (MeanCombiner or VoteCombiner), with nothing to fit."
         )
     targets = check_targets(view, x, y)
+    if learning and view.task != "regression":
+        check_every_class(targets, view.width)
     if isinstance(x, Mapping):
         for name, values in x.items():
             check_finite(values, f"x[{name!r}]")
@@ -164,10 +169,14 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
             f"Expected class labels in [0, {width}), one per column of the members' outputs. "
             f"Received labels {outside[:10]}: do these labels match the members' classes?"
         )
-    missing = sorted(set(range(width)) - {int(t) for t in targets})
+    return targets
+
+
+def check_every_class(targets: np.ndarray, classes: int) -> None:
+    """An error naming the classes with no row in `targets`: a combiner never learns them."""
+    missing = sorted(set(range(classes)) - {int(t) for t in targets})
     if missing:
         raise EnsembleError(
-            f"Class(es) {missing[:10]} have no row in y ({rows} rows): a combiner fitted on them "
-            "never learns those classes. Fit on rows of every class (a stratified split)."
+            f"Class(es) {missing[:10]} have no row in y ({len(targets)} rows): a combiner fitted "
+            "on them never learns those classes. Fit on rows of every class (a stratified split)."
         )
-    return targets

@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from ensemble.rows import row_count
 
@@ -21,7 +22,7 @@ class EnsembleModel(keras.Model):
     """
 
     def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(x, (np.ndarray, dict, list, tuple)) and _rows(x) == 0:
+        if isinstance(x, (np.ndarray, tf.Tensor, dict, list, tuple)) and _rows(x) == 0:
             outputs = self(x, training=False)
             return keras.tree.map_structure(lambda t: keras.ops.convert_to_numpy(t), outputs)
         return super().predict(x, *args, **kwargs)

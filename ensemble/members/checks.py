@@ -69,7 +69,8 @@ def _row_sums(values: np.ndarray) -> tuple[bool, str]:
 
 
 def check_declared_output(member: Member, final_activation: str | None) -> None:
-    """`member`'s declared output kind against its source model's outputs."""
+    """`member`'s declared output kind against its source model's outputs. `final_activation`
+    is that of the layer emitting the chosen output (None when unknown: the probe decides)."""
     declared = member.output_kind
     if declared is None:
         return
@@ -80,7 +81,10 @@ def check_declared_output(member: Member, final_activation: str | None) -> None:
             "probabilities already (a second softmax would flatten them). Load it with "
             "output='probabilities' (or leave output unset).",
         )
-    values = _probe(member, source=True)
+    settled = (declared == "probabilities" and final_activation in ("softmax", "sigmoid")) or (
+        declared == "logits" and final_activation == "linear"
+    )
+    values = None if settled else _probe(member, source=True)  # a probe costs a forward pass
     if values is None:
         return
     if values.shape[-1] == 1:
@@ -122,16 +126,23 @@ def check_class_outputs(member: Member) -> None:
 
 
 def check_finite_weights(member: Member) -> None:
-    """Every weight (and, in a frozen TF1 graph, every float constant) of `member` is finite."""
+    """Every weight of `member` is finite, and no weight tensor frozen into a TF1 graph holds a
+    NaN. Other graph constants may be infinite on purpose (a clip bound, a mask value, the
+    `-inf` start of a max): those, and scalars, are not weights and are not judged."""
     model = member.model
+    named: list[tuple[str, Any, bool]]  # (name, values, whether an infinity is allowed)
     if isinstance(model, SavedModelLayer):
-        named = [(v.name, v) for v in model.tf_variables] + _graph_constants(model)
+        named = [(v.name, v, False) for v in model.tf_variables]
+        named += [(name, value, True) for name, value in _frozen_constants(model)]
     else:
-        named = [(getattr(w, "path", None) or w.name, w) for w in getattr(model, "weights", [])]
-    for name, variable in named:
+        named = [(getattr(w, "path", None) or w.name, w, False) for w in getattr(model, "weights", [])]
+    for name, variable, infinity_allowed in named:
         values = np.asarray(variable)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            bad = int(values.size - np.isfinite(values).sum())
+        if values.dtype.kind != "f":
+            continue
+        bad_values = np.isnan(values) if infinity_allowed else ~np.isfinite(values)
+        if bad_values.any():
+            bad = int(bad_values.sum())
             raise MemberError(
                 member.name,
                 f"weight {name!r} holds {bad} NaN or infinite value(s) of {values.size}: a "
@@ -139,8 +150,11 @@ def check_finite_weights(member: Member) -> None:
             )
 
 
-def _graph_constants(layer: SavedModelLayer) -> list[tuple[str, Any]]:
-    """The float constants of the signature's graph: a frozen TF1 SavedModel's weights."""
+def _frozen_constants(layer: SavedModelLayer) -> list[tuple[str, Any]]:
+    """The float constants of more than one value in a frozen TF1 SavedModel's graph: its
+    weights, frozen (a TF2 SavedModel keeps its weights in variables)."""
+    if not layer.frozen:
+        return []
     graph = getattr(getattr(layer._signature, "function", None), "graph", None)
     if graph is None:
         return []
@@ -150,5 +164,7 @@ def _graph_constants(layer: SavedModelLayer) -> list[tuple[str, Any]]:
     return [
         (node.name, tf.make_ndarray(node.attr["value"].tensor))
         for node in nodes
-        if node.op == "Const" and node.attr["dtype"].type in floats
+        if node.op == "Const"
+        and node.attr["dtype"].type in floats
+        and np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim]) > 1
     ]

@@ -190,7 +190,9 @@ def _wrap(
     member.output_inferred = output is None and kind is not None and _final_activation(model) == "sigmoid"
     _check_output_key(member)
     check_finite_weights(member)
-    check_declared_output(member, _final_activation(model))
+    if output is not None:  # declared; an inferred kind is the activation's own word
+        # The last layer emits the chosen output only when the model has one output.
+        check_declared_output(member, _final_activation(model) if output_key is None else None)
     return member
 
 

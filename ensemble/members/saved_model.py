@@ -73,6 +73,11 @@ class SavedModelLayer(keras.layers.Layer):
         return list(getattr(self._signature.function, "variables", []))
 
     @property
+    def frozen(self) -> bool:
+        """Whether the SavedModel is a TF1 graph whose variables were frozen into constants."""
+        return isinstance(self._signature, _FrozenTF1Signature)
+
+    @property
     def parameter_count(self) -> int:
         """Scalars in the SavedModel's variables (frozen into constants for a TF1 one)."""
         return self._signature.parameter_count
