@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 # A predicted standard deviation of 0 would make the likelihood infinite; floor it instead.
-_MIN_STD = 1e-6
+MIN_STD = 1e-6
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -77,7 +77,7 @@ def gaussian_nll(y_true: np.ndarray, mean: np.ndarray, std: np.ndarray | float) 
     # Reshaped, not broadcast: targets of shape (rows,) against (rows, 1) must not become (rows, rows).
     y_true = np.asarray(y_true, dtype="float64").reshape(mean.shape)
     std = np.asarray(std, dtype="float64")
-    std = np.maximum(std if std.ndim == 0 else std.reshape(mean.shape), _MIN_STD)
+    std = np.maximum(std if std.ndim == 0 else std.reshape(mean.shape), MIN_STD)
     z = (y_true - mean) / std
     return float(np.mean(0.5 * z**2 + np.log(std) + 0.5 * math.log(2 * math.pi)))
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from scipy.stats import rankdata
 
 from ensemble.errors import EnsembleError
-from ensemble.evaluate.metrics import _MIN_STD
+from ensemble.evaluate.metrics import MIN_STD
 
 __all__ = [
     "adaptive_ece",
@@ -267,7 +267,7 @@ def _z_scores(y: Array, mean: Array, std: Array | float) -> Floats:
             raise EnsembleError(f"Expected {name} like mean {m.shape}. Received: {name}.shape={array.shape}")
     if arrays["std"].min() < 0:
         raise EnsembleError(f"Expected std >= 0. Received: min(std)={arrays['std'].min():g}")
-    s = np.maximum(arrays["std"], _MIN_STD)
+    s = np.maximum(arrays["std"], MIN_STD)
     return np.ravel((arrays["y"].reshape(m.shape) - m) / (s.reshape(m.shape) if s.ndim else s))
 
 
