@@ -12,10 +12,6 @@ Writes `benchmark.json` and `benchmark.md` into the Hydra run directory.
   `predict` on the ensemble, `compiled_predict` with and without XLA, the
   exported SavedModel), and the ensemble's share of the machine's matmul peak.
 - overhead: the combiner and the uncertainty outputs against the members alone.
-- stacking: the stacker's fit (`LogisticRegressionCV` choosing C by 5-fold log-loss) on
-  digits' meta features (1000 rows, or `rows` if fewer, or `+stacking_rows=...`; 4
-  members x 10 classes) against the previous fit (lbfgs at scikit-learn's default tolerance), and how far
-  above the optimum that one stops.
 - memory: load time of the member files and of the export; resident memory per
   member against its weight bytes.
 """
@@ -32,14 +28,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.benchmarks import (
-    bench_fit,
-    bench_inference,
-    bench_memory,
-    bench_overhead,
-    bench_stacking,
-    markdown,
-)
+from experiments.benchmarks import bench_fit, bench_inference, bench_memory, bench_overhead, markdown
 
 __all__ = ["run"]
 
@@ -53,7 +42,6 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
             "fit": bench_fit(cfg),
             "inference": bench_inference(cfg, scratch),
             "overhead": bench_overhead(cfg),
-            "stacking": bench_stacking(cfg),
             "memory": bench_memory(cfg, scratch),
         }
     results["config"] = json.loads(json.dumps(results["config"], default=list))

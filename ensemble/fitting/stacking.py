@@ -15,7 +15,6 @@ from sklearn.linear_model import (
     Ridge,
     RidgeCV,
 )
-from threadpoolctl import threadpool_limits
 
 from combiners import StackingCombiner
 from combiners.stack import mean_kernel
@@ -26,54 +25,9 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import flat_features
 from ensemble.types import Data
 
-__all__ = ["LOGISTIC_CS", "NEWTON_CHOLESKY_MAX_WEIGHTS", "SOLVER_TOL", "fit_logistic", "fit_stacking"]
+__all__ = ["fit_stacking"]
 
 log = logging.getLogger(__name__)
-
-#: The grid cross-validation picks C from when `C` is None.
-LOGISTIC_CS = np.logspace(-4, 2, 13)
-#: Each solver stops when max |gradient| of the mean log-loss plus penalty is <= its tol (and,
-#: for Newton-Cholesky, half the squared Newton decrement too). scikit-learn's default 1e-4
-#: with lbfgs stops short of the optimum (0.2-0.5% above it on digits' 1000 x 40 stacker, its
-#: probabilities off by 0.03); these land within 1e-11 of it, relative. Newton-CG needs the
-#: tighter tol: at 1e-6 it stopped 4e-5 above the optimum on near-separable rows.
-SOLVER_TOL = {"newton-cholesky": 1e-6, "newton-cg": 1e-8}
-#: Up to this many weights Newton-Cholesky (a dense Hessian) is the faster exact solver;
-#: beyond, Newton-CG (Hessian-vector products; it scales linearly in the weights) is.
-NEWTON_CHOLESKY_MAX_WEIGHTS = 600
-
-
-def fit_logistic(
-    features: np.ndarray, targets: np.ndarray, *, C: float | None = None, cv: int = 5, max_iter: int = 2000
-) -> LogisticRegression | LogisticRegressionCV:
-    """The stacker's multinomial logistic regression: `LogisticRegression(C=C)`, or with `C`
-    None `LogisticRegressionCV` picking C from `LOGISTIC_CS` by `cv`-fold log-loss (the
-    regularisation path warm-started from strong to weak, fold by fold, then refitted).
-
-    Fitted to the optimum (`SOLVER_TOL`) by a Newton solver: Newton-Cholesky up to
-    `NEWTON_CHOLESKY_MAX_WEIGHTS` weights, Newton-CG beyond. BLAS runs on one thread: these
-    matrices are small enough that more threads only wait on each other (on a busy 2-core
-    machine, 2 threads made the fit 4-30x slower).
-    """
-    classes = len(np.unique(targets))
-    weights = (features.shape[1] + 1) * (1 if classes == 2 else classes)
-    solver = "newton-cholesky" if weights <= NEWTON_CHOLESKY_MAX_WEIGHTS else "newton-cg"
-    estimator = (
-        LogisticRegression(C=C, solver=solver, tol=SOLVER_TOL[solver], max_iter=max_iter)
-        if C is not None
-        else LogisticRegressionCV(
-            Cs=LOGISTIC_CS,
-            l1_ratios=(0.0,),
-            cv=cv,
-            scoring="neg_log_loss",
-            use_legacy_attributes=False,
-            solver=solver,
-            tol=SOLVER_TOL[solver],
-            max_iter=max_iter,
-        )
-    )
-    with threadpool_limits(limits=1, user_api="blas"):
-        return estimator.fit(features, targets)
 
 
 def fit_stacking(
@@ -103,10 +57,6 @@ def fit_stacking(
     members x classes^2 weights, which overfit the fitting rows otherwise.
     The ensemble's `prediction` then equals the estimator's `predict_proba`
     (classification) or the members' mean plus its `predict` (regression).
-    The logistic regression is solved to its optimum by `fit_logistic`: a Newton solver
-    stopping at max |gradient| <= `SOLVER_TOL` (1e-6 for Newton-Cholesky, 1e-8 for
-    Newton-CG), not lbfgs at scikit-learn's 1e-4,
-    which stops short of it.
 
     The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
     `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
@@ -143,7 +93,19 @@ def fit_stacking(
     )
     width = level_one.shape[-1]
     if view.task == "classification":
-        estimator: Any = fit_logistic(features, targets, C=C, cv=cv, max_iter=max_iter)
+        estimator: Any = (
+            LogisticRegression(C=C, max_iter=max_iter)
+            if C is not None
+            else LogisticRegressionCV(
+                Cs=np.logspace(-4, 2, 13),
+                l1_ratios=(0.0,),
+                cv=cv,
+                scoring="neg_log_loss",
+                use_legacy_attributes=False,
+                max_iter=max_iter,
+            )
+        )
+        estimator.fit(features, targets)
         if C is None:
             _log_chosen("C", float(estimator.C_), weakest=np.max(estimator.Cs) <= estimator.C_)
         kernel, bias = estimator.coef_.T, estimator.intercept_
@@ -154,9 +116,9 @@ def fit_stacking(
         # Ridge on what the members' plain mean gets wrong: the penalty then shrinks toward
         # the mean (a sound ensemble) rather than toward predicting zero.
         members_mean = level_one.mean(axis=1).astype("float64")
-        estimator = Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
-        with threadpool_limits(limits=1, user_api="blas"):
-            estimator.fit(features, targets - members_mean)
+        estimator = (
+            Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
+        ).fit(features, targets - members_mean)
         if alpha is None:
             _log_chosen(
                 "alpha", float(estimator.alpha_), weakest=estimator.alpha_ <= np.min(estimator.alphas)

@@ -50,18 +50,4 @@ def markdown(results: dict[str, Any]) -> str:
         f"of weights; {memory['rss_before_trim_over_weight_bytes']:.2f}x before the allocator "
         f"returns freed pages) | {memory['rss_over_weight_bytes']:.2f}x |"
     )
-    stacking = results.get("stacking")
-    if stacking is not None:
-        gap = (
-            f"lbfgs stops {stacking['old_objective_over_new']:.2%} above the optimum"
-            if stacking["old_C"] == stacking["new_C"]
-            else f"lbfgs, stopping short, chose C={stacking['old_C']:g} for {stacking['new_C']:g}"
-        )
-        lines.append(
-            f"| stacker fit, C by 5-fold CV ({stacking['rows']} rows x {stacking['meta_features']} "
-            f"meta features): Newton-Cholesky at tol 1e-6 on one BLAS thread vs lbfgs at tol 1e-4 "
-            f"({stacking['old_s'] / stacking['old_one_blas_thread_s']:.1f}x of it from the one "
-            f"thread; {gap}, probabilities off by {stacking['max_abs_probability_diff']:.1e}) | "
-            f"{stacking['speedup']:.1f}x faster |"
-        )
     return "\n".join(lines) + "\n"
