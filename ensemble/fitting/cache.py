@@ -154,10 +154,7 @@ def _config_json(member: Member) -> str:
 
 def _signature_function(model: Any) -> Any:
     """The TensorFlow function a SavedModel member calls, or None for other members."""
-    if not isinstance(model, SavedModelLayer):
-        return None
-    # TODO(members): a public `SavedModelLayer.function` would spare reading a private attribute.
-    return getattr(getattr(model, "_signature", None), "function", None)
+    return model.function if isinstance(model, SavedModelLayer) else None
 
 
 def _graph_bytes(graph_def: Any) -> bytes:

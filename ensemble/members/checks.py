@@ -155,7 +155,7 @@ def _frozen_constants(layer: SavedModelLayer) -> list[tuple[str, Any]]:
     weights, frozen (a TF2 SavedModel keeps its weights in variables)."""
     if not layer.frozen:
         return []
-    graph = getattr(getattr(layer._signature, "function", None), "graph", None)
+    graph = getattr(layer.function, "graph", None)
     if graph is None:
         return []
     graph_def = graph.as_graph_def()

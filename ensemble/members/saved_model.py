@@ -68,9 +68,15 @@ class SavedModelLayer(keras.layers.Layer):
         return list(self.input_specs)
 
     @property
+    def function(self) -> Any:
+        """The TensorFlow function the layer calls: the signature's concrete function (TF2),
+        or the pruned frozen graph (TF1)."""
+        return self._signature.function
+
+    @property
     def tf_variables(self) -> list[Any]:
         """The TensorFlow variables the signature reads (none for a frozen TF1 SavedModel)."""
-        return list(getattr(self._signature.function, "variables", []))
+        return list(getattr(self.function, "variables", []))
 
     @property
     def frozen(self) -> bool:
