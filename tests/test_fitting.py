@@ -296,5 +296,5 @@ def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthro
     out = model.predict(x, verbose=0)  # reference: the whole ensemble's prediction and spread
     expected = max(float(np.mean((y[:, None] - out["prediction"]) ** 2 - out["std"] ** 2)), 0.0)
     assert expected > 0
-    actual = noise_variance(ensemble.ensemble_combiner(model), level_one, y, x)
+    actual = noise_variance(ensemble.EnsembleView.of(model), level_one, y, x)
     np.testing.assert_allclose(actual, expected, rtol=1e-4)

@@ -5,6 +5,7 @@ from ensemble.evaluate.baselines import (
     noise_variance,
     selected_member,
 )
+from ensemble.evaluate.figures import write_figures
 from ensemble.evaluate.metrics import (
     classification_metrics,
     disagreement,
@@ -15,7 +16,6 @@ from ensemble.evaluate.metrics import (
 from ensemble.evaluate.report import (
     format_table,
     markdown_table,
-    write_figures,
     write_report,
 )
 from ensemble.evaluate.uncertainty import (

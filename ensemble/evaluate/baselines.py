@@ -11,10 +11,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from combiners.base import Combiner
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
 from ensemble.graph.view import EnsembleView
-from ensemble.rows import flat_features
 from ensemble.types import Data
 
 __all__ = ["evaluate_ensemble", "noise_variance", "selected_member"]
@@ -34,13 +32,12 @@ def selected_member(view: EnsembleView, level_one: np.ndarray, y: np.ndarray) ->
     return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
 
 
-def noise_variance(combiner: Combiner, level_one: np.ndarray, y: np.ndarray, x: Data) -> float:
+def noise_variance(view: EnsembleView, level_one: np.ndarray, y: np.ndarray, x: Data) -> float:
     """The variance the members' spread misses, measured on the fitting rows' level-one
     predictions (out of fold in that regime, so never a member's own training rows): the
     ensemble's predictive variance is spread^2 plus this (the spread alone is overconfident)."""
     predictions = level_one.astype("float32")
-    combined = combiner(predictions, flat_features(x)) if combiner.needs_features else combiner(predictions)
-    prediction = keras.ops.convert_to_numpy(combined)
+    prediction = view.combine(predictions, x)
     residual = (np.reshape(y, prediction.shape) - prediction) ** 2
     return float(max(np.mean(residual - predictions.std(axis=1) ** 2), 0.0))
 

@@ -23,12 +23,13 @@ import tensorflow as tf
 from combiners import MeanCombiner, StackingCombiner
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.baselines import noise_variance, selected_member
+from ensemble.fitting.calibrate import calibrate, check_calibration
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult
 from ensemble.fitting.head import fit_combiner
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
-from ensemble.fitting.prepare import fitting_rows
+from ensemble.fitting.prepare import fitting_rows, forget_compiled
 from ensemble.fitting.stacking import fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -64,6 +65,8 @@ class FitReport:
     # The leakage guard: rows_compared, tolerance, overlaps, training_rows, unchecked (no
     # record), exact_only (old records); {"checked": False, "reason": ...} when it did not run.
     guard: dict[str, Any] = field(default_factory=dict)
+    # Post-hoc calibration fitted on the same rows after the combiner (`Scaling.as_dict`).
+    calibration: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain values (what `metrics.json` records of the fit)."""
@@ -80,6 +83,8 @@ class FitReport:
             record["weights"] = self.member_weights
         if self.noise_variance is not None:
             record["noise_variance"] = self.noise_variance
+        if self.calibration is not None:
+            record["calibration"] = self.calibration
         return record
 
 
@@ -105,6 +110,7 @@ def fit(
     guard_atol: float = DEFAULT_ATOL,
     strategy: tf.distribute.Strategy | None = None,
     verbose: Any = "auto",
+    calibration: str | None = None,
     **options: Any,
 ) -> FitReport:
     """Fit what the combiner of `model` (from `build_ensemble`) needs on `(x, y)`, in place.
@@ -126,6 +132,11 @@ def fit(
             `x` is a training row when every feature is within `atol + rtol * max|feature|`.
         strategy: a `tf.distribute` strategy for the level-one pass and Keras training.
         verbose: Keras' progress setting for the level-one pass and Keras training.
+        calibration: `"temperature"` or `"vector"` (scaling, `ensemble.fitting.temperature`)
+            fitted exactly on the same rows after the combiner, into the graph's
+            `Calibration` layer; with `method="optimal"`, `"temperature"` is fitted jointly
+            with the weights (a calibrated weighted mean). None leaves the layer the
+            identity. Every fit starts from the identity: a refit never keeps an old one.
         **options: for the fit function of `method` (`C`, `alpha`, `cv` for `sklearn`;
             `epochs`, `batch_size`, `seed`, ... for `keras`; `rounds` for `selection`).
 
@@ -136,6 +147,10 @@ def fit(
     method = _resolve_method(view, method)
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
+    check_calibration(view, calibration)
+    if view.calibration is not None and not view.calibration.is_identity:
+        view.calibration.set_scaling()  # the combiner fits (and is calibrated) from scratch
+        forget_compiled(model)
     given = level_one is not None
     targets, level_one, overlaps = fitting_rows(
         view,
@@ -149,7 +164,7 @@ def fit(
         verbose=verbose,
         guard_rtol=guard_rtol,
         guard_atol=guard_atol,
-        learning=method != "none",
+        learning=method != "none" or calibration is not None,
     )
     fitted = None
     if method == "none":
@@ -169,6 +184,9 @@ def fit(
             verbose=verbose,
             **options,
         )
+    scaling = None
+    if calibration is not None:
+        scaling = calibrate(view, x, targets, level_one, calibration, joint=method == "optimal")
     weights = view.combiner.member_weights
     return FitReport(
         task=view.task,
@@ -180,13 +198,12 @@ def fit(
         overlaps=dict(overlaps or {}),
         selected_member=selected_member(view, level_one, targets),
         member_weights=None if weights is None else dict(zip(view.member_names, weights, strict=True)),
-        noise_variance=(
-            noise_variance(view.combiner, level_one, targets, x) if view.task == "regression" else None
-        ),
+        noise_variance=(noise_variance(view, level_one, targets, x) if view.task == "regression" else None),
         fitted=fitted,
         level_one=level_one,
         targets=targets,
         guard=_guard_record(overlaps),
+        calibration=None if scaling is None else scaling.as_dict(),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import keras
 
 from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Combiner
+from combiners.calibration import Calibration
 from ensemble.errors import EnsembleError
 from ensemble.graph.layers import (
     ClassificationUncertainty,
@@ -28,7 +29,7 @@ __all__ = ["build_ensemble"]
 log = logging.getLogger(__name__)
 
 # Names of the graph's own layers; a member may not take one.
-_RESERVED = ("member_predictions", "uncertainty", "std", "features_flat", "non_finite_rows")
+_RESERVED = ("member_predictions", "calibration", "uncertainty", "std", "features_flat", "non_finite_rows")
 
 
 def build_ensemble(
@@ -53,7 +54,9 @@ def build_ensemble(
         A `keras.Model` whose inputs are the union of the members' named inputs
         (one tensor when there is one, else a dict) and whose output is a dict:
         `prediction` and `member_predictions` and, for classification,
-        `entropy`, `mutual_information`, `disagreement`; for regression, `std`. A row
+        `entropy`, `mutual_information`, `disagreement`; for regression, `std`. A
+        classifier's combined probabilities pass a `combiners.Calibration` layer named
+        `calibration`, the identity until a fit sets a temperature. A row
         with a NaN or infinite input or member prediction is NaN in every output (the
         other rows are unaffected); a batch of no rows gives empty outputs.
     """
@@ -80,6 +83,10 @@ def build_ensemble(
     else:
         prediction = combiner(member_predictions)
 
+    if task == CLASSIFICATION:
+        # Post-hoc calibration of the combined probabilities: the identity (no computation)
+        # until a fit sets it (`ensemble.fit(..., calibration="temperature")`).
+        prediction = Calibration(name="calibration")(prediction)
     outputs: dict[str, Any] = {"prediction": prediction, "member_predictions": member_predictions}
     if task == CLASSIFICATION:
         outputs.update(ClassificationUncertainty(name="uncertainty")(member_predictions, prediction))

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 
 from combiners.base import CLASSIFICATION, REGRESSION, Combiner
+from combiners.calibration import Calibration
 from ensemble.errors import EnsembleError
 from ensemble.members.member import Member
+from ensemble.rows import flat_features
 from ensemble.types import Task
 
 __all__ = ["EnsembleView", "ensemble_combiner", "ensemble_members", "ensemble_task"]
@@ -29,6 +32,7 @@ class EnsembleView:
     combiner: Combiner
     task: Task
     width: int  # classes, or regression targets
+    calibration: Calibration | None = None  # after the combiner, classification only
 
     @classmethod
     def of(cls, model: Any) -> EnsembleView:
@@ -46,11 +50,22 @@ class EnsembleView:
                 "functional model with Member layers, a combiner and a dict output with 'prediction')."
             )
         task: Task = REGRESSION if "std" in output else CLASSIFICATION
-        return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]))
+        calibration = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+        return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]), calibration)
 
     @property
     def member_names(self) -> list[str]:
         return [member.name for member in self.members]
+
+    def combine(self, level_one: Any, x: Any = None) -> np.ndarray:
+        """The combiner's output (before calibration) for level-one predictions `(rows,
+        members, width)` of rows `x` (needed only by a combiner that reads the raw features)."""
+        predictions = np.asarray(level_one, dtype="float32")
+        if self.combiner.needs_features:
+            combined = self.combiner(predictions, flat_features(x))
+        else:
+            combined = self.combiner(predictions)
+        return np.asarray(keras.ops.convert_to_numpy(combined))
 
 
 def ensemble_members(model: keras.Model) -> list[Member]:

@@ -24,6 +24,7 @@ from ensemble.evaluate.figures.uncertainty import (
     std_vs_error,
     uncertainty_split,
 )
+from ensemble.evaluate.figures.write import write_figures
 
 __all__ = [
     "EnsembleSizeCurve",
@@ -43,4 +44,5 @@ __all__ = [
     "reliability_curve",
     "std_vs_error",
     "uncertainty_split",
+    "write_figures",
 ]
