@@ -63,7 +63,7 @@ def regression() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("bins", [15, 4])
-def test_reliability_curve_matches_a_loop(classification, bins):
+def test_reliability_curve_matches_a_loop_and_drops_empty_bins(classification, bins):
     y, p = classification["y"], classification["prediction"]
     count, confidence, correct = np.zeros(bins), np.zeros(bins), np.zeros(bins)
     for row in range(len(y)):
@@ -72,23 +72,29 @@ def test_reliability_curve_matches_a_loop(classification, bins):
         count[b] += 1
         confidence[b] += top
         correct[b] += p[row].argmax() == y[row]
-    empty = count == 0
-    expected_confidence = np.where(empty, np.nan, confidence / np.maximum(count, 1))
-    expected_accuracy = np.where(empty, np.nan, correct / np.maximum(count, 1))
+    full = count > 0
 
     curve = plots.reliability_curve(y, p, bins=bins)
 
-    np.testing.assert_array_equal(curve["count"], count)
-    np.testing.assert_allclose(curve["confidence"], expected_confidence, rtol=1e-12)
-    np.testing.assert_allclose(curve["accuracy"], expected_accuracy, rtol=1e-12)
+    np.testing.assert_array_equal(curve["bin"], np.flatnonzero(full))
+    np.testing.assert_array_equal(curve["count"], count[full])
+    np.testing.assert_allclose(curve["confidence"], confidence[full] / count[full], rtol=1e-12)
+    np.testing.assert_allclose(curve["accuracy"], correct[full] / count[full], rtol=1e-12)
     np.testing.assert_allclose(curve["edges"], np.linspace(0, 1, bins + 1))
+    assert not np.isnan(curve["accuracy"]).any() and curve["count"].min() >= 1
+    assert curve["count"].sum() == len(y)
     assert curve["ece"] == expected_calibration_error(y, p, bins=bins)
     # The per-bin numbers are the ones the ECE is made of: same binning.
-    full = ~empty
-    gap = (count[full] / len(y) * np.abs(expected_accuracy[full] - expected_confidence[full])).sum()
+    gap = (curve["count"] / len(y) * np.abs(curve["accuracy"] - curve["confidence"])).sum()
     assert curve["ece"] == pytest.approx(gap, abs=1e-12)
     if bins == 15:
-        assert empty.any()  # the NaN branch is exercised
+        assert not full.all()  # empty bins are there to drop
+
+
+def test_reliability_markers_are_proportional_to_rows():
+    areas = plots.marker_areas([300, 30, 3, 0], 300)
+    np.testing.assert_allclose(areas, [400.0, 40.0, 4.0, 4.0])
+    np.testing.assert_allclose(plots.marker_areas([150, 60], 300), [200.0, 80.0])
 
 
 def test_ensemble_size_curve_matches_sklearn(classification):
@@ -396,3 +402,10 @@ def test_integral_float_labels_are_accepted(classification):
     y, p = classification["y"], classification["prediction"]
     expected = plots.reliability_curve(y, p)
     np.testing.assert_array_equal(plots.reliability_curve(y.astype("float32"), p)["count"], expected["count"])
+
+
+def test_member_correlation_scale_is_fitted_to_the_off_diagonal():
+    positive = np.array([[1.0, 0.62, 0.8], [0.62, 1.0, 0.71], [0.8, 0.71, 1.0]])
+    assert plots.correlation_scale(positive) == ("viridis", 0.62, 0.8)
+    mixed = np.array([[1.0, -0.2, 0.5], [-0.2, 1.0, np.nan], [0.5, np.nan, 1.0]])
+    assert plots.correlation_scale(mixed) == ("coolwarm", -0.5, 0.5)

@@ -1,5 +1,5 @@
 """What every figure shares: the curves' typed results, argument checks that name the argument,
-and an atomic PNG writer.
+a colour scale fitted to the values, and an atomic PNG writer.
 
 Figures are built as `matplotlib.figure.Figure` objects, never through pyplot: no global figure
 state, no backend switch, and `savefig` picks the Agg canvas for PNG by itself.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -21,11 +21,14 @@ from ensemble.types import PathLike
 
 __all__ = [
     "DPI",
+    "ColorScale",
     "EnsembleSizeCurve",
     "EnsembleSizeCurveRegression",
     "FloatArray",
     "IntArray",
+    "OodHistogram",
     "ReliabilityCurve",
+    "RiskCoverageCurve",
     "StdVsError",
     "UncertaintySplit",
     "check_same_rows",
@@ -34,6 +37,7 @@ __all__ = [
     "checked_names",
     "checked_probabilities",
     "checked_targets",
+    "color_scale",
     "save_png",
 ]
 
@@ -46,9 +50,11 @@ _SUM_TOLERANCE = 1e-2
 
 
 class ReliabilityCurve(TypedDict):
-    """Per-bin mean confidence, accuracy (NaN in empty bins) and row count, and the ECE."""
+    """The non-empty confidence bins only: each one's index into the `bins` equal-width bins
+    (`edges`), mean confidence, accuracy and row count; and the ECE over all rows."""
 
     edges: FloatArray
+    bin: IntArray
     confidence: FloatArray
     accuracy: FloatArray
     count: IntArray
@@ -56,20 +62,43 @@ class ReliabilityCurve(TypedDict):
 
 
 class EnsembleSizeCurve(TypedDict):
-    """Accuracy and NLL of the average of the first `k` members of `order`."""
+    """Accuracy and NLL of the plain mean of the first `k` members of `order`; `combined`: the
+    same for the configured combiner refitted on those members (NaN where it is undefined),
+    None when no combiner was given."""
 
     k: IntArray
     order: IntArray
     accuracy: FloatArray
     nll: FloatArray
+    combined: dict[str, FloatArray] | None
 
 
 class EnsembleSizeCurveRegression(TypedDict):
-    """RMSE of the average of the first `k` members of `order`."""
+    """RMSE of the plain mean of the first `k` members of `order`; `combined` as above."""
 
     k: IntArray
     order: IntArray
     rmse: FloatArray
+    combined: dict[str, FloatArray] | None
+
+
+class RiskCoverageCurve(TypedDict):
+    """Selective risk (error rate of the kept rows) at each coverage k/n, keeping the rows of
+    highest confidence first, and its area (AURC)."""
+
+    coverage: FloatArray
+    risk: FloatArray
+    aurc: float
+
+
+class OodHistogram(TypedDict):
+    """One score's densities on shared bin `edges` (each integrates to 1), in-distribution and
+    out of distribution, and the score's OOD AUROC (higher score = more likely OOD)."""
+
+    edges: FloatArray
+    density_in: FloatArray
+    density_out: FloatArray
+    auroc: float
 
 
 class UncertaintySplit(TypedDict):
@@ -86,6 +115,31 @@ class StdVsError(TypedDict):
     abs_error: FloatArray
     std: FloatArray
     spearman: float
+
+
+class ColorScale(NamedTuple):
+    """A colormap and its limits: diverging and centred at 0 when the values straddle 0."""
+
+    cmap: str
+    vmin: float
+    vmax: float
+
+
+def color_scale(values: npt.ArrayLike) -> ColorScale:
+    """The colour scale fitted to the finite `values`: `coolwarm` over [-m, m], m = max |v|,
+    when they hold both signs; else `viridis` over [min, max] (widened by 0.5 when constant,
+    [0, 1] when nothing is finite)."""
+    array = np.asarray(values, dtype="float64")
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return ColorScale("viridis", 0.0, 1.0)
+    low, high = float(finite.min()), float(finite.max())
+    if low < 0 < high:
+        bound = max(-low, high)
+        return ColorScale("coolwarm", -bound, bound)
+    if low == high:
+        return ColorScale("viridis", low - 0.5, high + 0.5)
+    return ColorScale("viridis", low, high)
 
 
 def save_png(figure: Figure, path: PathLike) -> Path:

@@ -1,8 +1,10 @@
-"""Accuracy, NLL (or RMSE) of the plain mean of the first k members, members added best first."""
+"""Accuracy, NLL (or RMSE) against ensemble size: the configured combiner refitted on the first k
+members, and their plain mean, members added in a given order (best first)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +33,29 @@ from ensemble.evaluate.metrics import (
 from ensemble.types import PathLike
 
 __all__ = [
+    "Combine",
     "ensemble_size_curve",
     "ensemble_size_curve_regression",
     "plot_ensemble_size",
     "plot_ensemble_size_regression",
 ]
 
+Combine = Callable[[IntArray], npt.ArrayLike | None]
+"""`combine(member_indices)`: the configured combiner refitted for those members (on the
+fitting rows), its predictions of the rows the curve scores; None where it is undefined."""
+
 
 def ensemble_size_curve(
-    y: npt.ArrayLike, member_probabilities: npt.ArrayLike, order: Sequence[int] | None = None
+    y: npt.ArrayLike,
+    member_probabilities: npt.ArrayLike,
+    order: Sequence[int] | None = None,
+    combine: Combine | None = None,
 ) -> EnsembleSizeCurve:
-    """Accuracy and NLL of the plain mean of the first k members, k = 1..members.
+    """Accuracy and NLL of the plain mean of the first k members, k = 1..members, and with
+    `combine` the same of `combine(order[:k])` (NaN where it returns None).
 
-    `order` defaults to the members sorted by their own NLL, best first. Scores come from
+    `order` defaults to the members sorted by their own NLL on these rows, best first (pass
+    the order found on the fitting rows to keep the rows scored out of it). Scores come from
     `ensemble.metrics.classification_metrics`, so the last point equals the mean ensemble's.
     """
     p = checked_probabilities(member_probabilities, "member_probabilities", ndim=3)
@@ -55,18 +67,26 @@ def ensemble_size_curve(
     else:
         sequence = _order(order, members)
     scores = [classification_metrics(labels, mean) for mean in _running_means(p, sequence)]
+    combined = None
+    if combine is not None:
+        combined = _combined(combine, sequence, ("accuracy", "nll"), p.shape[::2], labels)
     return {
         "k": np.arange(1, members + 1, dtype=np.int64),
         "order": sequence,
         "accuracy": np.array([s["accuracy"] for s in scores]),
         "nll": np.array([s["nll"] for s in scores]),
+        "combined": combined,
     }
 
 
 def ensemble_size_curve_regression(
-    y: npt.ArrayLike, member_predictions: npt.ArrayLike, order: Sequence[int] | None = None
+    y: npt.ArrayLike,
+    member_predictions: npt.ArrayLike,
+    order: Sequence[int] | None = None,
+    combine: Combine | None = None,
 ) -> EnsembleSizeCurveRegression:
-    """RMSE of the plain mean of the first k members, k = 1..members; default order: best RMSE first."""
+    """RMSE of the plain mean of the first k members, k = 1..members (default order: best RMSE
+    on these rows first), and with `combine` the RMSE of `combine(order[:k])`."""
     predictions = checked_floats(
         member_predictions, "member_predictions", ndim=3, shape="(rows, members, targets)"
     )
@@ -78,7 +98,15 @@ def ensemble_size_curve_regression(
     else:
         sequence = _order(order, members)
     rmse = [regression_metrics(targets, mean)["rmse"] for mean in _running_means(predictions, sequence)]
-    return {"k": np.arange(1, members + 1, dtype=np.int64), "order": sequence, "rmse": np.array(rmse)}
+    combined = None
+    if combine is not None:
+        combined = _combined(combine, sequence, ("rmse",), predictions.shape[::2], targets)
+    return {
+        "k": np.arange(1, members + 1, dtype=np.int64),
+        "order": sequence,
+        "rmse": np.array(rmse),
+        "combined": combined,
+    }
 
 
 def plot_ensemble_size(
@@ -87,10 +115,16 @@ def plot_ensemble_size(
     member_names: Sequence[str],
     path: PathLike,
     ensemble_metrics: Mapping[str, float] | None = None,
+    *,
+    order: Sequence[int] | None = None,
+    combine: Combine | None = None,
+    combiner_label: str = "configured combiner",
 ) -> Path:
-    """Accuracy and NLL against ensemble size, members added best-NLL first."""
-    curve = ensemble_size_curve(y, member_probabilities)
-    return _plot_size(curve, {"accuracy": "accuracy", "nll": "NLL"}, member_names, path, ensemble_metrics)
+    """Accuracy and NLL against ensemble size: the configured combiner refitted on the first k
+    members (with `combine`), the plain mean of them dashed, the configured ensemble dotted."""
+    curve = ensemble_size_curve(y, member_probabilities, order=order, combine=combine)
+    panels = {"accuracy": "accuracy", "nll": "NLL"}
+    return _plot_size(curve, panels, member_names, path, ensemble_metrics, combiner_label)
 
 
 def plot_ensemble_size_regression(
@@ -99,10 +133,42 @@ def plot_ensemble_size_regression(
     member_names: Sequence[str],
     path: PathLike,
     ensemble_metrics: Mapping[str, float] | None = None,
+    *,
+    order: Sequence[int] | None = None,
+    combine: Combine | None = None,
+    combiner_label: str = "configured combiner",
 ) -> Path:
-    """RMSE against ensemble size, members added best-RMSE first."""
-    curve = ensemble_size_curve_regression(y, member_predictions)
-    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics)
+    """RMSE against ensemble size, drawn as `plot_ensemble_size` draws it."""
+    curve = ensemble_size_curve_regression(y, member_predictions, order=order, combine=combine)
+    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics, combiner_label)
+
+
+def _combined(
+    combine: Combine,
+    order: IntArray,
+    keys: tuple[str, ...],
+    shape: tuple[int, ...],
+    targets: np.ndarray,
+) -> dict[str, FloatArray]:
+    """The metrics `keys` of `combine(order[:k])` for k = 1..members; NaN where it gives None."""
+    classification = "nll" in keys
+    values: dict[str, list[float]] = {key: [] for key in keys}
+    for k in range(1, len(order) + 1):
+        prediction = combine(order[:k].copy())
+        if prediction is None:
+            scores = dict.fromkeys(keys, math.nan)
+        else:
+            name = f"combine(first {k} members)"
+            if classification:
+                p = checked_probabilities(prediction, name, ndim=2)
+            else:
+                p = checked_floats(prediction, name, ndim=2, shape="(rows, targets)")
+            if p.shape != shape:
+                raise EnsembleError(f"Expected {name} of shape {shape}. Received: shape {p.shape}")
+            scores = classification_metrics(targets, p) if classification else regression_metrics(targets, p)
+        for key in keys:
+            values[key].append(float(scores[key]))
+    return {key: np.array(series, dtype="float64") for key, series in values.items()}
 
 
 def _plot_size(
@@ -111,17 +177,22 @@ def _plot_size(
     member_names: Sequence[str],
     path: PathLike,
     ensemble_metrics: Mapping[str, float] | None,
+    combiner_label: str,
 ) -> Path:
     """One panel per metric of `curve` (`panels`: metric -> axis label) against ensemble size,
-    with the configured ensemble's value as a dashed line where given."""
+    with the configured ensemble's value as a dotted line where given."""
     names = checked_names(member_names, len(curve["order"]))
     reference = _reference(ensemble_metrics, tuple(panels))
     figure = Figure(figsize=(7, 2 + 2 * len(panels)), layout="constrained")
     all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for axes, (key, label) in zip(all_axes, panels.items(), strict=True):
-        axes.plot(curve["k"], curve[key], marker="o", label="mean of the first k")
+        if curve["combined"] is not None:
+            axes.plot(curve["k"], curve["combined"][key], marker="o", label=f"{combiner_label}, first k")
+        axes.plot(
+            curve["k"], curve[key], marker=".", linestyle="--", color="grey", label="plain mean, first k"
+        )
         if key in reference:
-            axes.axhline(reference[key], linestyle="--", color="black", label="configured ensemble")
+            axes.axhline(reference[key], linestyle=":", color="black", label="configured ensemble")
         axes.set_ylabel(label)
         axes.legend()
     all_axes[0].set_title("Ensemble size")

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.figures.checks import (
+    FloatArray,
     ReliabilityCurve,
     checked_labels,
     checked_probabilities,
@@ -21,28 +22,28 @@ from ensemble.evaluate.metrics import (
 )
 from ensemble.types import PathLike
 
-__all__ = ["plot_reliability", "reliability_curve"]
+__all__ = ["marker_areas", "plot_reliability", "reliability_curve"]
 
 
 def reliability_curve(y: npt.ArrayLike, probabilities: npt.ArrayLike, bins: int = 15) -> ReliabilityCurve:
-    """Top-label reliability: per confidence bin, mean confidence, accuracy and count."""
+    """Top-label reliability: per non-empty confidence bin, its index, mean confidence,
+    accuracy and row count (an empty bin has no accuracy to show, so it is left out)."""
     p = checked_probabilities(probabilities, "probabilities", ndim=2)
     labels = checked_labels(y, classes=p.shape[-1], rows=len(p))
-    if not isinstance(bins, int) or bins < 1:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise EnsembleError(f"Expected a positive integer number of bins. Received: bins={bins!r}")
     confidence = p.max(-1)
     correct = (p.argmax(-1) == labels).astype("float64")
     # The binning of `expected_calibration_error`: bin i holds (i/bins, (i+1)/bins].
     index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     count = np.bincount(index, minlength=bins).astype(np.int64)
-    with np.errstate(invalid="ignore"):  # 0/0 in empty bins is the NaN we want
-        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / count
-        accuracy = np.bincount(index, weights=correct, minlength=bins) / count
+    kept = np.flatnonzero(count).astype(np.int64)
     return {
         "edges": np.linspace(0.0, 1.0, bins + 1),
-        "confidence": mean_confidence,
-        "accuracy": accuracy,
-        "count": count,
+        "bin": kept,
+        "confidence": np.bincount(index, weights=confidence, minlength=bins)[kept] / count[kept],
+        "accuracy": np.bincount(index, weights=correct, minlength=bins)[kept] / count[kept],
+        "count": count[kept],
         "ece": expected_calibration_error(labels, p, bins=bins),
     }
 
@@ -50,10 +51,13 @@ def reliability_curve(y: npt.ArrayLike, probabilities: npt.ArrayLike, bins: int 
 def plot_reliability(
     y: npt.ArrayLike, curves: Mapping[str, npt.ArrayLike], path: PathLike, bins: int = 15
 ) -> Path:
-    """Reliability diagram of several models (accuracy vs confidence), with per-bin counts below."""
+    """Reliability diagram of several models: accuracy against mean confidence per non-empty
+    bin, each marker's area proportional to its bin's rows; below, the rows per bin on a log
+    axis (one scale shared by every model), so a point made of 3 rows reads as such."""
     if not curves:
         raise EnsembleError("Expected at least one model in curves. Received: curves={}")
     results = {name: reliability_curve(y, p, bins=bins) for name, p in curves.items()}
+    rows = int(sum(results[next(iter(results))]["count"]))
     figure = Figure(figsize=(6, 6.5), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
@@ -61,11 +65,31 @@ def plot_reliability(
     width = (edges[1] - edges[0]) / len(results)
     for i, (name, curve) in enumerate(results.items()):
         label = f"{name} (ECE {curve['ece']:.3f})"
-        line = top.plot(curve["confidence"], curve["accuracy"], marker="o", label=label)
-        bottom.bar(
-            edges[:-1] + i * width, curve["count"], width=width, align="edge", color=line[0].get_color()
+        (line,) = top.plot(curve["confidence"], curve["accuracy"], linewidth=1, alpha=0.7)
+        top.scatter(
+            curve["confidence"],
+            curve["accuracy"],
+            s=marker_areas(curve["count"], rows),
+            color=line.get_color(),
+            alpha=0.8,
+            edgecolors="white",
+            label=label,
         )
-    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title="Reliability (top-label)")
+        bottom.bar(
+            edges[curve["bin"]] + i * width,
+            curve["count"],
+            width=width,
+            align="edge",
+            color=line.get_color(),
+        )
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title="Reliability (top-label; area: rows)")
     top.legend(loc="upper left")
-    bottom.set(xlabel="confidence", ylabel="rows")
+    bottom.set_yscale("log")
+    bottom.set(xlabel="confidence", ylabel="rows (log)")
     return save_png(figure, path)
+
+
+def marker_areas(count: npt.ArrayLike, rows: int) -> FloatArray:
+    """Marker areas (points^2) proportional to each bin's share of the `rows`: a bin of every row
+    is 400, and none is below 4 so that a one-row bin stays visible."""
+    return np.maximum(4.0, 400.0 * np.asarray(count, dtype="float64") / max(rows, 1))

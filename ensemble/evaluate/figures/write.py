@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ensemble.evaluate.figures.correlation import member_correlation, plot_member_correlation
 from ensemble.evaluate.figures.ensemble_size import plot_ensemble_size, plot_ensemble_size_regression
+from ensemble.evaluate.figures.ood import plot_ood_histograms
 from ensemble.evaluate.figures.reliability import plot_reliability
+from ensemble.evaluate.figures.selective import plot_risk_coverage
+from ensemble.evaluate.figures.subsets import configured_combine, fitting_order
 from ensemble.evaluate.figures.uncertainty import plot_std_vs_error, plot_uncertainty
+from ensemble.evaluate.ood import ensemble_scores
+from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
+
+if TYPE_CHECKING:
+    import keras
+
+    from ensemble.fitting.pipeline import FitReport
 
 __all__ = ["write_figures"]
 
@@ -23,48 +33,102 @@ def write_figures(
     member_names: list[str],
     scores: Mapping[str, Any],
     directory: PathLike,
+    *,
+    fit_report: FitReport | None = None,
+    model: keras.Model | None = None,
+    ood_outputs: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
-    """The report's figures of an ensemble's `outputs` on rows with targets `y`, written as PNG
-    files into `directory`; returns `{title: file name}`."""
+    """The report's figures of an ensemble's `outputs` on rows with targets `y` (the test
+    split), written as PNG files into `directory`; returns `{title: file name}`.
+
+    With `fit_report` (the `FitReport` of the fit), the ensemble-size curve adds members in
+    their order on the fitting rows (`fitting_order`) and the reliability diagram's member is
+    the one selected there; with `model` too, the curve is drawn for the configured combiner
+    refitted on each subset (`configured_combine`), the plain mean dashed beside it. With
+    `ood_outputs` (the ensemble's outputs on out-of-distribution rows), each uncertainty
+    score's densities on both sets are drawn.
+    """
     members = outputs["member_predictions"]
+    classification = "std" not in outputs
 
     def path(name: str) -> str:
         return os.path.join(os.fspath(directory), name)
 
-    if "std" not in outputs:  # classification
-        best = min(range(len(member_names)), key=lambda i: scores["members"][member_names[i]]["nll"])
+    order = None if fit_report is None else fitting_order(fit_report)
+    ordered_on = "fitting rows" if order is not None else "test rows"
+    combine, label = None, "plain mean"
+    if fit_report is not None and model is not None:
+        refit = configured_combine(fit_report, EnsembleView.of(model).combiner, members)
+        if refit is not None:
+            combine, label = refit
+    size_title = f"against ensemble size (members added best first on the {ordered_on}; {label})"
+    figures: dict[str, str] = {}
+    if classification:
+        best = _selected(member_names, scores)
         plot_reliability(
             y,
-            {"ensemble": outputs["prediction"], f"best member ({member_names[best]})": members[:, best]},
+            {"ensemble": outputs["prediction"], f"selected member ({member_names[best]})": members[:, best]},
             path("reliability.png"),
         )
         plot_ensemble_size(
-            y, members, member_names, path("ensemble_size.png"), ensemble_metrics=scores["ensemble"]
+            y,
+            members,
+            member_names,
+            path("ensemble_size.png"),
+            ensemble_metrics=scores["ensemble"],
+            order=None if order is None else order.tolist(),
+            combine=combine,
+            combiner_label=label,
         )
         plot_member_correlation(member_correlation(members, y), member_names, path("member_correlation.png"))
-        plot_uncertainty(
-            y,
-            outputs["prediction"],
-            {"entropy": outputs["entropy"], "mutual_information": outputs["mutual_information"]},
-            path("uncertainty.png"),
+        uncertainties = {k: outputs[k] for k in ("entropy", "mutual_information") if k in outputs}
+        plot_uncertainty(y, outputs["prediction"], uncertainties, path("uncertainty.png"))
+        plot_risk_coverage(y, outputs["prediction"], path("risk_coverage.png"), uncertainties)
+        figures.update(
+            {
+                "Reliability (test split; marker area: rows in the bin)": "reliability.png",
+                f"Accuracy and NLL {size_title}": "ensemble_size.png",
+                "Correlation of the members' errors (1 - p(true class))": "member_correlation.png",
+                "Uncertainty of right and wrong predictions": "uncertainty.png",
+                "Selective risk against coverage (test split)": "risk_coverage.png",
+            }
         )
-        return {
-            "Reliability (test split)": "reliability.png",
-            "Accuracy and NLL against ensemble size (members added best first, plain mean)": "ensemble_size.png",
-            "Correlation of the members' errors (1 - p(true class))": "member_correlation.png",
-            "Uncertainty of right and wrong predictions": "uncertainty.png",
-        }
-    plot_ensemble_size_regression(
-        y, members, member_names, path("ensemble_size.png"), ensemble_metrics=scores["ensemble"]
-    )
-    plot_member_correlation(
-        member_correlation(members, y, task="regression"),
-        member_names,
-        path("member_correlation.png"),
-    )
-    plot_std_vs_error(y, outputs["prediction"], outputs["std"], path("std_vs_error.png"))
-    return {
-        "RMSE against ensemble size (members added best first, plain mean)": "ensemble_size.png",
-        "Correlation of the members' residuals": "member_correlation.png",
-        "Members' spread against the ensemble's error": "std_vs_error.png",
-    }
+    else:
+        plot_ensemble_size_regression(
+            y,
+            members,
+            member_names,
+            path("ensemble_size.png"),
+            ensemble_metrics=scores["ensemble"],
+            order=None if order is None else order.tolist(),
+            combine=combine,
+            combiner_label=label,
+        )
+        plot_member_correlation(
+            member_correlation(members, y, task="regression"), member_names, path("member_correlation.png")
+        )
+        plot_std_vs_error(y, outputs["prediction"], outputs["std"], path("std_vs_error.png"))
+        figures.update(
+            {
+                f"RMSE {size_title}": "ensemble_size.png",
+                "Correlation of the members' residuals": "member_correlation.png",
+                "Members' spread against the ensemble's error": "std_vs_error.png",
+            }
+        )
+    if ood_outputs is not None:
+        inside, out = ensemble_scores(outputs), ensemble_scores(ood_outputs)
+        shared = [name for name in inside if name in out]
+        plot_ood_histograms(
+            {k: inside[k] for k in shared}, {k: out[k] for k in shared}, path("ood_scores.png")
+        )
+        figures["Uncertainty scores on test and out-of-distribution rows (densities)"] = "ood_scores.png"
+    return figures
+
+
+def _selected(member_names: list[str], scores: Mapping[str, Any]) -> int:
+    """The member selected on the fitting rows (`scores["selected_member"]`, as metrics.json
+    holds it); without one, the best test NLL (the old figure's choice)."""
+    selected = scores.get("selected_member")
+    if isinstance(selected, Mapping) and selected.get("name") in member_names:
+        return member_names.index(str(selected["name"]))
+    return min(range(len(member_names)), key=lambda i: scores["members"][member_names[i]]["nll"])
