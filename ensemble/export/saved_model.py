@@ -5,7 +5,9 @@ member file, and loads with `tf.saved_model.load` in a process that has
 TensorFlow but not this project. Signatures:
 
 - `serving_default`: the ensemble's named input(s), dynamic batch, returning
-  the full output dict (`prediction`, `member_predictions`, uncertainty).
+  the full output dict (`prediction`, `member_predictions`, uncertainty, and
+  `prediction_set` (bool) or `interval_low`/`interval_high` when conformal
+  outputs were added).
 - `prediction`: the same inputs, returning only `prediction`, for clients
   that want the combined probabilities alone.
 
@@ -32,6 +34,7 @@ from ensemble.atomic import atomic_path
 from ensemble.errors import EnsembleError
 from ensemble.export import versions
 from ensemble.export.signature import input_specs, serving_function
+from ensemble.graph.conformal import conformal_config
 from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
 
@@ -223,6 +226,8 @@ def _manifest(view: EnsembleView, specs: list[tf.TensorSpec]) -> dict[str, Any]:
             for m in view.members
         ],
         "combiner": {"class": type(combiner).__name__, "config": _plain(combiner.get_config())},
+        # Split-conformal outputs (ensemble.add_conformal): method, alpha, threshold; else None.
+        "conformal": conformal_config(model),
         "versions": {
             "keras-ensemble": _version("keras-ensemble"),
             "tensorflow": tf.__version__,

@@ -114,21 +114,26 @@ def tflite_report(
 
     Each row has `bytes`, `max_abs_diff` of `prediction` from the float model's
     and, for classification, `agreement` (share of rows with the same top
-    class); with `y`, the task's metrics. The float model's row is `float`.
+    class) and, with conformal sets, `set_agreement` (share of rows with the very same set);
+    with `y`, the task's metrics. The float model's row is `float`.
     """
     feeds = dict(x) if isinstance(x, Mapping) else {keras.tree.flatten(model.input)[0].name: x}
-    reference = model.predict(x, verbose=0)["prediction"]
+    outputs = model.predict(x, verbose=0)
+    reference, sets = outputs["prediction"], outputs.get("prediction_set")
     classification = EnsembleView.of(model).task == "classification"
     score = classification_metrics if classification else regression_metrics
     report: dict[str, dict[str, Any]] = {"float": score(y, reference) if y is not None else {}}
     for name, path in variants.items():
-        prediction = run_tflite(path, feeds)["prediction"]
+        served = run_tflite(path, feeds)
+        prediction = served["prediction"]
         row: dict[str, Any] = {
             "bytes": os.path.getsize(path),
             "max_abs_diff": float(np.abs(prediction - reference).max()),
         }
         if classification:
             row["agreement"] = float(np.mean(prediction.argmax(-1) == reference.argmax(-1)))
+        if "prediction_set" in served and sets is not None:  # conformal sets: rows alike
+            row["set_agreement"] = float(np.mean((served["prediction_set"] == sets).all(axis=-1)))
         if y is not None:
             row.update(score(y, prediction))
         report[name] = row

@@ -1,6 +1,8 @@
 """Fitting the combiner on rows no member trained on: the level-one store, out-of-fold
-predictions, the leakage guard, and one fit function per kind of combiner, behind `fit`."""
+predictions, the leakage guard, one fit function per kind of combiner, behind `fit`; and
+split-conformal sets calibrated on held-out rows (`add_conformal`)."""
 
+from ensemble.fitting.conformal import add_conformal, conformal_config, conformal_metrics
 from ensemble.fitting.guard import check_leakage
 from ensemble.fitting.head import CombinerHead, fit_combiner
 from ensemble.fitting.level_one import LevelOneStore, distributed_level_one
@@ -22,7 +24,10 @@ __all__ = [
     "FitReport",
     "LevelOneStore",
     "OutOfFold",
+    "add_conformal",
     "check_leakage",
+    "conformal_config",
+    "conformal_metrics",
     "distributed_level_one",
     "ensemble_selection",
     "fit",

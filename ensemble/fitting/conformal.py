@@ -1,0 +1,246 @@
+"""`add_conformal`: split-conformal prediction sets (or intervals) calibrated on held-out rows and
+added to the ensemble's graph as one more output; `conformal_metrics` measures them on rows.
+
+The guarantee (Vovk et al. 2005; Angelopoulos & Bates 2021): when the calibration rows and a new
+row are exchangeable, the new row's label lies in its set with probability at least `1 - alpha`.
+So the calibration rows must be ones that neither a member trained on nor the combiner (or the
+post-hoc calibration) was fitted on: on rows the model has fitted, its scores are too small and
+its sets too tight. Members that carry a training-row record are checked with the project's
+leakage guard (`check_leakage`, within its tolerance) and calibration rows they trained on are
+refused; the combiner's fitting rows are not recorded on the model, so keeping them apart is the
+caller's part (in the main job: calibrate on a share of the test split, never the holdout).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from ensemble.errors import EnsembleError
+from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, check_leakage
+from ensemble.fitting.prepare import check_targets
+from ensemble.graph.conformal import (
+    CLASS_METHODS,
+    CONFORMAL_OUTPUTS,
+    REGRESSION_METHODS,
+    ConformalInterval,
+    ConformalSet,
+    class_scores,
+    conformal_config,
+    regression_scores,
+)
+from ensemble.graph.model import EnsembleModel
+from ensemble.graph.view import EnsembleView
+from ensemble.rows import row_count
+from ensemble.types import Data
+
+__all__ = ["add_conformal", "conformal_config", "conformal_metrics", "conformal_quantile", "minimum_rows"]
+
+log = logging.getLogger(__name__)
+
+
+def _rank(rows: int, alpha: float) -> int:
+    """`ceil((n + 1)(1 - alpha))`, the rank of the finite-sample quantile; rounded to 9 decimals
+    first so that float noise (10 * 0.9 = 9.000000000000002) does not add one."""
+    return math.ceil(round((rows + 1) * (1.0 - alpha), 9))
+
+
+def minimum_rows(alpha: float) -> int:
+    """The fewest calibration rows for which `alpha` gives a finite threshold (rank <= rows)."""
+    rows = max(1, math.floor((1.0 - alpha) / alpha) - 1)
+    while _rank(rows, alpha) > rows:
+        rows += 1
+    return rows
+
+
+def conformal_quantile(scores: Any, alpha: float) -> np.ndarray:
+    """The `ceil((n + 1)(1 - alpha))`-th smallest of `n` scores along the first axis (a float32
+    array, one value per column for 2-D scores): the split-conformal threshold."""
+    values = np.sort(np.asarray(scores, dtype="float32"), axis=0)
+    rows = len(values)
+    rank = _rank(rows, alpha)
+    if rank > rows:
+        raise EnsembleError(
+            f"alpha={alpha:g} needs at least {minimum_rows(alpha)} calibration rows (the "
+            f"ceil((n+1)(1-alpha))-th smallest score must exist). Received: {rows} rows. Give more "
+            "held-out rows or a larger alpha."
+        )
+    result: np.ndarray = values[rank - 1]
+    return result
+
+
+def add_conformal(
+    model: keras.Model,
+    x: Data,
+    y: Any,
+    *,
+    alpha: float = 0.1,
+    method: str | None = None,
+    allow_overlap: bool = False,
+    guard_rtol: float = DEFAULT_RTOL,
+    guard_atol: float = DEFAULT_ATOL,
+    batch_size: int = 256,
+) -> keras.Model:
+    """A new model: `model`'s outputs unchanged plus split-conformal sets or intervals
+    calibrated on `(x, y)` (see `ensemble.graph.conformal` for the definitions).
+
+    Args:
+        model: an ensemble from `build_ensemble` (fitted as it will be used; one that already
+            has conformal outputs is calibrated again, its old ones replaced).
+        x, y: calibration rows and their labels (or regression targets): held out from every
+            member's training and from the combiner's fit (the module's note).
+        alpha: the miscoverage, in (0, 1): sets hold the label with probability >= 1 - alpha.
+        method: classification "aps" (None's choice) or "thr"; regression "absolute" (None's
+            choice: plain |y - prediction|) or "normalized" (|y - prediction| / std).
+        allow_overlap: calibrate even on rows a member's training-row record holds.
+        guard_rtol, guard_atol: the leakage guard's tolerance.
+        batch_size: rows per batch when the ensemble predicts the calibration rows.
+
+    Returns:
+        An `EnsembleModel` over the same layers (the caller's model is not modified; the two
+        share the members and combiner, so refit neither after calibrating, or calibrate again)
+        with `prediction_set` (batch, classes), bool, or `interval_low`, `interval_high`
+        (batch, targets). Its `ConformalSet`/`ConformalInterval` layer holds the threshold as
+        a constant of its config; `conformal_config` reads it back.
+    """
+    view = EnsembleView.of(model)
+    alpha = _check_alpha(alpha)
+    classification = view.task == "classification"
+    methods = CLASS_METHODS if classification else REGRESSION_METHODS
+    method = methods[0] if method is None else method
+    if method not in methods:
+        raise EnsembleError(f"Expected method in {methods} for a {view.task} ensemble. Received: {method!r}")
+    if len(model.output["prediction"].shape) != 2:
+        raise EnsembleError(
+            "add_conformal calibrates (batch, width) predictions; this ensemble predicts per "
+            f"position: {tuple(model.output['prediction'].shape)}."
+        )
+    rows = row_count(x)
+    if rows < minimum_rows(alpha):
+        raise EnsembleError(
+            f"alpha={alpha:g} needs at least {minimum_rows(alpha)} calibration rows (the "
+            f"ceil((n+1)(1-alpha))-th smallest score must exist). Received: {rows} rows."
+        )
+    targets = check_targets(view, x, y)
+    for name, values in x.items() if isinstance(x, Mapping) else [("x", x)]:
+        _check_finite(values, name if name == "x" else f"x[{name!r}]")
+    overlaps = check_leakage(model, x, allow_overlap=True, rtol=guard_rtol, atol=guard_atol)
+    leaked = {name: count for name, count in overlaps.items() if count}
+    if leaked and not allow_overlap:
+        raise EnsembleError(
+            f"Calibration rows trained member(s) {leaked} (name: overlapping rows of {rows}, equal "
+            f"within rtol={guard_rtol:g}, atol={guard_atol:g}): on them the members' scores are too "
+            "small, and the sets too tight to cover 1 - alpha of new rows. Calibrate on held-out "
+            "rows that no member trained on and the combiner was not fitted on, or pass "
+            "allow_overlap=True if you mean it."
+        )
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    _check_finite(outputs["prediction"], "The ensemble's prediction of the (finite) calibration rows")
+    if classification:
+        scores = class_scores(method, outputs["prediction"], targets)
+    else:
+        scores = regression_scores(method, targets, outputs["prediction"], outputs["std"])
+    threshold = conformal_quantile(keras.ops.convert_to_numpy(scores), alpha)
+    base = {key: value for key, value in model.output.items() if key not in CONFORMAL_OUTPUTS}
+    name = _free_name(model, "conformal")
+    added: dict[str, Any]
+    if classification:
+        layer = ConformalSet(method, float(threshold), alpha, rows, name=name)
+        added = {"prediction_set": layer(base["prediction"])}
+        on_rows = {"prediction_set": layer(outputs["prediction"])}  # the layer on these rows
+    else:
+        interval = ConformalInterval(method, threshold.tolist(), alpha, rows, name=name)
+        added = interval(base["prediction"], base["std"])
+        on_rows = interval(outputs["prediction"], outputs["std"])
+    calibrated = EnsembleModel(inputs=model.input, outputs={**base, **added}, name=model.name)
+    report = conformal_metrics(keras.tree.map_structure(keras.ops.convert_to_numpy, on_rows), targets)
+    log.info(
+        "Conformal %s at alpha=%g on %d rows: threshold %s; on the calibration rows %s",
+        method,
+        alpha,
+        rows,
+        np.round(threshold, 6).tolist(),
+        report,
+    )
+    return calibrated
+
+
+def conformal_metrics(outputs: Mapping[str, Any], y: Any) -> dict[str, Any]:
+    """Empirical coverage and set size (or interval width) of conformal outputs on labelled rows.
+
+    Classification (`prediction_set`): `coverage` (share of rows whose label is in the set),
+    `mean_set_size`, `empty_sets` and `singletons` (shares of rows). Regression
+    (`interval_low`/`interval_high`): `coverage` (rows with every target inside), per-target
+    `target_coverage`, and `mean_width`. A non-finite row (an empty set, NaN bounds) counts as
+    not covered. `rows` says how many were measured.
+    """
+    if "prediction_set" in outputs:
+        sets = np.asarray(outputs["prediction_set"]).astype(bool)
+        labels = np.asarray(y).reshape(-1).astype("int64")
+        if sets.ndim != 2 or len(labels) != len(sets) or not len(sets):
+            raise EnsembleError(
+                "Expected a prediction_set of shape (rows, classes) with one label per row, at "
+                f"least one row. Received: sets {sets.shape}, labels {labels.shape}"
+            )
+        if labels.min() < 0 or labels.max() >= sets.shape[1]:
+            raise EnsembleError(
+                f"Expected labels in [0, {sets.shape[1]}). Received: {np.unique(labels)[:10]}"
+            )
+        sizes = sets.sum(axis=1)
+        return {
+            "rows": len(sets),
+            "coverage": float(sets[np.arange(len(sets)), labels].mean()),
+            "mean_set_size": float(sizes.mean()),
+            "empty_sets": float((sizes == 0).mean()),
+            "singletons": float((sizes == 1).mean()),
+        }
+    if "interval_low" not in outputs or "interval_high" not in outputs:
+        raise EnsembleError(
+            "Expected conformal outputs (prediction_set, or interval_low and interval_high): add "
+            f"them with ensemble.add_conformal. Received: {sorted(outputs)}"
+        )
+    low, high = np.asarray(outputs["interval_low"]), np.asarray(outputs["interval_high"])
+    targets = np.asarray(y, dtype="float32").reshape(low.shape)
+    inside = (low <= targets) & (targets <= high)
+    return {
+        "rows": len(low),
+        "coverage": float(inside.all(axis=1).mean()),
+        "target_coverage": inside.mean(axis=0).astype(float).tolist(),
+        "mean_width": float(np.mean(high - low)),
+    }
+
+
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)):
+        raise EnsembleError(f"Expected alpha to be a number in (0, 1). Received: alpha={alpha!r}")
+    if not (0.0 < float(alpha) < 1.0):
+        raise EnsembleError(f"Expected alpha in (0, 1), the miscoverage. Received: alpha={alpha!r}")
+    return float(alpha)
+
+
+def _check_finite(values: Any, what: str) -> None:
+    array = np.asarray(values)
+    if array.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise EnsembleError(
+            f"{what} holds NaN or infinite values in {len(rows)} row(s) of {len(array)} (first "
+            f"rows {rows[:5].tolist()}): conformal calibration needs finite rows; drop them first."
+        )
+
+
+def _free_name(model: keras.Model, stem: str) -> str:
+    """`stem`, or `stem_<n>`, unused by the layers `model` keeps (its old conformal layer aside)."""
+    taken = {layer.name for layer in model.layers if not isinstance(layer, (ConformalSet, ConformalInterval))}
+    name, number = stem, 1
+    while name in taken:
+        number += 1
+        name = f"{stem}_{number}"
+    return name
