@@ -3,6 +3,7 @@ scikit-learn's bundled copies by name (nothing is downloaded)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from sklearn import datasets
 from sklearn.model_selection import train_test_split
 
+from ensemble.data.ood import ood_rows
 from ensemble.errors import EnsembleError
 from ensemble.types import Task
 
@@ -39,17 +41,29 @@ class Dataset:
     split: dict[str, Any] = field(default_factory=dict)
     # The original labels of classes 0..K-1 when the file's labels had to be encoded.
     class_names: list[str] | None = None
+    # The out-of-distribution rows `data.ood` names (one per test row, `ensemble.data.ood`), and
+    # that spec; None when the config names none.
+    x_ood: np.ndarray | None = None
+    ood: dict[str, Any] | None = None
 
 
-def load_dataset(name: str, *, test_size: float = 0.2, holdout_size: float = 0.2, seed: int = 0) -> Dataset:
-    """Load scikit-learn's bundled `name` and split it, stratified for classification."""
+def load_dataset(
+    name: str,
+    *,
+    test_size: float = 0.2,
+    holdout_size: float = 0.2,
+    seed: int = 0,
+    ood: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Load scikit-learn's bundled `name` and split it, stratified for classification; `ood`
+    (`{kind, seed}`, see `ensemble.data.ood`) adds out-of-distribution rows."""
     if name not in SKLEARN_DATASETS:
         raise EnsembleError(f"Unknown dataset {name!r}. Expected one of {sorted(SKLEARN_DATASETS)}.")
     loader, task = SKLEARN_DATASETS[name]
     x, y = loader(return_X_y=True)
     y = y.astype("int64" if task == "classification" else "float32")
     return split_dataset(
-        name, task, x, y, test_size=test_size, holdout_size=holdout_size, seed=seed, source=None
+        name, task, x, y, test_size=test_size, holdout_size=holdout_size, seed=seed, source=None, ood=ood
     )
 
 
@@ -64,8 +78,10 @@ def split_dataset(
     seed: int,
     source: str | None,
     class_names: list[str] | None = None,
+    ood: Mapping[str, Any] | None = None,
 ) -> Dataset:
-    """Split rows into train, holdout and test (stratified for classification), seeded."""
+    """Split rows into train, holdout and test (stratified for classification), seeded; with
+    `ood`, the out-of-distribution rows it names, built from the test rows."""
     if not (test_size > 0 and holdout_size > 0 and test_size + holdout_size < 1):
         raise EnsembleError(
             "Expected test_size > 0, holdout_size > 0 and test_size + holdout_size < 1. "
@@ -113,6 +129,8 @@ def split_dataset(
     }
     if source is not None:
         split["source"] = source
+    spec = None if ood is None else {str(k): v for k, v in ood.items()}
+    x_ood = None if spec is None else ood_rows(spec, x_test, x_train)
     return Dataset(
         name,
         task,
@@ -125,4 +143,6 @@ def split_dataset(
         classes,
         split,
         class_names,
+        x_ood,
+        spec,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.preprocessing import LabelEncoder
@@ -36,13 +37,15 @@ def load_npz(
     test_size: float = 0.2,
     holdout_size: float = 0.2,
     seed: int = 0,
+    ood: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Load features `x_key` and targets `y_key` from the `.npz` archive at `path` and split them.
 
     A relative `path` is looked up from the working directory first, then from the repository
     root (the folder holding the `ensemble` package), so `conf/data/examples/wine.npz` loads
     from anywhere. `task=None` infers the task from the targets (see `load_csv`); `name`
-    defaults to the file's stem. The split is that of `load_dataset`, with `source` recorded.
+    defaults to the file's stem. The split is that of `load_dataset`, with `source` recorded, and
+    `ood` its out-of-distribution rows.
     """
     file = _resolve(path)
     if not zipfile.is_zipfile(file):
@@ -88,6 +91,7 @@ def load_npz(
         seed=seed,
         source=str(file),
         class_names=class_names,
+        ood=ood,
     )
 
 
@@ -102,6 +106,7 @@ def load_csv(
     test_size: float = 0.2,
     holdout_size: float = 0.2,
     seed: int = 0,
+    ood: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Load a CSV with a header row: column `target` is the target, `features` (default: every
     other column) the numeric features; then split it like `load_dataset`.
@@ -145,6 +150,7 @@ def load_csv(
         seed=seed,
         source=str(file),
         class_names=class_names,
+        ood=ood,
     )
 
 
