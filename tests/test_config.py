@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -351,8 +352,45 @@ def test_sweep_comparison_groups_by_dataset(tmp_path) -> None:
     table = comparison_table(str(tmp_path))
     wine, diabetes = table.split("### ")[1:]
     assert "| combiner=stack | 0.9700 | 0.1500 |" in wine and "disagreement" not in wine  # data=wine: shared
-    assert "| best single member (per metric) | 0.9000 | 0.2000 |" in wine
-    assert "| best single member (per metric) | 52.0000 |" in diabetes
+    # No job recorded a selected member: no member row, and never one made of a's accuracy
+    # and b's NLL (0.9, 0.2), as the old "best single member (per metric)" row was.
+    assert "member" not in wine and "| 0.9000 | 0.2000 |" not in wine
+    assert "| ensemble | 50.0000 |" in diabetes and "member" not in diabetes
+
+
+def test_sweep_comparison_on_one_split_shows_the_selected_member_raw_and_calibrated(tmp_path) -> None:
+    from ensemble.evaluate.comparison import comparison_table
+
+    members = {"a": {"accuracy": 0.9, "nll": 0.3}, "b": {"accuracy": 0.8, "nll": 0.2}}
+
+    def job(index: int, combiner: str, selected: str, calibrated_nll: float) -> None:
+        raw = members[selected]
+        _sweep_job(
+            tmp_path,
+            index,
+            [f"combiner={combiner}"],
+            {
+                "data": {"name": "wine"},
+                "ensemble": {"accuracy": 0.95, "nll": 0.1},
+                "members": members,
+                "selected_member": {"name": selected},
+                "baselines": {"selected": {"raw": raw, "calibrated": {**raw, "nll": calibrated_nll}}},
+            },
+        )
+
+    job(0, "mean", "a", 0.25)
+    job(1, "stack", "a", 0.25)
+    table = comparison_table(str(tmp_path))
+    assert "| selected member a (chosen on the fitting rows) | 0.9000 | 0.3000 |" in table
+    assert "| selected member a, calibrated | 0.9000 | 0.2500 |" in table
+    assert table.count("selected member a, calibrated") == 1  # both jobs chose a: shown once
+
+    shutil.rmtree(tmp_path / "1")
+    job(1, "stack", "b", 0.15)  # another regime could choose another member: one row per job
+    table = comparison_table(str(tmp_path))
+    assert "| combiner=mean: selected member a, calibrated | 0.9000 | 0.2500 |" in table
+    assert "| combiner=stack: selected member b (chosen on the fitting rows) | 0.8000 | 0.2000 |" in table
+    assert "| combiner=stack: selected member b, calibrated | 0.8000 | 0.1500 |" in table
 
 
 def _sweep_job(root, index: int, overrides: list[str], result: dict) -> None:
@@ -389,9 +427,11 @@ def test_sweep_comparison_over_split_seeds_averages_against_three_baselines(tmp_
     assert "| combiner=mean (ensemble) | 0.8800 | 0.2750 |" in table
     assert "| combiner=stack (ensemble) | 0.9000 | 0.1900 |" in table
     assert "| selected member (chosen on the fitting rows) | 0.8750 | 0.2750 |" in table  # a, then b
-    assert "| best member on average (per metric) | 0.8250 | 0.2250 |" in table  # b: 0.825 > a: 0.8
-    assert "| per-split best member (chosen on the test rows) | 0.8750 | 0.2250 |" in table
-    assert "Best member on average: accuracy b, nll b." in table
+    assert "calibrated" not in table  # no job recorded calibrated baselines
+    # One member per row: b, best on average by NLL (0.225 < 0.4), its own accuracy 0.825.
+    assert "| best member on average (by nll): b | 0.8250 | 0.2250 |" in table
+    # Per split, the member best by NLL on the test rows (b, b), with its own accuracy.
+    assert "| per-split best member (by nll, chosen on the test rows) | 0.8250 | 0.2250 |" in table
     assert "combiner=mean: ensemble accuracy at least the per-split best member's in 1 of 2 splits." in table
     assert "combiner=stack: ensemble accuracy at least the per-split best member's in 2 of 2 splits." in table
 
@@ -416,8 +456,8 @@ def test_sweep_comparison_keeps_each_settings_own_members_and_counts_its_splits(
     assert "means over 2 splits (data.seed 2, 10)" in table
     assert "| regime=holdout (ensemble) | 0.8000 |" in table
     assert "| regime=oof (ensemble, 1 of 2 splits) | 1.0000 |" in table
-    assert "| regime=holdout: best member on average (per metric) | 0.7000 |" in table
-    assert "| regime=oof: best member on average (per metric) | 0.9500 |" in table
+    assert "| regime=holdout: best member on average (by accuracy): a | 0.7000 |" in table
+    assert "| regime=oof: best member on average (by accuracy): a | 0.9500 |" in table
     assert "selected member" not in table  # no job recorded one
     assert "regime=oof: ensemble accuracy at least the per-split best member's in 1 of 1 splits." in table
 

@@ -2,6 +2,7 @@
 
 from ensemble.evaluate.baselines import (
     evaluate_ensemble,
+    gain,
     noise_variance,
     selected_member,
 )
@@ -13,10 +14,21 @@ from ensemble.evaluate.metrics import (
     gaussian_nll,
     regression_metrics,
 )
+from ensemble.evaluate.ood import ensemble_scores, evaluate_ood
 from ensemble.evaluate.report import (
     format_table,
     markdown_table,
     write_report,
+)
+from ensemble.evaluate.suite import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    SUMMARY_METRICS,
+    classification_suite,
+    regression_suite,
+    right_vs_wrong_auroc,
+    risk_coverage_points,
+    summary,
 )
 from ensemble.evaluate.uncertainty import (
     adaptive_ece,
@@ -32,16 +44,23 @@ from ensemble.evaluate.uncertainty import (
 )
 
 __all__ = [
+    "CLASSIFICATION_METRICS",
+    "REGRESSION_METRICS",
+    "SUMMARY_METRICS",
     "adaptive_ece",
     "aurc",
     "brier_decomposition",
     "classification_metrics",
+    "classification_suite",
     "classwise_ece",
     "disagreement",
+    "ensemble_scores",
     "evaluate_ensemble",
+    "evaluate_ood",
     "excess_aurc",
     "expected_calibration_error",
     "format_table",
+    "gain",
     "gaussian_nll",
     "interval_coverage",
     "markdown_table",
@@ -49,8 +68,12 @@ __all__ = [
     "ood_detection",
     "quantile_calibration_error",
     "regression_metrics",
+    "regression_suite",
+    "right_vs_wrong_auroc",
     "risk_coverage",
+    "risk_coverage_points",
     "selected_member",
+    "summary",
     "uncertainty_scores",
     "write_figures",
     "write_report",

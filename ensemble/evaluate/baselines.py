@@ -1,45 +1,38 @@
 """The honest single-model baselines, and how every member, their mean and the ensemble score.
 
 The member one would ship alone is chosen as the combiner is fitted: on the fitting rows, never
-on the test split (the member best on the test split is picked by peeking at it).
+on the test split (the member best on the test split is picked by peeking at it). Each baseline
+is also calibrated on those rows, as the ensemble is, so that its gain is not a temperature:
+for classification every member and the plain mean are temperature-scaled (fitted exactly on
+their fitting-row predictions, `fit_scaling`); for regression their calibrated analog is a
+Gaussian whose std is their RMSE on the fitting rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 import numpy as np
 
-from ensemble.evaluate.metrics import classification_metrics, regression_metrics
+from ensemble.evaluate.ood import evaluate_ood
+
+# Before `ensemble.fitting`: its pipeline imports these two from here while this module loads.
+from ensemble.evaluate.selection import noise_variance, selected_member
+from ensemble.evaluate.suite import (
+    classification_suite,
+    regression_suite,
+    right_vs_wrong_auroc,
+    risk_coverage_points,
+)
+from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
 
 __all__ = ["evaluate_ensemble", "noise_variance", "selected_member"]
 
-
-def selected_member(view: EnsembleView, level_one: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """The member with the best NLL (RMSE for regression) on the fitting rows, from their
-    level-one predictions `(rows, members, width)`."""
-    names = view.member_names
-    if view.task == "classification":
-        metric = "nll"
-        scores = [classification_metrics(y, level_one[:, i])["nll"] for i in range(len(names))]
-    else:
-        metric = "rmse"
-        scores = [regression_metrics(y, level_one[:, i])["rmse"] for i in range(len(names))]
-    best = int(np.argmin(scores))
-    return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
-
-
-def noise_variance(view: EnsembleView, level_one: np.ndarray, y: np.ndarray, x: Data) -> float:
-    """The variance the members' spread misses, measured on the fitting rows' level-one
-    predictions (out of fold in that regime, so never a member's own training rows): the
-    ensemble's predictive variance is spread^2 plus this (the spread alone is overconfident)."""
-    predictions = level_one.astype("float32")
-    prediction = view.combine(predictions, x)
-    residual = (np.reshape(y, prediction.shape) - prediction) ** 2
-    return float(max(np.mean(residual - predictions.std(axis=1) ** 2), 0.0))
+Scores = dict[str, float]
 
 
 def evaluate_ensemble(
@@ -49,38 +42,151 @@ def evaluate_ensemble(
     *,
     outputs: dict[str, np.ndarray] | None = None,
     fit_report: Any = None,
+    x_ood: Data | None = None,
+    ood: Mapping[str, Any] | None = None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Metrics of every member, their plain mean and the ensemble on `(x, y)` (a test split).
+    """Every member, their plain mean and the ensemble on `(x, y)` (a test split), scored with
+    the metric suite (`classification_suite`, `regression_suite`).
 
-    `outputs` are the model's outputs on `x` when the caller has them. Regression NLL needs a
-    predictive std: each member's (and the mean's) is its RMSE on the fitting rows of
-    `fit_report` (a `FitReport`), the ensemble's sqrt(spread^2 + its noise variance); without a
-    report, NLL is left out.
+    `outputs` are the model's outputs on `x` when the caller has them. Returns `members`
+    ({name: metrics}, raw for classification), `mean`, `ensemble`; for classification also
+    `uncertainty` (each score's right-vs-wrong AUROC) and `risk_coverage` (curves for plots).
+    With `fit_report` (a `FitReport`) it adds `baselines`: each member and the mean raw and
+    calibrated on the report's fitting rows, the selected member (`fit_report.selected_member`)
+    raw and calibrated, and the ensemble's `gain` against the calibrated selected member.
+    Regression NLL needs a predictive std: each member's (and the mean's) is its RMSE on the
+    fitting rows, the ensemble's sqrt(spread^2 + its noise variance); without a report, NLL
+    and the interval metrics are left out. With `x_ood` (out-of-distribution rows, `ood` the
+    spec that named them), `ood` holds `evaluate_ood` of the model's outputs on them.
     """
     view = EnsembleView.of(model)
     if outputs is None:
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
-    names = view.member_names
-    members_out = outputs["member_predictions"]
     if view.task == "classification":
-        return {
-            "members": {n: classification_metrics(y, members_out[:, i]) for i, n in enumerate(names)},
-            "mean": classification_metrics(y, members_out.mean(axis=1)),
-            "ensemble": classification_metrics(y, outputs["prediction"]),
-        }
+        result = _classification(view.member_names, np.asarray(y), outputs, fit_report)
+    else:
+        result = _regression(view.member_names, np.asarray(y), outputs, fit_report)
+    if x_ood is not None:
+        result["ood"] = evaluate_ood(
+            outputs,
+            model.predict(x_ood, batch_size=batch_size, verbose=0),
+            member_names=view.member_names,
+            baselines=result.get("baselines"),
+            spec=ood,
+        )
+    return result
+
+
+def _classification(
+    names: list[str], y: np.ndarray, outputs: dict[str, np.ndarray], report: Any
+) -> dict[str, Any]:
+    members_out = np.asarray(outputs["member_predictions"], dtype="float64")
+    prediction = np.asarray(outputs["prediction"], dtype="float64")
+    result: dict[str, Any] = {
+        "members": {n: classification_suite(y, members_out[:, i]) for i, n in enumerate(names)},
+        "mean": classification_suite(y, members_out.mean(axis=1)),
+        "ensemble": classification_suite(y, prediction),
+    }
+    # Entropy and mutual information as the graph computes them (weighted as the combiner
+    # weighs members), not recomputed from a plain mean.
+    scores = {"one_minus_max_probability": 1.0 - prediction.max(-1)}
+    scores.update({k: outputs[k] for k in ("entropy", "mutual_information", "disagreement") if k in outputs})
+    result["uncertainty"] = {"right_vs_wrong_auroc": right_vs_wrong_auroc(y, prediction, scores)}
+    curves = {"ensemble": risk_coverage_points(y, prediction)}
+    if report is not None:
+        labels = np.asarray(report.targets).reshape(-1).astype("int64")
+        level_one = np.asarray(report.level_one, dtype="float64")
+
+        def baseline(fitting: np.ndarray, test: np.ndarray, raw: Scores) -> tuple[dict[str, Any], np.ndarray]:
+            try:
+                scaling = fit_scaling(fitting, labels, method="temperature")
+            except ValueError as error:  # no positive temperature: worse than chance there
+                return {"temperature": None, "raw": raw, "calibrated": raw, "note": str(error)}, test
+            probabilities = calibrated(test, scaling)
+            record = {"temperature": scaling.temperature, "raw": raw}
+            return record | {"calibrated": classification_suite(y, probabilities)}, probabilities
+
+        members: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            members[name], probabilities = baseline(
+                level_one[:, i], members_out[:, i], result["members"][name]
+            )
+            if name == report.selected_member["name"]:
+                curves["selected member (calibrated)"] = risk_coverage_points(y, probabilities)
+        mean, probabilities = baseline(level_one.mean(1), members_out.mean(1), result["mean"])
+        curves["mean (calibrated)"] = risk_coverage_points(y, probabilities)
+        result["baselines"] = _baselines(
+            "temperature scaling fitted on the fitting rows", members, mean, report, result["ensemble"]
+        )
+    result["risk_coverage"] = curves
+    return result
+
+
+def _regression(
+    names: list[str], y: np.ndarray, outputs: dict[str, np.ndarray], report: Any
+) -> dict[str, Any]:
+    members_out = np.asarray(outputs["member_predictions"], dtype="float64")
 
     def rmse_std(i: int | None) -> np.ndarray | None:
-        if fit_report is None:
+        if report is None:
             return None
-        fitted = fit_report.level_one.mean(1) if i is None else fit_report.level_one[:, i]
-        rmse = np.sqrt(np.mean((np.reshape(fit_report.targets, fitted.shape) - fitted) ** 2, axis=0))
+        fitted = report.level_one.mean(1) if i is None else report.level_one[:, i]
+        rmse = np.sqrt(np.mean((np.reshape(report.targets, fitted.shape) - fitted) ** 2, axis=0))
         return np.broadcast_to(rmse, members_out[:, 0].shape)
 
-    variance = None if fit_report is None else fit_report.noise_variance
-    std = None if variance is None else np.sqrt(outputs["std"] ** 2 + variance)
-    return {
-        "members": {n: regression_metrics(y, members_out[:, i], rmse_std(i)) for i, n in enumerate(names)},
-        "mean": regression_metrics(y, members_out.mean(axis=1), rmse_std(None)),
-        "ensemble": regression_metrics(y, outputs["prediction"], std),
+    variance = None if report is None else report.noise_variance
+    std = None if variance is None else np.sqrt(np.asarray(outputs["std"]) ** 2 + variance)
+    stds = {name: rmse_std(i) for i, name in enumerate(names)}
+    result: dict[str, Any] = {
+        "members": {n: regression_suite(y, members_out[:, i], stds[n]) for i, n in enumerate(names)},
+        "mean": regression_suite(y, members_out.mean(axis=1), rmse_std(None)),
+        "ensemble": regression_suite(y, outputs["prediction"], std),
     }
+    if report is not None:
+
+        def baseline(prediction: np.ndarray, std: np.ndarray | None, scores: Scores) -> dict[str, Any]:
+            spread = [] if std is None else np.asarray(std)[0].tolist()  # per target
+            raw = regression_suite(y, prediction, None)
+            return {"std": spread, "raw": raw, "calibrated": scores}
+
+        members = {n: baseline(members_out[:, i], stds[n], result["members"][n]) for i, n in enumerate(names)}
+        mean = baseline(members_out.mean(1), rmse_std(None), result["mean"])
+        result["baselines"] = _baselines(
+            "a Gaussian with the RMSE on the fitting rows as its std",
+            members,
+            mean,
+            report,
+            result["ensemble"],
+        )
+    return result
+
+
+def _baselines(
+    how: str, members: dict[str, Any], mean: dict[str, Any], report: Any, ensemble: Scores
+) -> dict[str, Any]:
+    chosen = report.selected_member
+    selected = {"name": chosen["name"], "by": chosen["by"], **members[chosen["name"]]}
+    return {
+        "calibration": f"{how} ({report.rows} rows)",
+        "members": members,
+        "selected": selected,
+        "mean": mean,
+        "gain": gain(ensemble, selected["calibrated"], against=f"{chosen['name']}, calibrated"),
+    }
+
+
+def gain(ensemble: Scores, baseline: Scores, *, against: str) -> dict[str, Any]:
+    """The ensemble against `baseline`: ratios of the losses (below 1: the ensemble is better)
+    where both are positive, differences (ensemble minus baseline) of accuracy, ECE, coverage
+    and of the Gaussian NLL (which may be negative)."""
+    result: dict[str, Any] = {"against": against}
+    ratios = ("brier", "aurc", "rmse", "mae") if "rmse" in ensemble else ("nll", "brier", "aurc")
+    for metric in ratios:
+        if metric in ensemble and baseline.get(metric, 0.0) > 0:
+            result[f"{metric}_ratio"] = ensemble[metric] / baseline[metric]
+    differences = ("accuracy", "ece", "adaptive_ece") if "accuracy" in ensemble else ("nll", "coverage_90")
+    for metric in differences:
+        if metric in ensemble and metric in baseline:
+            result[f"{metric}_difference"] = ensemble[metric] - baseline[metric]
+    return result

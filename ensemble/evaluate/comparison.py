@@ -4,14 +4,20 @@ One split of a small dataset is a noisy judge: on breast_cancer's 114 test
 rows one row is 0.9 points of accuracy, and the member that is best on a
 split's test rows is chosen by looking at them. A sweep over split seeds
 (`data.seed=0,1,2,3,4,5`) is the honest measure, so across several splits
-the table gives means over the splits and sets the ensemble against three
-single-model baselines:
+the table gives means over the splits and sets the ensemble against
+single-model baselines, each row one member's own metrics (never a row made of
+different members' best values):
 
 - the selected member: the one the job would ship alone, chosen like the
-  combiner on the fitting rows (`selected_member` in `metrics.json`);
-- the best member on average: the member whose mean over the splits is best;
-- the per-split best member: the best on each split's test rows, chosen
-  afterwards (an optimistic bound no deployable choice reaches).
+  combiner on the fitting rows (`selected_member` in `metrics.json`), raw and
+  calibrated on those rows as the job's `baselines` record it;
+- the best member on average: the member whose mean NLL (RMSE) over the
+  splits is best;
+- the per-split best member: the best by NLL (RMSE) on each split's test rows,
+  chosen afterwards (an optimistic bound no deployable choice reaches).
+
+One split gives the selected member raw and calibrated, per job where the jobs'
+differ. The columns are the summary metrics (`SUMMARY_METRICS`) every row has.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ensemble.evaluate.report import markdown_table
+from ensemble.evaluate.suite import CLASSIFICATION_METRICS, REGRESSION_METRICS, SUMMARY_METRICS
+from ensemble.evaluate.tables import markdown_table
 
 __all__ = ["HIGHER_IS_BETTER", "SweepComparison", "comparison_table"]
 
@@ -103,26 +110,58 @@ def _seed_order(seed: Any) -> tuple[int, float, str]:
 
 
 def _metrics(jobs: Sequence[Job]) -> list[str]:
-    """The ensemble metrics every member also has (not the ensemble-only ones)."""
+    """The ensemble metrics every member also has (not the ensemble-only ones): the summary
+    metrics, then any the suite does not know of."""
     first = jobs[0].result
-    return [
+    shared = [
         m
         for m in first["ensemble"]
         if all(m in member for job in jobs for member in job.result["members"].values())
     ]
+    known = {*SUMMARY_METRICS, *CLASSIFICATION_METRICS, *REGRESSION_METRICS}
+    return [m for m in SUMMARY_METRICS if m in shared] + [m for m in shared if m not in known]
 
 
 def _best(metric: str) -> Callable[..., Any]:
     return max if metric in HIGHER_IS_BETTER else min
 
 
+def _primary(metrics: Sequence[str]) -> str:
+    """The metric a single best member is chosen by: NLL, else RMSE, else the first."""
+    return next((m for m in ("nll", "rmse") if m in metrics), metrics[0])
+
+
+def _selected(result: dict[str, Any]) -> tuple[str, Metrics, Metrics | None] | None:
+    """The selected member's name, raw metrics and calibrated ones (None: not recorded)."""
+    if "selected_member" not in result:
+        return None
+    name = result["selected_member"]["name"]
+    recorded = result.get("baselines", {}).get("selected")
+    if recorded is None:
+        return name, result["members"][name], None
+    return name, recorded["raw"], recorded["calibrated"]
+
+
 def _one_split(name: str, jobs: list[Job]) -> str:
-    """One split: every job's ensemble and the best single member per metric (jobs on one
-    split share their members)."""
+    """One split: every job's ensemble, and the selected member raw and calibrated (once when
+    every job selected the same, per job otherwise)."""
     metrics = _metrics(jobs)
-    members = jobs[0].result["members"].values()
-    table = {label: job.result["ensemble"] for label, job in zip(_labels(jobs), jobs, strict=True)}
-    table["best single member (per metric)"] = {m: _best(m)(v[m] for v in members) for m in metrics}
+    labels = _labels(jobs)
+    table: dict[str, dict[str, Any]] = {
+        label: job.result["ensemble"] for label, job in zip(labels, jobs, strict=True)
+    }
+    chosen = {label: _selected(job.result) for label, job in zip(labels, jobs, strict=True)}
+    shared = len({repr(c) for c in chosen.values()}) == 1
+    for label, selected in chosen.items():
+        if selected is None:
+            continue
+        member, raw, calibrated = selected
+        prefix = "" if shared else f"{label}: "
+        table[f"{prefix}selected member {member} (chosen on the fitting rows)"] = dict(raw)
+        if calibrated is not None:
+            table[f"{prefix}selected member {member}, calibrated"] = dict(calibrated)
+        if shared:
+            break
     return "\n".join([f"### {name}", "", *markdown_table(table, "job", metrics)])
 
 
@@ -143,15 +182,9 @@ def _splits(name: str, jobs: list[Job], seeds: list[Any]) -> str:
     baselines = {setting: _baselines(results, metrics) for setting, results in settings.items()}
     shared = all(b == next(iter(baselines.values())) for b in baselines.values())
     notes = []
-    for setting, (rows, on_average) in baselines.items():
+    for setting, rows in baselines.items():
         prefix = "" if shared else f"{setting}: "
         table.update({prefix + row: values for row, values in rows.items()})
-        if on_average:
-            notes.append(
-                f"{prefix}{'best' if prefix else 'Best'} member on average: "
-                + ", ".join(f"{m} {n}" for m, n in on_average.items())
-                + "."
-            )
         if shared:
             break
     for setting, results in settings.items():
@@ -176,30 +209,43 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(list(values)))
 
 
+def _mean_of(values: Iterable[float | None]) -> Any:
+    """The mean, or None (a dash in the table) when a value is missing (regression's raw
+    members have no NLL)."""
+    listed = list(values)
+    return None if any(v is None for v in listed) else _mean(v for v in listed if v is not None)
+
+
 def _shared_members(results: list[dict[str, Any]]) -> list[str]:
     return sorted(set.intersection(*(set(r["members"]) for r in results)))
 
 
-def _baselines(
-    results: list[dict[str, Any]], metrics: list[str]
-) -> tuple[dict[str, Metrics], dict[str, str]]:
-    """The single-member rows for one setting's splits, and which member is best on average
-    per metric; nothing when the splits share no member."""
+def _baselines(results: list[dict[str, Any]], metrics: list[str]) -> dict[str, Metrics]:
+    """The single-member rows for one setting's splits, each one member's metrics per split
+    averaged, and which member is best on average; nothing when the splits share no member."""
     names = _shared_members(results)
     if not names:
-        return {}, {}
+        return {}
     rows: dict[str, Metrics] = {}
-    if all("selected_member" in r for r in results):
+    chosen = [_selected(r) for r in results]
+    if all(c is not None for c in chosen):
+        picks = [c for c in chosen if c is not None]
         rows["selected member (chosen on the fitting rows)"] = {
-            m: _mean(r["members"][r["selected_member"]["name"]][m] for r in results) for m in metrics
+            m: _mean(c[1][m] for c in picks) for m in metrics
         }
+        if all(c[2] is not None for c in picks):
+            rows["selected member, calibrated on the fitting rows"] = {
+                m: _mean_of((c[2] or {}).get(m) for c in picks) for m in metrics
+            }
+    by = _primary(metrics)
     averages = {n: {m: _mean(r["members"][n][m] for r in results) for m in metrics} for n in names}
-    on_average = {m: _best(m)(names, key=lambda n, m=m: averages[n][m]) for m in metrics}
-    rows["best member on average (per metric)"] = {m: averages[on_average[m]][m] for m in metrics}
-    rows["per-split best member (chosen on the test rows)"] = {
-        m: _mean(_best(m)(r["members"][n][m] for n in names) for r in results) for m in metrics
+    on_average = _best(by)(names, key=lambda n: averages[n][by])
+    rows[f"best member on average (by {by}): {on_average}"] = averages[on_average]
+    per_split = [_best(by)(names, key=lambda n, r=r: r["members"][n][by]) for r in results]
+    rows[f"per-split best member (by {by}, chosen on the test rows)"] = {
+        m: _mean(r["members"][n][m] for r, n in zip(results, per_split, strict=True)) for m in metrics
     }
-    return rows, on_average
+    return rows
 
 
 def _wins(results: list[dict[str, Any]]) -> int | None:
