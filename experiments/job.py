@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import ensemble
 from ensemble import EnsembleError, FitReport, LevelOneStore, Member
 from ensemble.data import Dataset
-from ensemble.evaluate import format_table
+from ensemble.evaluate import format_table, summary
 from ensemble.runtime import configure_devices, is_chief, make_strategy
 from experiments.zoo import (
     ensure_zoo,
@@ -50,6 +50,7 @@ __all__ = [
     "members_config",
     "register_models",
     "start_runtime",
+    "zoo_skipped",
 ]
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,8 @@ class Evaluated(NamedTuple):
 
 def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     """The runtime started, the ensemble built and its combiner fitted in the configured
-    regime, every member, their mean and the ensemble measured on the test split."""
+    regime, every member, their mean, the calibrated baselines and the ensemble measured on the
+    test split; OOD detection on the rows `data.ood` names; the zoo's skipped members."""
     strategy = start_runtime(cfg.runtime)
     if not is_chief(strategy):
         log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
@@ -235,10 +237,23 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
         FitContext(cfg, data, instantiate(cfg.fit), strategy, output_dir)
     )
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
-    scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, outputs=outputs, fit_report=report)
-    print("\n" + format_table({**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}))
+    scores = ensemble.evaluate_ensemble(
+        model, data.x_test, data.y_test, outputs=outputs, fit_report=report, x_ood=data.x_ood, ood=data.ood
+    )
+    table = {**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}
+    print("\n" + format_table(summary(table)))
     result = {**report.as_dict(), **scores, "data": {"name": data.name, **data.split}}
+    if not cfg.get("members"):  # zoo members: say which were left out for this data
+        result["zoo"] = {"skipped": zoo_skipped(cfg.zoo, data)}
     return Evaluated(model, data, outputs, report, result, output_dir)
+
+
+def zoo_skipped(zoo: DictConfig, data: Dataset) -> dict[str, str]:
+    """The zoo members that cannot take `data` (`member_entries` leaves them out), with why."""
+    from experiments.zoo.members import _fits_reason  # TODO: public in experiments.zoo
+
+    reasons = {str(name): _fits_reason(spec, data) for name, spec in zoo.members.items()}
+    return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
 def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:
