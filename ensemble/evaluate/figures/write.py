@@ -15,7 +15,6 @@ from ensemble.evaluate.figures.reliability import plot_reliability
 from ensemble.evaluate.figures.selective import plot_risk_coverage
 from ensemble.evaluate.figures.subsets import configured_combine, fitting_order
 from ensemble.evaluate.figures.uncertainty import plot_std_vs_error, plot_uncertainty
-from ensemble.evaluate.ood import ensemble_scores
 from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 
     from ensemble.fitting.pipeline import FitReport
 
-__all__ = ["write_figures"]
+__all__ = ["uncertainty_scores", "write_figures"]
 
 
 def write_figures(
@@ -116,13 +115,27 @@ def write_figures(
             }
         )
     if ood_outputs is not None:
-        inside, out = ensemble_scores(outputs), ensemble_scores(ood_outputs)
+        inside, out = uncertainty_scores(outputs), uncertainty_scores(ood_outputs)
         shared = [name for name in inside if name in out]
         plot_ood_histograms(
             {k: inside[k] for k in shared}, {k: out[k] for k in shared}, path("ood_scores.png")
         )
         figures["Uncertainty scores on test and out-of-distribution rows (densities)"] = "ood_scores.png"
     return figures
+
+
+def uncertainty_scores(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-row scores, higher = more likely OOD, from an ensemble's outputs: 1 - max probability
+    and the graph's `entropy` and `mutual_information` (classification), the mean `std` over
+    targets (regression); the scores `ensemble.evaluate.ood` measures."""
+    if "std" in outputs:
+        std = np.asarray(outputs["std"], dtype="float64")
+        return {"std": std.reshape(len(std), -1).mean(1)}
+    scores = {"one_minus_max_probability": 1.0 - np.asarray(outputs["prediction"], dtype="float64").max(-1)}
+    for name in ("entropy", "mutual_information"):
+        if name in outputs:
+            scores[name] = np.asarray(outputs[name], dtype="float64").reshape(-1)
+    return scores
 
 
 def _selected(member_names: list[str], scores: Mapping[str, Any]) -> int:

@@ -1,0 +1,210 @@
+"""The ensemble-size curve for the configured combiner: the curve against sklearn, the members'
+order on the fitting rows, each combiner refitted per subset against an independent refit, and
+(one tiny real ensemble) the refit with every member equal to the ensemble itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
+
+import combiners
+import ensemble
+from ensemble.evaluate import figures as plots
+from ensemble.fitting.pipeline import FitReport
+from ensemble.graph.view import EnsembleView
+from tests.conftest import dense_classifier
+
+ROWS, MEMBERS, CLASSES = 240, 4, 3
+
+
+def _report(level_one, targets, *, task="classification", method="none", fitted=None, **changes):
+    report = FitReport(
+        task=task,
+        combiner="",
+        method=method,
+        options={},
+        regime="given",
+        rows=len(targets),
+        overlaps={},
+        selected_member={},
+        member_weights=None,
+        noise_variance=None,
+        fitted=fitted,
+        level_one=level_one,
+        targets=targets,
+    )
+    return dataclasses.replace(report, **changes)
+
+
+@pytest.fixture
+def rows():
+    """Fitting and test rows of members of different skill: member 2 best, member 0 worst."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, CLASSES, 2 * ROWS)
+    skill = np.array([0.3, 1.0, 2.5, 1.6])[None, :, None]
+    p = softmax(skill * np.eye(CLASSES)[y][:, None, :] + rng.normal(size=(2 * ROWS, MEMBERS, CLASSES)), -1)
+    return {"fit": p[:ROWS], "y_fit": y[:ROWS], "test": p[ROWS:], "y_test": y[ROWS:]}
+
+
+def test_fitting_order_is_by_single_member_nll_on_the_fitting_rows(rows):
+    nll = [log_loss(rows["y_fit"], rows["fit"][:, m], labels=range(CLASSES)) for m in range(MEMBERS)]
+
+    order = plots.fitting_order(_report(rows["fit"], rows["y_fit"]))
+
+    np.testing.assert_array_equal(order, np.argsort(nll))
+    assert order[0] == 2 and order[-1] == 0
+    # Scrambling the test rows does not move it: only the fitting rows decide.
+    swapped = _report(rows["fit"][:, ::-1], rows["y_fit"])
+    np.testing.assert_array_equal(plots.fitting_order(swapped), MEMBERS - 1 - np.argsort(nll))
+
+
+def test_curve_of_a_given_combine_matches_sklearn(rows):
+    y, p = rows["y_test"], rows["test"]
+    order = [2, 3, 1, 0]
+    seen = []
+
+    def combine(indices):  # the geometric mean of the members given; undefined for one member
+        seen.append(indices.tolist())
+        return None if len(indices) == 1 else softmax(np.log(p[:, indices]).mean(1), -1)
+
+    curve = plots.ensemble_size_curve(y, p, order=order, combine=combine)
+
+    assert seen == [order[:k] for k in range(1, MEMBERS + 1)]
+    assert np.isnan(curve["combined"]["nll"][0]) and np.isnan(curve["combined"]["accuracy"][0])
+    for k in range(2, MEMBERS + 1):
+        geometric = softmax(np.log(p[:, order[:k]]).mean(1), -1)
+        assert curve["combined"]["nll"][k - 1] == pytest.approx(log_loss(y, geometric), rel=1e-9)
+        assert curve["combined"]["accuracy"][k - 1] == pytest.approx(accuracy_score(y, geometric.argmax(1)))
+        plain = p[:, order[:k]].mean(1)
+        assert curve["nll"][k - 1] == pytest.approx(log_loss(y, plain), rel=1e-9)
+    assert plots.ensemble_size_curve(y, p)["combined"] is None
+    with pytest.raises(ValueError, match=r"Expected combine\(first 1 members\) of shape \(240, 3\)"):
+        plots.ensemble_size_curve(y, p, combine=lambda idx: p[:10, 0])
+
+
+def test_fixed_weights_are_renormalised_over_the_subset(rows):
+    report = _report(rows["fit"], rows["y_fit"])
+    combine, label = plots.configured_combine(
+        report, combiners.MeanCombiner(weights=[1, 2, 0, 3]), rows["test"]
+    )
+
+    np.testing.assert_allclose(
+        combine(np.array([1, 3])), (2 * rows["test"][:, 1] + 3 * rows["test"][:, 3]) / 5
+    )
+    np.testing.assert_allclose(combine(np.array([3])), rows["test"][:, 3])
+    assert combine(np.array([2])) is None  # weight 0 alone: no prediction to score
+    assert "renormalised" in label
+
+
+def test_hard_vote_is_tallied_like_sklearn_voting(rows):
+    report = _report(rows["fit"], rows["y_fit"])
+    combine, _ = plots.configured_combine(report, combiners.VoteCombiner(voting="hard"), rows["test"])
+    subset = [0, 2, 3]
+    votes = rows["test"][:, subset].argmax(-1)
+    shares = np.stack([(votes == c).mean(1) for c in range(CLASSES)], axis=1)
+
+    np.testing.assert_allclose(combine(np.array(subset)), shares)
+
+
+def test_sklearn_stacker_is_refitted_on_the_subset_meta_features(rows):
+    full = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(
+        np.log(rows["fit"]).reshape(ROWS, -1), rows["y_fit"]
+    )
+    report = _report(rows["fit"], rows["y_fit"], method="sklearn", fitted=full)
+    combine, _ = plots.configured_combine(
+        report, combiners.StackingCombiner(task="classification"), rows["test"]
+    )
+    subset = [2, 0]
+    features = (
+        np.log(np.clip(rows["fit"][:, subset], 1e-7, 1)).reshape(ROWS, -1).astype("float32").astype("float64")
+    )
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(features, rows["y_fit"])
+    test_features = (
+        np.log(np.clip(rows["test"][:, subset], 1e-7, 1))
+        .reshape(ROWS, -1)
+        .astype("float32")
+        .astype("float64")
+    )
+
+    np.testing.assert_allclose(combine(np.array(subset)), reference.predict_proba(test_features), atol=1e-6)
+
+
+def test_regression_stacker_refits_ridge_on_the_subset_mean_residual():
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=(2 * ROWS, 1))
+    members = y[:, None, :] + rng.normal(scale=[0.3, 0.8, 1.2], size=(2 * ROWS, 3))[:, :, None]
+    fit, test = members[:ROWS], members[ROWS:]
+    full = Ridge(alpha=2.0).fit(fit.reshape(ROWS, -1), y[:ROWS] - fit.mean(1))
+    stacker = ensemble.build_ensemble(
+        [ensemble.load_member(dense_classifier(s, classes=1, final=None), name=f"r{s}") for s in range(3)],
+        combiners.StackingCombiner(),
+        task="regression",
+    )
+    combiner = EnsembleView.of(stacker).combiner
+    kernel = np.vstack([np.eye(1) / 3] * 3) + np.atleast_2d(full.coef_).T  # as fit_stacking bakes it in
+    combiner.meta_model_.kernel.assign(kernel.astype("float32"))
+    report = _report(fit, y[:ROWS], task="regression", method="sklearn", fitted=full)
+    combine, _ = plots.configured_combine(report, combiner, test)
+    subset = [0, 2]
+    reference = Ridge(alpha=2.0).fit(fit[:, subset, 0], y[:ROWS] - fit[:, subset].mean(1))
+    expected = test[:, subset].mean(1) + reference.predict(test[:, subset, 0]).reshape(-1, 1)
+
+    np.testing.assert_allclose(combine(np.array(subset)), expected, atol=1e-5)
+    curve = plots.ensemble_size_curve_regression(y[ROWS:], test, order=[0, 2, 1], combine=combine)
+    assert curve["combined"]["rmse"][1] == pytest.approx(
+        np.sqrt(mean_squared_error(y[ROWS:], expected)), rel=1e-4
+    )
+
+
+def test_a_keras_trained_stacker_is_not_refitted(rows):
+    report = _report(rows["fit"], rows["y_fit"], method="keras")
+    assert (
+        plots.configured_combine(report, combiners.StackingCombiner(task="classification"), rows["test"])
+        is None
+    )
+
+
+COMBINERS = {
+    "vote-hard": (lambda: combiners.VoteCombiner(voting="hard"), {}),
+    "select": (lambda: combiners.MeanCombiner(), {"method": "selection", "rounds": 10}),
+    "weighted-calibrated": (
+        lambda: combiners.MeanCombiner(),
+        {"method": "optimal", "calibration": "temperature"},
+    ),
+    "stack": (lambda: combiners.StackingCombiner(), {"method": "sklearn", "C": 1.0}),
+}
+
+
+def test_refit_with_every_member_is_the_fitted_ensemble(tmp_path):
+    """The one test on a real (tiny) ensemble: for each combiner, refitting it on every member
+    gives the ensemble's own test predictions; then the job's figures are all written."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 3)) + rng.normal(size=(300, 3))).argmax(1)
+    rows = np.concatenate([x, rng.normal(scale=3.0, size=(50, 8)).astype("float32")])  # + OOD rows
+    members = [ensemble.load_member(dense_classifier(seed), name=f"m{seed}") for seed in range(3)]
+    for name, (build, options) in COMBINERS.items():
+        model = ensemble.build_ensemble(members, build())
+        report = ensemble.fit(model, x[:200], y[:200], verbose=0, **options)
+        everything = model.predict(rows[200:], verbose=0)
+        outputs = {key: value[:100] for key, value in everything.items()}
+        combiner = EnsembleView.of(model).combiner
+
+        combine, _ = plots.configured_combine(report, combiner, outputs["member_predictions"])
+
+        np.testing.assert_allclose(combine(np.arange(3)), outputs["prediction"], atol=1e-5, err_msg=name)
+    names = [member.name for member in members]
+    scores = {"members": {n: {"nll": 1.0} for n in names}, "ensemble": {"accuracy": 0.5, "nll": 1.0}}
+    ood = {key: value[100:] for key, value in everything.items()}
+    figures = plots.write_figures(
+        y[200:], outputs, names, scores, tmp_path, fit_report=report, model=model, ood_outputs=ood
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(figures.values())
+    assert {"risk_coverage.png", "ood_scores.png", "ensemble_size.png"} <= set(figures.values())
+    assert any("fitting rows; StackingCombiner (meta-model refitted)" in title for title in figures)
