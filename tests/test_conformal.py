@@ -13,7 +13,6 @@ import tensorflow as tf
 import combiners
 import ensemble
 from ensemble.fitting import conformal_config, conformal_metrics
-from ensemble.fitting.conformal import conformal_quantile, minimum_rows
 
 CLASSES = 10
 ALPHA = 0.1
@@ -120,14 +119,6 @@ def test_aps_ties_and_a_hand_worked_row():
     np.testing.assert_allclose(scores, [1.0, 1.0])  # class 2 ranks after class 1 on the tie
     thr = keras.ops.convert_to_numpy(ConformalSet("thr", 0.6, 0.1, 10)(p))
     np.testing.assert_array_equal(thr, [[True, False, False], [False, False, True]])
-
-
-def test_quantile_and_minimum_rows():
-    assert [minimum_rows(a) for a in (0.5, 0.2, 0.1, 0.05, 0.01)] == [1, 4, 9, 19, 99]
-    assert conformal_quantile(np.arange(1, 20), 0.1) == 18  # ceil(20 * 0.9) = 18th smallest
-    np.testing.assert_array_equal(conformal_quantile(np.arange(20).reshape(10, 2), 0.2), [16, 17])
-    with pytest.raises(ensemble.EnsembleError, match="needs at least 9 calibration rows"):
-        conformal_quantile(np.arange(8), 0.1)
 
 
 @pytest.fixture(scope="module")

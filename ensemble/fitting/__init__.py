@@ -2,7 +2,8 @@
 predictions, the leakage guard, one fit function per kind of combiner, behind `fit`; and
 split-conformal sets calibrated on held-out rows (`add_conformal`)."""
 
-from ensemble.fitting.conformal import add_conformal, conformal_config, conformal_metrics
+from ensemble.fitting.conformal import add_conformal, conformal_config
+from ensemble.fitting.conformal_split import SplitConformal, conformal_metrics
 from ensemble.fitting.guard import check_leakage
 from ensemble.fitting.head import CombinerHead, fit_combiner
 from ensemble.fitting.level_one import LevelOneStore, distributed_level_one
@@ -24,6 +25,7 @@ __all__ = [
     "FitReport",
     "LevelOneStore",
     "OutOfFold",
+    "SplitConformal",
     "add_conformal",
     "check_leakage",
     "conformal_config",

@@ -39,7 +39,7 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import Data
 
-__all__ = ["add_conformal", "conformal_config", "conformal_metrics", "conformal_quantile", "minimum_rows"]
+__all__ = ["add_conformal", "conformal_config", "conformal_quantile", "minimum_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -158,61 +158,20 @@ def add_conformal(
         added = interval(base["prediction"], base["std"])
         on_rows = interval(outputs["prediction"], outputs["std"])
     calibrated = EnsembleModel(inputs=model.input, outputs={**base, **added}, name=model.name)
-    report = conformal_metrics(keras.tree.map_structure(keras.ops.convert_to_numpy, on_rows), targets)
+    answered = keras.tree.map_structure(keras.ops.convert_to_numpy, on_rows)
+    if classification:
+        size = f"mean set size {answered['prediction_set'].sum(axis=1).mean():.3f}"
+    else:
+        size = f"mean width {np.mean(answered['interval_high'] - answered['interval_low']):.4g}"
     log.info(
-        "Conformal %s at alpha=%g on %d rows: threshold %s; on the calibration rows %s",
+        "Conformal %s at alpha=%g on %d rows: threshold %s, %s on those rows",
         method,
         alpha,
         rows,
-        np.round(threshold, 6).tolist(),
-        report,
+        [f"{value:.6g}" for value in np.atleast_1d(threshold)],
+        size,
     )
     return calibrated
-
-
-def conformal_metrics(outputs: Mapping[str, Any], y: Any) -> dict[str, Any]:
-    """Empirical coverage and set size (or interval width) of conformal outputs on labelled rows.
-
-    Classification (`prediction_set`): `coverage` (share of rows whose label is in the set),
-    `mean_set_size`, `empty_sets` and `singletons` (shares of rows). Regression
-    (`interval_low`/`interval_high`): `coverage` (rows with every target inside), per-target
-    `target_coverage`, and `mean_width`. A non-finite row (an empty set, NaN bounds) counts as
-    not covered. `rows` says how many were measured.
-    """
-    if "prediction_set" in outputs:
-        sets = np.asarray(outputs["prediction_set"]).astype(bool)
-        labels = np.asarray(y).reshape(-1).astype("int64")
-        if sets.ndim != 2 or len(labels) != len(sets) or not len(sets):
-            raise EnsembleError(
-                "Expected a prediction_set of shape (rows, classes) with one label per row, at "
-                f"least one row. Received: sets {sets.shape}, labels {labels.shape}"
-            )
-        if labels.min() < 0 or labels.max() >= sets.shape[1]:
-            raise EnsembleError(
-                f"Expected labels in [0, {sets.shape[1]}). Received: {np.unique(labels)[:10]}"
-            )
-        sizes = sets.sum(axis=1)
-        return {
-            "rows": len(sets),
-            "coverage": float(sets[np.arange(len(sets)), labels].mean()),
-            "mean_set_size": float(sizes.mean()),
-            "empty_sets": float((sizes == 0).mean()),
-            "singletons": float((sizes == 1).mean()),
-        }
-    if "interval_low" not in outputs or "interval_high" not in outputs:
-        raise EnsembleError(
-            "Expected conformal outputs (prediction_set, or interval_low and interval_high): add "
-            f"them with ensemble.add_conformal. Received: {sorted(outputs)}"
-        )
-    low, high = np.asarray(outputs["interval_low"]), np.asarray(outputs["interval_high"])
-    targets = np.asarray(y, dtype="float32").reshape(low.shape)
-    inside = (low <= targets) & (targets <= high)
-    return {
-        "rows": len(low),
-        "coverage": float(inside.all(axis=1).mean()),
-        "target_coverage": inside.mean(axis=0).astype(float).tolist(),
-        "mean_width": float(np.mean(high - low)),
-    }
 
 
 def _check_alpha(alpha: Any) -> float:
