@@ -98,6 +98,18 @@ def test_color_scale_is_fitted_to_the_values(values, expected):
     assert plots.color_scale(values) == expected
 
 
+def test_member_correlation_scale_is_fitted_to_the_off_diagonal():
+    positive = np.array([[1.0, 0.62, 0.8], [0.62, 1.0, 0.71], [0.8, 0.71, 1.0]])
+    assert plots.correlation_scale(positive) == ("viridis", 0.62, 0.8)
+    mixed = np.array([[1.0, -0.2, 0.5], [-0.2, 1.0, np.nan], [0.5, np.nan, 1.0]])
+    assert plots.correlation_scale(mixed) == ("coolwarm", -0.5, 0.5)
+
+
+def test_reliability_markers_are_proportional_to_rows():
+    np.testing.assert_allclose(plots.marker_areas([300, 30, 3, 0], 300), [400.0, 40.0, 4.0, 4.0])
+    np.testing.assert_allclose(plots.marker_areas([150, 60], 300), [200.0, 80.0])
+
+
 PLOTS = {
     "risk-coverage": lambda y, p, e, path: plots.plot_risk_coverage(y, p, path, {"entropy": e}),
     "ood": lambda y, p, e, path: plots.plot_ood_histograms(

@@ -91,12 +91,6 @@ def test_reliability_curve_matches_a_loop_and_drops_empty_bins(classification, b
         assert not full.all()  # empty bins are there to drop
 
 
-def test_reliability_markers_are_proportional_to_rows():
-    areas = plots.marker_areas([300, 30, 3, 0], 300)
-    np.testing.assert_allclose(areas, [400.0, 40.0, 4.0, 4.0])
-    np.testing.assert_allclose(plots.marker_areas([150, 60], 300), [200.0, 80.0])
-
-
 def test_ensemble_size_curve_matches_sklearn(classification):
     y, p = classification["y"], classification["member_probabilities"]
     own_nll = [log_loss(y, p[:, m], labels=range(CLASSES)) for m in range(MEMBERS)]
@@ -402,10 +396,3 @@ def test_integral_float_labels_are_accepted(classification):
     y, p = classification["y"], classification["prediction"]
     expected = plots.reliability_curve(y, p)
     np.testing.assert_array_equal(plots.reliability_curve(y.astype("float32"), p)["count"], expected["count"])
-
-
-def test_member_correlation_scale_is_fitted_to_the_off_diagonal():
-    positive = np.array([[1.0, 0.62, 0.8], [0.62, 1.0, 0.71], [0.8, 0.71, 1.0]])
-    assert plots.correlation_scale(positive) == ("viridis", 0.62, 0.8)
-    mixed = np.array([[1.0, -0.2, 0.5], [-0.2, 1.0, np.nan], [0.5, np.nan, 1.0]])
-    assert plots.correlation_scale(mixed) == ("coolwarm", -0.5, 0.5)
