@@ -31,7 +31,22 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
     result = run(compose_config(*wine_overrides), output_dir=str(tmp_path))
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
     assert {"task", "combiner", "members", "ensemble", "export_dir"} <= set(result)
-    assert set(result["ensemble"]) == {"accuracy", "nll", "brier", "ece", "disagreement"}
+    assert set(result["ensemble"]) == {*ensemble.evaluate.CLASSIFICATION_METRICS, "disagreement"}
+    baselines = result["baselines"]
+    assert (
+        set(baselines["members"]) == set(result["members"])
+        and baselines["selected"]["name"] in result["members"]
+    )
+    assert baselines["gain"]["nll_ratio"] == pytest.approx(
+        result["ensemble"]["nll"] / baselines["selected"]["calibrated"]["nll"]
+    )
+    assert set(result["ood"]["ensemble"]) == {"one_minus_max_probability", "entropy", "mutual_information"}
+    assert result["ood"]["rows"] == {
+        "in": result["data"]["rows"]["test"],
+        "out": result["data"]["rows"]["test"],
+    }
+    # Wine's 13 features are no 8x8 image: the zoo's CNNs are skipped, and the report says so.
+    assert set(result["zoo"]["skipped"]) == {"cnn", "cnn_narrow"}
     assert result["regime"] == "holdout" and result["combiner"] == "StackingCombiner"
     for plot in ("reliability", "ensemble_size", "member_correlation", "uncertainty"):
         _png(tmp_path / f"{plot}.png")
@@ -39,6 +54,11 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
     for expected in (
         "## Test metrics",
         "| **ensemble** |",
+        "calibrated (T=",
+        "## Uncertainty scores",
+        "## Out-of-distribution detection",
+        "Zoo members skipped for this data",
+        "`cnn`: it reads images of shape",
         "![",
         "reliability.png",
         "## Config",
@@ -61,9 +81,12 @@ def test_regression_run(tmp_path_factory, tmp_path):
         output_dir=str(tmp_path),
     )
     assert result["task"] == "regression"
-    assert set(result["ensemble"]) == {"rmse", "mae", "nll"} and result["noise_variance"] >= 0
+    assert (
+        set(result["ensemble"]) == set(ensemble.evaluate.REGRESSION_METRICS) and result["noise_variance"] >= 0
+    )
     for metrics in (*result["members"].values(), result["mean"]):
-        assert set(metrics) == {"rmse", "mae", "nll"}
+        assert set(metrics) == set(ensemble.evaluate.REGRESSION_METRICS)
+    assert "ood" not in result  # diabetes names no OOD set
     for plot in ("ensemble_size", "member_correlation", "std_vs_error"):
         _png(tmp_path / f"{plot}.png")
     assert "std_vs_error.png" in (tmp_path / "report.md").read_text()

@@ -168,7 +168,7 @@ def _baselines(
     chosen = report.selected_member
     selected = {"name": chosen["name"], "by": chosen["by"], **members[chosen["name"]]}
     return {
-        "calibration": f"{how} ({report.rows} rows)",
+        "calibration": how.replace("the fitting rows", f"the {report.rows} fitting rows"),
         "members": members,
         "selected": selected,
         "mean": mean,

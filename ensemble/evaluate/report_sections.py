@@ -59,9 +59,9 @@ def baselines_section(result: Result) -> list[str]:
         rows["mean of members"] = baselines["mean"]["calibrated"]
     rows["**ensemble**"] = result["ensemble"]
     how = (
-        "each member and the mean raw, and temperature-scaled on the fitting rows"
+        "each member and the plain mean raw, and calibrated"
         if classification
-        else "each member and the mean with its RMSE on the fitting rows as its Gaussian std"
+        else "each member and the plain mean calibrated"
     )
     full = {
         f"{label}, calibrated": selected["calibrated"],
@@ -70,7 +70,7 @@ def baselines_section(result: Result) -> list[str]:
     }
     order = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
     return [
-        f"Baselines: {how} ({baselines['calibration']}); the ensemble is calibrated on the same rows.",
+        f"Baselines: {how} by {baselines['calibration']}; the ensemble is calibrated on the same rows.",
         "",
         *markdown_table(rows, metrics=_columns(rows, SUMMARY_METRICS)),
         "",
@@ -181,6 +181,12 @@ def ood_section(result: Result) -> list[str]:
         *markdown_table(rows, "model: score", ["auroc", "aupr", "fpr95"]),
         "",
         f"Best separation: {best_model}, `{best_score}` (AUROC {ood[best_model][best_score]['auroc']:.3f}).",
+        *(
+            f"{name[:1].upper()}{name[1:].replace(': ', ', ', 1)} scores the OOD rows as LESS uncertain than the test rows "
+            f"(AUROC {values['auroc']:.3f} < 0.5): it is surer of what it has never seen."
+            for name, values in rows.items()
+            if values["auroc"] < 0.5
+        ),
         "",
     ]
 
