@@ -139,9 +139,11 @@ def uncertainty_scores(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 def _selected(member_names: list[str], scores: Mapping[str, Any]) -> int:
-    """The member selected on the fitting rows (`scores["selected_member"]`, as metrics.json
-    holds it); without one, the best test NLL (the old figure's choice)."""
-    selected = scores.get("selected_member")
-    if isinstance(selected, Mapping) and selected.get("name") in member_names:
-        return member_names.index(str(selected["name"]))
+    """The member selected on the fitting rows (`scores["selected_member"]` or
+    `scores["baselines"]["selected"]`, as metrics.json holds it); without one, the best test
+    NLL (the old figure's choice)."""
+    baselines = scores.get("baselines")
+    for selected in (scores.get("selected_member"), (baselines or {}).get("selected")):
+        if isinstance(selected, Mapping) and selected.get("name") in member_names:
+            return member_names.index(str(selected["name"]))
     return min(range(len(member_names)), key=lambda i: scores["members"][member_names[i]]["nll"])
