@@ -50,7 +50,7 @@ def test_calibration_split_is_seeded_stratified_and_disjoint():
     [("aps", "aps"), ("thr", "thr"), ("absolute", "absolute"), ("normalized", "normalized")],
 )
 def test_every_conformal_option_instantiates(option, method):
-    cfg = compose_config(f"conformal={option}")
+    cfg = _compose(f"conformal={option}")
     conformal = instantiate(cfg.conformal)
     assert isinstance(conformal, SplitConformal) and conformal.method == method
     assert conformal.alpha == 0.1 and conformal.calibration_share == 0.5 and conformal.seed == cfg.data.seed
@@ -58,7 +58,19 @@ def test_every_conformal_option_instantiates(option, method):
 
 def test_conformal_defaults_to_none():
     cfg = compose_config()
-    assert cfg.conformal.get("_target_") is None
+    assert (cfg.get("conformal") or {}).get("_target_") is None
+
+
+def _compose(override: str):  # type: ignore[no-untyped-def]
+    """The config with a conformal option: chosen among the defaults once config.yaml lists the
+    group, appended (`+conformal=...`) until then."""
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        cfg = compose_config(override)
+    except ConfigCompositionException:
+        return compose_config(f"+{override}")
+    return cfg if "conformal" in cfg else compose_config(f"+{override}")
 
 
 def _trained_member(name: str, x: np.ndarray, y: np.ndarray, seed: int, hidden: int) -> ensemble.Member:
@@ -103,3 +115,21 @@ def test_digits_members_cover_unseen_rows(method):
         assert report["mean_set_size"] < 1.5, report
     else:
         assert report["empty_sets"] == 0.0 and report["mean_set_size"] < 6, report
+
+
+def test_split_conformal_regression_intervals():
+    members = []
+    for name, scale in (("r1", 0.8), ("r2", 1.2)):
+        inputs = keras.Input((2,), name="features")
+        outputs = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(scale))(inputs)
+        members.append(ensemble.load_member(keras.Model(inputs, outputs), name=name))
+    model = ensemble.build_ensemble(members, combiners.MeanCombiner(), task="regression")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2)).astype("float32")
+    y = (x.sum(1) + rng.normal(size=4000)).astype("float32")
+    split = SplitConformal(method="normalized", seed=1)
+    calibrated, measured = split.calibrate(model, x, y)
+    report = split.measure(calibrated, calibrated.predict(x, batch_size=4000, verbose=0), y, measured)
+    assert report["calibration_rows"] == 2000 and report["rows"] == 2000
+    assert abs(report["coverage"] - 0.9) < 3 * math.sqrt(0.09 / 1000), report
+    assert report["target_coverage"] == [report["coverage"]] and report["mean_width"] > 0
