@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from combiners.base import CLASSIFICATION, TASKS, Combiner, Tensor
+from combiners.base import CLASSIFICATION, TASKS, Combiner, Tensor, validate_weights
 
 __all__ = ["StackingCombiner", "mean_kernel"]
 
@@ -16,12 +17,14 @@ __all__ = ["StackingCombiner", "mean_kernel"]
 LOG_EPSILON = 1e-7
 
 
-def mean_kernel(members: int, width: int, num_features: int) -> np.ndarray:
+def mean_kernel(members: int, width: int, num_features: int, weights: Any = None) -> np.ndarray:
     """The meta-model kernel that averages the members: row `j * width + c` feeds class (or
-    target) `c` of member `j` with 1 / members; rows past the members' (raw features) are 0."""
+    target) `c` of member `j` with `weights[j]` (default 1 / members); rows past the members'
+    (raw features) are 0."""
+    shares = np.full(members, 1.0 / members) if weights is None else np.asarray(weights, dtype="float64")
     kernel = np.zeros((num_features, width))
     for j in range(members):
-        kernel[j * width : (j + 1) * width] += np.eye(width) / members
+        kernel[j * width : (j + 1) * width] += np.eye(width) * shares[j]
     return kernel
 
 
@@ -45,6 +48,10 @@ class StackingCombiner(Combiner):
             `(batch, width)`, probabilities for classification; None for the
             default above.
         passthrough: whether the raw `features` are meta features too.
+        weights: one non-negative number per member, or None: how the uncertainty outputs
+            (`mutual_information`, `disagreement`) weigh the members; `fit_stacking` sets
+            the normalised weights of the pool the meta-model shrinks toward. The meta-model
+            itself does not read them.
         **kwargs: `task` and standard layer keyword arguments. The task must
             be known before build: pass `task=` or call `configure(task)`.
     """
@@ -53,9 +60,11 @@ class StackingCombiner(Combiner):
         self,
         meta_model: keras.layers.Layer | None = None,
         passthrough: bool = False,
+        weights: Iterable[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.member_weights = validate_weights(weights)
         self.meta_model = meta_model
         self.passthrough = bool(passthrough)
         # The meta-model in use (the given one or the default), set in build.
@@ -125,7 +134,14 @@ class StackingCombiner(Combiner):
         meta_model = None
         if self.meta_model is not None:
             meta_model = keras.saving.serialize_keras_object(self.meta_model)
-        config.update({"meta_model": meta_model, "passthrough": self.passthrough})
+        weights = self.member_weights
+        config.update(
+            {
+                "meta_model": meta_model,
+                "passthrough": self.passthrough,
+                "weights": None if weights is None else list(weights),
+            }
+        )
         return config
 
     @classmethod

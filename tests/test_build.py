@@ -29,18 +29,19 @@ def test_classification_outputs_match_numpy(x):
     model = ensemble.build_ensemble(members, combiners.MeanCombiner(weights=list(weights)))
     out = {k: np.asarray(v) for k, v in model(x).items()}
 
-    prediction = (expected * weights[None, :, None]).sum(1) / weights.sum()
-    mean = expected.mean(1)
+    shares = weights / weights.sum()
+    prediction = (expected * shares[None, :, None]).sum(1)
     votes = expected.argmax(-1)
     np.testing.assert_allclose(out["member_predictions"], expected, atol=1e-6)
     np.testing.assert_allclose(out["prediction"], prediction, atol=1e-6)
     np.testing.assert_allclose(out["prediction"].sum(-1), 1.0, atol=1e-6)
     np.testing.assert_allclose(out["entropy"], entropy(prediction), atol=1e-5)
+    # The uncertainty outputs weigh the members as the combiner does (2:1:1 here).
     np.testing.assert_allclose(
-        out["mutual_information"], entropy(mean) - entropy(expected).mean(1), atol=1e-5
+        out["mutual_information"], entropy(prediction) - entropy(expected) @ shares, atol=1e-5
     )
     np.testing.assert_allclose(
-        out["disagreement"], (votes != prediction.argmax(-1)[:, None]).mean(1), atol=1e-6
+        out["disagreement"], (votes != prediction.argmax(-1)[:, None]) @ shares, atol=1e-6
     )
     assert set(out) == {"prediction", "member_predictions", "entropy", "mutual_information", "disagreement"}
 

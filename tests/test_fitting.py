@@ -15,6 +15,7 @@ import combiners
 import ensemble
 from ensemble.evaluate import classification_metrics, noise_variance
 from ensemble.fitting import LevelOneStore, check_leakage, fit_combiner, fit_mean_weights, fit_stacking
+from ensemble.fitting.selection import optimal_weights
 from ensemble.members import record_training_rows
 
 
@@ -138,6 +139,20 @@ def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passt
     np.testing.assert_allclose(
         model.predict(x_test, verbose=0)["prediction"], estimator.predict_proba(features), atol=1e-5
     )
+    # At a given C it is scikit-learn's multinomial LogisticRegression, at its exact optimum.
+    fit_rows = LevelOneStore().predictions(model, x_hold)
+    fit_features = np.asarray(combiner.meta_features(fit_rows, x_hold if passthrough else None), "float64")
+    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=100_000).fit(fit_features, y_hold)
+
+    def objective(kernel: np.ndarray, bias: np.ndarray) -> float:  # C * sum(NLL) + ||W||^2 / 2
+        z = fit_features @ kernel + bias
+        z -= z.max(axis=1, keepdims=True)
+        nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y_hold)), y_hold]
+        return 0.5 * float(np.sum(nll)) + 0.5 * float(np.sum(kernel**2))
+
+    ours, theirs = objective(estimator.kernel, estimator.bias), objective(reference.coef_.T, reference.intercept_)
+    assert ours <= theirs * (1 + 1e-9)  # at least as low: the optimum, to the stated tolerance
+    np.testing.assert_allclose(estimator.predict_proba(features), reference.predict_proba(features), atol=1e-3)
 
 
 def test_sklearn_baked_binary_and_regression():
@@ -156,19 +171,21 @@ def test_sklearn_baked_binary_and_regression():
     estimator = fit_stacking(model, xr[200:350], yr[200:350], alpha=1e-3)
     level_one = LevelOneStore().predictions(model, xr[350:])
     features = np.asarray(ensemble.ensemble_combiner(model).meta_features(level_one))
-    # Regression: the members' mean plus the Ridge correction fitted to its residual.
+    # Regression: the members' best weighted mean on the fitting rows (least squares on the
+    # simplex) plus the Ridge correction fitted to its residual.
+    fit_level_one = LevelOneStore().predictions(model, xr[200:350])
+    pool = optimal_weights(fit_level_one, yr[200:350], task="regression")
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],
-        level_one.mean(axis=1)[:, 0] + np.ravel(estimator.predict(features)),
+        level_one[:, :, 0] @ pool + np.ravel(estimator.predict(features)),
         rtol=1e-5,
         atol=1e-3,
     )
-    # A heavy penalty shrinks the stacked ensemble to the plain mean, not to zero.
+    # A heavy penalty shrinks the stacked ensemble to that weighted mean, not to zero.
     fit_stacking(model, xr[200:350], yr[200:350], alpha=1e12)
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],
-        level_one.mean(axis=1)[:, 0]
-        + np.mean(yr[200:350] - LevelOneStore().predictions(model, xr[200:350]).mean(axis=1)[:, 0]),
+        level_one[:, :, 0] @ pool + np.mean(yr[200:350] - fit_level_one[:, :, 0] @ pool),
         rtol=1e-4,
     )
 
@@ -275,15 +292,17 @@ def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
     weakest = "cross-validation chose the weakest regularisation tried (C=100)"
     right = np.flatnonzero(lr.predict(x) == y)[:300]  # rows the members separate perfectly
     with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
-        fit_stacking(model, x[right], y[right])
-    assert weakest in caplog.text
+        chosen = fit_stacking(model, x[right], y[right])
+    # Rows a member separates perfectly: that member alone, as sharp as the fit allows, or the
+    # weakest penalty, which says so.
+    assert (chosen.prior == "member" and chosen.member == 0) or weakest in caplog.text
     caplog.clear()
     noisy = y[200:400].copy()
     noisy[::4] = 1 - noisy[::4]  # a quarter of the labels flipped: nothing to be sure of
     with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
         estimator = fit_stacking(model, x[200:400], noisy)
-    assert f"Stacking meta-model: C={estimator.C_:g}, chosen by cross-validated loss" in caplog.text
-    assert estimator.C_ < 100 and weakest not in caplog.text
+    assert "chosen by held-out NLL" in caplog.text
+    assert estimator.C < 100 and weakest not in caplog.text
 
 
 @pytest.mark.parametrize("passthrough", [False, True])

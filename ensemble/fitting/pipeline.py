@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from combiners import MeanCombiner, StackingCombiner
 from ensemble.errors import EnsembleError
-from ensemble.evaluate.baselines import noise_variance, selected_member
+from ensemble.evaluate.selection import noise_variance, selected_member
 from ensemble.fitting.calibrate import calibrate, check_calibration
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult
 from ensemble.fitting.head import fit_combiner

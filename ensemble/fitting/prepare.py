@@ -13,6 +13,7 @@ import tensorflow as tf
 from ensemble.errors import EnsembleError
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, guard_rows
 from ensemble.fitting.level_one import LevelOneStore
+from ensemble.graph.layers import ClassificationUncertainty
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import Data
@@ -131,7 +132,13 @@ def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray
 
 
 def forget_compiled(model: keras.Model) -> None:
-    """Forget traced functions: they hold the combiner's old constants."""
+    """After a fit changed the graph's constants (weights, calibration): the uncertainty
+    outputs take the combiner's new member weights, and traced functions, which hold the old
+    constants, are forgotten."""
+    view = EnsembleView.of(model)
+    for layer in model.layers:
+        if isinstance(layer, ClassificationUncertainty):
+            layer.set_member_weights(view.combiner.member_weights)
     model.predict_function = None
     model.train_function = None
     model.test_function = None

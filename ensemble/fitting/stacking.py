@@ -1,5 +1,5 @@
-"""`fit_stacking`: the default stacking meta-model fitted the exact convex way (scikit-learn)
-and baked into the in-graph `Dense`."""
+"""`fit_stacking`: the default stacking meta-model fitted the exact convex way, shrunk toward
+the members' best calibrated pool, and baked into the in-graph `Dense`."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.linear_model import (
-    LogisticRegression,
-    LogisticRegressionCV,
-    Ridge,
-    RidgeCV,
-)
+from sklearn.linear_model import Ridge, RidgeCV
 
 from combiners import StackingCombiner
 from combiners.stack import mean_kernel
 from ensemble.errors import EnsembleError
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.prepare import fitting_rows, forget_compiled
+from ensemble.fitting.selection import optimal_weights
+from ensemble.fitting.stacker import CS, Stacker, cross_validated_stacker, fit_stacker
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import flat_features
 from ensemble.types import Data
@@ -38,7 +35,6 @@ def fit_stacking(
     C: float | None = None,
     alpha: float | None = None,
     cv: int = 5,
-    max_iter: int = 2000,
     store: LevelOneStore | None = None,
     level_one: np.ndarray | None = None,
     level_one_unseen: bool = False,
@@ -48,21 +44,27 @@ def fit_stacking(
 ) -> Any:
     """Fit the default stacking meta-model the exact convex way and bake it into the graph.
 
-    Classification: a multinomial `LogisticRegression(C=C)`; regression:
-    `Ridge(alpha=alpha)` on the residual of the members' plain mean (so that
-    regularisation shrinks toward that mean); both on the meta features the
-    `StackingCombiner` computes (`meta_features`). With `C`/`alpha` None (the default), the
-    regularisation is chosen by `cv`-fold cross-validated log-loss (squared
-    error) with `LogisticRegressionCV` / `RidgeCV`: the meta-model has
-    members x classes^2 weights, which overfit the fitting rows otherwise.
-    The ensemble's `prediction` then equals the estimator's `predict_proba`
-    (classification) or the members' mean plus its `predict` (regression).
+    Classification: a multinomial logistic regression on the members' log-probabilities (the
+    `StackingCombiner`'s `meta_features`), or one member temperature-scaled (`ensemble.fitting.
+    stacker`). With `C` None (the default), the candidates compete on held-out NLL over `cv`
+    stratified folds of the fitting rows: the regression shrunk toward zero (what
+    scikit-learn's `LogisticRegressionCV` fits) or toward the selected member temperature-
+    scaled, at each `C` of `stacker.CS`, and every member temperature-scaled alone; so a
+    dominant member is never shrunk away. A given `C` fits the regression shrunk toward zero
+    (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS to a gradient of
+    `stacker.GTOL` (1e-9) on the mean objective. The uncertainty outputs weigh the members
+    equally, or, when the stacker is one member, that member alone.
+
+    Regression: `Ridge(alpha=alpha)` on the residual of the members' best weighted mean
+    (least squares on the simplex, `optimal_weights`), so that regularisation shrinks toward
+    that mean; `alpha` None: chosen by `cv`-fold cross-validated squared error (`RidgeCV`).
+    The ensemble's `prediction` is then that mean plus the ridge's `predict`.
 
     The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
     `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
 
     Returns:
-        The fitted scikit-learn estimator.
+        The fitted `stacker.Stacker` (classification) or scikit-learn `Ridge` (regression).
     """
     view = EnsembleView.of(model)
     combiner = view.combiner
@@ -93,38 +95,36 @@ def fit_stacking(
     )
     width = level_one.shape[-1]
     if view.task == "classification":
-        estimator: Any = (
-            LogisticRegression(C=C, max_iter=max_iter)
-            if C is not None
-            else LogisticRegressionCV(
-                Cs=np.logspace(-4, 2, 13),
-                l1_ratios=(0.0,),
-                cv=cv,
-                scoring="neg_log_loss",
-                use_legacy_attributes=False,
-                max_iter=max_iter,
-            )
-        )
-        estimator.fit(features, targets)
+        log_p = features[:, : level_one.shape[1] * width].reshape(level_one.shape)
         if C is None:
-            _log_chosen("C", float(estimator.C_), weakest=np.max(estimator.Cs) <= estimator.C_)
-        kernel, bias = estimator.coef_.T, estimator.intercept_
-        if width == 2:  # sklearn's binary form: p1 = sigmoid(x.w + b) = softmax([0, x.w + b])[1]
-            kernel = np.hstack([np.zeros_like(kernel), kernel])
-            bias = np.concatenate([[0.0], bias])
+            estimator: Any = cross_validated_stacker(features, log_p, targets, cv=cv)
+            _log_chosen(estimator, view.member_names)
+        else:
+            zero = np.zeros((features.shape[1], width))
+            kernel, bias = fit_stacker(features, np.eye(width)[targets], zero, C)
+            estimator = Stacker(kernel, bias, "zero", C, None)
+        kernel, bias = estimator.kernel, estimator.bias
+        # The uncertainty outputs weigh the members equally, unless the stacker is one member.
+        weights = None
+        if estimator.prior == "member":
+            weights = [float(j == estimator.member) for j in range(len(view.members))]
+        combiner.set_member_weights(weights)
     else:
-        # Ridge on what the members' plain mean gets wrong: the penalty then shrinks toward
-        # the mean (a sound ensemble) rather than toward predicting zero.
-        members_mean = level_one.mean(axis=1).astype("float64")
+        # Ridge on what the members' best weighted mean (least squares on the simplex) gets
+        # wrong: the penalty then shrinks toward that mean rather than toward predicting zero.
+        pool = optimal_weights(level_one, targets, task="regression")
+        pool_mean = np.einsum("rmc,m->rc", level_one.astype("float64"), pool)
         estimator = (
             Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=np.logspace(-4, 6, 21), cv=cv)
-        ).fit(features, targets - members_mean)
+        ).fit(features, targets - pool_mean)
         if alpha is None:
-            _log_chosen(
-                "alpha", float(estimator.alpha_), weakest=estimator.alpha_ <= np.min(estimator.alphas)
-            )
-        prior = mean_kernel(level_one.shape[1], width, features.shape[1])  # the untrained kernel
-        kernel = prior + np.atleast_2d(estimator.coef_).T
+            alpha_, weakest = float(estimator.alpha_), estimator.alpha_ <= np.min(estimator.alphas)
+            log.info("Stacking meta-model: alpha=%g, chosen by cross-validated squared error", alpha_)
+            if weakest:
+                _warn_weakest(f"alpha={alpha_:g}", "alpha")
+        kernel = (
+            mean_kernel(level_one.shape[1], width, features.shape[1], pool) + np.atleast_2d(estimator.coef_).T
+        )
         bias = np.atleast_1d(estimator.intercept_)
     dense = combiner.meta_model_
     assert dense is not None  # built with the ensemble
@@ -134,16 +134,21 @@ def fit_stacking(
     return estimator
 
 
-def _log_chosen(name: str, value: float, weakest: bool) -> None:
-    """Log the cross-validated regularisation; warn when it is the weakest on the grid."""
-    log.info("Stacking meta-model: %s=%g, chosen by cross-validated loss", name, value)
-    if weakest:
-        log.warning(
-            "Stacking meta-model: cross-validation chose the weakest regularisation tried "
-            "(%s=%g): the fitting rows ask for a stacker as sure as the grid allows, so its "
-            "confidence, and its NLL on new rows, may be optimistic. "
-            "More fitting rows, or a fixed fit.%s, bound it.",
-            name,
-            value,
-            name,
-        )
+def _log_chosen(stacker: Stacker, names: list[str]) -> None:
+    """Log the cross-validated choice; warn when it is the weakest penalty on the grid."""
+    chosen = stacker.describe()
+    if stacker.member is not None:
+        chosen = chosen.replace(f"member {stacker.member}", f"member {names[stacker.member]!r}")
+    log.info("Stacking meta-model: %s, chosen by held-out NLL", chosen)
+    if stacker.prior != "member" and max(CS) <= stacker.C:
+        _warn_weakest(f"C={stacker.C:g}", "C")
+
+
+def _warn_weakest(chosen: str, name: str) -> None:
+    log.warning(
+        "Stacking meta-model: cross-validation chose the weakest regularisation tried (%s): the "
+        "fitting rows ask for a stacker as sure as the grid allows, so its confidence, and its "
+        "NLL on new rows, may be optimistic. More fitting rows, or a fixed fit.%s, bound it.",
+        chosen,
+        name,
+    )

@@ -89,7 +89,8 @@ def build_ensemble(
         prediction = Calibration(name="calibration")(prediction)
     outputs: dict[str, Any] = {"prediction": prediction, "member_predictions": member_predictions}
     if task == CLASSIFICATION:
-        outputs.update(ClassificationUncertainty(name="uncertainty")(member_predictions, prediction))
+        uncertainty = ClassificationUncertainty(combiner.member_weights, name="uncertainty")
+        outputs.update(uncertainty(member_predictions, prediction))
     else:
         outputs["std"] = RegressionSpread(name="std")(member_predictions)
     checked = [inputs[k] for k in sorted(inputs)] + [member_predictions]

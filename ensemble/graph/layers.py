@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import keras
 from keras import ops
 
-from combiners.base import first_argmax
+from combiners.base import first_argmax, validate_weights
 from ensemble.types import Tensor
 
 __all__ = [
@@ -37,26 +38,49 @@ class MemberStack(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ensemble")
 class ClassificationUncertainty(keras.layers.Layer):
-    """Total uncertainty, its epistemic part, and how many members disagree with the ensemble.
+    """Total uncertainty, its epistemic part, and how much of the members disagree with the
+    ensemble, with the members weighed as the combiner weighs them (`weights`, normalised;
+    None: equally).
 
     - `entropy`: entropy of the ensemble's prediction.
-    - `mutual_information`: entropy of the members' mean minus the members' mean
-      entropy (the BALD decomposition); 0 when all members agree exactly.
-    - `disagreement`: the fraction of members whose top class differs from the
-      ensemble's.
+    - `mutual_information`: entropy of the members' weighted mean minus their weighted mean
+      entropy (the BALD decomposition of that mixture); 0 when all members agree exactly.
+    - `disagreement`: the weight of the members whose top class differs from the ensemble's.
     """
 
+    def __init__(self, weights: Iterable[Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_member_weights(weights)
+
+    def set_member_weights(self, weights: Iterable[Any] | None) -> None:
+        """The members' weights, validated like a combiner's (`combiners.base.validate_weights`)."""
+        self.member_weights = validate_weights(weights)
+
+    def _weigh(self, values: Tensor) -> Tensor:
+        """The weighted mean of `(batch, members, ...)` over the members."""
+        if self.member_weights is None:
+            return ops.mean(values, axis=1)
+        total = sum(self.member_weights)
+        weights = ops.convert_to_tensor([w / total for w in self.member_weights], dtype=values.dtype)
+        return ops.sum(values * ops.reshape(weights, (1, -1) + (1,) * (len(values.shape) - 2)), axis=1)
+
     def call(self, member_predictions: Tensor, prediction: Tensor) -> dict[str, Tensor]:
-        mean = ops.mean(member_predictions, axis=1)
-        mutual_information = entropy(mean) - ops.mean(entropy(member_predictions), axis=1)
+        mixture = self._weigh(member_predictions)
+        mutual_information = entropy(mixture) - self._weigh(entropy(member_predictions))
         member_votes = first_argmax(member_predictions)
         ensemble_vote = ops.expand_dims(first_argmax(prediction), 1)
-        disagreement = ops.mean(ops.cast(ops.not_equal(member_votes, ensemble_vote), "float32"), 1)
+        disagreement = self._weigh(ops.cast(ops.not_equal(member_votes, ensemble_vote), "float32"))
         return {
             "entropy": entropy(prediction),
             "mutual_information": ops.maximum(mutual_information, 0.0),
             "disagreement": disagreement,
         }
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        weights = self.member_weights
+        config.update({"weights": None if weights is None else list(weights)})
+        return config
 
     def compute_output_spec(self, member_predictions: Any, prediction: Any) -> dict[str, Any]:
         # One KerasTensor per output: a shared one would make them one graph output.
