@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
@@ -10,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from experiments.benchmark import run
 
 
-def test_benchmark_smoke(tmp_path):
+def test_benchmark_smoke(tmp_path: Path) -> None:
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path="../conf"):
         cfg = compose(
@@ -36,4 +37,12 @@ def test_benchmark_smoke(tmp_path):
     fit = results["fit"]
     assert fit["model_fit_s"] > 0 and fit["fit_combiner_s"] > 0
     assert fit["speedup"] == fit["model_fit_s"] / fit["fit_combiner_s"]
-    assert "fit_combiner" in (tmp_path / "benchmark.md").read_text()
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "fit_combiner" in table
+    stacking = results["stacking"]  # rows=64: the stacking entry's floor of 100 rows
+    assert stacking["rows"] == 100 and stacking["meta_features"] == 40
+    assert stacking["speedup"] == stacking["old_s"] / stacking["new_s"]
+    assert stacking["target_met"] == (stacking["new_s"] < stacking["target_s"])
+    # At a fixed C our fit is at scikit-learn's optimum at tol 1e-10, or below it.
+    assert stacking["optimum"]["tol_1e-10"]["gap_over_ours"] > -1e-6
+    assert "stacker fit on digits' meta features" in table and "3 s at the optimum" in table
