@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 GTOL = 1e-9
 """L-BFGS stops when every component of the NLL's gradient is below this."""
 METHODS = ("temperature", "vector")
+VECTOR_PRIOR = 1.0
+"""The L2 weight that keeps vector scaling finite: on the summed NLL, around the identity."""
 
 
 class Scaling(NamedTuple):
@@ -69,7 +71,11 @@ def fit_scaling(probabilities: Any, labels: Any, *, method: str = "temperature")
         method: `"temperature"` (one parameter) or `"vector"` (2 x classes).
 
     Returns:
-        The `Scaling`; a temperature above 1 softens an overconfident model.
+        The `Scaling`; a temperature above 1 softens an overconfident model. Temperature scaling
+        is the exact maximum-likelihood temperature (rows all classified right ask for one as
+        sharp as the solver's tolerance allows: a warning says so); vector scaling adds a
+        standard-normal prior around the identity (`VECTOR_PRIOR`), which keeps it finite when
+        a class is separable on these rows.
     """
     if method not in METHODS:
         raise ValueError(f"Expected method in {METHODS}. Received: method={method!r}")
@@ -87,17 +93,24 @@ def fit_scaling(probabilities: Any, labels: Any, *, method: str = "temperature")
     classes = logits.shape[1]
     vector = method == "vector"
 
+    start = np.concatenate([np.ones(classes), np.zeros(classes)]) if vector else np.ones(1)
+    # Vector scaling's 2 x classes parameters run off to infinity when the fitting rows of a
+    # class are separable by its own log-probability; a standard-normal prior around the
+    # identity (scikit-learn's L2 at C=1: the summed NLL + ||params - identity||^2 / 2) bounds
+    # them. Temperature scaling's one parameter is fitted exactly.
+    prior = VECTOR_PRIOR / len(logits) if vector else 0.0
+
     def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
         scale, bias = (params[:classes], params[classes:]) if vector else (params[0], 0.0)
         z = logits * scale + bias
         log_q = z - special.logsumexp(z, axis=1, keepdims=True)
         residual = (np.exp(log_q) - onehot) / len(z)  # d(mean NLL)/dz
-        value = float(-np.sum(onehot * log_q) / len(z))
+        value = float(-np.sum(onehot * log_q) / len(z)) + 0.5 * prior * float(np.sum((params - start) ** 2))
         if vector:
-            return value, np.concatenate([(residual * logits).sum(0), residual.sum(0)])
+            gradient = np.concatenate([(residual * logits).sum(0), residual.sum(0)])
+            return value, gradient + prior * (params - start)
         return value, np.array([float(np.sum(residual * logits))])
 
-    start = np.concatenate([np.ones(classes), np.zeros(classes)]) if vector else np.ones(1)
     result = optimize.minimize(
         objective, start, jac=True, method="L-BFGS-B", options={"gtol": GTOL, "ftol": 0.0, "maxiter": 10000}
     )
@@ -109,6 +122,13 @@ def fit_scaling(probabilities: Any, labels: Any, *, method: str = "temperature")
             "vector",
             scale=tuple(float(v) for v in params[:classes]),
             bias=tuple(float(v) for v in params[classes:]),
+        )
+    if np.all(logits.argmax(1) == targets):
+        log.warning(
+            "Temperature scaling: every one of the %d rows is ranked right, so the likelihood "
+            "asks for an ever sharper temperature (fitted: %.3g); it may not hold on new rows.",
+            len(targets),
+            1.0 / params[0],
         )
     if params[0] <= 0:
         # A non-positive scale ranks the classes backwards: the probabilities carry no signal
