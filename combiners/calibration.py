@@ -50,6 +50,7 @@ class Calibration(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.classes_: int | None = None  # known once built
         self.set_scaling(temperature, scale, bias)
 
     def set_scaling(
@@ -68,11 +69,11 @@ class Calibration(keras.layers.Layer):
             )
         if scale_values is not None and temperature != 1.0:
             raise ValueError("Expected either a temperature or a per-class scale and bias, not both.")
-        if self.built and scale_values is not None and len(scale_values) != self.classes_:
+        if self.classes_ is not None and scale_values is not None and len(scale_values) != self.classes_:
             raise ValueError(f"Expected {self.classes_} scales, one per class. Received: {len(scale_values)}")
         self.temperature = temperature
-        self.scale = scale_values
-        self.bias = bias_values
+        self.scale: list[float] | None = scale_values
+        self.bias: list[float] | None = bias_values
 
     @property
     def is_identity(self) -> bool:

@@ -292,3 +292,31 @@ def test_vector_scaling_stays_bounded_when_a_class_is_separable(held_out):
     p, y = held_out  # the good member: the fitting rows of some class are separable
     vector = fit_scaling(p, y, method="vector")
     assert max(abs(v) for v in vector.scale) < 50 and max(abs(b) for b in vector.bias) < 50
+
+
+def test_a_member_calibrated_alone_loads_exports_and_keeps_its_record(tmp_path, digits, members):
+    x_train, y_train, x_hold, y_hold, x_test, _ = digits
+    keras.saving.save_model(members["overconfident"], tmp_path / "over.keras")
+    ensemble.record_training_rows(tmp_path / "over.keras", x_train)
+    source = ensemble.load_member(tmp_path / "over.keras", name="over", output="probabilities")
+    assert source.training_rows is not None
+    member = ensemble.calibrate_member(source, x_hold, y_hold)
+    raw_hold, raw_test = (np.asarray(source({"features": v})) for v in (x_hold, x_test))
+    expected = _scaled(raw_test, 1.0 / _reference_temperature(raw_hold, y_hold))
+    assert member.name == "over" and member.input_names == source.input_names
+    np.testing.assert_array_equal(member.training_rows, source.training_rows)
+    model = ensemble.build_ensemble(
+        [member, ensemble.load_member(members["good"], name="good")], combiners.MeanCombiner()
+    )
+    out = model.predict(x_test, verbose=0)
+    np.testing.assert_allclose(out["member_predictions"][:, 0], expected, atol=1e-4)
+    path = str(tmp_path / "export")
+    ensemble.export_saved_model(model, path)
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    served = serving(features=tf.constant(x_test))["member_predictions"].numpy()
+    np.testing.assert_allclose(served, out["member_predictions"], atol=1e-6)
+    # Its own training rows are refused, as for any fit.
+    with pytest.raises(ensemble.EnsembleError, match="over"):
+        ensemble.calibrate_member(source, x_train, y_train)
+    with pytest.raises(ensemble.EnsembleError, match="temperature"):
+        ensemble.calibrate_member(source, x_hold, y_hold, method="isotonic")

@@ -2,6 +2,7 @@
 predictions, the leakage guard, one fit function per kind of combiner, behind `fit`; and
 split-conformal sets calibrated on held-out rows (`add_conformal`)."""
 
+from ensemble.fitting.calibrate import calibrate_member
 from ensemble.fitting.conformal import add_conformal, conformal_config
 from ensemble.fitting.conformal_split import SplitConformal, conformal_metrics
 from ensemble.fitting.guard import check_leakage
@@ -27,6 +28,7 @@ __all__ = [
     "OutOfFold",
     "SplitConformal",
     "add_conformal",
+    "calibrate_member",
     "check_leakage",
     "conformal_config",
     "conformal_metrics",

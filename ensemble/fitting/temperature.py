@@ -48,7 +48,8 @@ class Scaling(NamedTuple):
 
 def log_probabilities(probabilities: Any) -> np.ndarray:
     """`log(clip(p, 1e-7, 1))` in float64, the graph's clip (`combiners.stack.LOG_EPSILON`)."""
-    return np.log(np.clip(np.asarray(probabilities, dtype="float64"), LOG_EPSILON, 1.0))
+    result: np.ndarray = np.log(np.clip(np.asarray(probabilities, dtype="float64"), LOG_EPSILON, 1.0))
+    return result
 
 
 def calibrated(probabilities: Any, scaling: Scaling) -> np.ndarray:
