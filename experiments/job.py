@@ -31,6 +31,7 @@ from experiments.zoo import (
     ensure_zoo,
     fit_predict,
     member_entries,
+    skipped_members,
     stale_members,
     zoo_directory,
 )
@@ -50,7 +51,6 @@ __all__ = [
     "members_config",
     "register_models",
     "start_runtime",
-    "zoo_skipped",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,9 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     model, report = instantiate(cfg.regime).fit(
         FitContext(cfg, data, instantiate(cfg.fit), strategy, output_dir)
     )
+    conformal = instantiate(cfg.conformal) if cfg.get("conformal", {}).get("_target_") else None
+    if conformal is not None:  # calibrated on a share of the test split, measured on the rest
+        model, measured = conformal.calibrate(model, data.x_test, data.y_test, batch_size=cfg.batch_size)
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
     scores = ensemble.evaluate_ensemble(
         model, data.x_test, data.y_test, outputs=outputs, fit_report=report, x_ood=data.x_ood, ood=data.ood
@@ -243,17 +246,11 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     table = {**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}
     print("\n" + format_table(summary(table)))
     result = {**report.as_dict(), **scores, "data": {"name": data.name, **data.split}}
+    if conformal is not None:
+        result["conformal"] = conformal.measure(model, outputs, data.y_test, measured)
     if not cfg.get("members"):  # zoo members: say which were left out for this data
-        result["zoo"] = {"skipped": zoo_skipped(cfg.zoo, data)}
+        result["zoo"] = {"skipped": skipped_members(cfg.zoo, data)}
     return Evaluated(model, data, outputs, report, result, output_dir)
-
-
-def zoo_skipped(zoo: DictConfig, data: Dataset) -> dict[str, str]:
-    """The zoo members that cannot take `data` (`member_entries` leaves them out), with why."""
-    from experiments.zoo.members import _fits_reason  # TODO: public in experiments.zoo
-
-    reasons = {str(name): _fits_reason(spec, data) for name, spec in zoo.members.items()}
-    return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
 def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:

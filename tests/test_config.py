@@ -173,7 +173,13 @@ def test_fit_option_instantiates_and_fits(compose_config: Any, option: str) -> N
     assert report.method == method and report.regime == "holdout" and report.rows == len(y)
     # What it did, not how it showed progress: `verbose` is not recorded.
     assert report.options == {k: v for k, v in fit.keywords.items() if k not in ("method", "verbose")}
-    assert (report.member_weights is not None) == (method in ("selection", "optimal"))
+    # Learned weights; the default stacker has weights only when it picked one member alone.
+    if method in ("selection", "optimal"):
+        assert report.member_weights is not None
+    elif method == "sklearn" and report.fitted.prior == "member":
+        assert sorted(report.member_weights.values()) == [0.0, 0.0, 1.0]
+    else:
+        assert report.member_weights is None
 
 
 def test_every_fit_method_has_an_option() -> None:

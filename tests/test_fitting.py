@@ -150,9 +150,14 @@ def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passt
         nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y_hold)), y_hold]
         return 0.5 * float(np.sum(nll)) + 0.5 * float(np.sum(kernel**2))
 
-    ours, theirs = objective(estimator.kernel, estimator.bias), objective(reference.coef_.T, reference.intercept_)
+    ours, theirs = (
+        objective(estimator.kernel, estimator.bias),
+        objective(reference.coef_.T, reference.intercept_),
+    )
     assert ours <= theirs * (1 + 1e-9)  # at least as low: the optimum, to the stated tolerance
-    np.testing.assert_allclose(estimator.predict_proba(features), reference.predict_proba(features), atol=1e-3)
+    np.testing.assert_allclose(
+        estimator.predict_proba(features), reference.predict_proba(features), atol=1e-3
+    )
 
 
 def test_sklearn_baked_binary_and_regression():

@@ -28,7 +28,7 @@ def _png(path: Path) -> None:
 
 
 def test_classification_run_writes_metrics_report_plots_and_export(wine_overrides, tmp_path):
-    result = run(compose_config(*wine_overrides), output_dir=str(tmp_path))
+    result = run(compose_config(*wine_overrides, "conformal=thr"), output_dir=str(tmp_path))
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
     assert {"task", "combiner", "members", "ensemble", "export_dir"} <= set(result)
     assert set(result["ensemble"]) == {*ensemble.evaluate.CLASSIFICATION_METRICS, "disagreement"}
@@ -70,8 +70,19 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
     for name in result["members"]:
         assert f"| {name} |" in report
     assert result["selected_member"]["name"] in result["members"]
-    assert "chosen without the test split (nll on the" in report
+    assert "chosen without the test split (nll after temperature scaling on the" in report
     assert ensemble.read_manifest(result["export_dir"])["task"] == "classification"
+    # conformal=thr: calibrated on half of the test split, measured on the other half, exported.
+    conformal = result["conformal"]
+    assert (
+        conformal["method"] == "thr"
+        and conformal["calibration_rows"] + conformal["rows"] == (result["data"]["rows"]["test"])
+    )
+    assert 0 <= conformal["coverage"] <= 1 and "## Conformal prediction" in report
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(result["export_dir"]).signatures["serving_default"]
+    assert serving.structured_outputs["prediction_set"].dtype == tf.bool
 
 
 def test_regression_run(tmp_path_factory, tmp_path):
@@ -159,7 +170,26 @@ def test_the_selected_member_is_the_best_on_the_fitting_rows(task):
     level_one = rng.dirichlet(np.ones(3), size=(40, 3))
     y = rng.integers(0, 3, size=40)
     if task == "classification":
-        want = [log_loss(y, level_one[:, i], labels=range(3)) for i in range(3)]
+        # Members that know the label, each over- or underconfident by its own power: the one
+        # shipped alone is the best after temperature scaling (a bounded search here).
+        from scipy.optimize import minimize_scalar
+        from scipy.special import softmax
+
+        level_one = softmax(
+            np.stack([(2 * np.eye(3)[y] + rng.normal(size=(40, 3))) * s for s in (0.3, 1, 4)], 1), -1
+        )
+        level_one[:, 1] = level_one[:, 1] ** 3 / (level_one[:, 1] ** 3).sum(-1, keepdims=True)
+
+        def calibrated_nll(p: np.ndarray) -> float:
+            found = minimize_scalar(
+                lambda t: log_loss(y, softmax(np.log(p) / t, -1), labels=range(3)),
+                bounds=(0.01, 100),
+                method="bounded",
+                options={"xatol": 1e-10},
+            )
+            return float(found.fun)
+
+        want = [calibrated_nll(level_one[:, i]) for i in range(3)]
     else:
         y = rng.normal(size=(40, 3))
         want = [np.sqrt(mean_squared_error(y, level_one[:, i])) for i in range(3)]  # pooled
@@ -167,5 +197,5 @@ def test_the_selected_member_is_the_best_on_the_fitting_rows(task):
     assert view.task == task
     got = selected_member(view, level_one, y)
     assert got["name"] == f"m{int(np.argmin(want))}"
-    assert got[("nll" if task == "classification" else "rmse")] == pytest.approx(min(want))
+    assert got[("nll" if task == "classification" else "rmse")] == pytest.approx(min(want), rel=1e-6)
     assert got["by"].endswith("on the 40 fitting rows")

@@ -98,7 +98,7 @@ def test_sweep_from_the_command_line(wine_overrides, tmp_path):
     combiners = [json.loads((tmp_path / str(i) / "metrics.json").read_text())["combiner"] for i in (0, 1)]
     assert combiners == ["StackingCombiner", "MeanCombiner"]
     table = (tmp_path / "comparison.md").read_text()  # written by the sweep callback
-    assert "combiner=stack" in table and "combiner=weighted" in table and "best single member" in table
+    assert "combiner=stack" in table and "combiner=weighted" in table and "selected member" in table
 
 
 def test_the_holdout_regime_runs_the_leakage_guard(wine_overrides, tmp_path):

@@ -18,6 +18,28 @@ from ensemble.types import PathLike
 __all__ = ["cell", "format_table", "markdown_table", "write_report"]
 
 
+def conformal_section(result: Mapping[str, Any]) -> list[str]:
+    """What the conformal sets (or intervals) promise and what they delivered on rows they were
+    not calibrated on."""
+    found = result.get("conformal")
+    if not found:
+        return []
+    target = 1 - float(found["alpha"])
+    line = (
+        f"Conformal ({found['method']}, alpha {found['alpha']:g}): calibrated on "
+        f"{found['calibration_rows']} test rows, measured on the other {found['rows']}: coverage "
+        f"{found['coverage']:.4f} (target at least {target:.2f})"
+    )
+    if "mean_set_size" in found:
+        line += (
+            f", mean set size {found['mean_set_size']:.2f}, empty sets {found['empty_sets']:.1%}, "
+            f"singletons {found['singletons']:.1%}."
+        )
+    else:
+        line += f", mean interval width {found.get('mean_width', float('nan')):.4g}."
+    return ["## Conformal prediction", "", line, ""]
+
+
 def write_report(
     path: PathLike, result: Mapping[str, Any], figure_files: Mapping[str, str], config_yaml: str
 ) -> None:
@@ -42,6 +64,7 @@ def write_report(
     lines += uncertainty_section(result)
     lines += ood_section(result)
     lines += zoo_section(result)
+    lines += conformal_section(result)
     for title, file in figure_files.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     if "export_dir" in result:

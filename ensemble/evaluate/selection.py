@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
+from ensemble.fitting.temperature import Scaling, calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
 
@@ -15,17 +16,30 @@ __all__ = ["noise_variance", "selected_member"]
 
 
 def selected_member(view: EnsembleView, level_one: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """The member with the best NLL (RMSE for regression) on the fitting rows, from their
-    level-one predictions `(rows, members, width)`."""
+    """The member one would ship alone, from the fitting rows' level-one predictions `(rows,
+    members, width)`: for classification the best NLL after temperature scaling on those rows
+    (one would calibrate it before shipping it; a member no positive temperature fits keeps its
+    raw NLL), for regression the best RMSE."""
     names = view.member_names
-    if view.task == "classification":
-        metric = "nll"
-        scores = [classification_metrics(y, level_one[:, i])["nll"] for i in range(len(names))]
-    else:
-        metric = "rmse"
+    if view.task == "regression":
         scores = [regression_metrics(y, level_one[:, i])["rmse"] for i in range(len(names))]
+        best = int(np.argmin(scores))
+        return {"name": names[best], "by": f"rmse on the {len(y)} fitting rows", "rmse": float(scores[best])}
+    scores, temperatures = [], []
+    for i in range(len(names)):
+        try:
+            scaling = fit_scaling(level_one[:, i], y)
+        except ValueError:  # ranks the true class no better than chance: left raw
+            scaling = Scaling("temperature")
+        temperatures.append(scaling.temperature)
+        scores.append(classification_metrics(y, calibrated(level_one[:, i], scaling))["nll"])
     best = int(np.argmin(scores))
-    return {"name": names[best], "by": f"{metric} on the {len(y)} fitting rows", metric: float(scores[best])}
+    return {
+        "name": names[best],
+        "by": f"nll after temperature scaling on the {len(y)} fitting rows",
+        "nll": float(scores[best]),
+        "temperature": float(temperatures[best]),
+    }
 
 
 def noise_variance(view: EnsembleView, level_one: np.ndarray, y: np.ndarray, x: Data) -> float:

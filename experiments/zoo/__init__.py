@@ -5,6 +5,7 @@ from experiments.zoo.members import (
     EXTENSIONS,
     ensure_zoo,
     member_entries,
+    skipped_members,
     stale_members,
     zoo_directory,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ensure_zoo",
     "fit_predict",
     "member_entries",
+    "skipped_members",
     "stale_members",
     "train_member",
     "zoo_directory",

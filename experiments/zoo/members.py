@@ -138,6 +138,12 @@ def _path(directory: str, name: str, spec: DictConfig) -> str:
     return os.path.join(str(directory), name + EXTENSIONS[spec.format])
 
 
+def skipped_members(zoo: DictConfig, data: Dataset) -> dict[str, str]:
+    """The zoo members that cannot take `data` (`member_entries` leaves them out), with why."""
+    reasons = {str(name): _fits_reason(spec, data) for name, spec in zoo.members.items()}
+    return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
 def _fits_reason(spec: DictConfig, data: Dataset) -> str | None:
     shape = spec.build.get("image_shape")
     features = int(np.prod(data.x_train.shape[1:]))

@@ -9,15 +9,13 @@ in the model changes.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-from scipy import special
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 
 from combiners import MeanCombiner, StackingCombiner, VoteCombiner
 from combiners.base import Combiner
@@ -25,6 +23,7 @@ from combiners.vote import exact_vote_weights
 from ensemble.evaluate.figures.checks import FloatArray, IntArray
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
+from ensemble.fitting.stacker import Stacker, cross_validated_stacker, fit_stacker
 from ensemble.fitting.temperature import calibrated, fit_scaling, fit_weights_and_temperature
 
 if TYPE_CHECKING:
@@ -152,56 +151,28 @@ def _stacking(
     features = [_meta_features(combiner, rows[:, idx]) for rows in (level_one, scored)]
     fitted = report.fitted
     if report.task == "classification":
-        if hasattr(fitted, "pool_weights"):  # the stacker shrunk toward its calibrated pool
-            kernel, bias = _pool_stacker(features[0], level_one.shape[-1], report.targets, float(fitted.C))
-            return _softmax(features[0] @ kernel + bias), _softmax(features[1] @ kernel + bias)
-        c = float(np.ravel(getattr(fitted, "C_", getattr(fitted, "C", 1.0)))[0])
-        # To the optimum (scikit-learn's tol=1e-4 stops short): the curve must not move with it.
-        estimator = LogisticRegression(C=c, tol=1e-10, max_iter=10000)
-        estimator.fit(features[0], report.targets)
-        return estimator.predict_proba(features[0]), estimator.predict_proba(features[1])
-    # Ridge on the residual of the mean the full fit shrank toward: the plain mean when its
-    # in-graph kernel, less the ridge's coefficients, is uniform; else least squares on the simplex.
+        labels = np.asarray(report.targets, dtype=np.int64)
+        if fitted.cv_nll is None:  # a given C: the regression shrunk toward zero at that C
+            classes = level_one.shape[-1]
+            zero = np.zeros((features[0].shape[1], classes))
+            kernel, bias = fit_stacker(features[0], np.eye(classes)[labels], zero, float(fitted.C))
+            refitted = Stacker(kernel, bias, "zero", float(fitted.C), None)
+        else:  # the cross-validated choice, made again among these members
+            log_p = features[0].reshape(len(features[0]), len(idx), -1)
+            refitted = cross_validated_stacker(features[0], log_p, labels)
+        return refitted.predict_proba(features[0]), refitted.predict_proba(features[1])
+    # Ridge on the residual of the members' best weighted mean (least squares on the simplex),
+    # as the full fit shrinks toward it.
     alpha = float(np.ravel(getattr(fitted, "alpha_", getattr(fitted, "alpha", 1.0)))[0])
     subset = level_one[:, idx]
     targets = np.reshape(report.targets, subset[:, 0].shape)
-    uniform = _uniform_base(combiner, fitted, level_one.shape[1], level_one.shape[2])
-    pool = np.ones(len(idx)) if uniform else optimal_weights(subset, targets, task="regression")
+    pool = optimal_weights(subset, targets, task="regression")
     means = [_mean(subset, pool), _mean(scored[:, idx], pool)]
     ridge = Ridge(alpha=alpha).fit(features[0], targets - means[0])
     fit_rows, scored_rows = (
         mean + np.reshape(ridge.predict(f), mean.shape) for mean, f in zip(means, features, strict=True)
     )
     return fit_rows, scored_rows
-
-
-def _pool_stacker(features: FloatArray, classes: int, labels: Any, c: float) -> tuple[FloatArray, FloatArray]:
-    """`ensemble.fitting.stacker`'s fit at a given C: the calibrated geometric pool of these
-    members, then (C > 0) the penalised deviation from it. Imported by name: the module is
-    newer than this figure's first version."""
-    stacker = importlib.import_module("ensemble.fitting.stacker")
-    onehot = np.eye(classes)[np.asarray(labels, dtype=np.int64)]
-    log_p = features.reshape(len(features), -1, classes)
-    weights, bias = stacker.fit_pool(log_p, onehot)
-    prior = stacker.pool_kernel(weights, classes, features.shape[1])
-    if c == 0:
-        return prior, bias
-    kernel, bias = stacker.fit_stacker(features, onehot, prior, c, start=(prior, bias))
-    return np.asarray(kernel, dtype=np.float64), np.asarray(bias, dtype=np.float64)
-
-
-def _uniform_base(combiner: StackingCombiner, ridge: Any, members: int, width: int) -> bool:
-    dense = combiner.meta_model_
-    if dense is None:
-        return True
-    base = (
-        np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype="float64") - np.atleast_2d(ridge.coef_).T
-    )
-    return bool(np.allclose(base[np.arange(members) * width, 0], 1.0 / members, atol=1e-5))
-
-
-def _softmax(z: FloatArray) -> FloatArray:
-    return np.asarray(special.softmax(z, axis=-1), dtype=np.float64)
 
 
 def _meta_features(combiner: StackingCombiner, predictions: FloatArray) -> FloatArray:
