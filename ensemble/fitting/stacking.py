@@ -49,8 +49,9 @@ def fit_stacking(
     stacker`). With `C` None (the default), the candidates compete on held-out NLL over `cv`
     stratified folds of the fitting rows: the regression shrunk toward zero (what
     scikit-learn's `LogisticRegressionCV` fits) or toward the selected member temperature-
-    scaled, at each `C` of `stacker.CS`, and every member temperature-scaled alone; so a
-    dominant member is never shrunk away. A given `C` fits the regression shrunk toward zero
+    scaled, at each `C` of `stacker.CS`, and every member temperature-scaled alone, among
+    those at least as accurate held out as the best member alone; so a dominant member is
+    never shrunk away. A given `C` fits the regression shrunk toward zero
     (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS to a gradient of
     `stacker.GTOL` (1e-9) on the mean objective. The uncertainty outputs weigh the members
     equally, or, when the stacker is one member, that member alone.
