@@ -17,14 +17,12 @@ __all__ = ["StackingCombiner", "mean_kernel"]
 LOG_EPSILON = 1e-7
 
 
-def mean_kernel(members: int, width: int, num_features: int, weights: Any = None) -> np.ndarray:
+def mean_kernel(members: int, width: int, num_features: int) -> np.ndarray:
     """The meta-model kernel that averages the members: row `j * width + c` feeds class (or
-    target) `c` of member `j` with `weights[j]` (default 1 / members); rows past the members'
-    (raw features) are 0."""
-    shares = np.full(members, 1.0 / members) if weights is None else np.asarray(weights, dtype="float64")
+    target) `c` of member `j` with 1 / members; rows past the members' (raw features) are 0."""
     kernel = np.zeros((num_features, width))
     for j in range(members):
-        kernel[j * width : (j + 1) * width] += np.eye(width) * shares[j]
+        kernel[j * width : (j + 1) * width] += np.eye(width) / members
     return kernel
 
 

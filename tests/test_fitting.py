@@ -15,7 +15,6 @@ import combiners
 import ensemble
 from ensemble.evaluate import classification_metrics, noise_variance
 from ensemble.fitting import LevelOneStore, check_leakage, fit_combiner, fit_mean_weights, fit_stacking
-from ensemble.fitting.selection import optimal_weights
 from ensemble.members import record_training_rows
 
 
@@ -176,17 +175,16 @@ def test_sklearn_baked_binary_and_regression():
     estimator = fit_stacking(model, xr[200:350], yr[200:350], alpha=1e-3)
     level_one = LevelOneStore().predictions(model, xr[350:])
     features = np.asarray(ensemble.ensemble_combiner(model).meta_features(level_one))
-    # Regression: the members' best weighted mean on the fitting rows (least squares on the
-    # simplex) plus the Ridge correction fitted to its residual.
+    # Regression: the members' mean plus the Ridge correction fitted to its residual.
     fit_level_one = LevelOneStore().predictions(model, xr[200:350])
-    pool = optimal_weights(fit_level_one, yr[200:350], task="regression")
+    pool = np.full(fit_level_one.shape[1], 1.0 / fit_level_one.shape[1])
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],
         level_one[:, :, 0] @ pool + np.ravel(estimator.predict(features)),
         rtol=1e-5,
         atol=1e-3,
     )
-    # A heavy penalty shrinks the stacked ensemble to that weighted mean, not to zero.
+    # A heavy penalty shrinks the stacked ensemble to the plain mean, not to zero.
     fit_stacking(model, xr[200:350], yr[200:350], alpha=1e12)
     np.testing.assert_allclose(
         model.predict(xr[350:], verbose=0)["prediction"][:, 0],

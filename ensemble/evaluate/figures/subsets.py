@@ -161,12 +161,11 @@ def _stacking(
             log_p = features[0].reshape(len(features[0]), len(idx), -1)
             refitted = cross_validated_stacker(features[0], log_p, labels)
         return refitted.predict_proba(features[0]), refitted.predict_proba(features[1])
-    # Ridge on the residual of the members' best weighted mean (least squares on the simplex),
-    # as the full fit shrinks toward it.
+    # Ridge on the residual of the members' plain mean, as the full fit shrinks toward it.
     alpha = float(np.ravel(getattr(fitted, "alpha_", getattr(fitted, "alpha", 1.0)))[0])
     subset = level_one[:, idx]
     targets = np.reshape(report.targets, subset[:, 0].shape)
-    pool = optimal_weights(subset, targets, task="regression")
+    pool = np.ones(len(idx))
     means = [_mean(subset, pool), _mean(scored[:, idx], pool)]
     ridge = Ridge(alpha=alpha).fit(features[0], targets - means[0])
     fit_rows, scored_rows = (
