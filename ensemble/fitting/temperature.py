@@ -74,7 +74,7 @@ def fit_scaling(probabilities: Any, labels: Any, *, method: str = "temperature")
     Returns:
         The `Scaling`; a temperature above 1 softens an overconfident model. Temperature scaling
         is the exact maximum-likelihood temperature (rows all classified right ask for one as
-        sharp as the solver's tolerance allows: a warning says so); vector scaling adds a
+        sharp as the solver's tolerance allows: the log says so); vector scaling adds a
         standard-normal prior around the identity (`VECTOR_PRIOR`), which keeps it finite when
         a class is separable on these rows.
     """
@@ -125,7 +125,7 @@ def fit_scaling(probabilities: Any, labels: Any, *, method: str = "temperature")
             bias=tuple(float(v) for v in params[classes:]),
         )
     if np.all(logits.argmax(1) == targets):
-        log.warning(
+        log.info(
             "Temperature scaling: every one of the %d rows is ranked right, so the likelihood "
             "asks for an ever sharper temperature (fitted: %.3g); it may not hold on new rows.",
             len(targets),
