@@ -47,9 +47,9 @@ class StackingCombiner(Combiner):
             default above.
         passthrough: whether the raw `features` are meta features too.
         weights: one non-negative number per member, or None: how the uncertainty outputs
-            (`mutual_information`, `disagreement`) weigh the members; `fit_stacking` sets
-            the normalised weights of the pool the meta-model shrinks toward. The meta-model
-            itself does not read them.
+            (`mutual_information`, `disagreement`) weigh the members (None: equally);
+            `fit_stacking` sets one-hot weights when it picks one member alone. The
+            meta-model itself does not read them.
         **kwargs: `task` and standard layer keyword arguments. The task must
             be known before build: pass `task=` or call `configure(task)`.
     """

@@ -55,7 +55,10 @@ def calibrate(
         )
         view.combiner.set_member_weights([float(w) for w in weights])
     else:
-        scaling = fit_scaling(view.combine(level_one, x), targets, method=method)
+        try:
+            scaling = fit_scaling(view.combine(level_one, x), targets, method=method)
+        except ValueError as error:  # no positive temperature: the combiner ranks no better than chance
+            raise EnsembleError(f"calibration={method!r} on {view.model.name!r}: {error}") from None
     view.calibration.set_scaling(scaling.temperature, scaling.scale, scaling.bias)
     forget_compiled(view.model)
     log.info("Calibration fitted on %d rows: %s", len(targets), scaling.as_dict())

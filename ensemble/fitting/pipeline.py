@@ -148,9 +148,6 @@ def fit(
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
     check_calibration(view, calibration)
-    if view.calibration is not None and not view.calibration.is_identity:
-        view.calibration.set_scaling()  # the combiner fits (and is calibrated) from scratch
-        forget_compiled(model)
     given = level_one is not None
     targets, level_one, overlaps = fitting_rows(
         view,
@@ -166,6 +163,11 @@ def fit(
         guard_atol=guard_atol,
         learning=method != "none" or calibration is not None,
     )
+    # The rows are good: the combiner fits (and is calibrated) from scratch. A fit refused
+    # above leaves the model as it was.
+    if view.calibration is not None and not view.calibration.is_identity:
+        view.calibration.set_scaling()
+        forget_compiled(model)
     fitted = None
     if method == "none":
         log.info(

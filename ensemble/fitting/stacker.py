@@ -16,8 +16,10 @@ the answer one would ship):
   the penalty shrinks toward the member one would ship alone, not toward zero;
 - `member`: one member temperature-scaled, alone (`D = 0`).
 
-All are convex problems; L-BFGS with analytic gradients runs until the largest component of the
-gradient of the mean objective is below `GTOL`, which reaches scikit-learn's optimum at
+All are convex problems. L-BFGS with analytic gradients runs until the largest component of the
+gradient of the mean objective is below `CV_GTOL` (enough to score candidates on held-out
+folds); the fit that goes into the graph then takes Newton steps (trust-ncg, exact
+Hessian-vector products) to a gradient norm of `GTOL`, which reaches scikit-learn's optimum at
 `tol=1e-12` (tested). A warm path over the ascending `C`s keeps it fast.
 """
 
@@ -251,6 +253,15 @@ def cross_validated_stacker(
             0.039). Only candidates at least as accurate, held out, as the member alone with
             the best held-out NLL compete on NLL.
     """
+    counts = np.bincount(labels, minlength=log_p.shape[2])
+    if counts.min() < cv:
+        # A fold without a class would push that class's bias to minus infinity, and its
+        # held-out score would then depend on the solver's tolerance.
+        rare = [int(c) for c in np.flatnonzero(counts < cv)]
+        raise ValueError(
+            f"Class(es) {rare[:10]} have fewer fitting rows ({int(counts.min())} at least) than the "
+            f"{cv} cross-validation folds need: fit on more rows, pass a smaller cv, or a fixed C."
+        )
     # Matrices this small run fastest on one BLAS thread, and do not fight other work for cores.
     with threadpool_limits(limits=1, user_api="blas"):
         return _cross_validated(features, log_p, labels, cv, tuple(sorted(Cs)), seed, priors)
@@ -277,18 +288,31 @@ def _cross_validated(
     means = {key: np.mean(values, axis=0) for key, values in held_out.items() if len(values) == cv}
     totals = {key: float(nll) for key, (nll, _) in means.items()}
     # Never less accurate, held out, than the best member alone: a lower NLL bought with a
-    # worse top class is not the answer one would ship.
-    # The floor is the held-out accuracy of the best member alone by held-out NLL (the one a
+    # worse top class is not the answer one would ship. The floor is the held-out accuracy of the best member alone by held-out NLL (the one a
     # user would ship). Giving way by its standard error let a regression shrunk toward zero
     # through that lost 1.6 points of test accuracy to one dominant member.
     alone = [key for key in totals if key[0] == "member"]
     floor = float(means[min(alone, key=lambda key: totals[key])][1]) if alone else 0.0
     eligible = {key: nll for key, nll in totals.items() if means[key][1] >= floor - 1e-12}
-    (name, C, member), _ = min(eligible.items(), key=lambda item: item[1])
+    ranked = sorted(eligible, key=lambda key: eligible[key])
     # The refit runs the chosen path only as far as its C, to the graph's tolerance.
-    path = tuple(c for c in Cs if c <= C) if C > 0 else ()
-    fits = _candidates(features, log_p, onehot, path, GTOL, priors)
-    key = next(k for k in fits if k[0] == name and k[1] == C and (name != "member" or k[2] == member))
-    kernel, bias = fits[key]
+    top = ranked[0][1]
+    fits = _candidates(
+        features, log_p, onehot, tuple(c for c in Cs if c <= top) if top > 0 else (), GTOL, priors
+    )
+    # The first candidate the refit on every row has (a member a temperature fits on every fold
+    # may find none on all rows; the full path is then refitted for the next).
+    for name, C, member in ranked:
+        found = next((k for k in fits if k[:2] == (name, C) and (name != "member" or k[2] == member)), None)
+        if found is None and top < C:
+            fits = _candidates(features, log_p, onehot, tuple(c for c in Cs if c <= C), GTOL, priors)
+            found = next(
+                (k for k in fits if k[:2] == (name, C) and (name != "member" or k[2] == member)), None
+            )
+        if found is not None:
+            break
+    else:
+        raise ValueError("No stacker candidate could be refitted on every row.")
+    kernel, bias = fits[found]
     scores = {f"{n}" + (f" C={c:g}" if n != "member" else f" {m}"): v for (n, c, m), v in totals.items()}
-    return Stacker(kernel, bias, name, C, key[2], scores)
+    return Stacker(kernel, bias, name, C, found[2], scores)

@@ -51,8 +51,8 @@ def fit_stacking(
     scaled, at each `C` of `stacker.CS`, and every member temperature-scaled alone, among
     those at least as accurate held out as the best member alone; so a dominant member is
     never shrunk away. A given `C` fits the regression shrunk toward zero
-    (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS to a gradient of
-    `stacker.GTOL` (1e-9) on the mean objective. The uncertainty outputs weigh the members
+    (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS, then Newton steps
+    (trust-ncg) to a gradient of `stacker.GTOL` (1e-9) on the mean objective. The uncertainty outputs weigh the members
     equally, or, when the stacker is one member, that member alone.
 
     Regression: `Ridge(alpha=alpha)` on the residual of the members' plain mean, so that
@@ -68,6 +68,11 @@ def fit_stacking(
     """
     view = EnsembleView.of(model)
     combiner = view.combiner
+    for name, value in (("C", C), ("alpha", alpha)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise EnsembleError(
+                f"Expected {name} to be a positive, finite number or None. Received: {name}={value!r}"
+            )
     if not isinstance(combiner, StackingCombiner) or combiner.meta_model is not None:
         raise EnsembleError(
             "fit_stacking fits the default meta-model of a StackingCombiner (a Dense layer). "
@@ -97,7 +102,10 @@ def fit_stacking(
     if view.task == "classification":
         log_p = features[:, : level_one.shape[1] * width].reshape(level_one.shape)
         if C is None:
-            estimator: Any = cross_validated_stacker(features, log_p, targets, cv=cv)
+            try:
+                estimator: Any = cross_validated_stacker(features, log_p, targets, cv=cv)
+            except ValueError as error:  # too few rows of a class for the folds
+                raise EnsembleError(f"fit_stacking: {error}") from None
             _log_chosen(estimator, view.member_names)
         else:
             zero = np.zeros((features.shape[1], width))

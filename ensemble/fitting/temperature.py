@@ -177,8 +177,10 @@ def fit_weights_and_temperature(
         residual = (np.exp(log_q) - onehot) / rows  # d(mean NLL)/dz
         value = float(-np.sum(onehot * log_q) / rows)
         slope = np.where(inside, residual * s / np.maximum(mixture, 1e-300), 0.0)
+        # Where the clip binds, log(1e-7 * sum(w)) still moves with every weight, by 1 / sum(w).
+        clipped = float(np.sum(np.where(inside, 0.0, residual * s))) / w.sum()
         return value, np.concatenate(
-            [np.einsum("rc,rmc->m", slope, predictions), [float(np.sum(residual * log_mixture))]]
+            [np.einsum("rc,rmc->m", slope, predictions) + clipped, [float(np.sum(residual * log_mixture))]]
         )
 
     begin = np.concatenate([weights, [1.0 / first.temperature]])
