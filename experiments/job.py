@@ -155,8 +155,7 @@ class FitContext:
 
 
 def build_from_config(cfg: DictConfig, data: Dataset, members: DictConfig) -> keras.Model:
-    """The ensemble of `members` (a members config) with the `combiner` option, for the task of
-    `task` (else the data's)."""
+    """The ensemble of `members` (a members config) with the `combiner` option, for `task`."""
     return ensemble.build_ensemble(
         load_members(members), instantiate(cfg.combiner), task=cfg.task or data.task
     )
@@ -225,9 +224,8 @@ class Evaluated(NamedTuple):
 
 
 def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
-    """The runtime started, the ensemble built and its combiner fitted in the configured
-    regime, every member, their mean, the calibrated baselines and the ensemble measured on the
-    test split; OOD detection on the rows `data.ood` names; the zoo's skipped members."""
+    """The ensemble built and fitted in the configured regime (with conformal sets if
+    configured), measured against the calibrated baselines on the test split, and on `data.ood`."""
     strategy = start_runtime(cfg.runtime)
     if not is_chief(strategy):
         log.info("Not the chief worker: taking part in the distributed work, writing nothing.")
@@ -248,7 +246,7 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     result = {**report.as_dict(), **scores, "data": {"name": data.name, **data.split}}
     if conformal is not None:
         result["conformal"] = conformal.measure(model, outputs, data.y_test, measured)
-    if not cfg.get("members"):  # zoo members: say which were left out for this data
+    if not cfg.get("members"):  # the zoo's members left out for this data
         result["zoo"] = {"skipped": skipped_members(cfg.zoo, data)}
     return Evaluated(model, data, outputs, report, result, output_dir)
 

@@ -16,7 +16,8 @@ from combiners.stack import mean_kernel
 from ensemble.errors import EnsembleError
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.prepare import fitting_rows, forget_compiled
-from ensemble.fitting.stacker import CS, Stacker, cross_validated_stacker, fit_stacker
+from ensemble.fitting.stacker import CS, Stacker, fit_stacker
+from ensemble.fitting.stacker_choice import cross_validated_stacker
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import flat_features
 from ensemble.types import Data

@@ -33,7 +33,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
 from combiners.stack import LOG_EPSILON
-from ensemble.fitting import stacker
+from ensemble.fitting import stacker, stacker_choice
 from experiments.benchmarks.timing import median_seconds
 
 __all__ = [
@@ -90,7 +90,7 @@ def old_fit(features: np.ndarray, labels: np.ndarray) -> LogisticRegressionCV:
 def new_fit(features: np.ndarray, log_p: np.ndarray, labels: np.ndarray) -> stacker.Stacker:
     with warnings.catch_warnings():  # tiny configurations: folds with fewer rows than classes
         warnings.simplefilter("ignore")
-        return stacker.cross_validated_stacker(features, log_p, labels)
+        return stacker_choice.cross_validated_stacker(features, log_p, labels)
 
 
 def penalised_objective(

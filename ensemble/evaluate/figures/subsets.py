@@ -23,7 +23,8 @@ from combiners.vote import exact_vote_weights
 from ensemble.evaluate.figures.checks import FloatArray, IntArray
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
-from ensemble.fitting.stacker import Stacker, cross_validated_stacker, fit_stacker
+from ensemble.fitting.stacker import Stacker, fit_stacker
+from ensemble.fitting.stacker_choice import cross_validated_stacker
 from ensemble.fitting.temperature import calibrated, fit_scaling, fit_weights_and_temperature
 
 if TYPE_CHECKING:
