@@ -91,13 +91,14 @@ def cross_validated_stacker(
         labels: `(rows,)` integer labels, every class present.
         cv: folds (`StratifiedKFold`, shuffled with `seed`).
         Cs: inverse penalties to try, ascending.
-        priors: the kinds of candidate that compete: `"zero"` (the regression shrunk toward
-            zero, as `LogisticRegressionCV`), `"selected"` (shrunk toward the selected member
-            temperature-scaled), `"member"` (each member temperature-scaled alone), `"mean"`
-            (the members' geometric mean temperature-scaled, alone and as a prior: not by
-            default, it won on digits' folds and lost on its test split, NLL 0.052 against
-            0.039). Only candidates at least as accurate, held out, as the member alone with
-            the best held-out NLL compete on NLL.
+        priors: the kinds of candidate that compete besides each member temperature-scaled
+            alone (always there: the accuracy floor is theirs): `"zero"` (the regression
+            shrunk toward zero, as `LogisticRegressionCV`), `"selected"` (shrunk toward the
+            selected member temperature-scaled), `"mean"` (the members' geometric mean
+            temperature-scaled, alone and as a prior: not by default, it won on digits'
+            folds and lost on its test split, NLL 0.052 against 0.039). Only candidates at
+            least as accurate, held out, as the member alone with the best held-out NLL
+            compete on NLL.
     """
     counts = np.bincount(labels, minlength=log_p.shape[2])
     if counts.min() < cv:
