@@ -70,8 +70,7 @@ def check_writable(output_dir: str) -> None:
 
 
 def start_runtime(runtime: DictConfig) -> tf.distribute.Strategy | None:
-    """Apply a `runtime` option: device settings (before TensorFlow initialises its devices),
-    then the `tf.distribute` strategy (None for `default`)."""
+    """Apply a `runtime` option: device settings first, then the strategy (None for `default`)."""
     configure_devices(memory_growth=runtime.memory_growth, logical_cpus=runtime.logical_cpus)
     strategy = make_strategy(runtime.strategy, timeout_s=runtime.timeout_s)
     if strategy is not None:
@@ -82,9 +81,8 @@ def start_runtime(runtime: DictConfig) -> tf.distribute.Strategy | None:
 
 
 def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None) -> DictConfig:
-    """The members to load: the `members` option (your files), else the zoo's, trained where
-    missing (into `directory`, default the zoo's). Under several workers, nothing is trained
-    here: every worker must load the very same files, so a missing one is an error."""
+    """The `members` option (your files), else the zoo's, trained where missing (into `directory`,
+    default the zoo's); under several workers, none is trained: a missing one is an error."""
     if cfg.get("members"):
         members: DictConfig = cfg.members
         return members
@@ -175,9 +173,8 @@ class Holdout:
 
 @dataclass
 class OutOfFold:
-    """`regime=oof`: zoo members are cross-validated on train+holdout (`cv` folds); the
-    combiner fits on their out-of-fold predictions, and the final members retrain on all those
-    rows (under `<zoo dir>/oof_final`)."""
+    """`regime=oof`: the combiner fits on out-of-fold predictions of zoo members cross-validated
+    on train+holdout (`cv` folds); the final members retrain on all of it (`<zoo>/oof_final`)."""
 
     cv: int = 5
 
@@ -218,6 +215,7 @@ class Evaluated(NamedTuple):
     model: keras.Model
     data: Dataset
     outputs: dict[str, np.ndarray]  # the ensemble's outputs on the test split
+    ood_outputs: dict[str, np.ndarray] | None  # and on the OOD rows `data.ood` names
     report: FitReport
     result: dict[str, Any]  # what metrics.json holds, before the export
     output_dir: str | None  # None on a worker that is not the chief: it writes nothing
@@ -238,9 +236,11 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     if conformal is not None:  # calibrated on a share of the test split, measured on the rest
         model, measured = conformal.calibrate(model, data.x_test, data.y_test, batch_size=cfg.batch_size)
     outputs = model.predict(data.x_test, batch_size=cfg.batch_size, verbose=0)
-    scores = ensemble.evaluate_ensemble(
-        model, data.x_test, data.y_test, outputs=outputs, fit_report=report, x_ood=data.x_ood, ood=data.ood
+    ood_outputs = (
+        None if data.x_ood is None else model.predict(data.x_ood, batch_size=cfg.batch_size, verbose=0)
     )
+    found = {"outputs": outputs, "ood": data.ood, "ood_outputs": ood_outputs}
+    scores = ensemble.evaluate_ensemble(model, data.x_test, data.y_test, fit_report=report, **found)
     table = {**scores["members"], "mean": scores["mean"], "ensemble": scores["ensemble"]}
     print("\n" + format_table(summary(table)))
     result = {**report.as_dict(), **scores, "data": {"name": data.name, **data.split}}
@@ -248,7 +248,7 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
         result["conformal"] = conformal.measure(model, outputs, data.y_test, measured)
     if not cfg.get("members"):  # the zoo's members left out for this data
         result["zoo"] = {"skipped": skipped_members(cfg.zoo, data)}
-    return Evaluated(model, data, outputs, report, result, output_dir)
+    return Evaluated(model, data, outputs, ood_outputs, report, result, output_dir)
 
 
 def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:

@@ -39,9 +39,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     result = finish(result, job.model, cfg, job.output_dir, job.data)
     if job.output_dir is not None:
         names = EnsembleView.of(job.model).member_names
-        x_ood = getattr(job.data, "x_ood", None)
-        ood = None if x_ood is None else job.model.predict(x_ood, batch_size=cfg.batch_size, verbose=0)
-        extras = {"fit_report": job.report, "model": job.model, "ood_outputs": ood}
+        extras = {"fit_report": job.report, "model": job.model, "ood_outputs": job.ood_outputs}
         figures = write_figures(job.data.y_test, job.outputs, names, result, job.output_dir, **extras)
         write_report(
             os.path.join(job.output_dir, "report.md"), result, figures, OmegaConf.to_yaml(cfg, resolve=True)

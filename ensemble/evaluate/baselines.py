@@ -44,6 +44,7 @@ def evaluate_ensemble(
     fit_report: Any = None,
     x_ood: Data | None = None,
     ood: Mapping[str, Any] | None = None,
+    ood_outputs: dict[str, np.ndarray] | None = None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Every member, their plain mean and the ensemble on `(x, y)` (a test split), scored with
@@ -58,7 +59,8 @@ def evaluate_ensemble(
     Regression NLL needs a predictive std: each member's (and the mean's) is its RMSE on the
     fitting rows, the ensemble's sqrt(spread^2 + its noise variance); without a report, NLL
     and the interval metrics are left out. With `x_ood` (out-of-distribution rows, `ood` the
-    spec that named them), `ood` holds `evaluate_ood` of the model's outputs on them.
+    spec that named them), `ood` holds `evaluate_ood` of the model's outputs on them
+    (`ood_outputs` when the caller has them).
     """
     view = EnsembleView.of(model)
     if outputs is None:
@@ -67,10 +69,12 @@ def evaluate_ensemble(
         result = _classification(view.member_names, np.asarray(y), outputs, fit_report)
     else:
         result = _regression(view.member_names, np.asarray(y), outputs, fit_report)
-    if x_ood is not None:
+    if ood_outputs is None and x_ood is not None:
+        ood_outputs = model.predict(x_ood, batch_size=batch_size, verbose=0)
+    if ood_outputs is not None:
         result["ood"] = evaluate_ood(
             outputs,
-            model.predict(x_ood, batch_size=batch_size, verbose=0),
+            ood_outputs,
             member_names=view.member_names,
             baselines=result.get("baselines"),
             spec=ood,

@@ -33,7 +33,7 @@ from scipy import optimize
 
 from ensemble.fitting.temperature import fit_scaling
 
-__all__ = ["CS", "CV_GTOL", "GTOL", "Stacker", "fit_stacker", "held_out_nll", "log_softmax", "scaled_prior"]
+__all__ = ["CS", "CV_GTOL", "GTOL", "Stacker", "fit_stacker", "log_softmax", "mean_nll", "scaled_prior"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,6 @@ def fit_stacker(
     return prior + deviation, b
 
 
-def held_out_nll(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> float:
+def mean_nll(features: np.ndarray, labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> float:
     log_q = log_softmax(features @ kernel + bias)
     return float(-np.mean(log_q[np.arange(len(labels)), labels]))

@@ -16,8 +16,8 @@ from ensemble.fitting.stacker import (
     GTOL,
     Stacker,
     fit_stacker,
-    held_out_nll,
     log_softmax,
+    mean_nll,
     scaled_prior,
 )
 
@@ -52,7 +52,7 @@ def _candidates(
         prior = scaled_prior(features, onehot, unit)
         if prior is not None:
             fits[("member", 0.0, j)] = (prior, np.zeros(classes))
-            scores[j] = held_out_nll(features, onehot.argmax(1), prior, np.zeros(classes))
+            scores[j] = mean_nll(features, onehot.argmax(1), prior, np.zeros(classes))
     paths: list[tuple[str, np.ndarray, int | None]] = []
     mean = scaled_prior(features, onehot, mean_kernel(members, classes, width)) if "mean" in kinds else None
     if mean is not None:

@@ -61,6 +61,12 @@ def write_figures(
         if refit is not None:
             combine, label = refit
     size_title = f"against ensemble size (members added best first on the {ordered_on}; {label})"
+    size = {
+        "ensemble_metrics": scores["ensemble"],
+        "order": None if order is None else order.tolist(),
+        "combine": combine,
+        "combiner_label": label,
+    }
     figures: dict[str, str] = {}
     if classification:
         best = _selected(member_names, scores)
@@ -69,16 +75,7 @@ def write_figures(
             {"ensemble": outputs["prediction"], f"selected member ({member_names[best]})": members[:, best]},
             path("reliability.png"),
         )
-        plot_ensemble_size(
-            y,
-            members,
-            member_names,
-            path("ensemble_size.png"),
-            ensemble_metrics=scores["ensemble"],
-            order=None if order is None else order.tolist(),
-            combine=combine,
-            combiner_label=label,
-        )
+        plot_ensemble_size(y, members, member_names, path("ensemble_size.png"), **size)
         plot_member_correlation(member_correlation(members, y), member_names, path("member_correlation.png"))
         uncertainties = {k: outputs[k] for k in ("entropy", "mutual_information") if k in outputs}
         plot_uncertainty(y, outputs["prediction"], uncertainties, path("uncertainty.png"))
@@ -93,16 +90,7 @@ def write_figures(
             }
         )
     else:
-        plot_ensemble_size_regression(
-            y,
-            members,
-            member_names,
-            path("ensemble_size.png"),
-            ensemble_metrics=scores["ensemble"],
-            order=None if order is None else order.tolist(),
-            combine=combine,
-            combiner_label=label,
-        )
+        plot_ensemble_size_regression(y, members, member_names, path("ensemble_size.png"), **size)
         plot_member_correlation(
             member_correlation(members, y, task="regression"), member_names, path("member_correlation.png")
         )
