@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.types import Data, Tensor
 
-__all__ = ["data_fingerprint", "flat_features", "input_values", "row_count"]
+__all__ = ["data_fingerprint", "flat_features", "input_values", "row_count", "update_digest"]
+
+# Bytes hashed at a time from an array that is not C-contiguous (one such chunk is copied).
+_CHUNK_BYTES = 1 << 24
 
 
 def input_values(inputs: Tensor, names: Sequence[str]) -> list[Tensor]:
@@ -45,10 +49,29 @@ def flat_features(x: Data) -> np.ndarray:
 
 
 def data_fingerprint(x: Data) -> str:
-    """A hash of a whole dataset: its shapes, dtypes and values."""
+    """A hash of a whole dataset: its shapes, dtypes and values (their bytes in C order).
+
+    Nothing of the size of `x` is copied: a C-contiguous array's buffer is hashed in place,
+    any other array a chunk of rows at a time (`update_digest`).
+    """
     digest = hashlib.sha256()
     for name, value in sorted(x.items()) if isinstance(x, Mapping) else [("", x)]:
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value)
+        if array.ndim == 0:  # as np.ascontiguousarray gives it, which these keys were made with
+            array = array.reshape(1)
         digest.update(f"{name}|{array.shape}|{array.dtype}|".encode())
-        digest.update(array.tobytes())
+        update_digest(digest, array)
     return digest.hexdigest()
+
+
+def update_digest(digest: Any, array: np.ndarray) -> None:
+    """Feed `digest` the bytes `array.tobytes()` would give, without making them: a
+    C-contiguous array's own buffer, or else contiguous copies of a few rows at a time."""
+    if array.dtype.hasobject:  # no buffer of values to hash: as before, what tobytes gives
+        digest.update(array.tobytes())
+    elif array.flags.c_contiguous:
+        digest.update(array.reshape(-1).view(np.uint8))
+    else:
+        rows = max(1, _CHUNK_BYTES // max(1, array[0].nbytes))
+        for start in range(0, len(array), rows):
+            digest.update(np.ascontiguousarray(array[start : start + rows]).reshape(-1).view(np.uint8))

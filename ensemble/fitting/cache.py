@@ -30,6 +30,7 @@ from tensorflow.core.framework import graph_pb2
 from ensemble.atomic import atomic_path
 from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
+from ensemble.rows import update_digest
 
 __all__ = ["entry_path", "member_fingerprint", "member_width", "read_entry", "write_entry"]
 
@@ -97,7 +98,7 @@ def read_entry(path: str, key: str, rows: int, width: int | None) -> np.ndarray 
         _invalid(path, f"dtype {values.dtype}, expected float32")
     elif values.ndim != 2 or values.shape[0] != rows or width not in (None, values.shape[1]):
         _invalid(path, f"shape {values.shape}, expected {expected}")
-    elif hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != checksum:
+    elif _sha256(values) != checksum:
         _invalid(path, "its values do not match their sha256")
     else:
         return values
@@ -107,10 +108,16 @@ def read_entry(path: str, key: str, rows: int, width: int | None) -> np.ndarray 
 def write_entry(path: str, key: str, values: np.ndarray) -> None:
     """Store `values` (float32, 2-D) for `key` at `path`, atomically: the file appears at its
     path complete or not at all, and concurrent writers of one key never mix."""
-    values = np.ascontiguousarray(values, dtype="float32")
-    checksum = hashlib.sha256(values.tobytes()).hexdigest()
+    values = np.ascontiguousarray(values, dtype="float32")  # one member's (rows, width) at most
+    checksum = _sha256(values)
     with atomic_path(path, what="level-one cache entry") as staged, open(staged, "wb") as f:
         np.savez(f, values=values, sha256=np.array(checksum), key=np.array(key))
+
+
+def _sha256(values: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    update_digest(digest, values)
+    return digest.hexdigest()
 
 
 def _invalid(path: str, reason: str) -> None:
@@ -127,7 +134,8 @@ def _update(digest: Any, label: str, data: bytes) -> None:
 
 def _update_array(digest: Any, label: str, value: Any) -> None:
     array = np.ascontiguousarray(value)
-    _update(digest, f"{label}|{array.shape}|{array.dtype}", array.tobytes())
+    digest.update(f"{label}|{array.shape}|{array.dtype}|{array.nbytes}|".encode())
+    update_digest(digest, array)
 
 
 def _config_json(member: Member) -> str:

@@ -42,6 +42,7 @@ def fit_combiner(
     allow_overlap: bool = False,
     strategy: tf.distribute.Strategy | None = None,
     seed: int | None = None,
+    steps_per_execution: int | None = None,
     **fit_options: Any,
 ) -> keras.callbacks.History:
     """Train only the combiner of `model` (from `build_ensemble`) on `(x, y)`.
@@ -49,6 +50,15 @@ def fit_combiner(
     Members predict `x` once (through `store`, which caches them); the
     combiner then trains on those predictions in a small head model with
     compiled multi-step execution. Members stay bit-identical.
+
+    The head steps as Keras' `fit` steps on arrays: every epoch, `batch_size` rows at a time
+    in an order shuffled anew (seeded with `seed`), the last batch smaller; the level-one
+    predictions are held as tensors and each batch gathered from them by row ids. By default
+    all of an epoch's steps run in one compiled call (`steps_per_execution`, Keras' compile
+    option; 1 under a `strategy`): epoch-level callbacks and the `History` are Keras' own,
+    but batch-level callbacks (`on_train_batch_begin`/`_end`, the progress bar) are called
+    once per call, with the logs of its last step. Pass `steps_per_execution=1` to have them
+    called for every batch, at the cost of a Python round trip per step.
 
     With a `tf.distribute` `strategy`, the head trains under it, each replica (of every
     worker) a shard of every batch: a copy of the combiner is built in `strategy.scope()`,
@@ -82,7 +92,9 @@ def fit_combiner(
         strategy=strategy,
         verbose=verbose,
     )
-    training = _Training(epochs, batch_size, validation_split, verbose, optimizer, seed, fit_options)
+    training = _Training(
+        epochs, batch_size, validation_split, verbose, optimizer, seed, steps_per_execution, fit_options
+    )
     if strategy is None:
         history = _fit_head(view.task, combiner, level_one, x, targets, training)
     else:
@@ -107,6 +119,7 @@ class _Training:
     verbose: Any
     optimizer: Any
     seed: int | None
+    steps_per_execution: int | None
     fit_options: dict[str, Any]
 
 
@@ -120,28 +133,31 @@ def _fit_head(
     train_rows = rows - int(rows * (validation_split or 0.0))  # Keras' rule: the last rows validate
     if train_rows < 1:
         raise EnsembleError(f"validation_split={validation_split} leaves no row to train on.")
+    steps = math.ceil(train_rows / batch_size)
+    # Not under a distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21
+    # ("You must feed a value for placeholder tensor ... while/cond").
+    per_call = 1 if tf.distribute.has_strategy() else (training.steps_per_execution or steps)
     head.compile(
         optimizer=training.optimizer or keras.optimizers.Adam(learning_rate=0.01),
         loss=("sparse_categorical_crossentropy" if task == "classification" else "mean_squared_error"),
-        # One compiled call per epoch: the head is tiny, Python overhead dominates. Not under a
-        # distribution strategy: there, Keras 3.15's multi-step loop fails on TF 2.21 ("You
-        # must feed a value for placeholder tensor ... while/cond").
-        steps_per_execution=(
-            1 if tf.distribute.has_strategy() else max(1, min(64, math.ceil(train_rows / batch_size)))
-        ),
+        steps_per_execution=per_call,
     )
     shuffle = fit_options.pop("shuffle", True)
     head.sample_batch = (keras.tree.map_structure(lambda a: a[:batch_size], inputs), targets[:batch_size])
-    train = _dataset(
-        keras.tree.map_structure(lambda a: a[:train_rows], inputs),
-        targets[:train_rows],
-        batch_size,
-        shuffle,
-        seed,
-    )
+    train_inputs = keras.tree.map_structure(lambda a: a[:train_rows], inputs)
+    if (
+        per_call == steps
+        and not tf.distribute.has_strategy()
+        and not {"class_weight", "steps_per_epoch"} & set(fit_options)
+    ):
+        head.epoch_steps = _EpochSteps(train_inputs, targets[:train_rows], batch_size)
+        train = _orders(train_rows, shuffle, seed)
+        fit_options["steps_per_epoch"] = steps  # with an endless `train`: one iterator throughout
+    else:
+        train = _batches(train_inputs, targets[:train_rows], batch_size, shuffle=shuffle, seed=seed)
     validation = None
     if train_rows < rows:
-        validation = _dataset(
+        validation = _batches(
             keras.tree.map_structure(lambda a: a[train_rows:], inputs),
             targets[train_rows:],
             batch_size,
@@ -159,16 +175,61 @@ def _fit_head(
     return history
 
 
-def _dataset(
-    inputs: Any, targets: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
-) -> Any:
-    """The head's input pipeline, built once: Keras' array adapter rebuilds its iterator every
-    epoch, which costs more than a whole epoch of a small head (about 3x over 100 epochs)."""
-    features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
-    dataset = tf.data.Dataset.from_tensor_slices((features, targets)).cache()
+def _orders(rows: int, shuffle: bool, seed: int | None) -> Any:
+    """Each epoch's order of the rows, endlessly: their ids, shuffled anew every epoch as the
+    same seeded tf.data shuffle of the rows themselves orders them (the head's fit before)."""
+    ids = tf.data.Dataset.range(rows)
     if shuffle:
-        dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ids = ids.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+    return ids.batch(rows).repeat().prefetch(2)
+
+
+def _batches(
+    inputs: Any, targets: np.ndarray, batch_size: int, *, shuffle: bool, seed: int | None = None
+) -> Any:
+    """The head's batches for Keras' own steps, each gathered by row ids from tensors made once:
+    tf.data's cost per element, on whole rows, outweighed a small head's epoch."""
+    rows = _tensors(inputs, targets)
+    ids = tf.data.Dataset.range(len(targets))
+    if shuffle:
+        ids = ids.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
+    return ids.batch(batch_size).map(lambda batch: _gather(rows, batch)).prefetch(tf.data.AUTOTUNE)
+
+
+def _tensors(inputs: Any, targets: np.ndarray) -> Any:
+    features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
+    return tf.nest.map_structure(tf.convert_to_tensor, (features, targets))
+
+
+def _gather(rows: Any, ids: Any) -> Any:
+    return tf.nest.map_structure(lambda tensor: tf.gather(tensor, ids), rows)
+
+
+class _EpochSteps:
+    """A whole epoch's steps in one compiled call, the rows held as tensors: each call takes
+    the epoch's order (one element of `_orders`) and steps through it `batch_size` rows at a
+    time in a graph loop, with Keras' own `train_step`, as Keras' multi-step loop would, less
+    its cost per step (an iterator's optional and a function call each)."""
+
+    def __init__(self, inputs: Any, targets: np.ndarray, batch_size: int) -> None:
+        self.rows, self.count, self.batch_size = _tensors(inputs, targets), len(targets), batch_size
+
+    def train_function(self, head: keras.Model) -> Any:
+        size, steps = self.batch_size, math.ceil(self.count / self.batch_size)
+
+        def step(i: Any, order: Any) -> Any:
+            head.train_step(_gather(self.rows, order[i * size : (i + 1) * size]))
+            return (i + 1,)
+
+        def epoch(order: Any) -> Any:
+            done = tf.while_loop(lambda i: i < steps, lambda i: step(i, order), (tf.constant(0),))
+            with tf.control_dependencies(done):
+                return head.get_metrics_result()
+
+        compiled = tf.function(
+            epoch, autograph=False, input_signature=[tf.TensorSpec([self.count], tf.int64)]
+        )
+        return lambda iterator: compiled(next(iterator))
 
 
 class CombinerHead(keras.Model):
@@ -194,6 +255,15 @@ class CombinerHead(keras.Model):
     """
 
     sample_batch: Any = None  # (x, y) of a few training rows; set before `fit`
+    epoch_steps: _EpochSteps | None = None  # set before `fit` to step each epoch in one call
+    train_function: Any
+
+    def make_train_function(self, force: bool = False) -> Any:
+        if self.epoch_steps is None:
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            self.train_function = self.epoch_steps.train_function(self)
+        return self.train_function
 
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         if iterator is not None and self.sample_batch is not None:

@@ -67,8 +67,12 @@ class LevelOneStore:
     def predictions(self, model: keras.Model, x: Data) -> np.ndarray:
         """Every member's predictions on `x`, stacked as `(rows, members, width)`.
 
-        Members not cached yet run together, in one compiled pass of the
-        ensemble's member graph, rather than one pass (and one trace) each.
+        Members not cached yet run together, in one compiled pass of the ensemble's member
+        graph, rather than one pass (and one trace) each, `batch_size` rows at a time, each
+        batch's predictions written into the one array returned: the pass holds little more
+        than its result above `x`, and `x` is hashed in place, not copied. Where every member
+        was computed by this call, the array of the memory store (no `directory`) is the one
+        it keeps: read-only.
         """
         data_key = data_fingerprint(x)[:32]
         rows = row_count(x)
@@ -85,15 +89,22 @@ class LevelOneStore:
             pass_model = _members_model(model, [members[i] for i in missing])
             feeds = _feeds(model, x)
             if self.strategy is None:
-                stacked = pass_model.predict(feeds, batch_size=self.batch_size, verbose=self.verbose)
+                stacked = _pass(pass_model, feeds, rows, self.batch_size, self.verbose)
             else:
                 stacked = _distributed_pass(pass_model, feeds, self.strategy, self.batch_size)
+            if self.directory is None:  # the memory store keeps views of it: never to be written
+                stacked.flags.writeable = False
             for column, i in enumerate(missing):
-                values = np.ascontiguousarray(stacked[:, column], dtype="float32")
+                values = found[i] = stacked[:, column]
                 self._save(keys[i], values)
                 self.computed.append(keys[i])
-                found[i] = values
-        return np.stack([values for values in found if values is not None], axis=1)
+            if len(missing) == len(members):
+                return stacked
+        width = next(values.shape[1:] for values in found if values is not None)
+        result = np.empty((rows, len(members), *width), dtype="float32")
+        for column, cached in enumerate(found):
+            result[:, column] = cached
+        return result
 
     def _load(self, key: str, rows: int, member: Member) -> np.ndarray | None:
         if key in self._memory:
@@ -115,6 +126,37 @@ def _members_model(model: keras.Model, members: list[Member]) -> keras.Model:
     feeds = inputs if isinstance(inputs, Mapping) else {keras.tree.flatten(inputs)[0].name: inputs}
     outputs = [member({n: feeds[n] for n in member.input_names}) for member in members]
     return keras.Model(inputs, MemberStack()(outputs))
+
+
+def _pass(pass_model: keras.Model, feeds: Any, rows: int, batch_size: int, verbose: Any) -> np.ndarray:
+    """`pass_model` over `feeds`, `batch_size` rows per compiled call, into one array."""
+    if rows == 0:
+        raise EnsembleError("Expected at least one row. Received: none.")
+    specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), pass_model.input)
+    call = tf.function(lambda batch: pass_model(batch, training=False), input_signature=[specs])
+    steps = -(-rows // batch_size)
+    progress = (
+        None
+        if verbose in (0, False)
+        else keras.utils.Progbar(steps, verbose=1 if verbose == "auto" else verbose)
+    )
+    out: np.ndarray | None = None
+    for step, start in enumerate(range(0, rows, batch_size)):
+        values = call(_rows(feeds, specs, start, start + batch_size)).numpy()
+        if out is None:
+            out = np.empty((rows, *values.shape[1:]), dtype="float32")
+        out[start : start + len(values)] = values
+        if progress is not None:
+            progress.update(step + 1)
+    assert out is not None  # rows > 0
+    return out
+
+
+def _rows(feeds: Any, specs: Any, start: int, stop: int) -> Any:
+    """Rows `start:stop` of `feeds` (a view, but for a dtype the model casts to)."""
+    return tf.nest.map_structure(
+        lambda a, spec: np.asarray(a[start:stop], dtype=spec.dtype.as_numpy_dtype), feeds, specs
+    )
 
 
 def _distributed_pass(
@@ -139,25 +181,31 @@ def _distributed_pass(
 
     step = tf.function(predict)
 
-    seen_ids, outputs = [], []
+    out: np.ndarray | None = None
+    seen = np.zeros(rows, dtype="int64")
     try:
         for batch_ids, batch in distributed:
             replica_ids, replica_out = strategy.run(step, args=(batch_ids, batch))
             # Gathered from every replica of every worker, uneven last shards included.
-            seen_ids.append(np.asarray(strategy.gather(replica_ids, axis=0)))
-            outputs.append(np.asarray(strategy.gather(replica_out, axis=0)))
+            order = np.asarray(strategy.gather(replica_ids, axis=0))
+            values = np.asarray(strategy.gather(replica_out, axis=0))
+            if out is None:
+                out = np.empty((rows, *values.shape[1:]), dtype="float32")
+            if len(order) and (order.min() < 0 or order.max() >= rows):
+                raise EnsembleError(f"The distributed level-one pass returned row ids outside [0, {rows}).")
+            out[order] = values
+            np.add.at(seen, order, 1)
     except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
         raise EnsembleError(
             "A worker of the cluster did not answer in time (is every worker of TF_CONFIG "
             f"started and running the same job?): {str(error).splitlines()[0]}"
         ) from None
-    order = np.concatenate(seen_ids)
-    if not np.array_equal(np.sort(order), ids):
+    if out is None or not (seen == 1).all():
         raise EnsembleError(
-            f"The distributed level-one pass returned {len(order)} rows for {rows}: rows were "
+            f"The distributed level-one pass returned {int(seen.sum())} rows for {rows}: rows were "
             "lost or repeated across replicas."
         )
-    return np.asarray(np.concatenate(outputs)[np.argsort(order, kind="stable")], dtype="float32")
+    return out
 
 
 def _feeds(model: keras.Model, x: Data) -> Any:
