@@ -225,6 +225,8 @@ def _manifest(view: EnsembleView, specs: list[tf.TensorSpec]) -> dict[str, Any]:
             {"name": m.name, "source": m.source, "format": m.format, "output": m.output_kind}
             for m in view.members
         ],
+        # Members computed as one batched computation (build_ensemble(..., fuse=True)), by group.
+        "fused": view.fused,
         "combiner": {"class": type(combiner).__name__, "config": _plain(combiner.get_config())},
         # Split-conformal outputs (ensemble.add_conformal): method, alpha, threshold; else None.
         "conformal": conformal_config(model),

@@ -18,6 +18,7 @@ from ensemble.graph.layers import (
     NonFiniteRows,
     RegressionSpread,
 )
+from ensemble.graph.member_outputs import member_pieces
 from ensemble.graph.model import EnsembleModel
 from ensemble.members.checks import check_class_outputs
 from ensemble.members.load import load_member
@@ -37,6 +38,7 @@ def build_ensemble(
     combiner: Combiner,
     *,
     task: Task | None = None,
+    fuse: bool | None = None,
     name: str = "ensemble",
 ) -> keras.Model:
     """Wire `members` and `combiner` into one functional model.
@@ -48,6 +50,11 @@ def build_ensemble(
         combiner: a `combiners.Combiner` layer.
         task: "classification" or "regression"; inferred from the members'
             declared outputs when None, and checked against them when given.
+        fuse: compute members of one architecture (chains of `Dense` layers of the same
+            widths on the same input, see `ensemble.graph.fused`) as one batched computation.
+            True fuses every such group; False or None (the default: the benchmark finds no
+            TensorFlow path where fusing pays at every batch size) computes members one by
+            one. Which members were fused is logged and in the export's manifest.
         name: the model's name.
 
     Returns:
@@ -74,9 +81,10 @@ def build_ensemble(
                 f"Member {member.name!r} has the name of {what} of the ensemble; load it under "
                 "another name (load_member(..., name=...))."
             )
-    predictions = [member({n: inputs[n] for n in member.input_names}) for member in member_list]
-    _check_widths(member_list, predictions, combiner)
-    member_predictions = MemberStack(name="member_predictions")(predictions)
+    specs = [member.compute_output_spec({n: inputs[n] for n in member.input_names}) for member in member_list]
+    _check_widths(member_list, specs, combiner)
+    pieces, sizes, order = member_pieces(member_list, inputs, fuse)
+    member_predictions = MemberStack(sizes, order, name="member_predictions")(pieces)
     if combiner.needs_features:
         features = FlatFeatures(name="features_flat")([inputs[k] for k in sorted(inputs)])
         prediction = combiner(member_predictions, features)

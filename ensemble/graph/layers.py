@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
@@ -30,10 +30,33 @@ def entropy(probabilities: Tensor) -> Tensor:
 
 @keras.saving.register_keras_serializable(package="ensemble")
 class MemberStack(keras.layers.Layer):
-    """Stacks `members` predictions of shape (batch, width) into (batch, members, width)."""
+    """Stacks the members' predictions, each (batch, width), into (batch, members, width).
+
+    With fused members (`ensemble.graph.fused`) a piece may hold several members already
+    stacked: `sizes` gives each piece's member count (None: one each), and `order` the
+    position in the concatenated pieces of each member, in member order (None: as they come).
+    """
+
+    def __init__(
+        self, sizes: Sequence[int] | None = None, order: Sequence[int] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sizes = None if sizes is None else [int(size) for size in sizes]
+        self.order = None if order is None else [int(index) for index in order]
 
     def call(self, predictions: list[Tensor]) -> Tensor:
-        return ops.stack(predictions, axis=1)
+        predictions = list(predictions) if isinstance(predictions, (list, tuple)) else [predictions]
+        sizes = self.sizes or [1] * len(predictions)
+        pieces = [
+            p if size > 1 else ops.expand_dims(p, 1) for p, size in zip(predictions, sizes, strict=True)
+        ]
+        stacked = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=1)
+        return stacked if self.order is None else ops.take(stacked, self.order, axis=1)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"sizes": self.sizes, "order": self.order})
+        return config
 
 
 @keras.saving.register_keras_serializable(package="ensemble")

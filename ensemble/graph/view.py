@@ -16,6 +16,7 @@ import numpy as np
 from combiners.base import CLASSIFICATION, REGRESSION, Combiner
 from combiners.calibration import Calibration
 from ensemble.errors import EnsembleError
+from ensemble.graph.fused import FusedMembers
 from ensemble.members.member import Member
 from ensemble.rows import flat_features
 from ensemble.types import Task
@@ -42,7 +43,7 @@ class EnsembleView:
                 f"Expected an ensemble built by build_ensemble. Received: {type(model).__name__}"
             )
         output = getattr(model, "output", None) if model.built else None
-        members = tuple(layer for layer in model.layers if isinstance(layer, Member)) if output else ()
+        members = _members_in_order(model) if output else ()
         combiners = [layer for layer in model.layers if isinstance(layer, Combiner)] if output else []
         if not isinstance(output, Mapping) or "prediction" not in output or not members or not combiners:
             raise EnsembleError(
@@ -52,6 +53,11 @@ class EnsembleView:
         task: Task = REGRESSION if "std" in output else CLASSIFICATION
         calibration = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
         return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]), calibration)
+
+    @property
+    def fused(self) -> list[list[str]]:
+        """The names of the members computed together, one list per fused group."""
+        return [layer.member_names for layer in self.model.layers if isinstance(layer, FusedMembers)]
 
     @property
     def member_names(self) -> list[str]:
@@ -66,6 +72,25 @@ class EnsembleView:
         else:
             combined = self.combiner(predictions)
         return np.asarray(keras.ops.convert_to_numpy(combined))
+
+
+def _members_in_order(model: keras.Model) -> tuple[Member, ...]:
+    """The members in the order `member_predictions` stacks them: Member layers, and the
+    members of fused layers (`ensemble.graph.fused`) at the positions of their outputs."""
+    layers = [layer for layer in model.layers if isinstance(layer, (Member, FusedMembers))]
+    if not any(isinstance(layer, FusedMembers) for layer in layers):
+        return tuple(layer for layer in layers if isinstance(layer, Member))
+    try:
+        stacked = model.get_layer("member_predictions").input
+    except ValueError:
+        return ()
+    placed: list[Member] = []
+    for tensor in stacked if isinstance(stacked, (list, tuple)) else [stacked]:
+        operation = tensor._keras_history[0]  # the layer that made it
+        placed.extend(operation.members if isinstance(operation, FusedMembers) else [operation])
+    order = model.get_layer("member_predictions").order
+    members = placed if order is None else [placed[index] for index in order]
+    return tuple(members)
 
 
 def ensemble_members(model: keras.Model) -> list[Member]:
