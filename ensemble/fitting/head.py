@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from combiners.base import Combiner
 from ensemble.errors import EnsembleError
+from ensemble.fitting.head_steps import EpochSteps, batches, orders
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.prepare import fitting_rows, forget_compiled
 from ensemble.graph.view import EnsembleView
@@ -150,14 +151,14 @@ def _fit_head(
         and not tf.distribute.has_strategy()
         and not {"class_weight", "steps_per_epoch"} & set(fit_options)
     ):
-        head.epoch_steps = _EpochSteps(train_inputs, targets[:train_rows], batch_size)
-        train = _orders(train_rows, shuffle, seed)
+        head.epoch_steps = EpochSteps(train_inputs, targets[:train_rows], batch_size)
+        train = orders(train_rows, shuffle, seed)
         fit_options["steps_per_epoch"] = steps  # with an endless `train`: one iterator throughout
     else:
-        train = _batches(train_inputs, targets[:train_rows], batch_size, shuffle=shuffle, seed=seed)
+        train = batches(train_inputs, targets[:train_rows], batch_size, shuffle=shuffle, seed=seed)
     validation = None
     if train_rows < rows:
-        validation = _batches(
+        validation = batches(
             keras.tree.map_structure(lambda a: a[train_rows:], inputs),
             targets[train_rows:],
             batch_size,
@@ -173,63 +174,6 @@ def _fit_head(
         **fit_options,
     )
     return history
-
-
-def _orders(rows: int, shuffle: bool, seed: int | None) -> Any:
-    """Each epoch's order of the rows, endlessly: their ids, shuffled anew every epoch as the
-    same seeded tf.data shuffle of the rows themselves orders them (the head's fit before)."""
-    ids = tf.data.Dataset.range(rows)
-    if shuffle:
-        ids = ids.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
-    return ids.batch(rows).repeat().prefetch(2)
-
-
-def _batches(
-    inputs: Any, targets: np.ndarray, batch_size: int, *, shuffle: bool, seed: int | None = None
-) -> Any:
-    """The head's batches for Keras' own steps, each gathered by row ids from tensors made once:
-    tf.data's cost per element, on whole rows, outweighed a small head's epoch."""
-    rows = _tensors(inputs, targets)
-    ids = tf.data.Dataset.range(len(targets))
-    if shuffle:
-        ids = ids.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return ids.batch(batch_size).map(lambda batch: _gather(rows, batch)).prefetch(tf.data.AUTOTUNE)
-
-
-def _tensors(inputs: Any, targets: np.ndarray) -> Any:
-    features = tuple(inputs) if isinstance(inputs, list) else inputs  # tf.data: a tuple, not a list
-    return tf.nest.map_structure(tf.convert_to_tensor, (features, targets))
-
-
-def _gather(rows: Any, ids: Any) -> Any:
-    return tf.nest.map_structure(lambda tensor: tf.gather(tensor, ids), rows)
-
-
-class _EpochSteps:
-    """A whole epoch's steps in one compiled call, the rows held as tensors: each call takes
-    the epoch's order (one element of `_orders`) and steps through it `batch_size` rows at a
-    time in a graph loop, with Keras' own `train_step`, as Keras' multi-step loop would, less
-    its cost per step (an iterator's optional and a function call each)."""
-
-    def __init__(self, inputs: Any, targets: np.ndarray, batch_size: int) -> None:
-        self.rows, self.count, self.batch_size = _tensors(inputs, targets), len(targets), batch_size
-
-    def train_function(self, head: keras.Model) -> Any:
-        size, steps = self.batch_size, math.ceil(self.count / self.batch_size)
-
-        def step(i: Any, order: Any) -> Any:
-            head.train_step(_gather(self.rows, order[i * size : (i + 1) * size]))
-            return (i + 1,)
-
-        def epoch(order: Any) -> Any:
-            done = tf.while_loop(lambda i: i < steps, lambda i: step(i, order), (tf.constant(0),))
-            with tf.control_dependencies(done):
-                return head.get_metrics_result()
-
-        compiled = tf.function(
-            epoch, autograph=False, input_signature=[tf.TensorSpec([self.count], tf.int64)]
-        )
-        return lambda iterator: compiled(next(iterator))
 
 
 class CombinerHead(keras.Model):
@@ -255,7 +199,7 @@ class CombinerHead(keras.Model):
     """
 
     sample_batch: Any = None  # (x, y) of a few training rows; set before `fit`
-    epoch_steps: _EpochSteps | None = None  # set before `fit` to step each epoch in one call
+    epoch_steps: EpochSteps | None = None  # set before `fit` to step each epoch in one call
     train_function: Any
 
     def make_train_function(self, force: bool = False) -> Any:
