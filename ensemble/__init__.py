@@ -13,6 +13,7 @@ from ensemble.errors import EnsembleError, MemberError  # noqa: E402
 from ensemble.evaluate import evaluate_ensemble  # noqa: E402
 from ensemble.export import (  # noqa: E402
     QUANTIZATIONS,
+    export_onnx,
     export_saved_model,
     export_tflite,
     export_version,
@@ -78,6 +79,7 @@ __all__ = [
     "ensemble_members",
     "ensemble_task",
     "evaluate_ensemble",
+    "export_onnx",
     "export_saved_model",
     "export_tflite",
     "export_version",

@@ -3,7 +3,7 @@
 The runtime from `runtime`, members from `members` (your files) or the zoo, the combiner from
 `combiner`, its fit from `fit`, the rows it is fitted on from `regime`; then the library fits
 (`ensemble.fit`, `ensemble.fit_out_of_fold`), measures (`ensemble.evaluate_ensemble`) and
-exports (`ensemble.export_saved_model`, `ensemble.export_tflite`).
+exports (`experiments.exporting`: the SavedModel, ONNX, TFLite).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ensemble import EnsembleError, FitReport, LevelOneStore, Member
 from ensemble.data import Dataset
 from ensemble.evaluate import format_table, summary
 from ensemble.runtime import configure_devices, is_chief, make_strategy
+from experiments.exporting import export
 from experiments.zoo import (
     ensure_zoo,
     fit_predict,
@@ -249,43 +250,6 @@ def fit_and_evaluate(cfg: DictConfig, output_dir: str | None) -> Evaluated:
     if not cfg.get("members"):  # the zoo's members left out for this data
         result["zoo"] = {"skipped": skipped_members(cfg.zoo, data)}
     return Evaluated(model, data, outputs, ood_outputs, report, result, output_dir)
-
-
-def export(model: keras.Model, cfg: DictConfig, output_dir: str, data: Dataset) -> dict[str, Any]:
-    """Export per `cfg.export`: the SavedModel (verified by reloading) and its TFLite variants."""
-    options: dict[str, Any] = {
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
-        "jit_compile": cfg.export.get("jit_compile", False),
-    }
-    directory = os.path.join(output_dir, cfg.export.dir)
-    if cfg.export.get("versioned", False):  # a new <dir>/<n>/, as TF Serving reads them
-        path = ensemble.export_version(model, directory, keep=cfg.export.get("keep"), **options)
-    else:
-        path = ensemble.export_saved_model(model, directory, overwrite=cfg.export.overwrite, **options)
-    result: dict[str, Any] = {"export_dir": path}
-    if cfg.export.verify:
-        rows = data.x_test[:64]
-        serving = tf.saved_model.load(path).signatures["serving_default"]
-        served = serving(**{model.input.name: tf.constant(rows)})["prediction"].numpy()
-        ours = model.predict(rows, verbose=0)["prediction"]
-        # Relative past 1: float32 steps of regression targets in the hundreds are 1.5e-5.
-        gap = float((np.abs(served - ours) / np.maximum(1.0, np.abs(ours))).max())
-        if gap > 1e-5:
-            raise EnsembleError(f"Export {path} does not reproduce the ensemble: max gap {gap:.3g}")
-        log.info("Export %s verified on %d rows (max gap %.2g)", path, len(rows), gap)
-    if cfg.export.get("tflite"):
-        os.makedirs(os.path.join(output_dir, "tflite"), exist_ok=True)
-        variants = {
-            quantize: ensemble.export_tflite(
-                path,
-                os.path.join(output_dir, "tflite", f"{quantize}.tflite"),
-                quantize=quantize,
-                overwrite=cfg.export.overwrite,
-            )
-            for quantize in cfg.export.tflite
-        }
-        result["tflite"] = ensemble.tflite_report(model, variants, data.x_test, data.y_test)
-    return result
 
 
 def finish(

@@ -1,0 +1,401 @@
+"""export_onnx: one .onnx file that onnxruntime runs with the ensemble's answers, for every
+combiner, task, conformal output, member format and batch size; and its refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+
+import combiners
+import ensemble
+from ensemble.export import read_onnx_manifest, run_onnx
+from ensemble.export.onnx import ONNX_MANIFEST_KEY, _difference
+from tests.conftest import CLASSES, FEATURES, compose_config, dense_classifier, two_input_ensemble
+from tests.legacy_formats import (
+    DenseNet,
+    write_tf1_checkpoint,
+    write_tf1_saved_model,
+    write_tf2_checkpoint,
+    write_tf2_module_saved_model,
+)
+
+ATOL = 1e-5
+WRITER = Path(__file__).with_name("tf_keras_writer.py")
+
+
+def rows(n: int, seed: int = 0, features: int = FEATURES) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
+
+
+def assert_serves_like(model: keras.Model, path: str, feeds: dict[str, np.ndarray]) -> None:
+    """onnxruntime's answer for every output equals the Keras model's (NaN where it has NaN)."""
+    served = run_onnx(path, feeds, batch_size=5)  # several chunks: the batch is dynamic
+    expected = model.predict(feeds, verbose=0)
+    assert sorted(served) == sorted(expected)
+    for key, want in expected.items():
+        assert served[key].dtype == want.dtype and served[key].shape == want.shape, key
+        if want.dtype == bool:
+            np.testing.assert_array_equal(served[key], want, err_msg=key)
+        else:
+            np.testing.assert_allclose(served[key], want, atol=ATOL, rtol=ATOL, err_msg=key)
+
+
+def with_bad_rows(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[1, 0], x[4, -1] = np.nan, -np.inf
+    return x
+
+
+@pytest.fixture(scope="module")
+def classification_rows(tmp_path_factory):
+    """Three .keras members with recorded training rows, and rows none of them trained on."""
+    root = tmp_path_factory.mktemp("onnx_members")
+    paths = []
+    for seed in range(3):
+        path = root / f"m{seed}.keras"
+        dense_classifier(seed).save(path)
+        ensemble.record_training_rows(path, rows(40, seed=10 + seed))
+        paths.append(path)
+    x_hold = rows(60, seed=1)
+    # Labels the members mostly agree with (a temperature fits), a fifth of them changed.
+    mean = np.mean([dense_classifier(seed).predict(x_hold, verbose=0) for seed in range(3)], axis=0)
+    rng = np.random.default_rng(2)
+    y_hold = np.where(rng.random(60) < 0.2, rng.integers(0, CLASSES, size=60), mean.argmax(-1))
+    return paths, x_hold, y_hold
+
+
+def _members(paths):
+    return [ensemble.load_member(p, name=p.stem) for p in paths]
+
+
+def _stacker_head() -> keras.Model:
+    inputs = keras.Input((3 * CLASSES,))
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(inputs))
+
+
+# (combiner, fit options or None for no fit)
+CLASSIFIERS = {
+    "mean": (lambda: combiners.MeanCombiner(), None),
+    "mean_weights": (lambda: combiners.MeanCombiner(weights=[0.2, 0.5, 0.3]), None),
+    "vote_hard": (lambda: combiners.VoteCombiner("hard"), None),
+    "vote_hard_weights": (lambda: combiners.VoteCombiner("hard", weights=[1.0, 2.0, 0.5]), None),
+    "vote_soft": (lambda: combiners.VoteCombiner("soft"), None),
+    "vote_soft_weights": (lambda: combiners.VoteCombiner("soft", weights=[3.0, 1.0, 1.0]), None),
+    "stack_sklearn": (lambda: combiners.StackingCombiner(), {}),
+    "stack_passthrough": (lambda: combiners.StackingCombiner(passthrough=True), {}),
+    "stack_keras": (lambda: combiners.StackingCombiner(), {"method": "keras", "epochs": 3}),
+    "stack_meta_model": (
+        lambda: combiners.StackingCombiner(meta_model=_stacker_head()),
+        {"method": "keras", "epochs": 3},
+    ),
+    "select": (lambda: combiners.MeanCombiner(), {"method": "selection"}),
+    "weighted": (lambda: combiners.MeanCombiner(), {"method": "optimal"}),
+    "temperature": (lambda: combiners.MeanCombiner(), {"calibration": "temperature"}),
+    "weighted_temperature": (
+        lambda: combiners.MeanCombiner(),
+        {"method": "optimal", "calibration": "temperature"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLASSIFIERS), ids=list(CLASSIFIERS))
+def test_every_classification_combiner_serves_like_keras(case, classification_rows, tmp_path):
+    paths, x_hold, y_hold = classification_rows
+    combiner, fit = CLASSIFIERS[case]
+    model = ensemble.build_ensemble(_members(paths), combiner())
+    if fit is not None:
+        report = ensemble.fit(model, x_hold, y_hold, **fit)
+        assert report.rows == len(x_hold)
+    path = ensemble.export_onnx(model, tmp_path / "model.onnx")
+    assert path == os.fspath(tmp_path / "model.onnx")
+    assert_serves_like(model, path, {"features": with_bad_rows(rows(12, seed=5))})
+
+
+def test_a_calibrated_ensemble_refuses_its_members_training_rows_and_serves(classification_rows, tmp_path):
+    paths, x_hold, y_hold = classification_rows
+    model = ensemble.build_ensemble(_members(paths), combiners.MeanCombiner())
+    with pytest.raises(ensemble.EnsembleError):  # the guard: rows m0 trained on
+        ensemble.fit(model, rows(40, seed=10), y_hold[:40], calibration="temperature")
+    report = ensemble.fit(model, x_hold, y_hold, calibration="temperature")
+    assert report.calibration["temperature"] != 1.0
+    assert_serves_like(model, ensemble.export_onnx(model, tmp_path / "t.onnx"), {"features": rows(9, 3)})
+
+
+def _regressors(count: int = 3, features: int = 2) -> list[ensemble.Member]:
+    members = []
+    for seed in range(count):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((features,))
+        hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+        members.append(
+            ensemble.load_member(keras.Model(inputs, keras.layers.Dense(1)(hidden)), name=f"r{seed}")
+        )
+    return members
+
+
+def _regression_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype("float32")
+    return x, (x.sum(1, keepdims=True) * 50 + rng.normal(size=(n, 1))).astype("float32")
+
+
+REGRESSORS = {
+    "mean": (lambda: combiners.MeanCombiner(), None),
+    "mean_weights": (lambda: combiners.MeanCombiner(weights=[0.5, 0.25, 0.25]), None),
+    "stack_sklearn": (lambda: combiners.StackingCombiner(), {}),
+    "stack_keras": (lambda: combiners.StackingCombiner(), {"method": "keras", "epochs": 3}),
+    "weighted": (lambda: combiners.MeanCombiner(), {"method": "optimal"}),
+}
+
+
+@pytest.mark.parametrize("case", list(REGRESSORS), ids=list(REGRESSORS))
+def test_every_regression_combiner_serves_like_keras(case, tmp_path):
+    combiner, fit = REGRESSORS[case]
+    model = ensemble.build_ensemble(_regressors(), combiner(), task="regression")
+    if fit is not None:
+        ensemble.fit(model, *_regression_rows(50, seed=0), **fit)
+    path = ensemble.export_onnx(model, tmp_path / "r.onnx")
+    x = with_bad_rows(_regression_rows(11, seed=1)[0])
+    assert_serves_like(model, path, {"features": x})
+    assert read_onnx_manifest(path)["task"] == "regression"
+
+
+@pytest.mark.parametrize("method", ["aps", "thr"])
+def test_conformal_prediction_sets_are_booleans_equal_to_keras(method, classification_rows, tmp_path):
+    paths, x_hold, y_hold = classification_rows
+    model = ensemble.build_ensemble(_members(paths), combiners.MeanCombiner())
+    model = ensemble.add_conformal(model, x_hold, y_hold, alpha=0.2, method=method)
+    path = ensemble.export_onnx(model, tmp_path / "c.onnx")
+    served = run_onnx(path, {"features": rows(30, seed=8)})
+    assert served["prediction_set"].dtype == bool and served["prediction_set"].any()
+    assert_serves_like(model, path, {"features": with_bad_rows(rows(30, seed=8))})
+
+
+@pytest.mark.parametrize("method", ["absolute", "normalized"])
+def test_conformal_regression_intervals_equal_keras(method, tmp_path):
+    model = ensemble.build_ensemble(_regressors(), combiners.MeanCombiner(), task="regression")
+    model = ensemble.add_conformal(model, *_regression_rows(80, seed=3), alpha=0.1, method=method)
+    path = ensemble.export_onnx(model, tmp_path / "i.onnx")
+    assert {"interval_low", "interval_high"} <= set(read_onnx_manifest(path)["outputs"])
+    assert_serves_like(model, path, {"features": with_bad_rows(_regression_rows(10, seed=4)[0])})
+
+
+def test_multi_input_ensemble_from_the_model_and_from_its_export(tmp_path):
+    model = two_input_ensemble()
+    feeds = {"image": rows(7, 1, features=4), "meta": rows(7, 2, features=2)}
+    feeds["meta"][3, 1] = np.nan
+    export = ensemble.export_saved_model(model, tmp_path / "export")
+    for name, source in (("model", model), ("export", export)):
+        path = ensemble.export_onnx(source, tmp_path / f"{name}.onnx")
+        graph = onnx.load(path).graph
+        assert [i.name for i in graph.input] == ["image", "meta"]
+        assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in graph.input)
+        assert all(o.type.tensor_type.shape.dim[0].dim_param == "batch" for o in graph.output)
+        assert_serves_like(model, path, feeds)
+
+
+def test_captured_tensors_become_constants_not_inputs(tmp_path):
+    """An adapted Keras `Normalization` holds its mean and variance as captured tensors."""
+    norm = keras.layers.Normalization()
+    norm.adapt(rows(50, seed=3) * 4 + 2)
+    inputs = keras.Input((FEATURES,))
+    member = keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(norm(inputs)))
+    members = [ensemble.load_member(member, name="norm"), ensemble.load_member(dense_classifier(1), name="m")]
+    model = ensemble.build_ensemble(members, combiners.MeanCombiner())
+    path = ensemble.export_onnx(model, tmp_path / "n.onnx")
+    assert [i.name for i in onnx.load(path).graph.input] == ["features"]
+    assert_serves_like(model, path, {"features": with_bad_rows(rows(8, seed=4))})
+
+
+@pytest.fixture(scope="module")
+def tf_keras_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf_keras")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    done = subprocess.run(
+        [sys.executable, str(WRITER), str(out)],
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_every_member_format_converts(tmp_path, tf_keras_files):
+    """.keras, tf_keras .h5 and .keras, TF2 SavedModels (Keras export and a plain tf.Module),
+    a TF1 SavedModel, TF1 and TF2 checkpoints with an architecture: the SavedModel's members."""
+    nets = [DenseNet.random(sizes=(8, 16, 3), seed=s) for s in range(7)]
+    nets[0].to_keras().save(tmp_path / "a.keras")
+    nets[1].to_keras().export(os.fspath(tmp_path / "b_sm"), verbose=False)
+    write_tf2_module_saved_model(tmp_path / "c_module", nets[2])
+    write_tf1_saved_model(tmp_path / "d_tf1", nets[3])
+    tf1_ckpt = write_tf1_checkpoint(tmp_path / "e" / "model.ckpt", nets[4], scope="net")
+    tf2_ckpt = write_tf2_checkpoint(tmp_path / "f" / "ckpt", nets[5], root="net")
+    blank = DenseNet.random(sizes=(8, 16, 3), seed=99).to_keras
+    members = [
+        ensemble.load_member(tmp_path / "a.keras", name="a"),
+        ensemble.load_member(tmp_path / "b_sm", name="b", output="probabilities"),
+        ensemble.load_member(tmp_path / "c_module", name="c", output="probabilities"),
+        ensemble.load_member(tmp_path / "d_tf1", name="d", output="probabilities"),
+        ensemble.load_member(tf1_ckpt, name="e", architecture=blank, scope="net"),
+        ensemble.load_member(tf2_ckpt, name="f", architecture=blank),
+        ensemble.load_member(tf_keras_files / "dense.h5", name="g"),  # tf_keras: 8 features, 3 classes
+        ensemble.load_member(tf_keras_files / "dense.keras", name="h"),
+        ensemble.load_member(tf_keras_files / "dense_sm", name="i", output="probabilities"),
+    ]
+    model = ensemble.build_ensemble(members, combiners.StackingCombiner(passthrough=True))
+    feeds = {"features": with_bad_rows(rows(9, seed=6))}
+    assert_serves_like(model, ensemble.export_onnx(model, tmp_path / "formats.onnx"), feeds)
+    export = ensemble.export_saved_model(model, tmp_path / "export")
+    assert_serves_like(model, ensemble.export_onnx(export, tmp_path / "from_export.onnx"), feeds)
+
+
+def test_dynamic_batch_of_one_seven_and_none(tmp_path):
+    """onnxruntime runs a batch of no rows: empty outputs of the right shapes, as TensorFlow."""
+    members = [ensemble.load_member(dense_classifier(s), name=f"m{s}") for s in range(2)]
+    model = ensemble.build_ensemble(members, combiners.VoteCombiner("hard"))
+    path = ensemble.export_onnx(model, tmp_path / "m.onnx")
+    for n in (1, 7):
+        assert_serves_like(model, path, {"features": rows(n, seed=n)})
+    empty = run_onnx(path, {"features": rows(0)})
+    expected = model(rows(0))
+    for key, value in empty.items():
+        assert value.shape == tuple(expected[key].shape) and value.shape[0] == 0, key
+
+
+def test_manifest_travels_in_the_metadata_and_opset_is_honoured(tmp_path):
+    model = two_input_ensemble()
+    export = ensemble.export_saved_model(model, tmp_path / "export", config="combiner: mean\n")
+    path = ensemble.export_onnx(export, tmp_path / "e.onnx", opset=17)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 17
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props[ONNX_MANIFEST_KEY]) == ensemble.read_manifest(export) == read_onnx_manifest(path)
+    assert sorted(o.name for o in proto.graph.output) == read_onnx_manifest(path)["outputs"]
+    from_model = read_onnx_manifest(ensemble.export_onnx(model, tmp_path / "m.onnx"))
+    assert from_model["members"] == ensemble.read_manifest(export)["members"]
+
+
+def test_refusals_write_nothing(tmp_path):
+    model = ensemble.build_ensemble(
+        [ensemble.load_member(dense_classifier(0), name="m")], combiners.MeanCombiner()
+    )
+    path = ensemble.export_onnx(model, tmp_path / "m.onnx")
+    before = Path(path).read_bytes()
+    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+        ensemble.export_onnx(model, path)
+    assert Path(path).read_bytes() == before
+    assert ensemble.export_onnx(model, path, overwrite=True) == path
+    with pytest.raises(ensemble.EnsembleError, match="is a directory; expected a file"):
+        ensemble.export_onnx(model, tmp_path)
+    (tmp_path / "not_an_export").mkdir()
+    (tmp_path / "not_an_export" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ensemble.EnsembleError, match=r"holds no exported ensemble \(no assets.extra"):
+        ensemble.export_onnx(tmp_path / "not_an_export", tmp_path / "x.onnx")
+    with pytest.raises(ensemble.EnsembleError, match=r"Expected opset to be an integer in \[13, 18\]"):
+        ensemble.export_onnx(model, tmp_path / "x.onnx", opset=7)
+    with pytest.raises(ensemble.EnsembleError, match="Expected an ensemble"):
+        ensemble.export_onnx(3, tmp_path / "x.onnx")  # type: ignore[arg-type]
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "not_an_export"]
+
+
+class _Igamma(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"p": tf.nn.softmax(tf.math.igamma(x[:, :CLASSES] ** 2 + 1.0, x[:, :CLASSES] ** 2))}
+
+
+def test_ops_without_an_onnx_conversion_are_named(tmp_path):
+    module = _Igamma()
+    tf.saved_model.save(
+        module, os.fspath(tmp_path / "igamma"), signatures={"serving_default": module.__call__}
+    )
+    member = ensemble.load_member(tmp_path / "igamma", name="igamma", output="probabilities")
+    model = ensemble.build_ensemble([member], combiners.MeanCombiner())
+    with pytest.raises(ensemble.EnsembleError, match=r"cannot convert the TensorFlow ops \['Igamma'\]"):
+        ensemble.export_onnx(model, tmp_path / "igamma.onnx")
+    assert not (tmp_path / "igamma.onnx").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".igamma.onnx")]
+
+
+def test_the_check_compares_values_nans_and_sets():
+    a = np.array([[0.5, 0.5], [np.nan, np.nan]], "float32")
+    assert _difference(a, a.copy()) is None
+    assert _difference(a + 5e-6, a) is None
+    assert "max gap 2e-05" in _difference(a + 2e-5, a)
+    assert "NaN or inf" in _difference(np.zeros_like(a), a)  # a NaN row that became a number
+    assert _difference(np.full(2, 300.002, "float32"), np.full(2, 300.0, "float32")) is None  # relative
+    assert "instead of float32[2, 2]" in _difference(a[:1], a)
+    sets = np.array([[True, False]])
+    assert _difference(sets, sets.copy()) is None
+    assert "1 values differ" in _difference(np.array([[True, True]]), sets)
+
+
+_WITHOUT_ONNX = textwrap.dedent(
+    """
+    import sys
+    sys.modules["tf2onnx"] = None  # as if the onnx extra were not installed
+    import numpy as np, keras, combiners, ensemble
+    model = ensemble.build_ensemble([ensemble.load_member(
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")]), name="m")],
+        combiners.MeanCombiner())
+    try:
+        ensemble.export_onnx(model, sys.argv[1])
+    except ensemble.EnsembleError as error:
+        print("ERROR:", error)
+    """
+)
+
+
+def test_without_the_extra_the_package_imports_and_export_names_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ONNX, os.fspath(tmp_path / "m.onnx")],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tf2onnx is not installed" in done.stdout and 'pip install -e ".[onnx]"' in done.stdout
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_main_job_writes_the_onnx_file_from_config(wine_overrides, tmp_path):
+    from experiments.run import run
+
+    result = run(
+        compose_config(*wine_overrides, "export.onnx=true", "export.tflite=[]"), output_dir=str(tmp_path)
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text())["onnx"] == result["onnx"]
+    path = result["onnx"]["path"]
+    assert path == os.path.join(result["export_dir"], "ensemble.onnx") and result["onnx"]["bytes"] > 0
+    assert result["onnx"]["max_abs_diff"] < ATOL
+    manifest = read_onnx_manifest(path)
+    assert manifest == ensemble.read_manifest(result["export_dir"])
+    features = manifest["inputs"]["features"]["shape"][1]
+    served = run_onnx(path, {"features": rows(5, features=features)})
+    assert served["prediction"].shape == (5, manifest["width"])
+    default = run(
+        compose_config(*wine_overrides, "export.tflite=[]"), output_dir=str(_made(tmp_path / "plain"))
+    )
+    assert "onnx" not in default and not list((tmp_path / "plain").rglob("*.onnx"))
+
+
+def _made(path: Path) -> Path:
+    path.mkdir()
+    return path
