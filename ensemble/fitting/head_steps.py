@@ -57,6 +57,10 @@ class EpochSteps:
 
     def train_function(self, head: keras.Model) -> Any:
         size, steps = self.batch_size, math.ceil(self.count / self.batch_size)
+        if head.optimizer is not None and not head.optimizer.built:
+            # As its first step would build it, but before the trace: a variable made while
+            # tracing costs tf.function a second trace.
+            head.optimizer.build(head.trainable_variables)
 
         def step(i: Any, order: Any) -> Any:
             logs = head.train_step(_gather(self.rows, order[i * size : (i + 1) * size]))
