@@ -22,7 +22,11 @@ def orders(rows: int, shuffle: bool, seed: int | None) -> Any:
         return tf.data.Dataset.from_tensors(tf.range(rows, dtype=tf.int64)).repeat()
     order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True).batch(rows)
     first = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-    return tf.data.Dataset.choose_from_datasets([order, order], first).repeat().prefetch(2)
+    options = tf.data.Options()  # autotuning's thread, at the iterator's end, stalled up to 1 s
+    options.autotune.enabled = False
+    return (
+        tf.data.Dataset.choose_from_datasets([order, order], first).repeat().prefetch(2).with_options(options)
+    )
 
 
 def batches(
