@@ -135,7 +135,7 @@ def read_onnx_manifest(path: PathLike) -> dict[str, Any]:
     return result
 
 
-def inference_session(model: str | bytes, providers: Sequence[str] | None = None) -> Any:
+def inference_session(model: str | bytes, providers: Sequence[Any] | None = None) -> Any:
     """An onnxruntime `InferenceSession` of a file or serialized model (its `run` may be called
     from many threads at once); an EnsembleError naming the extra when onnxruntime is missing."""
     (ort,) = _require("onnxruntime")

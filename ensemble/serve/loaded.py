@@ -46,8 +46,9 @@ class Loaded:
 
     call: Callable[[Any], Any]
     specs: dict[str, tf.TensorSpec]  # input name -> spec with a None batch dimension
-    keep_alive: Any  # the Member or SavedModel root: its variables back `call`
+    keep_alive: Any  # the Member, SavedModel root or onnxruntime session behind `call`
     function: Any = None  # the tf.function of a member, for its tracing count
+    sizes: tuple[int, int] | None = None  # parameters and bytes, where no variables tell them
 
 
 def process_rss_bytes() -> int:
@@ -74,6 +75,8 @@ def source_kind(name: str, source: PathLike | keras.Model) -> str:
         ) from None
     if export_dir(path) is not None:
         return "ensemble"
+    if path.lower().endswith(".onnx") and os.path.isfile(path):
+        return "onnx"  # an `export_onnx` file, served by onnxruntime (ensemble.serve.onnx_entry)
     if not os.path.exists(path) and resolve_checkpoint(path) is None:
         raise EnsembleError(f"Model {name!r}: source {path!r} does not exist.")
     return "member"
@@ -171,7 +174,7 @@ def variables(loaded: Loaded) -> list[Any]:
         # A SavedModel member's variables belong to TensorFlow, not to Keras' weights.
         inner = getattr(member, "model", None)
         return list(member.weights) + (inner.tf_variables if isinstance(inner, SavedModelLayer) else [])
-    return list(loaded.function.variables)
+    return [] if loaded.function is None else list(loaded.function.variables)  # None: ONNX
 
 
 def weight_sizes(variables: list[Any]) -> tuple[int, int]:

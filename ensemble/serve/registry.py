@@ -1,7 +1,8 @@
 """`ModelRegistry`: many named models, loaded on first use, served from many threads.
 
-Each entry is a member source (anything `load_member` takes) or an exported
-ensemble (a SavedModel directory holding `assets.extra/manifest.json`). A model
+Each entry is a member source (anything `load_member` takes), an exported
+ensemble (a SavedModel directory holding `assets.extra/manifest.json`) or an
+`.onnx` file (`export_onnx`, served by onnxruntime: the onnx extra). A model
 is loaded on its first `predict`, once even when many threads ask together,
 and its call is compiled once with a dynamic batch so no batch size retraces.
 Past `max_loaded` the least recently used model is dropped.
@@ -43,6 +44,7 @@ from ensemble.serve.loaded import (
     variables,
     weight_sizes,
 )
+from ensemble.serve.onnx_entry import load_onnx
 from ensemble.types import PathLike, Tensor
 
 __all__ = ["ModelRegistry", "ModelStats", "process_rss_bytes"]
@@ -97,7 +99,8 @@ class ModelRegistry:
 
         Args:
             name: the model's name in the registry.
-            source: anything `load_member` takes, or an exported ensemble's directory.
+            source: anything `load_member` takes, an exported ensemble's directory, or an
+                `.onnx` file from `export_onnx`.
             replace: replace a model already registered as `name` (and drop it from memory).
             device: pin the model (its variables and its calls) to a device, e.g. "/CPU:0",
                 "/GPU:1"; None lets TensorFlow place it.
@@ -110,7 +113,7 @@ class ModelRegistry:
         if not isinstance(name, str) or not name:
             raise EnsembleError(f"Expected a model name: a non-empty string. Received: {name!r}")
         kind = source_kind(name, source)
-        if kind == "ensemble" and load_options:
+        if kind != "member" and load_options:
             raise EnsembleError(
                 f"Model {name!r}: an exported ensemble takes no load options. "
                 f"Received: {sorted(load_options)}"
@@ -263,12 +266,13 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             with tf.device(entry.device):
-                loaded = (
-                    load_exported(entry.source)
-                    if entry.kind == "ensemble"
-                    else load_member_model(entry.name, entry.source, entry.options)
-                )
-            if entry.device is not None:
+                if entry.kind == "onnx":  # placed by its session's providers, not tf.device
+                    loaded = load_onnx(entry.source, entry.device)
+                elif entry.kind == "ensemble":
+                    loaded = load_exported(entry.source)
+                else:
+                    loaded = load_member_model(entry.name, entry.source, entry.options)
+            if entry.device is not None and entry.kind != "onnx":
                 loaded = dataclasses.replace(loaded, call=pinned(loaded.call, entry.device))
         except Exception as error:
             with self._lock:
@@ -280,7 +284,7 @@ class ModelRegistry:
                 f"Model {entry.name!r}: cannot load {entry.kind} from {label(entry.source)!r}: {error}"
             ) from error
         seconds = time.perf_counter() - start
-        params, nbytes = weight_sizes(variables(loaded))
+        params, nbytes = loaded.sizes or weight_sizes(variables(loaded))
         inner = getattr(loaded.keep_alive, "model", None)
         if not params and isinstance(inner, SavedModelLayer):  # a TF1 member frozen to constants
             params, nbytes = inner.parameter_count, 4 * inner.parameter_count

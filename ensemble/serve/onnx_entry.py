@@ -1,0 +1,78 @@
+"""A registered `.onnx` file (`export_onnx`): served by one onnxruntime `InferenceSession`, whose
+`run` many threads may call at once, with the SavedModel path's inputs, outputs and dtypes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ensemble.errors import EnsembleError
+from ensemble.export.onnx import inference_session
+from ensemble.serve.loaded import Loaded
+from ensemble.types import PathLike
+
+__all__ = ["load_onnx"]
+
+_DTYPES = {
+    "tensor(float)": tf.float32,
+    "tensor(double)": tf.float64,
+    "tensor(float16)": tf.float16,
+    "tensor(int32)": tf.int32,
+    "tensor(int64)": tf.int64,
+    "tensor(bool)": tf.bool,
+    "tensor(uint8)": tf.uint8,
+    "tensor(int8)": tf.int8,
+}
+
+
+def load_onnx(source: PathLike, device: str | None) -> Loaded:
+    """The session of the `.onnx` file at `source`: its graph inputs as specs (batch None),
+    its call returning every output by name, its initializers counted as its weights. On a
+    `/GPU:n` device it runs on CUDA device n (an error if onnxruntime has no CUDA), on a CPU
+    device on the CPU, with no device on what onnxruntime has."""
+    path = os.fspath(source)
+    session = inference_session(path, providers=_providers(device))
+    specs = {}
+    for node in session.get_inputs():
+        if node.type not in _DTYPES:
+            raise EnsembleError(f"ONNX file {path}: input {node.name!r} has type {node.type}, not served.")
+        shape = [None, *(d if isinstance(d, int) else None for d in node.shape[1:])]
+        specs[node.name] = tf.TensorSpec(shape, _DTYPES[node.type], name=node.name)
+    names = [node.name for node in session.get_outputs()]
+
+    def call(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    return Loaded(call=call, specs=specs, keep_alive=session, sizes=_sizes(path))
+
+
+def _providers(device: str | None) -> list[Any] | None:
+    if device is None:
+        return None
+    import onnxruntime as ort
+
+    spec = tf.DeviceSpec.from_string(device)
+    if (spec.device_type or "").upper() != "GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EnsembleError(
+            f"device {device!r}: this onnxruntime has no CUDA provider "
+            f"({ort.get_available_providers()}); install onnxruntime-gpu or serve on the CPU."
+        )
+    return [("CUDAExecutionProvider", {"device_id": spec.device_index or 0}), "CPUExecutionProvider"]
+
+
+def _sizes(path: str) -> tuple[int, int]:
+    """The parameter count and bytes of the file's initializers (its frozen weights)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    params = nbytes = 0
+    for tensor in graph.initializer:
+        count = int(np.prod(tensor.dims))
+        params += count
+        nbytes += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return params, nbytes
