@@ -5,17 +5,8 @@
 
 Writes `benchmark.json` and `benchmark.md` into the Hydra run directory.
 
-- fit: `fit_combiner` (level-one pass once, then the combiner alone) against
-  Keras `model.fit` of the whole frozen graph, for the same epochs and batch.
-- inference: latency at batch 1 and throughput at a large batch of the ways
-  to predict (a loop of `member.predict`, a loop of compiled members, Keras
-  `predict` on the ensemble, `compiled_predict` with and without XLA, the
-  exported SavedModel), and the ensemble's share of the machine's matmul peak.
-- overhead: the combiner and the uncertainty outputs against the members alone.
-- memory: load time of the member files and of the export; resident memory per
-  member against its weight bytes.
-- stacking: the default stacker's fit against `LogisticRegressionCV` on digits' meta features
-  (1000 x 40; `+stacking_rows=`): seconds, choices, held-out quality, the optimum at C=1, the 3 s target.
+Each entry (fit, inference, overhead, memory, onnx, fusion, stacking) is described in
+`experiments.benchmarks`.
 """
 
 from __future__ import annotations
@@ -43,6 +34,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
             "overhead": benchmarks.bench_overhead(cfg),
             "memory": benchmarks.bench_memory(cfg, scratch),
             "stacking": benchmarks.bench_stacking(cfg),
+            "onnx": benchmarks.bench_onnx(cfg, scratch),
+            "fusion": benchmarks.bench_fusion(cfg, scratch),
         }
     results["config"] = json.loads(json.dumps(results["config"], default=list))
     table = benchmarks.markdown(results)

@@ -216,3 +216,23 @@ def test_rewiring_a_fitted_conformal_ensemble_with_and_without_fusion_keeps_its_
     _assert_same_outputs(model, unfused, _rows(25, seed=9))
     with pytest.raises(ensemble.EnsembleError, match="fuse"):
         with_fusion(model, None)
+
+
+def test_export_onnx_fuses_on_request_and_answers_as_the_unfused_ensemble(tmp_path):
+    from ensemble.export import read_onnx_manifest, run_onnx
+
+    members = _members(["mlp", "mlp", "small"])
+    model = ensemble.build_ensemble(members, combiners.StackingCombiner())
+    x = _rows(21, seed=10)
+    want = model.predict(x, verbose=0)
+    fused_path = ensemble.export_onnx(model, tmp_path / "fused.onnx", fuse=True)
+    plain_path = ensemble.export_onnx(model, tmp_path / "plain.onnx")
+    assert read_onnx_manifest(fused_path)["fused"] == [["mlp0", "mlp1"]]
+    assert read_onnx_manifest(plain_path)["fused"] == []
+    for path in (fused_path, plain_path):
+        got = run_onnx(path, {"features": x})
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=f"{path}: {key}")
+    export_dir = ensemble.export_saved_model(model, tmp_path / "export")
+    with pytest.raises(ensemble.EnsembleError, match="needs the ensemble"):
+        ensemble.export_onnx(export_dir, tmp_path / "from_dir.onnx", fuse=True)

@@ -27,6 +27,7 @@ from ensemble.errors import EnsembleError
 from ensemble.export.onnx_convert import convert, name_batch_dimension
 from ensemble.export.saved_model import MANIFEST, _manifest, read_manifest
 from ensemble.export.signature import input_specs, serving_function
+from ensemble.graph.member_outputs import with_fusion
 from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
 
@@ -52,6 +53,7 @@ def export_onnx(
     opset: int | None = None,
     overwrite: bool = False,
     check: bool = True,
+    fuse: bool | None = None,
 ) -> str:
     """Convert an ensemble (or its exported SavedModel directory) to one `.onnx` file.
 
@@ -67,6 +69,10 @@ def export_onnx(
             signature): boolean outputs exactly, the others within `CHECK_TOLERANCE` with NaN
             where the ensemble has NaN. On by default: a conversion that changes an answer
             is refused, not shipped.
+        fuse: True converts the ensemble with its members of one architecture fused
+            (`build_ensemble(..., fuse=True)`; onnxruntime answers small batches faster so,
+            see the benchmark), False with every member computed alone, None as it was built.
+            An export directory is converted as it was exported (None only).
 
     Returns:
         The absolute path written.
@@ -91,6 +97,13 @@ def export_onnx(
             raise EnsembleError(
                 f"Expected opset to be an integer in [{_MIN_OPSET}, {highest}] or None. Received: {opset!r}"
             )
+    if fuse is not None:
+        if not isinstance(model_or_export_dir, keras.Model):
+            raise EnsembleError(
+                f"fuse={fuse!r} needs the ensemble (a keras.Model); an export directory is "
+                "converted as it was exported. Pass fuse=None, or the ensemble."
+            )
+        model_or_export_dir = with_fusion(model_or_export_dir, fuse)
     with _serving(model_or_export_dir) as (function, specs, manifest, what):
         proto = convert(tf2onnx, onnx, function, specs, opset, what)
         keys = list(manifest["signatures"]["serving_default"])

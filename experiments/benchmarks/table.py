@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["markdown", "stacking_lines"]
+__all__ = ["fusion_lines", "markdown", "onnx_lines", "stacking_lines"]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -52,6 +52,11 @@ def markdown(results: dict[str, Any]) -> str:
     )
     if "stacking" in results:
         lines.extend(stacking_lines(results["stacking"]))
+    large_batch = results["config"]["large_batch"]
+    if "onnx" in results:
+        lines.extend(onnx_lines(results["onnx"], large_batch))
+    if "fusion" in results:
+        lines.extend(fusion_lines(results["fusion"], large_batch))
     return "\n".join(lines) + "\n"
 
 
@@ -90,3 +95,79 @@ def stacking_lines(stacking: dict[str, Any]) -> list[str]:
         f"| target: the {rows}-row stacker fit under {target:g} s at the optimum (gtol {gtol:g}; "
         f"candidates scored on folds at {cv_gtol:g}) | {verdict} |",
     ]
+
+
+def _verdict(value: float, target: float, *, at_most: bool) -> str:
+    """ "met" or "missed by ..." for a ratio against its target."""
+    met = value <= target if at_most else value >= target
+    return "met" if met else f"missed by {abs(value - target) / target:.0%}"
+
+
+def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
+    """Our ONNX export against the naive conversion, the TF paths against one member, the
+    share of the matmul peak at a large batch; each with its target from issue 16."""
+    one, large, share = onnx["batch_1_s"], onnx[f"batch_{large_batch}_s"], onnx["share_of_peak"]
+    naive = "naive tf2onnx of the SavedModel"
+    ours = one["export_onnx"] / one[naive]
+    tf_paths = ("exported serving_default", "compiled_predict", "compiled_predict, XLA")
+    fastest = min(tf_paths, key=lambda name: one[name])
+    against_member = one[fastest] / one["ONE member, compiled"]
+    lines = [
+        f"| batch 1: `export_onnx` vs tf2onnx's command line on our SavedModel, both in onnxruntime "
+        f"({1e3 * one['export_onnx']:.3f} vs {1e3 * one[naive]:.3f} ms; target <= 1.1x) | "
+        f"{ours:.2f}x ({_verdict(ours, 1.1, at_most=True)}) |",
+        f"| batch 1: the fastest TF path ({fastest}) vs ONE member's compiled call (target <= 1.0x) | "
+        f"{against_member:.2f}x ({_verdict(against_member, 1.0, at_most=True)}) |",
+    ]
+    for name in tf_paths:
+        lines.append(
+            f"| batch 1: {name} vs onnxruntime on `export_onnx` | {one[name] / one['export_onnx']:.2f}x |"
+        )
+    peak = max(onnx["tf_matmul_peak_gflops"], onnx["onnx_matmul_peak_gflops"])
+    for name, target in (
+        ("export_onnx", 0.95),
+        (naive, None),
+        ("exported serving_default", 0.85),
+        ("compiled_predict", None),
+        ("compiled_predict, XLA", None),
+    ):
+        verdict = (
+            ""
+            if target is None
+            else f" (target >= {target:.0%}: {_verdict(share[name], target, at_most=False)})"
+        )
+        lines.append(
+            f"| batch {large_batch}: {name}, share of the matmul peak ({peak:.0f} GFLOP/s, the faster of "
+            f"TF's and onnxruntime's 2048² matmul){verdict} | {share[name]:.0%} |"
+        )
+    lines.append(
+        f"| batch {large_batch}: exported serving_default vs onnxruntime on `export_onnx` | "
+        f"{large['exported serving_default'] / large['export_onnx']:.2f}x |"
+    )
+    return lines
+
+
+def fusion_lines(fusion: dict[str, Any], large_batch: int) -> list[str]:
+    """Fused against unfused members of one architecture, and the default against fuse=False."""
+    lines = []
+    for batch in (1, large_batch):
+        seconds = fusion[f"batch_{batch}_s"]
+        for runtime in ("TF", "onnxruntime"):
+            unfused = seconds[f"{runtime} fuse=False"]
+            fused = unfused / seconds[f"{runtime} fuse=True"]
+            default = unfused / seconds[f"{runtime} default"]
+            target = (
+                " (target >= 1.5x: " + _verdict(fused, 1.5, at_most=False) + ")"
+                if (batch == 1 and runtime == "onnxruntime")
+                else ""
+            )
+            lines.append(
+                f"| {fusion['members']} members of one architecture, {runtime}, batch {batch}: fuse=True "
+                f"vs fuse=False{target} | {fused:.2f}x faster |"
+            )
+            lines.append(
+                f"| {fusion['members']} members, {runtime}, batch {batch}: the default build "
+                f"({fusion['default_fused'] or 'no fusion'}) vs fuse=False (target: never slower) | "
+                f"{default:.2f}x faster |"
+            )
+    return lines

@@ -1,0 +1,167 @@
+"""Our exports against the naive conversion, and fused members against unfused, side by side.
+
+- `bench_onnx`: the synthetic ensemble as `ensemble.export_onnx` writes it and as tf2onnx's
+  command line converts our SavedModel export (what a user would do), both in onnxruntime,
+  against the TensorFlow paths (the SavedModel's `serving_default`, `compiled_predict`, with
+  XLA) and ONE member's compiled call, at batch 1 and at `cfg.large_batch`; and each path's
+  share of the machine's matmul peak (the faster of TensorFlow's and onnxruntime's 2048²
+  matmul, timed in the same rounds).
+- `bench_fusion`: `cfg.fusion_members` members of one architecture built with `fuse=False`,
+  `fuse=True` and the default, in TensorFlow (`compiled_predict`) and onnxruntime, at both batches.
+
+Every comparison is timed in turn within each round (`interleaved_seconds`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+import combiners
+from ensemble import build_ensemble, compiled_predict, export_onnx, export_saved_model, load_member
+from ensemble.export.onnx import inference_session
+from ensemble.graph.view import EnsembleView, ensemble_members
+from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble, synthetic_mlps
+from experiments.benchmarks.timing import interleaved_seconds
+
+__all__ = ["MATMUL_SIZE", "bench_fusion", "bench_onnx", "matmul_calls", "naive_onnx"]
+
+
+def naive_onnx(export_dir: str, path: str) -> str:
+    """Our SavedModel export converted by tf2onnx's command line, with its defaults."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tf2onnx.convert", "--saved-model", export_dir, "--output", path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tf2onnx failed on {export_dir}: {done.stderr[-2000:]}")
+    return path
+
+
+MATMUL_SIZE = 2048
+
+
+def matmul_calls(size: int = MATMUL_SIZE) -> dict[str, Callable[[], Any]]:
+    """A float32 `size`² matmul in TensorFlow and in onnxruntime: the machine's matmul peak,
+    timed in the same rounds as what is measured against it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", [a], [c])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    session = inference_session(proto.SerializeToString())
+    x = np.random.default_rng(0).normal(size=(size, size)).astype("float32")
+    matmul, tensor = tf.function(lambda m: tf.matmul(m, m)), tf.constant(x)
+    return {
+        "TF matmul": functools.partial(_as_numpy, matmul, tensor),
+        "onnxruntime matmul": lambda: session.run(None, {"a": x}),
+    }
+
+
+def _as_numpy(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What a TF function returns, as NumPy (a client's answer, not a tensor still computing)."""
+    result = function(*args, **kwargs)
+    return {k: v.numpy() for k, v in result.items()} if isinstance(result, dict) else result.numpy()
+
+
+def _session_call(path: str, feed: np.ndarray) -> Callable[[], Any]:
+    session = inference_session(path)
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: feed})
+
+
+def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
+    model = synthetic_ensemble(cfg)
+    export_dir = export_saved_model(model, os.path.join(scratch, "onnx_export"))
+    paths = {
+        "naive tf2onnx of the SavedModel": naive_onnx(export_dir, os.path.join(scratch, "naive.onnx")),
+        "export_onnx": export_onnx(model, os.path.join(scratch, "ours.onnx")),
+    }
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    member = ensemble_members(model)[0]
+    one_member = tf.function(member.call, input_signature=[tf.TensorSpec((None, cfg.features), tf.float32)])
+    fast, xla = compiled_predict(model), compiled_predict(model, jit_compile=True)
+    rng = np.random.default_rng(cfg.seed)
+    results: dict[str, Any] = {}
+    for batch in (1, cfg.large_batch):
+        x = rng.normal(size=(batch, cfg.features)).astype("float32")
+        calls: dict[str, Callable[[], Any]] = {name: _session_call(p, x) for name, p in paths.items()}
+        calls.update(
+            {
+                "exported serving_default": functools.partial(_as_numpy, serving, features=x),
+                "compiled_predict": functools.partial(fast, x),
+                "compiled_predict, XLA": functools.partial(xla, x),
+                "ONE member, compiled": functools.partial(_as_numpy, one_member, x),
+            }
+        )
+        if batch == cfg.large_batch:
+            calls.update(matmul_calls())
+        rounds = cfg.latency_calls if batch == 1 else cfg.throughput_calls
+        results[f"batch_{batch}_s"] = interleaved_seconds(calls, rounds)
+    large = results[f"batch_{cfg.large_batch}_s"]
+    peaks = {name: 2 * MATMUL_SIZE**3 / large.pop(f"{name} matmul") / 1e9 for name in ("TF", "onnxruntime")}
+    flops = cfg.large_batch * ensemble_flops_per_row(cfg)
+    results.update(
+        {
+            "tf_matmul_peak_gflops": peaks["TF"],
+            "onnx_matmul_peak_gflops": peaks["onnxruntime"],
+            "share_of_peak": {
+                name: flops / seconds / 1e9 / max(peaks.values())
+                for name, seconds in large.items()
+                if "member" not in name
+            },
+        }
+    )
+    return results
+
+
+def bench_fusion(cfg: DictConfig, scratch: str) -> dict[str, Any]:
+    """`cfg.fusion_members` members of one architecture, fused or not, in TF and onnxruntime."""
+    mlps = synthetic_mlps(_with(cfg, member_count=cfg.fusion_members), cfg.hidden)
+    members = [load_member(m, name=f"member_{i}") for i, m in enumerate(mlps)]
+    builds = {
+        "fuse=False": build_ensemble(members, combiners.StackingCombiner(), fuse=False),
+        "fuse=True": build_ensemble(members, combiners.StackingCombiner(), fuse=True),
+        "default": build_ensemble(members, combiners.StackingCombiner()),
+    }
+    paths = {
+        name: export_onnx(model, os.path.join(scratch, f"fusion_{i}.onnx"))
+        for i, (name, model) in enumerate(builds.items())
+    }
+    compiled = {name: compiled_predict(model) for name, model in builds.items()}
+    rng = np.random.default_rng(cfg.seed)
+    results: dict[str, Any] = {
+        "members": cfg.fusion_members,
+        "fused": EnsembleView.of(builds["fuse=True"]).fused,
+        "default_fused": EnsembleView.of(builds["default"]).fused,
+    }
+    for batch in (1, cfg.large_batch):
+        x = rng.normal(size=(batch, cfg.features)).astype("float32")
+        calls: dict[str, Callable[[], Any]] = {}
+        for name in builds:
+            calls[f"TF {name}"] = functools.partial(compiled[name], x)
+            calls[f"onnxruntime {name}"] = _session_call(paths[name], x)
+        rounds = cfg.latency_calls if batch == 1 else cfg.throughput_calls
+        results[f"batch_{batch}_s"] = interleaved_seconds(calls, rounds)
+    return results
+
+
+def _with(cfg: DictConfig, **changes: Any) -> DictConfig:
+    copy = cfg.copy()
+    for key, value in changes.items():
+        copy[key] = value
+    return copy
