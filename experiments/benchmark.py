@@ -5,7 +5,7 @@
 
 Writes `benchmark.json` and `benchmark.md` into the Hydra run directory.
 
-Each entry (fit, inference, overhead, memory, onnx, fusion, stacking) is described in
+Each entry (fit, level_one_memory, inference, overhead, memory, onnx, fusion, stacking) is described in
 `experiments.benchmarks`.
 """
 
@@ -30,6 +30,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         results = {
             "config": {k: cfg[k] for k in cfg if k != "hydra"},
             "fit": benchmarks.bench_fit(cfg),
+            "level_one_memory": benchmarks.bench_level_one_memory(cfg),
             "inference": benchmarks.bench_inference(cfg, scratch),
             "overhead": benchmarks.bench_overhead(cfg),
             "memory": benchmarks.bench_memory(cfg, scratch),

@@ -29,6 +29,10 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
                 "latency_calls=2",
                 "throughput_calls=1",
                 "memory_hidden=[16]",
+                "fusion_members=3",
+                "level_one_rows=2000",
+                "level_one_hidden=[8]",
+                "level_one_batch_size=256",
             ],
         )
     GlobalHydra.instance().clear()
@@ -46,3 +50,20 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     # At a fixed C our fit is at scikit-learn's optimum at tol 1e-10, or below it.
     assert stacking["optimum"]["tol_1e-10"]["gap_over_ours"] > -1e-6
     assert "stacker fit on digits' meta features" in table and "3 s at the optimum" in table
+    onnx = results["onnx"]
+    assert set(onnx["batch_1_s"]) == set(onnx["batch_64_s"]) == {
+        "naive tf2onnx of the SavedModel",
+        "export_onnx",
+        "exported serving_default",
+        "compiled_predict",
+        "compiled_predict, XLA",
+        "ONE member, compiled",
+    }
+    assert all(share > 0 for share in onnx["share_of_peak"].values())
+    assert "`export_onnx` vs tf2onnx's command line" in table and "share of the matmul peak" in table
+    fusion = results["fusion"]
+    assert fusion["fused"] == [["member_0", "member_1", "member_2"]] and fusion["default_fused"] == []
+    assert len(fusion["batch_1_s"]) == 6 and "members of one architecture, onnxruntime, batch 1" in table
+    memory = results["level_one_memory"]
+    assert memory["rows"] == 2000 and memory["x_copied_for_fingerprint"] is False
+    assert "level-one pass, 2,000 rows" in table

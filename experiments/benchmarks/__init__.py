@@ -6,6 +6,8 @@
   to predict (a loop of `member.predict`, a loop of compiled members, Keras
   `predict` on the ensemble, `compiled_predict` with and without XLA, the
   exported SavedModel), and the ensemble's share of the machine's matmul peak.
+- level_one_memory: the level-one pass over `level_one_rows` rows in a fresh process: peak memory
+  above the inputs against the predictions' bytes, and what fingerprinting x allocates.
 - overhead: the combiner and the uncertainty outputs against the members alone.
 - memory: load time of the member files and of the export; resident memory per
   member against its weight bytes.
@@ -18,10 +20,11 @@
   (1000 x 40; `+stacking_rows=`): seconds, choices, held-out quality, the optimum at C=1, the 3 s target.
 """
 
+from experiments.benchmarks.fitting import bench_fit, bench_level_one_memory
 from experiments.benchmarks.memory import bench_memory
 from experiments.benchmarks.models import synthetic_ensemble, synthetic_mlps
 from experiments.benchmarks.onnx import bench_fusion, bench_onnx
-from experiments.benchmarks.speed import bench_fit, bench_inference, bench_overhead
+from experiments.benchmarks.speed import bench_inference, bench_overhead
 from experiments.benchmarks.stacking import bench_stacking
 from experiments.benchmarks.table import markdown
 
@@ -29,6 +32,7 @@ __all__ = [
     "bench_fit",
     "bench_fusion",
     "bench_inference",
+    "bench_level_one_memory",
     "bench_memory",
     "bench_onnx",
     "bench_overhead",

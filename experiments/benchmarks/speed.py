@@ -1,4 +1,4 @@
-"""Fitting, latency, throughput and output overhead, each against the naive way."""
+"""Latency, throughput and output overhead, each against the naive way."""
 
 from __future__ import annotations
 
@@ -12,32 +12,12 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from ensemble import compiled_predict, export_saved_model, fit_combiner
+from ensemble import compiled_predict, export_saved_model
 from ensemble.graph.view import ensemble_members
 from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble
-from experiments.benchmarks.timing import matmul_peak_gflops, median_call_seconds, median_seconds
+from experiments.benchmarks.timing import matmul_peak_gflops, median_call_seconds
 
-__all__ = ["bench_fit", "bench_inference", "bench_overhead", "members_only_as_dict"]
-
-
-def bench_fit(cfg: DictConfig) -> dict[str, float]:
-    rng = np.random.default_rng(cfg.seed)
-    x = rng.normal(size=(cfg.rows, cfg.features)).astype("float32")
-    y = rng.integers(0, cfg.classes, size=cfg.rows)
-
-    def whole_graph(model: keras.Model) -> None:
-        model.compile(
-            optimizer=keras.optimizers.Adam(0.01), loss={"prediction": "sparse_categorical_crossentropy"}
-        )
-        model.fit(x, {"prediction": y}, epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=0)
-
-    def level_one(model: keras.Model) -> None:  # the members' single pass included
-        fit_combiner(model, x, y, epochs=cfg.epochs, batch_size=cfg.batch_size, verbose=0)
-
-    build = lambda: synthetic_ensemble(cfg)  # noqa: E731
-    naive = median_seconds(build, whole_graph, cfg.repeats)
-    ours = median_seconds(build, level_one, cfg.repeats)
-    return {"model_fit_s": naive, "fit_combiner_s": ours, "speedup": naive / ours}
+__all__ = ["bench_inference", "bench_overhead", "members_only_as_dict"]
 
 
 def bench_inference(cfg: DictConfig, scratch: str) -> dict[str, Any]:

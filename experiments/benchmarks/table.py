@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments.benchmarks.fitting import fitting_lines
+
 __all__ = ["fusion_lines", "markdown", "onnx_lines", "stacking_lines"]
 
 
 def markdown(results: dict[str, Any]) -> str:
-    fit, inference = results["fit"], results["inference"]
+    inference = results["inference"]
     latency, throughput = inference["latency_s"], inference["throughput_rows_per_s"]
     ours = latency["compiled_predict"]
-    lines = [
-        "| measure | ratio |",
-        "| --- | --- |",
-        f"| `fit_combiner` vs `model.fit` of the whole frozen graph ({results['config']['epochs']} "
-        f"epochs) | {fit['speedup']:.1f}x faster |",
-    ]
+    lines = ["| measure | ratio |", "| --- | --- |", *fitting_lines(results)]
     for name, seconds in latency.items():
         lines.append(f"| batch 1 latency: {name} | {seconds / ours:.2f}x `compiled_predict` |")
     lines.append(
