@@ -5,11 +5,13 @@
   against the TensorFlow paths (the SavedModel's `serving_default`, `compiled_predict`, with
   XLA) and ONE member's compiled call, at batch 1 and at `cfg.large_batch`; and each path's
   share of the machine's matmul peak (the faster of TensorFlow's and onnxruntime's 2048²
-  matmul, timed in the same rounds).
+  matmul, each timed in the rounds of its runtime).
 - `bench_fusion`: `cfg.fusion_members` members of one architecture built with `fuse=False`,
   `fuse=True` and the default, in TensorFlow (`compiled_predict`) and onnxruntime, at both batches.
 
-Every comparison is timed in turn within each round (`interleaved_seconds`).
+Within each runtime every comparison is timed in turn in each round (`interleaved_seconds`):
+TensorFlow's in this process, onnxruntime's in a process of its own with one thread pool for
+its sessions (`onnxruntime_seconds`; per-session pools contend for the cores).
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ from omegaconf import DictConfig
 
 import combiners
 from ensemble import build_ensemble, compiled_predict, export_onnx, export_saved_model, load_member
-from ensemble.export.onnx import inference_session
 from ensemble.graph.view import EnsembleView, ensemble_members
 from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble, synthetic_mlps
-from experiments.benchmarks.timing import interleaved_seconds
+from experiments.benchmarks.rounds import MATMUL_SIZE, interleaved_seconds, onnxruntime_seconds
 
-__all__ = ["MATMUL_SIZE", "bench_fusion", "bench_onnx", "matmul_calls", "naive_onnx"]
+__all__ = ["bench_fusion", "bench_onnx", "naive_onnx", "tf_matmul_call"]
 
 
 def naive_onnx(export_dir: str, path: str) -> str:
@@ -49,39 +50,16 @@ def naive_onnx(export_dir: str, path: str) -> str:
     return path
 
 
-MATMUL_SIZE = 2048
-
-
-def matmul_calls(size: int = MATMUL_SIZE) -> dict[str, Callable[[], Any]]:
-    """A float32 `size`² matmul in TensorFlow and in onnxruntime: the machine's matmul peak,
-    timed in the same rounds as what is measured against it."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
-    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", [a], [c])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(proto)
-    session = inference_session(proto.SerializeToString())
-    x = np.random.default_rng(0).normal(size=(size, size)).astype("float32")
-    matmul, tensor = tf.function(lambda m: tf.matmul(m, m)), tf.constant(x)
-    return {
-        "TF matmul": functools.partial(_as_numpy, matmul, tensor),
-        "onnxruntime matmul": lambda: session.run(None, {"a": x}),
-    }
+def tf_matmul_call(size: int = MATMUL_SIZE) -> Callable[[], Any]:
+    """A float32 `size`² matmul in TensorFlow: its rate is TF's share of the machine's peak."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(size, size)).astype("float32"))
+    return functools.partial(_as_numpy, tf.function(lambda m: tf.matmul(m, m)), x)
 
 
 def _as_numpy(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """What a TF function returns, as NumPy (a client's answer, not a tensor still computing)."""
     result = function(*args, **kwargs)
     return {k: v.numpy() for k, v in result.items()} if isinstance(result, dict) else result.numpy()
-
-
-def _session_call(path: str, feed: np.ndarray) -> Callable[[], Any]:
-    session = inference_session(path)
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: feed})
 
 
 def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
@@ -96,22 +74,20 @@ def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
     one_member = tf.function(member.call, input_signature=[tf.TensorSpec((None, cfg.features), tf.float32)])
     fast, xla = compiled_predict(model), compiled_predict(model, jit_compile=True)
     rng = np.random.default_rng(cfg.seed)
+    batches = {1: cfg.latency_calls, cfg.large_batch: cfg.throughput_calls}
+    timed = onnxruntime_seconds(paths, cfg.features, batches, seed=cfg.seed, matmul=True)
     results: dict[str, Any] = {}
-    for batch in (1, cfg.large_batch):
+    for batch, rounds in batches.items():
         x = rng.normal(size=(batch, cfg.features)).astype("float32")
-        calls: dict[str, Callable[[], Any]] = {name: _session_call(p, x) for name, p in paths.items()}
-        calls.update(
-            {
-                "exported serving_default": functools.partial(_as_numpy, serving, features=x),
-                "compiled_predict": functools.partial(fast, x),
-                "compiled_predict, XLA": functools.partial(xla, x),
-                "ONE member, compiled": functools.partial(_as_numpy, one_member, x),
-            }
-        )
+        calls: dict[str, Callable[[], Any]] = {
+            "exported serving_default": functools.partial(_as_numpy, serving, features=x),
+            "compiled_predict": functools.partial(fast, x),
+            "compiled_predict, XLA": functools.partial(xla, x),
+            "ONE member, compiled": functools.partial(_as_numpy, one_member, x),
+        }
         if batch == cfg.large_batch:
-            calls.update(matmul_calls())
-        rounds = cfg.latency_calls if batch == 1 else cfg.throughput_calls
-        results[f"batch_{batch}_s"] = interleaved_seconds(calls, rounds)
+            calls["TF matmul"] = tf_matmul_call()
+        results[f"batch_{batch}_s"] = {**timed[batch], **interleaved_seconds(calls, rounds)}
     large = results[f"batch_{cfg.large_batch}_s"]
     peaks = {name: 2 * MATMUL_SIZE**3 / large.pop(f"{name} matmul") / 1e9 for name in ("TF", "onnxruntime")}
     flops = cfg.large_batch * ensemble_flops_per_row(cfg)
@@ -149,14 +125,14 @@ def bench_fusion(cfg: DictConfig, scratch: str) -> dict[str, Any]:
         "fused": EnsembleView.of(builds["fuse=True"]).fused,
         "default_fused": EnsembleView.of(builds["default"]).fused,
     }
-    for batch in (1, cfg.large_batch):
+    batches = {1: cfg.latency_calls, cfg.large_batch: cfg.throughput_calls}
+    timed = onnxruntime_seconds(
+        {f"onnxruntime {name}": path for name, path in paths.items()}, cfg.features, batches, seed=cfg.seed
+    )
+    for batch, rounds in batches.items():
         x = rng.normal(size=(batch, cfg.features)).astype("float32")
-        calls: dict[str, Callable[[], Any]] = {}
-        for name in builds:
-            calls[f"TF {name}"] = functools.partial(compiled[name], x)
-            calls[f"onnxruntime {name}"] = _session_call(paths[name], x)
-        rounds = cfg.latency_calls if batch == 1 else cfg.throughput_calls
-        results[f"batch_{batch}_s"] = interleaved_seconds(calls, rounds)
+        calls = {f"TF {name}": functools.partial(compiled[name], x) for name in builds}
+        results[f"batch_{batch}_s"] = {**interleaved_seconds(calls, rounds), **timed[batch]}
     return results
 
 

@@ -1,0 +1,115 @@
+"""Timing in rounds, every call timed in turn; and onnxruntime's timings in a process of their own.
+
+Run as a script (`python rounds.py '<json spec>'`, as `onnxruntime_seconds` does), it times
+onnxruntime sessions of the `.onnx` files the spec names and prints the medians as JSON. The
+process imports neither TensorFlow nor this project, and its sessions share one global thread
+pool, as a server holding several should: with a pool each (onnxruntime's default) the pools
+contend for the cores, and two sessions of one file called in turn took 45 ms a call at batch
+4096 where one alone took 30 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["MATMUL_SIZE", "interleaved_seconds", "onnxruntime_seconds"]
+
+MATMUL_SIZE = 2048  # the matmul whose rate is the machine's peak
+
+
+def interleaved_seconds(calls: Mapping[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """The median seconds of each call, the calls taken in turn within every round.
+
+    On a shared machine the load changes from second to second; calls timed in turn see the
+    same load, so their ratios hold where medians taken one after the other would not. Each
+    timed call follows an untimed one of the same call: what the previous call left behind
+    (threads still spinning, caches holding another model's weights) is paid there, not in the
+    timing."""
+    for call in calls.values():
+        call()  # warm-up: traces and allocations happen here, not in the timing
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            call()
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def onnxruntime_seconds(
+    paths: Mapping[str, str],
+    features: int,
+    batches: Mapping[int, int],
+    *,
+    seed: int = 0,
+    matmul: bool = False,
+) -> dict[int, dict[str, float]]:
+    """Median seconds of each `.onnx` file's session at each batch (`{batch: rounds}`), timed in
+    turn in a fresh process; with `matmul`, also "onnxruntime matmul" (a `MATMUL_SIZE`² matmul)
+    at the largest batch."""
+    spec = {
+        "paths": dict(paths),
+        "features": features,
+        "batches": dict(batches),
+        "seed": seed,
+        "matmul": matmul,
+    }
+    done = subprocess.run(
+        # -P: the script's folder is not put on sys.path (its onnx.py would shadow onnx).
+        [sys.executable, "-P", __file__, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"onnxruntime timing failed: {done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    return {int(batch): seconds for batch, seconds in measured.items()}
+
+
+def _time_sessions(spec: dict[str, Any]) -> dict[str, dict[str, float]]:
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    ort.set_global_thread_pool_sizes(0, 0)  # one pool for every session, sized to the cores
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    options.log_severity_level = 3
+
+    def session(model: str | bytes) -> Any:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    sessions = {name: session(path) for name, path in spec["paths"].items()}
+    rng = np.random.default_rng(spec["seed"])
+    results = {}
+    for batch, rounds in sorted((int(b), r) for b, r in spec["batches"].items()):
+        x = rng.normal(size=(batch, spec["features"])).astype("float32")
+        calls: dict[str, Callable[[], Any]] = {
+            name: functools.partial(each.run, None, {each.get_inputs()[0].name: x})
+            for name, each in sessions.items()
+        }
+        if spec["matmul"] and batch == max(int(b) for b in spec["batches"]):
+            size = [MATMUL_SIZE, MATMUL_SIZE]
+            a = helper.make_tensor_value_info("a", TensorProto.FLOAT, size)
+            c = helper.make_tensor_value_info("c", TensorProto.FLOAT, size)
+            graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", [a], [c])
+            square = session(
+                helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+            )
+            m = rng.normal(size=size).astype("float32")
+            calls["onnxruntime matmul"] = functools.partial(square.run, None, {"a": m})
+        results[str(batch)] = interleaved_seconds(calls, rounds)
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(_time_sessions(json.loads(sys.argv[1]))))
