@@ -117,8 +117,41 @@ def test_only_chains_of_dense_layers_of_one_architecture_are_grouped():
         ensemble.load_member(_mlp(2), name="other_input", inputs="other"),
     ]
     assert fusable_groups(members) == []
+    # A float16 layer rounds what it computes, and an activation layer with weights (PReLU)
+    # or a LeakyReLU object as activation is no plain function: never fused, never a crash.
+    for seed, make in enumerate(
+        [
+            lambda: keras.layers.Activation("softmax", dtype="float16"),
+            lambda: keras.layers.Dropout(0.1, dtype="mixed_float16"),
+            lambda: keras.layers.Dense(3, activation=keras.layers.LeakyReLU(0.3)),
+        ]
+    ):
+        keras.utils.set_random_seed(seed)
+        odd = [
+            ensemble.load_member(
+                keras.Sequential(
+                    [keras.Input((FEATURES,)), keras.layers.Dense(3, activation="softmax"), make()]
+                ),
+                name=f"odd{i}",
+            )
+            for i in range(2)
+        ]
+        assert fusable_groups(odd) == [], seed
     with pytest.raises(ValueError, match="fusable architecture"):
         FusedMembers(members[4:6])
+
+
+def test_large_regression_outputs_agree_to_float32_rounding_of_their_magnitude():
+    regressors = [ensemble.load_member(_mlp(i, (64, 64), final=None, out=2), name=f"r{i}") for i in range(3)]
+    x = 100 * _rows(50)
+    plain = ensemble.build_ensemble(regressors, combiners.MeanCombiner(), task="regression")
+    fused = ensemble.build_ensemble(regressors, combiners.MeanCombiner(), task="regression", fuse=True)
+    want, got = plain.predict(x, verbose=0), fused.predict(x, verbose=0)
+    assert np.abs(want["prediction"]).max() > 10  # large enough for the order of the sums to show
+    for key in want:
+        np.testing.assert_allclose(
+            got[key], want[key], rtol=1e-6, atol=1e-6 * np.abs(want[key]).max(), err_msg=key
+        )
 
 
 def test_a_fused_regression_ensemble_and_a_binary_sigmoid_classifier():

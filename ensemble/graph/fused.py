@@ -5,7 +5,9 @@ model is a chain of `Dense` layers (with `Activation` and `Dropout`, the identit
 of the same widths, activations and input can be computed together: the first layer as ONE
 wide matmul over the shared input (its kernels side by side), every later layer as one batched
 matmul over the members' stacked kernels. The result equals each member computed alone up to
-float rounding (the sums run in another order), which the tests hold to 1e-6.
+float32 rounding (the sums run in another order): within 1e-6 for probabilities, and a
+few float32 steps of the value's magnitude for larger outputs (regression targets in the
+tens: about 1e-5), which the tests hold.
 
 Whether this is faster depends on the runtime and the batch (see `experiments.benchmark`):
 fewer, larger ops win where per-op overhead dominates (small batches, onnxruntime), separate
@@ -18,6 +20,7 @@ sliced) above it.
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,17 +80,32 @@ def _is_chain(model: keras.Model, layers: list[keras.layers.Layer]) -> bool:
 
 
 def _fusable_layer(layer: keras.layers.Layer) -> bool:
+    """A float32 layer (a float16 one rounds what it computes, which the fused float32 form
+    would not) that is a plain `Dense`, an `Activation` or the identity at inference, whose
+    activation is a plain function (a layer as activation, such as `PReLU`, has weights of its
+    own per member)."""
+    if layer.dtype_policy.name != "float32":
+        return False
     if isinstance(layer, _IDENTITY_AT_INFERENCE):
         return True
-    if isinstance(layer, keras.layers.Activation):
-        return True
-    return (
-        type(layer) is keras.layers.Dense
-        and layer.dtype_policy.name == "float32"
-        and getattr(layer, "quantization_mode", None) is None
+    if not isinstance(layer, keras.layers.Activation) and type(layer) is not keras.layers.Dense:
+        return False
+    if not isinstance(layer.activation, types.FunctionType) or _activation_name(layer) is None:
+        return False
+    return isinstance(layer, keras.layers.Activation) or (
+        getattr(layer, "quantization_mode", None) is None
         and not getattr(layer, "lora_enabled", False)
         and len(layer.kernel.shape) == 2
     )
+
+
+def _activation_name(layer: keras.layers.Layer) -> str | None:
+    """The registered name of a layer's activation function; None for one Keras cannot name."""
+    try:
+        name = keras.activations.serialize(layer.activation)
+    except (TypeError, ValueError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _signature(member: Member) -> tuple[Any, ...] | None:
@@ -100,7 +118,7 @@ def _signature(member: Member) -> tuple[Any, ...] | None:
             type(layer).__name__,
             tuple(layer.kernel.shape) if isinstance(layer, keras.layers.Dense) else None,
             getattr(layer, "use_bias", None),
-            keras.activations.serialize(layer.activation),
+            _activation_name(layer),
         )
         for layer in chain
     )

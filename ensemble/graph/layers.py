@@ -151,7 +151,8 @@ class NonFiniteRows(keras.layers.Layer):
     def call(self, outputs: dict[str, Tensor], checked: list[Tensor]) -> dict[str, Tensor]:
         # `poison`: per row, the sum of every checked value times 0, which is exactly 0 on a
         # finite row and NaN on any other (inf * 0 is NaN; no sum of zeros overflows). Adding it
-        # to a float output leaves the finite rows as they are (x + 0 == x) and makes the others
+        # to a float output leaves the finite rows as they are (x + 0 == x; a -0.0 becomes +0.0,
+        # the same value) and makes the others
         # NaN: two ops per checked tensor and one per output, where a mask and a select per
         # output cost several times the ops (each one a kernel launch at batch 1).
         poison = None
