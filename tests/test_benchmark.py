@@ -51,14 +51,18 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert stacking["optimum"]["tol_1e-10"]["gap_over_ours"] > -1e-6
     assert "stacker fit on digits' meta features" in table and "3 s at the optimum" in table
     onnx = results["onnx"]
-    assert set(onnx["batch_1_s"]) == set(onnx["batch_64_s"]) == {
-        "naive tf2onnx of the SavedModel",
-        "export_onnx",
-        "exported serving_default",
-        "compiled_predict",
-        "compiled_predict, XLA",
-        "ONE member, compiled",
-    }
+    assert (
+        set(onnx["batch_1_s"])
+        == set(onnx["batch_64_s"])
+        == {
+            "naive tf2onnx of the SavedModel",
+            "export_onnx",
+            "exported serving_default",
+            "compiled_predict",
+            "compiled_predict, XLA",
+            "ONE member, compiled",
+        }
+    )
     assert all(share > 0 for share in onnx["share_of_peak"].values())
     assert "`export_onnx` vs tf2onnx's command line" in table and "share of the matmul peak" in table
     fusion = results["fusion"]
