@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from ensemble.errors import EnsembleError
 from ensemble.types import Data, Tensor
 
-__all__ = ["data_fingerprint", "flat_features", "input_values", "row_count", "update_digest"]
+__all__ = ["data_fingerprint", "flat_features", "in_batches", "input_values", "row_count", "update_digest"]
 
 # Bytes hashed at a time from an array that is not C-contiguous (one such chunk is copied).
 _CHUNK_BYTES = 1 << 24
@@ -46,6 +46,21 @@ def flat_features(x: Data) -> np.ndarray:
     parts = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
     rows = row_count(x)
     return np.concatenate([np.asarray(p, dtype="float32").reshape(rows, -1) for p in parts], axis=1)
+
+
+def in_batches(
+    run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    feeds: Mapping[str, np.ndarray],
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """`run` on `feeds` (arrays by input name) `batch_size` rows at a time, its outputs joined
+    by name; a feed of no rows runs once, for empty outputs of the right shapes."""
+    rows = len(next(iter(feeds.values())))
+    chunks = [
+        run({name: np.ascontiguousarray(value[i : i + batch_size]) for name, value in feeds.items()})
+        for i in range(0, max(rows, 1), batch_size)
+    ]
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
 
 def data_fingerprint(x: Data) -> str:

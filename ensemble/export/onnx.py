@@ -29,6 +29,7 @@ from ensemble.export.saved_model import MANIFEST, _manifest, read_manifest
 from ensemble.export.signature import input_specs, serving_function
 from ensemble.graph.member_outputs import with_fusion
 from ensemble.graph.view import EnsembleView
+from ensemble.rows import in_batches
 from ensemble.types import PathLike
 
 __all__ = [
@@ -128,14 +129,9 @@ def run_onnx(path: PathLike, feeds: Mapping[str, np.ndarray], batch_size: int = 
     on the CPU; every output by name (a feed of no rows runs once, for empty outputs)."""
     session = inference_session(os.fspath(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    rows = len(next(iter(feeds.values())))
-    chunks = [
-        session.run(
-            names, {key: np.ascontiguousarray(value[i : i + batch_size]) for key, value in feeds.items()}
-        )
-        for i in range(0, max(rows, 1), batch_size)
-    ]
-    return {name: np.concatenate([chunk[n] for chunk in chunks]) for n, name in enumerate(names)}
+    return in_batches(
+        lambda batch: dict(zip(names, session.run(names, batch), strict=True)), feeds, batch_size
+    )
 
 
 def read_onnx_manifest(path: PathLike) -> dict[str, Any]:

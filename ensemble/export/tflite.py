@@ -16,6 +16,7 @@ from ensemble.errors import EnsembleError
 from ensemble.evaluate.metrics import classification_metrics, regression_metrics
 from ensemble.export.saved_model import export_saved_model
 from ensemble.graph.view import EnsembleView
+from ensemble.rows import in_batches
 from ensemble.types import PathLike
 
 __all__ = ["QUANTIZATIONS", "export_tflite", "run_tflite", "tflite_report"]
@@ -96,12 +97,7 @@ def run_tflite(
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=os.fspath(path)).get_signature_runner("serving_default")
-    rows = len(next(iter(feeds.values())))
-    chunks = [
-        runner(**{name: np.ascontiguousarray(value[i : i + batch_size]) for name, value in feeds.items()})
-        for i in range(0, max(rows, 1), batch_size)
-    ]
-    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    return in_batches(lambda batch: runner(**batch), feeds, batch_size)
 
 
 def tflite_report(

@@ -4,9 +4,6 @@ pass's peak memory against the bytes of the predictions it returns."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import keras
@@ -15,6 +12,7 @@ from omegaconf import DictConfig
 
 from ensemble import fit_combiner
 from experiments.benchmarks.models import synthetic_ensemble
+from experiments.benchmarks.rounds import run_python_json
 from experiments.benchmarks.timing import median_seconds
 
 __all__ = ["LEVEL_ONE_PROBE", "bench_fit", "bench_level_one_memory", "fitting_lines"]
@@ -94,16 +92,9 @@ def bench_level_one_memory(cfg: DictConfig) -> dict[str, Any]:
         for key in ("member_count", "features", "classes", "seed", "level_one_rows", "level_one_batch_size")
     }
     config["level_one_hidden"] = list(cfg.level_one_hidden)
-    done = subprocess.run(
-        [sys.executable, "-c", LEVEL_ONE_PROBE, json.dumps(config)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    measured = run_python_json(
+        ["-c", LEVEL_ONE_PROBE, json.dumps(config)], "Level-one memory probe", timeout=1200
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"Level-one memory probe failed: {done.stderr[-2000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
     ratio = measured["peak_above_inputs"] / measured["predictions"]
     return {
         "peak_above_inputs_bytes": int(measured["peak_above_inputs"]),

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 
 import tensorflow as tf
@@ -14,6 +11,7 @@ from omegaconf import DictConfig
 import combiners
 from ensemble import build_ensemble, export_saved_model, load_member
 from experiments.benchmarks.models import synthetic_mlps
+from experiments.benchmarks.rounds import run_python_json
 
 __all__ = ["MEMORY_PROBE", "bench_memory"]
 
@@ -58,16 +56,7 @@ def bench_memory(cfg: DictConfig, scratch: str) -> dict[str, float]:
         paths.append(os.path.join(scratch, f"member_{i}.keras"))
         mlp.save(paths[-1])
     probe = MEMORY_PROBE.format(features=cfg.features)
-    done = subprocess.run(
-        [sys.executable, "-c", probe, paths[0], *paths],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"Memory probe failed: {done.stderr[-2000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    measured = run_python_json(["-c", probe, paths[0], *paths], "Memory probe")
     model = build_ensemble(
         [load_member(p, name=f"m{i}") for i, p in enumerate(paths)], combiners.MeanCombiner()
     )

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -31,22 +29,16 @@ import combiners
 from ensemble import build_ensemble, compiled_predict, export_onnx, export_saved_model, load_member
 from ensemble.graph.view import EnsembleView, ensemble_members
 from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble, synthetic_mlps
-from experiments.benchmarks.rounds import MATMUL_SIZE, interleaved_seconds, onnxruntime_seconds
+from experiments.benchmarks.rounds import MATMUL_SIZE, interleaved_seconds, onnxruntime_seconds, run_python
 
 __all__ = ["bench_fusion", "bench_onnx", "naive_onnx", "tf_matmul_call"]
 
 
 def naive_onnx(export_dir: str, path: str) -> str:
     """Our SavedModel export converted by tf2onnx's command line, with its defaults."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tf2onnx.convert", "--saved-model", export_dir, "--output", path],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    run_python(
+        ["-m", "tf2onnx.convert", "--saved-model", export_dir, "--output", path], f"tf2onnx on {export_dir}"
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"tf2onnx failed on {export_dir}: {done.stderr[-2000:]}")
     return path
 
 

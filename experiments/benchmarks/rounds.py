@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["MATMUL_SIZE", "interleaved_seconds", "onnxruntime_seconds"]
+__all__ = ["MATMUL_SIZE", "interleaved_seconds", "onnxruntime_seconds", "run_python", "run_python_json"]
 
 MATMUL_SIZE = 2048  # the matmul whose rate is the machine's peak
 
@@ -44,6 +45,26 @@ def interleaved_seconds(calls: Mapping[str, Callable[[], Any]], rounds: int) -> 
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
+def run_python(args: Sequence[str], what: str, *, timeout: int = 600) -> str:
+    """The standard output of `python *args` in a fresh process (TensorFlow's logs quiet); a
+    RuntimeError naming `what`, with the end of its standard error, when it fails."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def run_python_json(args: Sequence[str], what: str, *, timeout: int = 600) -> Any:
+    """What `python *args` printed as JSON on its last line (see `run_python`)."""
+    return json.loads(run_python(args, what, timeout=timeout).strip().splitlines()[-1])
+
+
 def onnxruntime_seconds(
     paths: Mapping[str, str],
     features: int,
@@ -62,16 +83,8 @@ def onnxruntime_seconds(
         "seed": seed,
         "matmul": matmul,
     }
-    done = subprocess.run(
-        # -P: the script's folder is not put on sys.path (its onnx.py would shadow onnx).
-        [sys.executable, "-P", __file__, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"onnxruntime timing failed: {done.stderr[-2000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    # -P: the script's folder is not put on sys.path (its onnx.py would shadow onnx).
+    measured = run_python_json(["-P", __file__, json.dumps(spec)], "onnxruntime timing", timeout=1200)
     return {int(batch): seconds for batch, seconds in measured.items()}
 
 

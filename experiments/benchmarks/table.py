@@ -17,10 +17,6 @@ def markdown(results: dict[str, Any]) -> str:
     for name, seconds in latency.items():
         lines.append(f"| batch 1 latency: {name} | {seconds / ours:.2f}x `compiled_predict` |")
     lines.append(
-        f"| batch 1: exported ensemble vs ONE compiled member | "
-        f"{latency['exported serving_default'] / inference['one_compiled_member_latency_s']:.2f}x |"
-    )
-    lines.append(
         f"| batch 1: `model.predict` loop vs exported ensemble | "
         f"{latency['loop of member.predict'] / latency['exported serving_default']:.0f}x slower |"
     )
@@ -29,10 +25,6 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| batch {results['config']['large_batch']} throughput: {name} | {rows / best:.2f}x the best |"
         )
-    lines.append(
-        f"| ensemble at batch {results['config']['large_batch']} vs the matmul peak | "
-        f"{inference['ensemble_gflops_at_large_batch'] / inference['matmul_peak_gflops']:.0%} |"
-    )
     overhead, memory = results["overhead"], results["memory"]
     lines.append(
         f"| combiner + uncertainty outputs at batch {results['config']['large_batch']} | "
