@@ -5,7 +5,7 @@
 - inference: latency at batch 1 and throughput at a large batch of the ways
   to predict (a loop of `member.predict`, a loop of compiled members, Keras
   `predict` on the ensemble, `compiled_predict` with and without XLA, the
-  exported SavedModel), and the ensemble's share of the machine's matmul peak.
+  exported SavedModel); against ONE member and the matmul peak: onnx, below.
 - level_one_memory: the level-one pass over `level_one_rows` rows in a fresh process: peak memory
   above the inputs against the predictions' bytes, and what fingerprinting x allocates.
 - overhead: the combiner and the uncertainty outputs against the members alone.
