@@ -9,7 +9,7 @@ from ensemble.runtime.backend import require_tensorflow_backend
 
 require_tensorflow_backend()
 
-from ensemble.errors import EnsembleError, MemberError  # noqa: E402
+from ensemble.errors import EnsembleError, MemberError, ModelLoadError  # noqa: E402
 from ensemble.evaluate import evaluate_ensemble  # noqa: E402
 from ensemble.export import (  # noqa: E402
     QUANTIZATIONS,
@@ -66,6 +66,7 @@ __all__ = [
     "LevelOneStore",
     "Member",
     "MemberError",
+    "ModelLoadError",
     "ModelRegistry",
     "SavedModelLayer",
     "add_conformal",

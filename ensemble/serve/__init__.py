@@ -4,6 +4,6 @@ predict path for ensembles that are never exported."""
 from ensemble.serve.compiled import compiled_predict
 from ensemble.serve.load import load_registry
 from ensemble.serve.loaded import process_rss_bytes
-from ensemble.serve.registry import ModelRegistry, ModelStats
+from ensemble.serve.registry import ModelRegistry, ModelSignature, ModelStats
 
-__all__ = ["ModelRegistry", "ModelStats", "compiled_predict", "load_registry", "process_rss_bytes"]
+__all__ = ["ModelRegistry", "ModelSignature", "ModelStats", "compiled_predict", "load_registry", "process_rss_bytes"]

@@ -38,6 +38,8 @@ class ModelStats:
     model_calls: int = 0  # calls of the model itself: fewer than `calls` when batched
     device: str | None = None  # the device it is pinned to
     variable_devices: tuple[str, ...] = ()  # where its loaded variables are (empty if not loaded)
+    evictions: int = 0  # times it was dropped to keep within `max_loaded`
+    last_error: str | None = None  # why its last load failed; None after a load that worked
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Entry:
     failures: int = 0
     calls: int = 0  # requests answered
     model_calls: int = 0  # calls of the model (fewer than requests when batched)
+    evictions: int = 0
+    last_error: str | None = None
     batcher: Batcher = field(default_factory=lambda: Batcher())
 
     def snapshot(self) -> ModelStats:
@@ -78,4 +82,6 @@ class Entry:
             model_calls=self.model_calls,
             device=self.device,
             variable_devices=variable_devices(loaded),
+            evictions=self.evictions,
+            last_error=self.last_error,
         )

@@ -24,7 +24,9 @@ from ensemble.members.saved_model import SavedModelLayer
 from ensemble.types import PathLike, Tensor
 
 __all__ = [
+    "SINGLE_OUTPUT",
     "Loaded",
+    "ModelSignature",
     "check_device",
     "checked_feeds",
     "label",
@@ -40,6 +42,24 @@ __all__ = [
 ]
 
 
+SINGLE_OUTPUT = "output_0"  # the name of a member's one output (as TF Serving names it)
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a loaded model takes and gives, as a server describes it.
+
+    `outputs` names every output of `predict`; a member's one output (which `predict` returns
+    as a bare array, not a dict) is named `SINGLE_OUTPUT`. `signatures` maps each signature
+    name (`serving_default`, and `prediction` for an export) to the outputs it keeps.
+    """
+
+    inputs: dict[str, tf.TensorSpec]
+    outputs: dict[str, tf.TensorSpec]
+    signatures: dict[str, tuple[str, ...]]
+    single_output: bool = False
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What a loaded model needs to serve: the compiled call and its input specs."""
@@ -49,6 +69,22 @@ class Loaded:
     keep_alive: Any  # the Member, SavedModel root or onnxruntime session behind `call`
     function: Any = None  # the tf.function of a member, for its tracing count
     sizes: tuple[int, int] | None = None  # parameters and bytes, where no variables tell them
+    outputs: dict[str, tf.TensorSpec] | None = None  # None: one output, named SINGLE_OUTPUT
+    signatures: dict[str, tuple[str, ...]] | None = None  # None: serving_default, every output
+
+    @property
+    def signature(self) -> ModelSignature:
+        if self.outputs is None:
+            output = _spec(self.function.get_concrete_function().structured_outputs, SINGLE_OUTPUT)
+            outputs, single = {SINGLE_OUTPUT: output}, True
+        else:
+            outputs, single = self.outputs, False
+        signatures = self.signatures or {"serving_default": tuple(outputs)}
+        return ModelSignature(dict(self.specs), dict(outputs), dict(signatures), single)
+
+
+def _spec(tensor: Any, name: str) -> tf.TensorSpec:
+    return tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
 
 
 def process_rss_bytes() -> int:
@@ -161,11 +197,17 @@ def load_exported(source: PathLike) -> Loaded:
     root = tf.saved_model.load(directory)
     signature = root.signatures["serving_default"]
     specs = dict(signature.structured_input_signature[1])
+    outputs = {key: _spec(value, key) for key, value in signature.structured_outputs.items()}
+    signatures = {
+        key: tuple(sorted(function.structured_outputs)) for key, function in root.signatures.items()
+    }
 
     def call(feeds: dict[str, np.ndarray]) -> Tensor:
         return signature(**feeds)
 
-    return Loaded(call=call, specs=specs, keep_alive=root, function=signature)
+    return Loaded(
+        call=call, specs=specs, keep_alive=root, function=signature, outputs=outputs, signatures=signatures
+    )
 
 
 def variables(loaded: Loaded) -> list[Any]:

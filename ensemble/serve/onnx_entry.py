@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble.errors import EnsembleError
-from ensemble.export.onnx import inference_session
+from ensemble.export.onnx import ONNX_MANIFEST_KEY, inference_session
 from ensemble.serve.loaded import Loaded
 from ensemble.types import PathLike
 
@@ -35,18 +36,33 @@ def load_onnx(source: PathLike, device: str | None) -> Loaded:
     device on the CPU, with no device on what onnxruntime has."""
     path = os.fspath(source)
     session = inference_session(path, providers=_providers(device))
-    specs = {}
-    for node in session.get_inputs():
-        if node.type not in _DTYPES:
-            raise EnsembleError(f"ONNX file {path}: input {node.name!r} has type {node.type}, not served.")
-        shape = [None, *(d if isinstance(d, int) else None for d in node.shape[1:])]
-        specs[node.name] = tf.TensorSpec(shape, _DTYPES[node.type], name=node.name)
-    names = [node.name for node in session.get_outputs()]
+    specs = {node.name: _node_spec(path, node) for node in session.get_inputs()}
+    outputs = {node.name: _node_spec(path, node) for node in session.get_outputs()}
+    names = list(outputs)
+    manifest = json.loads(session.get_modelmeta().custom_metadata_map.get(ONNX_MANIFEST_KEY, "{}"))
+    signatures = {
+        key: tuple(keys) for key, keys in manifest.get("signatures", {}).items() if set(keys) <= set(names)
+    }
 
     def call(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    return Loaded(call=call, specs=specs, keep_alive=session, sizes=_sizes(path))
+    return Loaded(
+        call=call,
+        specs=specs,
+        keep_alive=session,
+        sizes=_sizes(path),
+        outputs=outputs,
+        signatures={"serving_default": tuple(sorted(names)), **signatures},
+    )
+
+
+def _node_spec(path: str, node: Any) -> tf.TensorSpec:
+    """A graph input or output of the session as a spec with a None batch dimension."""
+    if node.type not in _DTYPES:
+        raise EnsembleError(f"ONNX file {path}: {node.name!r} has type {node.type}, not served.")
+    shape = [None, *(d if isinstance(d, int) else None for d in node.shape[1:])]
+    return tf.TensorSpec(shape, _DTYPES[node.type], name=node.name)
 
 
 def _providers(device: str | None) -> list[Any] | None:

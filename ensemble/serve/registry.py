@@ -27,12 +27,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ensemble.errors import EnsembleError, MemberError
+from ensemble.errors import EnsembleError, MemberError, ModelLoadError
 from ensemble.members.saved_model import SavedModelLayer
 from ensemble.serve.batcher import as_numpy
 from ensemble.serve.entry import Entry, ModelStats
 from ensemble.serve.loaded import (
     Loaded,
+    ModelSignature,
     check_device,
     checked_feeds,
     label,
@@ -47,7 +48,7 @@ from ensemble.serve.loaded import (
 from ensemble.serve.onnx_entry import load_onnx
 from ensemble.types import PathLike, Tensor
 
-__all__ = ["ModelRegistry", "ModelStats", "process_rss_bytes"]
+__all__ = ["ModelRegistry", "ModelSignature", "ModelStats", "process_rss_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,9 @@ class ModelRegistry:
 
         Raises:
             KeyError: for an unknown name; the message lists the registered names.
-            EnsembleError: when the model cannot be loaded (naming it; the next request
-                retries), or `x` does not match its inputs (naming the expected shape).
+            ModelLoadError: when the model cannot be loaded (naming it; the next request
+                retries).
+            EnsembleError: when `x` does not match its inputs (naming the expected shape).
         """
         with self._lock:  # once for a loaded model, and once more to count the call
             entry = self._entry(name)
@@ -187,6 +189,13 @@ class ModelRegistry:
                 loaded.call, feeds, self.batch_window_ms / 1000, lambda: self._count_model_call(entry)
             )
         return as_numpy(loaded.call(feeds))
+
+    def signature(self, name: str) -> ModelSignature:
+        """What model `name` takes and gives (its inputs, outputs and signatures), loading it
+        first if it is not in memory. Raises as `predict` does."""
+        with self._lock:
+            entry = self._entry(name)
+        return self._ensure_loaded(entry).signature
 
     def stats(self, name: str) -> ModelStats:
         """A snapshot of the resources and use of model `name`."""
@@ -259,6 +268,7 @@ class ModelRegistry:
             while self.max_loaded is not None and len(self._lru) > self.max_loaded:
                 oldest = next(iter(self._lru))
                 log.info("Evicting model %r (max_loaded=%d)", oldest, self.max_loaded)
+                self._entries[oldest].evictions += 1
                 evicted |= self._drop(self._entries[oldest])
         return evicted
 
@@ -275,14 +285,15 @@ class ModelRegistry:
             if entry.device is not None and entry.kind != "onnx":
                 loaded = dataclasses.replace(loaded, call=pinned(loaded.call, entry.device))
         except Exception as error:
+            if isinstance(error, MemberError) and error.member == entry.name:
+                message = str(error)  # load_member's error already names the model
+            else:
+                message = f"Model {entry.name!r}: cannot load {entry.kind} from {label(entry.source)!r}: {error}"
             with self._lock:
                 entry.failures += 1
+                entry.last_error = message
             log.warning("Model %r failed to load: %s", entry.name, error)
-            if isinstance(error, MemberError) and error.member == entry.name:
-                raise  # load_member's error already names the model
-            raise EnsembleError(
-                f"Model {entry.name!r}: cannot load {entry.kind} from {label(entry.source)!r}: {error}"
-            ) from error
+            raise ModelLoadError(entry.name, message) from error
         seconds = time.perf_counter() - start
         params, nbytes = loaded.sizes or weight_sizes(variables(loaded))
         inner = getattr(loaded.keep_alive, "model", None)
@@ -290,6 +301,7 @@ class ModelRegistry:
             params, nbytes = inner.parameter_count, 4 * inner.parameter_count
         with self._lock:
             entry.loads += 1
+            entry.last_error = None
             entry.load_seconds = seconds
             entry.params, entry.weight_bytes = params, nbytes
         log.info("Loaded model %r in %.2fs (%d parameters)", entry.name, seconds, params)

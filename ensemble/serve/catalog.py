@@ -1,0 +1,135 @@
+"""`Catalog`: the models a server answers for, by name and version, over one `ModelRegistry`.
+
+A model is one source (an exported ensemble, an `.onnx` file, a member file: version 1) or a
+TF Serving base of versions, `base/<n>/` each an export (`export_saved_model(...,
+versioned=True)`). A base is read on every request, as TF Serving polls its file system: a
+version published while serving is served from its next request on (the newest serves a
+request that names none), and a version removed from disk is no longer served and leaves
+memory. Each version is its own registry entry, `name@<n>`, loaded on first use and subject
+to the registry's LRU; models and versions are only ever those configured, never a path
+taken from a request.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import keras
+
+from ensemble.errors import EnsembleError
+from ensemble.export.saved_model import MANIFEST
+from ensemble.export.versions import list_versions
+from ensemble.serve.loaded import ModelSignature
+from ensemble.serve.registry import ModelRegistry
+from ensemble.serve.rest import RestError
+from ensemble.types import PathLike
+
+__all__ = ["Catalog"]
+
+
+class Catalog:
+    """Named models, each one source or a base of versions, served through `registry`.
+
+    Example:
+        catalog = Catalog(ModelRegistry(max_loaded=4))
+        catalog.register("digits", "exports/digits")      # a base: exports/digits/<n>/
+        catalog.register("mlp", "runs/mlp.keras", output="probabilities")
+        catalog.versions("digits")                       # [1, 2, 3]
+        key, version = catalog.resolve("digits", None)   # "digits@3", 3
+        catalog.registry.predict(key, x)
+    """
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._bases: dict[str, tuple[str, str | None]] = {}  # name -> (base, device)
+        self._single: set[str] = set()
+
+    def register(
+        self, name: str, source: PathLike | keras.Model, *, device: str | None = None, **options: Any
+    ) -> None:
+        """Serve `source` as model `name`: a base of versions, or anything `ModelRegistry.register`
+        takes (then as version 1). Raises `EnsembleError` for a name taken or a bad source."""
+        if not isinstance(name, str) or not name or "@" in name or "/" in name:
+            raise EnsembleError(f"Expected a model name without '@' or '/'. Received: {name!r}")
+        if name in self._single or name in self._bases:
+            raise EnsembleError(f"Model {name!r} is already served.")
+        base = _base(source)
+        if base is None:
+            self.registry.register(name, source, device=device, **options)
+            self._single.add(name)
+            return
+        if options:
+            raise EnsembleError(
+                f"Model {name!r}: a base of exports takes no load options. Received: {sorted(options)}"
+            )
+        self._bases[name] = (base, device)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._single | set(self._bases))
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of `name` that can be served now, ascending; `RestError` (404) for a name
+        not served or a base with no export in it."""
+        if name in self._single:
+            return [1]
+        if name not in self._bases:
+            raise RestError(404, f"No model named {name!r} is served. Served: {self.names}")
+        base, _ = self._bases[name]
+        found = [v for v in list_versions(base) if os.path.isfile(os.path.join(base, str(v), MANIFEST))]
+        self._unload_removed(name, set(found))
+        if not found:
+            raise RestError(404, f"Model {name!r}: no version is on disk under {base}.")
+        return found
+
+    def resolve(self, name: str, version: int | None) -> tuple[str, int]:
+        """The registry name that answers `name` at `version` (None: the newest), and that
+        version; `RestError` (404) for a model or version not served."""
+        versions = self.versions(name)
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise RestError(404, f"Model {name!r} has no version {version}. Versions: {versions}")
+        if name in self._single:
+            return name, version
+        key = f"{name}@{version}"
+        base, device = self._bases[name]
+        with self._lock:  # two first requests for one version register it once
+            if key not in self.registry:
+                self.registry.register(key, os.path.join(base, str(version)), device=device)
+        return key, version
+
+    def signature(self, name: str, version: int | None) -> tuple[str, int, ModelSignature]:
+        """`resolve(name, version)` and the signature of the model it names (loading it)."""
+        key, version = self.resolve(name, version)
+        return key, version, self.registry.signature(key)
+
+    def load_errors(self, name: str) -> dict[int, str | None]:
+        """Each version of `name` with the error of its last load (None: loaded, or not tried)."""
+        errors = {}
+        for version in self.versions(name):
+            key = name if name in self._single else f"{name}@{version}"
+            errors[version] = self.registry.stats(key).last_error if key in self.registry else None
+        return errors
+
+    def _unload_removed(self, name: str, on_disk: set[int]) -> None:
+        prefix = f"{name}@"
+        for key in self.registry.loaded:
+            if key.startswith(prefix) and int(key[len(prefix) :]) not in on_disk:
+                self.registry.unload(key)
+
+
+def _base(source: PathLike | keras.Model) -> str | None:
+    """`source` as a base of versions (a directory that is no export, with an export at
+    `<n>/`), else None."""
+    if isinstance(source, keras.layers.Layer):
+        return None
+    path = os.fspath(source)
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, MANIFEST)):
+        return None
+    if any(os.path.isfile(os.path.join(path, str(v), MANIFEST)) for v in list_versions(path)):
+        return path
+    return None

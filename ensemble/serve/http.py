@@ -1,0 +1,206 @@
+"""TF Serving's REST API over a `Catalog`, on Starlette, served by uvicorn.
+
+    GET  /v1/models/{name}[/versions/{v}]             status of every version (or one)
+    GET  /v1/models/{name}[/versions/{v}]/metadata    signatures, inputs and outputs
+    POST /v1/models/{name}[/versions/{v}]:predict     `instances` or `inputs` (ensemble.serve.rest)
+    GET  /healthz                                     200 while the server runs
+    GET  /metrics                                     Prometheus text: requests, latency, loads
+
+Every error is `{"error": message}`: 404 for a model, version or path not served, 400 for a
+body that is not JSON or does not fit the model (naming the input and row), 413 for a body
+over `max_body_bytes`, 503 for a model that cannot be loaded (naming it; the next request
+retries), and 500, without a trace, for anything else. Parsing, loading and the model call
+run in worker threads, so the event loop never waits on a model and concurrent requests
+reach the registry together (its `batch_window_ms` then joins them into one call).
+
+starlette, uvicorn and prometheus-client are the optional extra `serve`
+(`pip install -e ".[serve]"`), imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ensemble.errors import EnsembleError, ModelLoadError
+from ensemble.serve.catalog import Catalog
+from ensemble.serve.rest import RestError, metadata, parse_predict, predict_answer, status
+
+__all__ = ["create_app", "running", "serve"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 << 20
+_JSON = "application/json"
+
+
+def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+    """The ASGI app answering TF Serving's REST API for the models of `catalog`."""
+    if max_body_bytes < 1:
+        raise EnsembleError(f"Expected max_body_bytes >= 1. Received: {max_body_bytes}")
+    metrics = CollectorRegistry()
+    requests = Counter("ensemble_requests", "Requests answered", ["model", "verb", "code"], registry=metrics)
+    latency = Histogram(
+        "ensemble_request_seconds", "Time to answer a request", ["model", "verb"], registry=metrics
+    )
+    metrics.register(_RegistryCollector(catalog))
+
+    def endpoint(verb: str, work: Callable[[Request, str, int | None], Awaitable[Response]]) -> Any:
+        async def answer(request: Request) -> Response:
+            start = time.perf_counter()
+            name = request.path_params["name"]
+            version = request.path_params.get("version")
+            try:
+                response = await work(request, name, version)
+            except RestError as error:
+                response = _error(error.status, str(error))
+            except ModelLoadError as error:
+                response = _error(503, str(error))
+            except EnsembleError as error:  # the registry's checks of the feeds
+                response = _error(400, str(error))
+            except Exception as error:
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = _error(500, f"Internal error: {type(error).__name__}: {error}")
+            label = name if name in catalog.names else ""  # only served names: bounded labels
+            requests.labels(label, verb, str(response.status_code)).inc()
+            latency.labels(label, verb).observe(time.perf_counter() - start)
+            return response
+
+        return answer
+
+    async def model_status(request: Request, name: str, version: int | None) -> Response:
+        errors = await run_in_threadpool(catalog.load_errors, name)
+        if version is not None:
+            if version not in errors:
+                raise RestError(404, f"Model {name!r} has no version {version}. Versions: {sorted(errors)}")
+            errors = {version: errors[version]}
+        return JSONResponse(status(errors))
+
+    async def model_metadata(request: Request, name: str, version: int | None) -> Response:
+        def describe() -> dict[str, Any]:
+            _, served, signature = catalog.signature(name, version)
+            return metadata(name, served, signature)
+
+        return JSONResponse(await run_in_threadpool(describe))
+
+    async def predict(request: Request, name: str, version: int | None) -> Response:
+        body = await _body(request, max_body_bytes)
+
+        def run() -> bytes:
+            key, _, signature = catalog.signature(name, version)
+            parsed = parse_predict(body, name, signature)
+            return predict_answer(catalog.registry.predict(key, parsed.feeds), parsed, signature)
+
+        return Response(await run_in_threadpool(run), media_type=_JSON)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": catalog.names})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(await run_in_threadpool(generate_latest, metrics), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, error: Exception) -> Response:
+        code = error.status_code if isinstance(error, HTTPException) else 500
+        detail = error.detail if isinstance(error, HTTPException) else "Internal error"
+        return _error(code, f"{detail}: {request.method} {request.url.path}")
+
+    routes = []
+    for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version:int}"):
+        routes += [
+            Route(prefix, endpoint("status", model_status), methods=["GET"]),
+            Route(prefix + "/metadata", endpoint("metadata", model_metadata), methods=["GET"]),
+            Route(prefix + ":predict", endpoint("predict", predict), methods=["POST"]),
+        ]
+    routes += [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+
+def serve(app: Starlette, *, host: str = "127.0.0.1", port: int = 8501, log_level: str = "info") -> None:
+    """Serve `app` with uvicorn until interrupted; on loopback unless `host` says otherwise."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@contextlib.contextmanager
+def running(
+    app: Starlette, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0
+) -> Iterator[str]:
+    """Serve `app` in a background thread while the block runs; yields its base URL
+    (`port=0`: a free port). The server stops, and its thread ends, when the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="ensemble-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise EnsembleError(f"The HTTP server did not start on {host}:{port} within {timeout_s} s.")
+        time.sleep(0.01)
+    bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
+    try:
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it passes `limit` bytes (before reading it all)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise RestError(413, f"The request body is {int(length)} bytes, over the limit of {limit}.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RestError(413, f"The request body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(code: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=code)
+
+
+class _RegistryCollector:
+    """The registry's counters per registered model, read when /metrics is scraped."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def collect(self) -> Iterator[Any]:
+        report = self.catalog.registry.report()
+        families = {
+            "loads": CounterMetricFamily("ensemble_model_loads", "Loads of the model", labels=["model"]),
+            "failures": CounterMetricFamily("ensemble_model_load_failures", "Failed loads", labels=["model"]),
+            "evictions": CounterMetricFamily("ensemble_model_evictions", "LRU evictions", labels=["model"]),
+            "model_calls": CounterMetricFamily(
+                "ensemble_model_calls", "Calls of the model", labels=["model"]
+            ),
+        }
+        loaded = GaugeMetricFamily(
+            "ensemble_model_loaded", "1 while the model is in memory", labels=["model"]
+        )
+        for name, stats in report["models"].items():
+            for key, family in families.items():
+                family.add_metric([name], stats[key])
+            loaded.add_metric([name], float(stats["loaded"]))
+        yield from families.values()
+        yield loaded
+        yield GaugeMetricFamily("ensemble_resident_memory_bytes", "Process RSS", value=report["rss_bytes"])
