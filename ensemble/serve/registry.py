@@ -288,7 +288,9 @@ class ModelRegistry:
             if isinstance(error, MemberError) and error.member == entry.name:
                 message = str(error)  # load_member's error already names the model
             else:
-                message = f"Model {entry.name!r}: cannot load {entry.kind} from {label(entry.source)!r}: {error}"
+                message = (
+                    f"Model {entry.name!r}: cannot load {entry.kind} from {label(entry.source)!r}: {error}"
+                )
             with self._lock:
                 entry.failures += 1
                 entry.last_error = message
