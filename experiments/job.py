@@ -27,6 +27,7 @@ from ensemble import EnsembleError, FitReport, LevelOneStore, Member
 from ensemble.data import Dataset
 from ensemble.evaluate import format_table, summary
 from ensemble.runtime import configure_devices, is_chief, make_strategy
+from ensemble.serve.catalog import Catalog
 from experiments.exporting import export
 from experiments.zoo import (
     ensure_zoo,
@@ -102,9 +103,12 @@ def members_config(cfg: DictConfig, data: Dataset, directory: str | None = None)
     return member_entries(cfg.zoo, data, directory)
 
 
-def register_models(registry: ensemble.ModelRegistry, models: DictConfig) -> None:
-    """Register every `name: {source, format, device, options}` entry with `registry`."""
+def register_models(registry: ensemble.ModelRegistry | Catalog, models: DictConfig) -> None:
+    """Register every `name: source` or `name: {source, format, device, options}` entry."""
     for name, spec in models.items():
+        if isinstance(spec, str):
+            registry.register(str(name), spec)
+            continue
         options = member_options(spec)
         if spec.get("format", "auto") != "auto":  # "auto" is load_member's default
             options["format"] = spec.format

@@ -26,16 +26,23 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
 from ensemble.errors import EnsembleError, ModelLoadError
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as error:  # the optional extra
+    raise EnsembleError(
+        f"The HTTP server needs starlette, uvicorn and prometheus-client; {error.name or error} is not "
+        'installed. Install the extra: pip install -e ".[serve]"'
+    ) from error
+
 from ensemble.serve.catalog import Catalog
 from ensemble.serve.rest import RestError, metadata, parse_predict, predict_answer, status
 
