@@ -6,4 +6,11 @@ from ensemble.serve.load import load_registry
 from ensemble.serve.loaded import process_rss_bytes
 from ensemble.serve.registry import ModelRegistry, ModelSignature, ModelStats
 
-__all__ = ["ModelRegistry", "ModelSignature", "ModelStats", "compiled_predict", "load_registry", "process_rss_bytes"]
+__all__ = [
+    "ModelRegistry",
+    "ModelSignature",
+    "ModelStats",
+    "compiled_predict",
+    "load_registry",
+    "process_rss_bytes",
+]
