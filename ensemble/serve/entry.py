@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from ensemble.serve.batcher import Batcher
-from ensemble.serve.loaded import Loaded, label, tracing_count, variable_devices
+from ensemble.serve.loaded import (
+    Loaded,
+    label,
+    load_exported,
+    load_member_model,
+    pinned,
+    tracing_count,
+    variable_devices,
+)
+from ensemble.serve.onnx_entry import load_onnx
 from ensemble.types import PathLike
 
 __all__ = ["Entry", "ModelStats"]
@@ -63,6 +74,19 @@ class Entry:
     evictions: int = 0
     last_error: str | None = None
     batcher: Batcher = field(default_factory=lambda: Batcher())
+
+    def open(self) -> Loaded:
+        """Load the model from its source, placed on its device (no bookkeeping)."""
+        with tf.device(self.device):
+            if self.kind == "onnx":  # placed by its session's providers, not tf.device
+                return load_onnx(self.source, self.device)
+            if self.kind == "ensemble":
+                loaded = load_exported(self.source)
+            else:
+                loaded = load_member_model(self.name, self.source, self.options)
+        if self.device is None:
+            return loaded
+        return dataclasses.replace(loaded, call=pinned(loaded.call, self.device))
 
     def snapshot(self) -> ModelStats:
         """Its stats now; the caller holds the registry lock."""

@@ -32,6 +32,7 @@ __all__ = [
     "label",
     "load_exported",
     "load_member_model",
+    "model_sizes",
     "pinned",
     "process_rss_bytes",
     "source_kind",
@@ -217,6 +218,15 @@ def variables(loaded: Loaded) -> list[Any]:
         inner = getattr(member, "model", None)
         return list(member.weights) + (inner.tf_variables if isinstance(inner, SavedModelLayer) else [])
     return [] if loaded.function is None else list(loaded.function.variables)  # None: ONNX
+
+
+def model_sizes(loaded: Loaded) -> tuple[int, int]:
+    """The parameter count and bytes of a loaded model."""
+    params, nbytes = loaded.sizes or weight_sizes(variables(loaded))
+    inner = getattr(loaded.keep_alive, "model", None)
+    if not params and isinstance(inner, SavedModelLayer):  # a TF1 member frozen to constants
+        params, nbytes = inner.parameter_count, 4 * inner.parameter_count
+    return params, nbytes
 
 
 def weight_sizes(variables: list[Any]) -> tuple[int, int]:

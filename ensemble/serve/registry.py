@@ -14,7 +14,6 @@ its load, so a slow load of one model never blocks predictions of another.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import threading
@@ -25,10 +24,8 @@ from dataclasses import asdict
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from ensemble.errors import EnsembleError, MemberError, ModelLoadError
-from ensemble.members.saved_model import SavedModelLayer
 from ensemble.serve.batcher import as_numpy
 from ensemble.serve.entry import Entry, ModelStats
 from ensemble.serve.loaded import (
@@ -37,15 +34,10 @@ from ensemble.serve.loaded import (
     check_device,
     checked_feeds,
     label,
-    load_exported,
-    load_member_model,
-    pinned,
+    model_sizes,
     process_rss_bytes,
     source_kind,
-    variables,
-    weight_sizes,
 )
-from ensemble.serve.onnx_entry import load_onnx
 from ensemble.types import PathLike, Tensor
 
 __all__ = ["ModelRegistry", "ModelSignature", "ModelStats", "process_rss_bytes"]
@@ -275,15 +267,7 @@ class ModelRegistry:
     def _load(self, entry: Entry) -> Loaded:
         start = time.perf_counter()
         try:
-            with tf.device(entry.device):
-                if entry.kind == "onnx":  # placed by its session's providers, not tf.device
-                    loaded = load_onnx(entry.source, entry.device)
-                elif entry.kind == "ensemble":
-                    loaded = load_exported(entry.source)
-                else:
-                    loaded = load_member_model(entry.name, entry.source, entry.options)
-            if entry.device is not None and entry.kind != "onnx":
-                loaded = dataclasses.replace(loaded, call=pinned(loaded.call, entry.device))
+            loaded = entry.open()
         except Exception as error:
             if isinstance(error, MemberError) and error.member == entry.name:
                 message = str(error)  # load_member's error already names the model
@@ -297,10 +281,7 @@ class ModelRegistry:
             log.warning("Model %r failed to load: %s", entry.name, error)
             raise ModelLoadError(entry.name, message) from error
         seconds = time.perf_counter() - start
-        params, nbytes = loaded.sizes or weight_sizes(variables(loaded))
-        inner = getattr(loaded.keep_alive, "model", None)
-        if not params and isinstance(inner, SavedModelLayer):  # a TF1 member frozen to constants
-            params, nbytes = inner.parameter_count, 4 * inner.parameter_count
+        params, nbytes = model_sizes(loaded)
         with self._lock:
             entry.loads += 1
             entry.last_error = None
