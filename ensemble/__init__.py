@@ -54,6 +54,7 @@ from ensemble.members import (  # noqa: E402
 )
 from ensemble.runtime import configure_devices  # noqa: E402
 from ensemble.serve import ModelRegistry, compiled_predict  # noqa: E402
+from ensemble.train import soup  # noqa: E402
 
 __all__ = [
     "FIT_METHODS",
@@ -94,6 +95,7 @@ __all__ = [
     "read_manifest",
     "record_training_rows",
     "run_tflite",
+    "soup",
     "stack_out_of_fold",
     "tflite_report",
 ]
