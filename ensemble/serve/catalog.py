@@ -52,8 +52,8 @@ class Catalog:
     ) -> None:
         """Serve `source` as model `name`: a base of versions, or anything `ModelRegistry.register`
         takes (then as version 1). Raises `EnsembleError` for a name taken or a bad source."""
-        if not isinstance(name, str) or not name or "@" in name or "/" in name:
-            raise EnsembleError(f"Expected a model name without '@' or '/'. Received: {name!r}")
+        if not isinstance(name, str) or not name or any(c in name for c in "@/:"):
+            raise EnsembleError(f"Expected a model name without '@', '/' or ':'. Received: {name!r}")
         if name in self._single or name in self._bases:
             raise EnsembleError(f"Model {name!r} is already served.")
         base = _base(source)

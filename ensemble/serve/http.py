@@ -33,6 +33,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -125,7 +126,7 @@ def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Sta
         return _error(code, f"{detail}: {request.method} {request.url.path}")
 
     routes = []
-    for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version:int}"):
+    for prefix in ("/v1/models/{name:model}", "/v1/models/{name:model}/versions/{version:int}"):
         routes += [
             Route(prefix, endpoint("status", model_status), methods=["GET"]),
             Route(prefix + "/metadata", endpoint("metadata", model_metadata), methods=["GET"]),
@@ -179,6 +180,22 @@ async def _body(request: Request, limit: int) -> bytes:
             raise RestError(413, f"The request body is over the limit of {limit} bytes.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _ModelName(Convertor[str]):
+    """A model name in a path: no '/' and no ':', so `GET .../m:predict` is that route's 405,
+    not a status request for a model named 'm:predict'."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", _ModelName())
 
 
 def _error(code: int, message: str) -> Response:

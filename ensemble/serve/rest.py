@@ -58,6 +58,8 @@ def parse_predict(body: bytes, model: str, signature: ModelSignature) -> Predict
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RestError(400, f"The request body is not JSON: {error}") from None
+    except RecursionError:
+        raise RestError(400, "The request body nests lists or objects too deeply.") from None
     if not isinstance(request, dict):
         raise RestError(
             400, f"Expected a JSON object with 'instances' or 'inputs'. Received: {_kind(request)}"
@@ -70,7 +72,7 @@ def parse_predict(body: bytes, model: str, signature: ModelSignature) -> Predict
             f"'signature_name'. Received the fields {sorted(request)}",
         )
     name = request.get("signature_name", "serving_default")
-    if name not in signature.signatures:
+    if not isinstance(name, str) or name not in signature.signatures:
         raise RestError(
             400, f"Model {model!r} has no signature {name!r}. Its signatures: {sorted(signature.signatures)}"
         )
@@ -208,7 +210,8 @@ def _array(key: str, value: Any, spec: tf.TensorSpec, rows: bool) -> np.ndarray:
             raise RestError(
                 400, f"Input {key!r}, row {_first_row(bad)}: a value outside {spec.dtype.name}'s range."
             )
-    cast = array.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow is the 400 below, not a warning
+        cast = array.astype(dtype)
     if np.dtype(dtype).kind == "f" and array.dtype.kind == "f":
         overflow = np.isfinite(array) & ~np.isfinite(cast)
         if overflow.any():
@@ -219,16 +222,17 @@ def _array(key: str, value: Any, spec: tf.TensorSpec, rows: bool) -> np.ndarray:
 
 
 def _ragged(value: Any, rows: bool) -> str:
-    """Which row of a ragged nested list differs from the first."""
+    """Which row of a ragged nested list is not rectangular, or differs from the first."""
     if isinstance(value, list) and value:
-        try:
-            shapes = [np.shape(np.asarray(row)) for row in value]
-        except ValueError:
-            shapes = None
-        if shapes is not None:
-            first = next(i for i, shape in enumerate(shapes) if shape != shapes[0])
-            what = "instance" if rows else "row"
-            return f"{what} {first} has shape {shapes[first]}, {what} 0 has shape {shapes[0]}."
+        what = "instance" if rows else "row"
+        shapes = []
+        for i, row in enumerate(value):
+            try:
+                shapes.append(np.shape(np.asarray(row)))
+            except ValueError:
+                return f"{what} {i} is not a rectangular array of numbers."
+            if shapes[i] != shapes[0]:
+                return f"{what} {i} has shape {shapes[i]}, {what} 0 has shape {shapes[0]}."
     return "the values are not a rectangular array of numbers."
 
 
