@@ -173,6 +173,7 @@ BAD_REQUESTS = {  # id: (model, body, a part of the error message)
     "not-an-object": ("member", [ROW], "JSON object"),
     "both": ("member", {"instances": [ROW], "inputs": [ROW]}, "exactly one"),
     "neither": ("member", {"signature_name": "serving_default"}, "exactly one"),
+    "wrong-input-name": ("member", {"inputs": {"pixels": [ROW]}}, "'features'"),
     "unknown-field": ("member", {"instances": [ROW], "examples": []}, "examples"),
     "no-rows": ("member", {"instances": []}, "non-empty"),
     "wrong-width": ("member", {"instances": [ROW[:-1]]}, f"({FEATURES - 1},)"),

@@ -172,7 +172,7 @@ def _by_row(instances: Any, specs: Mapping[str, tf.TensorSpec]) -> dict[str, lis
 
 
 def _by_column(inputs: Any, specs: Mapping[str, tf.TensorSpec]) -> dict[str, Any]:
-    if isinstance(inputs, dict) and (len(specs) > 1 or set(inputs) == set(specs)):
+    if isinstance(inputs, dict):  # by input name (a tensor is never a JSON object)
         if set(inputs) != set(specs):
             raise RestError(
                 400, f"Expected 'inputs' with the inputs {sorted(specs)}. Received: {sorted(inputs)}"
