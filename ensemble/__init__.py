@@ -54,7 +54,7 @@ from ensemble.members import (  # noqa: E402
 )
 from ensemble.runtime import configure_devices  # noqa: E402
 from ensemble.serve import ModelRegistry, compiled_predict  # noqa: E402
-from ensemble.train import soup  # noqa: E402
+from ensemble.train import distill, soup  # noqa: E402
 
 __all__ = [
     "FIT_METHODS",
@@ -77,6 +77,7 @@ __all__ = [
     "compiled_predict",
     "configure_devices",
     "detect_format",
+    "distill",
     "ensemble_combiner",
     "ensemble_members",
     "ensemble_task",

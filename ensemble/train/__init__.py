@@ -1,6 +1,7 @@
-"""Models made from members: a soup of their weights (`soup`), and ensembles that train their
-own members."""
+"""Models made from members: a soup of their weights (`soup`), a student that learns the
+ensemble (`distill`), and ensembles that train their own members."""
 
+from ensemble.train.distill import distill, distillation_loss
 from ensemble.train.soup import SOUP_METHODS, soup
 
-__all__ = ["SOUP_METHODS", "soup"]
+__all__ = ["SOUP_METHODS", "distill", "distillation_loss", "soup"]

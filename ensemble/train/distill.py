@@ -1,0 +1,173 @@
+"""`distill`: one Keras student trained on an ensemble's soft predictions (Hinton et al. 2015).
+
+A classifier student learns the ensemble's probabilities softened by `temperature` (the cross
+entropy to `softmax(log p / T)`, scaled by T² so its gradients keep their size), and, where
+labels are given, their cross entropy with weight `label_weight`. A regressor learns the
+ensemble's mean by squared error. With `uncertainty=True` the student grows a second head on
+the features its last layer reads, trained by squared error to the ensemble's
+`mutual_information` (classification) or `std` (regression), so one model keeps an estimate
+of the ensemble's epistemic uncertainty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from ensemble.errors import EnsembleError
+from ensemble.graph.view import ensemble_task
+from ensemble.members.load import load_member
+from ensemble.members.member import Member
+from ensemble.rows import in_batches
+from ensemble.types import CLASSIFICATION
+
+__all__ = ["distill", "distillation_loss"]
+
+_FLOOR = 1e-7  # the smallest probability a probability-emitting student is scored at
+
+
+def distill(
+    model: keras.Model,
+    student: keras.Model,
+    x: Any,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    y: Any = None,
+    label_weight: float = 0.0,
+    uncertainty: bool = False,
+    optimizer: Any = "adam",
+    name: str = "student",
+    **fit_options: Any,
+) -> Member:
+    """Train `student` on the predictions of the ensemble `model` over rows `x`.
+
+    Args:
+        model: an ensemble from `build_ensemble` (fitted as you like).
+        student: a functional or Sequential Keras model with the ensemble's inputs, emitting
+            class logits (no final activation) or probabilities (a final softmax), or a
+            regression prediction. It is trained in place.
+        x: the rows (an array, or arrays by input name); rows no member trained on transfer
+            the ensemble's knowledge best, but any rows work (labels are optional).
+        epochs, batch_size, **fit_options: passed to `keras.Model.fit` (callbacks,
+            validation_split, shuffle, verbose, ...), whose History is `result.history`.
+        temperature: softens the ensemble's probabilities (classification; 1 keeps them).
+        y, label_weight: labels of `x`, and the weight of their loss (0 to 1).
+        uncertainty: also learn the ensemble's mutual information (or std) in a second head.
+        optimizer: the Keras optimizer (or its name).
+        name: the student's member name.
+
+    Returns:
+        The trained student as a frozen `Member` (it builds, exports and serves like any
+        member). With `uncertainty`, `result.model` returns a dict with "prediction" and
+        "mutual_information" (or "std"); the member emits the prediction.
+
+    Raises:
+        EnsembleError: for a model that is no ensemble, a student whose inputs or width do
+            not match, a bad temperature or label weight, or labels missing for label_weight.
+    """
+    task = ensemble_task(model)
+    if not temperature > 0 or not 0 <= label_weight <= 1:
+        raise EnsembleError(
+            f"Expected temperature > 0 and 0 <= label_weight <= 1. "
+            f"Received: temperature={temperature}, label_weight={label_weight}"
+        )
+    if label_weight > 0 and y is None:
+        raise EnsembleError("label_weight > 0 needs the labels: pass y.")
+    classify = task == CLASSIFICATION
+    probe = load_member(student, name=name, output=None if not classify else _declared(student))
+    feeds = _feeds(x, model, student, name)
+    single = len(feeds) == 1
+    teacher = in_batches(lambda f: _numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
+    spread = "mutual_information" if classify else "std"
+    raw = student.outputs[0]
+    width = teacher["prediction"].shape[-1]
+    if raw.shape[-1] != width:
+        raise EnsembleError(
+            f"Student {name!r} emits width {raw.shape[-1]}; the ensemble's prediction is {width}."
+        )
+    logits = raw if not classify or probe.output_kind == "logits" else ops.log(ops.maximum(raw, _FLOOR))
+    outputs = {"prediction": logits}
+    losses: dict[str, Any] = {"prediction": distillation_loss(task, temperature, label_weight)}
+    targets = {"prediction": _targets(teacher["prediction"], y, classify, width, temperature)}
+    served: dict[str, Any] = {"prediction": raw}
+    if uncertainty:
+        # The head learns the spread in units of its mean (a mutual information of 0.01 would
+        # otherwise weigh nothing beside the prediction's loss) and answers in the ensemble's.
+        scale = float(np.mean(teacher[spread])) or 1.0
+        head = keras.layers.Dense(1, activation="softplus", name=spread)(student.layers[-1].input)
+        outputs[spread] = ops.squeeze(head, -1)
+        served[spread] = outputs[spread] * scale
+        losses[spread] = keras.losses.MeanSquaredError()
+        targets[spread] = (teacher[spread] / scale).astype("float32")
+    graph_inputs = student.inputs[0] if single else {t.name: t for t in student.inputs}
+    trainer = keras.Model(graph_inputs, outputs)
+    trainer.compile(optimizer=optimizer, loss=losses)
+    data = next(iter(feeds.values())) if single else feeds
+    history = trainer.fit(data, targets, epochs=epochs, batch_size=batch_size, **fit_options)
+    final = keras.Model(graph_inputs, served, name=name) if uncertainty else student
+    key = {"output_key": "prediction"} if uncertainty else {}
+    result = load_member(final, name=name, output=probe.output_kind, **key)
+    result.history = history
+    return result
+
+
+def distillation_loss(task: str, temperature: float = 1.0, label_weight: float = 0.0) -> Any:
+    """The student's loss on targets `[soft probabilities | one-hot labels]` (classification:
+    T² times the cross entropy of `softmax(logits / T)` to the softened probabilities, plus
+    `label_weight` times the labels' cross entropy) or `[ensemble mean | labels]` (regression)."""
+
+    def loss(targets: Any, prediction: Any) -> Any:
+        width = prediction.shape[-1]
+        soft, labels = targets[:, :width], targets[:, width:]
+        if task == CLASSIFICATION:
+            imitation = temperature**2 * keras.losses.categorical_crossentropy(
+                soft, prediction / temperature, from_logits=True
+            )
+            truth = keras.losses.categorical_crossentropy(labels, prediction, from_logits=True)
+        else:
+            imitation = ops.mean(ops.square(prediction - soft), axis=-1)
+            truth = ops.mean(ops.square(prediction - labels), axis=-1)
+        return (1 - label_weight) * imitation + label_weight * truth
+
+    return loss
+
+
+def _targets(prediction: np.ndarray, y: Any, classify: bool, width: int, temperature: float) -> np.ndarray:
+    if classify:
+        log_p = np.log(np.maximum(prediction.astype("float64"), 1e-12)) / temperature
+        soft = np.exp(log_p - log_p.max(-1, keepdims=True))
+        soft /= soft.sum(-1, keepdims=True)
+        labels = np.zeros_like(soft) if y is None else np.eye(width)[np.asarray(y).astype(int).ravel()]
+    else:
+        soft = prediction.astype("float64")
+        labels = np.zeros_like(soft) if y is None else np.asarray(y, dtype="float64").reshape(soft.shape)
+    return np.concatenate([soft, labels], axis=-1).astype("float32")
+
+
+def _declared(student: keras.Model) -> str:
+    """What a classifier student emits: probabilities behind a final softmax, else logits."""
+    activation = getattr(student.layers[-1], "activation", None) if student.layers else None
+    return "probabilities" if getattr(activation, "__name__", "") == "softmax" else "logits"
+
+
+def _feeds(x: Any, model: keras.Model, student: keras.Model, name: str) -> dict[str, np.ndarray]:
+    """`x` by the ensemble's input names, which a student of several inputs must share."""
+    names = [tensor.name for tensor in model.inputs]
+    feeds = dict(x) if isinstance(x, Mapping) else {names[0]: x}
+    own = [tensor.name for tensor in student.inputs]
+    if sorted(feeds) != sorted(names) or (len(names) > 1 and sorted(own) != sorted(names)):
+        raise EnsembleError(
+            f"Student {name!r}: the ensemble reads inputs {names}; the student reads {own}. "
+            f"Received rows for: {sorted(feeds)}"
+        )
+    return {key: np.asarray(value) for key, value in feeds.items()}
+
+
+def _numpy(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {key: np.asarray(value) for key, value in outputs.items()}
