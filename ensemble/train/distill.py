@@ -23,7 +23,7 @@ from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import in_batches
-from ensemble.types import CLASSIFICATION
+from ensemble.types import CLASSIFICATION, OutputKind
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -150,7 +150,7 @@ def _targets(prediction: np.ndarray, y: Any, classify: bool, width: int, tempera
     return np.concatenate([soft, labels], axis=-1).astype("float32")
 
 
-def _declared(student: keras.Model) -> str:
+def _declared(student: keras.Model) -> OutputKind:
     """What a classifier student emits: probabilities behind a final softmax, else logits."""
     activation = getattr(student.layers[-1], "activation", None) if student.layers else None
     return "probabilities" if getattr(activation, "__name__", "") == "softmax" else "logits"
