@@ -54,7 +54,7 @@ from ensemble.members import (  # noqa: E402
 )
 from ensemble.runtime import configure_devices  # noqa: E402
 from ensemble.serve import ModelRegistry, compiled_predict  # noqa: E402
-from ensemble.train import distill, soup  # noqa: E402
+from ensemble.train import bag, boost, distill, soup  # noqa: E402
 
 __all__ = [
     "FIT_METHODS",
@@ -71,6 +71,8 @@ __all__ = [
     "ModelRegistry",
     "SavedModelLayer",
     "add_conformal",
+    "bag",
+    "boost",
     "build_ensemble",
     "calibrate_member",
     "check_leakage",

@@ -1,7 +1,8 @@
 """Models made from members: a soup of their weights (`soup`), a student that learns the
-ensemble (`distill`), and ensembles that train their own members."""
+ensemble (`distill`), and ensembles that train their own members (`boost`, `bag`)."""
 
+from ensemble.train.boost import bag, boost
 from ensemble.train.distill import distill, distillation_loss
 from ensemble.train.soup import SOUP_METHODS, soup
 
-__all__ = ["SOUP_METHODS", "distill", "distillation_loss", "soup"]
+__all__ = ["SOUP_METHODS", "bag", "boost", "distill", "distillation_loss", "soup"]

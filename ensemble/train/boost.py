@@ -1,0 +1,175 @@
+"""Ensembles that train their own members: `boost` (SAMME, Zhu et al. 2009) and `bag`
+(bootstrap members, Breiman 1996). Each returns ONE ensemble graph from `build_ensemble`, so it
+fits, exports and serves like any other, and each member carries the record of the rows that
+trained it, so the leakage guard refuses to fit a combiner on them.
+
+`boost` trains a member per round on sample-weighted rows (Keras' `sample_weight`), weighs it
+`alpha = learning_rate * (log((1 - err) / err) + log(K - 1))` by its weighted error `err`,
+and raises the weight of the rows it got wrong by `exp(alpha)`. The ensemble is the members
+under a hard vote weighted by their alphas: SAMME's `argmax_k sum_m alpha_m [h_m(x) = k]`.
+As scikit-learn's `AdaBoostClassifier`, it stops early at a member with no error (weighed 1)
+and refuses a member no better than chance (`err >= 1 - 1/K`), which ends the rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from combiners import MeanCombiner, VoteCombiner
+from combiners.base import Combiner
+from ensemble.errors import EnsembleError
+from ensemble.graph.build import build_ensemble
+from ensemble.members.load import load_member
+from ensemble.members.member import Member
+from ensemble.rows import flat_features, row_count
+
+__all__ = ["bag", "boost"]
+
+log = logging.getLogger(__name__)
+
+BuildFn = Callable[[int], keras.Model]  # the member of round (or bag) i, compiled or not
+
+
+def boost(
+    build_fn: BuildFn,
+    x: Any,
+    y: Any,
+    *,
+    rounds: int,
+    learning_rate: float = 1.0,
+    **fit_options: Any,
+) -> keras.Model:
+    """A SAMME-boosted classification ensemble of `rounds` Keras members at most.
+
+    Args:
+        build_fn: `build_fn(round)` returns a fresh Keras classifier (softmax probabilities or
+            logits); an uncompiled one is compiled with Adam and its cross entropy.
+        x, y: the training rows and their integer class labels.
+        rounds: the most members to train.
+        learning_rate: shrinks each member's alpha (1: SAMME as published).
+        **fit_options: passed to each member's `fit` (epochs, batch_size, verbose, callbacks).
+
+    Returns:
+        `build_ensemble(members, VoteCombiner("hard", weights=alphas))`; `combiner.member_weights`
+        holds the alphas.
+
+    Raises:
+        EnsembleError: for labels that are not integer classes, a bad round count or
+            learning rate, or a first member no better than chance.
+    """
+    labels = np.asarray(y)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise EnsembleError(
+            f"boost expects y as integer class labels (rows,). Received: {labels.dtype} {labels.shape}"
+        )
+    if rounds < 1 or not learning_rate > 0:
+        raise EnsembleError(
+            f"Expected rounds >= 1 and learning_rate > 0. Received: {rounds}, {learning_rate}"
+        )
+    rows = row_count(x)
+    weights = np.full(rows, 1.0 / rows)
+    members: list[Member] = []
+    alphas: list[float] = []
+    for index in range(rounds):
+        model = _compiled(build_fn(index), "classification")
+        model.fit(x, labels, sample_weight=weights * rows, **fit_options)
+        member = _member(model, f"boost_{index}", x)
+        probabilities = np.asarray(member.predict(x, verbose=0))
+        classes = probabilities.shape[-1]
+        wrong = probabilities.argmax(-1) != labels
+        error = float(np.sum(weights[wrong]) / np.sum(weights))
+        log.info("Boosting round %d: weighted error %.4f", index, error)
+        if error >= 1 - 1 / classes:
+            if not members:
+                raise EnsembleError(
+                    f"Boosting round 0: the member's weighted error {error:.3f} is no better than chance "
+                    f"({1 - 1 / classes:.3f} for {classes} classes); make the learner stronger."
+                )
+            log.info("Boosting stops at round %d: its member is no better than chance.", index)
+            break
+        members.append(member)
+        if error <= 0:  # perfect on its rows: weighed 1, nothing left to boost (as sklearn)
+            alphas.append(1.0)
+            break
+        alpha = learning_rate * (np.log((1 - error) / error) + np.log(classes - 1))
+        alphas.append(float(alpha))
+        weights = weights * np.exp(alpha * wrong)
+        weights /= weights.sum()
+    return build_ensemble(members, VoteCombiner(voting="hard", weights=alphas))
+
+
+def bag(
+    build_fn: BuildFn,
+    x: Any,
+    y: Any,
+    *,
+    members: int,
+    seed: int = 0,
+    combiner: Combiner | None = None,
+    task: str | None = None,
+    **fit_options: Any,
+) -> keras.Model:
+    """An ensemble of `members` Keras models, each trained on a bootstrap sample of `x, y`.
+
+    Args:
+        build_fn: `build_fn(i)` returns a fresh Keras model (compiled or not: an uncompiled
+            classifier gets Adam and its cross entropy, a regressor Adam and squared error).
+        x, y: the training rows and their labels (class integers) or targets.
+        members: how many bootstrap members to train.
+        seed: draws the bootstrap samples (rows with replacement, as many as `x` has).
+        combiner: combines them; default `MeanCombiner()` (the bagged mean).
+        task: "classification" or "regression"; None to infer it from the members' outputs.
+        **fit_options: passed to each member's `fit`.
+
+    Returns:
+        `build_ensemble(members, combiner, task=task)`; member i is named `bag_<i>` and its
+        training-row record holds its bootstrap rows.
+    """
+    if members < 1:
+        raise EnsembleError(f"Expected members >= 1. Received: {members}")
+    rows = row_count(x)
+    rng = np.random.default_rng(seed)
+    trained = []
+    for index in range(members):
+        sample = rng.integers(0, rows, rows)
+        xs = _take(x, sample)
+        model = build_fn(index)
+        kind = task or ("classification" if _ends_in_softmax(model) else "regression")
+        model = _compiled(model, kind)
+        model.fit(xs, np.asarray(y)[sample], **fit_options)
+        trained.append(_member(model, f"bag_{index}", xs, regression=kind == "regression"))
+    return build_ensemble(trained, combiner if combiner is not None else MeanCombiner(), task=task)
+
+
+def _compiled(model: keras.Model, task: str) -> keras.Model:
+    if getattr(model, "compiled", False):
+        return model
+    if task == "regression":
+        loss: Any = keras.losses.MeanSquaredError()
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(model))
+    model.compile(optimizer="adam", loss=loss)
+    return model
+
+
+def _member(model: keras.Model, name: str, trained_on: Any, regression: bool = False) -> Member:
+    kind = None if regression else ("probabilities" if _ends_in_softmax(model) else "logits")
+    member = load_member(model, name=name, output=kind)
+    member.training_rows = np.asarray(flat_features(trained_on), dtype="float32")
+    return member
+
+
+def _ends_in_softmax(model: keras.Model) -> bool:
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def _take(x: Any, rows: np.ndarray) -> Any:
+    if isinstance(x, dict):
+        return {key: np.asarray(value)[rows] for key, value in x.items()}
+    return np.asarray(x)[rows]
