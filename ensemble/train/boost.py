@@ -27,6 +27,7 @@ from ensemble.graph.build import build_ensemble
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import flat_features, row_count
+from ensemble.types import OutputKind, Task
 
 __all__ = ["bag", "boost"]
 
@@ -111,7 +112,7 @@ def bag(
     members: int,
     seed: int = 0,
     combiner: Combiner | None = None,
-    task: str | None = None,
+    task: Task | None = None,
     **fit_options: Any,
 ) -> keras.Model:
     """An ensemble of `members` Keras models, each trained on a bootstrap sample of `x, y`.
@@ -158,7 +159,9 @@ def _compiled(model: keras.Model, task: str) -> keras.Model:
 
 
 def _member(model: keras.Model, name: str, trained_on: Any, regression: bool = False) -> Member:
-    kind = None if regression else ("probabilities" if _ends_in_softmax(model) else "logits")
+    kind: OutputKind | None = None
+    if not regression:
+        kind = "probabilities" if _ends_in_softmax(model) else "logits"
     member = load_member(model, name=name, output=kind)
     member.training_rows = np.asarray(flat_features(trained_on), dtype="float32")
     return member
