@@ -54,7 +54,7 @@ from ensemble.members import (  # noqa: E402
 )
 from ensemble.runtime import configure_devices  # noqa: E402
 from ensemble.serve import ModelRegistry, compiled_predict  # noqa: E402
-from ensemble.train import bag, boost, distill, soup  # noqa: E402
+from ensemble.train import bag, boost, distill, snapshots, soup  # noqa: E402
 
 __all__ = [
     "FIT_METHODS",
@@ -98,6 +98,7 @@ __all__ = [
     "read_manifest",
     "record_training_rows",
     "run_tflite",
+    "snapshots",
     "soup",
     "stack_out_of_fold",
     "tflite_report",

@@ -24,12 +24,12 @@ from combiners import MeanCombiner, VoteCombiner
 from combiners.base import Combiner
 from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
-from ensemble.members.load import load_member
 from ensemble.members.member import Member
-from ensemble.rows import flat_features, row_count
-from ensemble.types import OutputKind, Task
+from ensemble.rows import row_count
+from ensemble.train.members import compiled, trained_member
+from ensemble.types import CLASSIFICATION, Task
 
-__all__ = ["bag", "boost"]
+__all__ = ["BuildFn", "bag", "boost", "take_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ def boost(
     members: list[Member] = []
     alphas: list[float] = []
     for index in range(rounds):
-        model = _compiled(build_fn(index), "classification")
+        model, _ = compiled(build_fn(index), CLASSIFICATION)
         model.fit(x, labels, sample_weight=weights * rows, **fit_options)
-        member = _member(model, f"boost_{index}", x)
+        member = trained_member(model, f"boost_{index}", x, CLASSIFICATION)
         probabilities = np.asarray(member.predict(x, verbose=0))
         classes = probabilities.shape[-1]
         wrong = probabilities.argmax(-1) != labels
@@ -124,7 +124,8 @@ def bag(
         members: how many bootstrap members to train.
         seed: draws the bootstrap samples (rows with replacement, as many as `x` has).
         combiner: combines them; default `MeanCombiner()` (the bagged mean).
-        task: "classification" or "regression"; None to infer it from the members' outputs.
+        task: "classification" or "regression"; None: classification behind a final softmax,
+            else regression (pass "classification" for members that emit logits).
         **fit_options: passed to each member's `fit`.
 
     Returns:
@@ -138,41 +139,14 @@ def bag(
     trained = []
     for index in range(members):
         sample = rng.integers(0, rows, rows)
-        xs = _take(x, sample)
-        model = build_fn(index)
-        kind = task or ("classification" if _ends_in_softmax(model) else "regression")
-        model = _compiled(model, kind)
+        xs = take_rows(x, sample)
+        model, kind = compiled(build_fn(index), task)
         model.fit(xs, np.asarray(y)[sample], **fit_options)
-        trained.append(_member(model, f"bag_{index}", xs, regression=kind == "regression"))
+        trained.append(trained_member(model, f"bag_{index}", xs, kind))
     return build_ensemble(trained, combiner if combiner is not None else MeanCombiner(), task=task)
 
 
-def _compiled(model: keras.Model, task: str) -> keras.Model:
-    if getattr(model, "compiled", False):
-        return model
-    if task == "regression":
-        loss: Any = keras.losses.MeanSquaredError()
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(model))
-    model.compile(optimizer="adam", loss=loss)
-    return model
-
-
-def _member(model: keras.Model, name: str, trained_on: Any, regression: bool = False) -> Member:
-    kind: OutputKind | None = None
-    if not regression:
-        kind = "probabilities" if _ends_in_softmax(model) else "logits"
-    member = load_member(model, name=name, output=kind)
-    member.training_rows = np.asarray(flat_features(trained_on), dtype="float32")
-    return member
-
-
-def _ends_in_softmax(model: keras.Model) -> bool:
-    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
-    return getattr(activation, "__name__", "") == "softmax"
-
-
-def _take(x: Any, rows: np.ndarray) -> Any:
+def take_rows(x: Any, rows: np.ndarray) -> Any:
     if isinstance(x, dict):
         return {key: np.asarray(value)[rows] for key, value in x.items()}
     return np.asarray(x)[rows]

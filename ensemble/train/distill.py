@@ -23,7 +23,8 @@ from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import in_batches
-from ensemble.types import CLASSIFICATION, OutputKind
+from ensemble.train.members import output_kind
+from ensemble.types import CLASSIFICATION
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -80,7 +81,7 @@ def distill(
     if label_weight > 0 and y is None:
         raise EnsembleError("label_weight > 0 needs the labels: pass y.")
     classify = task == CLASSIFICATION
-    probe = load_member(student, name=name, output=None if not classify else _declared(student))
+    probe = load_member(student, name=name, output=output_kind(student) if classify else None)
     feeds = _feeds(x, model, student, name)
     single = len(feeds) == 1
     teacher = in_batches(lambda f: _numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
@@ -148,12 +149,6 @@ def _targets(prediction: np.ndarray, y: Any, classify: bool, width: int, tempera
         soft = prediction.astype("float64")
         labels = np.zeros_like(soft) if y is None else np.asarray(y, dtype="float64").reshape(soft.shape)
     return np.concatenate([soft, labels], axis=-1).astype("float32")
-
-
-def _declared(student: keras.Model) -> OutputKind:
-    """What a classifier student emits: probabilities behind a final softmax, else logits."""
-    activation = getattr(student.layers[-1], "activation", None) if student.layers else None
-    return "probabilities" if getattr(activation, "__name__", "") == "softmax" else "logits"
 
 
 def _feeds(x: Any, model: keras.Model, student: keras.Model, name: str) -> dict[str, np.ndarray]:
