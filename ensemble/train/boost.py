@@ -66,7 +66,9 @@ def boost(
     labels = np.asarray(y)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
         raise EnsembleError(
-            f"boost expects y as integer class labels (rows,). Received: {labels.dtype} {labels.shape}"
+            f"boost is SAMME, for classification: y must be integer class labels (rows,). Received: "
+            f"{labels.dtype} {labels.shape}. (Gradient boosting of regressors is not implemented; "
+            "bag and snapshots train regression ensembles.)"
         )
     if rounds < 1 or not learning_rate > 0:
         raise EnsembleError(
