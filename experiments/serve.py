@@ -40,9 +40,19 @@ def main(cfg: DictConfig) -> None:
     from ensemble.serve.http import create_app, serve  # the serve extra
 
     catalog = catalog_of(cfg)
-    log.info("Serving %s on http://%s:%s", catalog.names, cfg.serve.host, cfg.serve.port)
-    app = create_app(catalog, max_body_bytes=int(cfg.serve.max_body_mb * 2**20))
-    serve(app, host=cfg.serve.host, port=cfg.serve.port, log_level=cfg.serve.log_level)
+    log.info("Serving %s (uvicorn logs the address)", catalog.names)
+    settings = cfg.serve
+    app = create_app(
+        catalog, max_body_bytes=int(settings.max_body_mb * 2**20), body_timeout_s=settings.body_timeout_s
+    )
+    serve(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.timeout_keep_alive,
+    )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def test_defaults_bind_loopback_on_tf_servings_port():
     assert cfg.registry.max_loaded == 3  # the registry's own group still applies
 
 
+def test_the_readmes_override_of_models_parses():
+    section = readme().split(f"## {SECTION}\n", 1)[1]
+    line = next(line for line in section.splitlines() if "serve.models=" in line)
+    override = re.search(r"'(serve\.models=.*)'", line).group(1)  # type: ignore[union-attr]
+    models = serve_config(override).serve.models
+    assert sorted(models) == ["digits", "zoo"] and str(models.digits).endswith("/export")
+
+
 def test_models_from_the_command_line(tmp_path):
     from experiments.serve import catalog_of
 

@@ -18,8 +18,10 @@ class Batcher:
     """Answers concurrent requests to one model with one call on their concatenated rows.
 
     The first request of a batch leads: it waits the window, takes every request that
-    arrived meanwhile, calls the model once, and hands each request its rows. No thread
-    of its own; a request never waits longer than the window plus one call.
+    arrived meanwhile, calls the model once, and hands each request its rows. When that call
+    fails, each request is answered by a call on its own rows, so a request the model refuses
+    fails alone. No thread of its own; a request waits the window plus one call (plus one per
+    request of its batch when the joined call failed).
     """
 
     def __init__(self) -> None:
@@ -54,6 +56,16 @@ class Batcher:
                         )
                     )
                     start += rows
+            except Exception:
+                # One request's rows can fail the joined call (an id out of range): answer each
+                # request on its own rows, so only the requests that fail alone fail.
+                for request, waiting in batch:
+                    if not waiting.done():
+                        try:
+                            waiting.set_result(as_numpy(call(request)))
+                            on_call()
+                        except Exception as error:
+                            waiting.set_exception(error)
             except BaseException as error:
                 for _, waiting in batch:
                     if not waiting.done():

@@ -1,8 +1,9 @@
 """`Catalog`: the models a server answers for, by name and version, over one `ModelRegistry`.
 
 A model is one source (an exported ensemble, an `.onnx` file, a member file: version 1) or a
-TF Serving base of versions, `base/<n>/` each an export (`export_saved_model(...,
-versioned=True)`). A base is read on every request, as TF Serving polls its file system: a
+TF Serving base of versions, `base/<n>/` each an export (`ensemble.export_version`, the main
+job's `export.versioned=true`) or a member's SavedModel; a base may hold no version yet when
+the server starts. A base is read on every request, as TF Serving polls its file system: a
 version published while serving is served from its next request on (the newest serves a
 request that names none), and a version removed from disk is no longer served and leaves
 memory. Each version is its own registry entry, `name@<n>`, loaded on first use and subject
@@ -13,20 +14,24 @@ taken from a request.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
 import keras
 
-from ensemble.errors import EnsembleError
+from ensemble.errors import EnsembleError, ModelLoadError
 from ensemble.export.saved_model import MANIFEST
 from ensemble.export.versions import list_versions
+from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.serve.loaded import ModelSignature
 from ensemble.serve.registry import ModelRegistry
 from ensemble.serve.rest import RestError
 from ensemble.types import PathLike
 
 __all__ = ["Catalog"]
+
+_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-]*")
 
 
 class Catalog:
@@ -52,8 +57,11 @@ class Catalog:
     ) -> None:
         """Serve `source` as model `name`: a base of versions, or anything `ModelRegistry.register`
         takes (then as version 1). Raises `EnsembleError` for a name taken or a bad source."""
-        if not isinstance(name, str) or not name or any(c in name for c in "@/:"):
-            raise EnsembleError(f"Expected a model name without '@', '/' or ':'. Received: {name!r}")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise EnsembleError(
+                f"Expected a model name of letters, digits, '.', '_' and '-', not starting with '_' "
+                f"or '-' (it goes into URLs and TensorFlow's name scopes). Received: {name!r}"
+            )
         if name in self._single or name in self._bases:
             raise EnsembleError(f"Model {name!r} is already served.")
         base = _base(source)
@@ -79,10 +87,10 @@ class Catalog:
         if name not in self._bases:
             raise RestError(404, f"No model named {name!r} is served. Served: {self.names}")
         base, _ = self._bases[name]
-        found = [v for v in list_versions(base) if os.path.isfile(os.path.join(base, str(v), MANIFEST))]
+        found = [v for v in list_versions(base) if _servable(os.path.join(base, str(v)))]
         self._unload_removed(name, set(found))
         if not found:
-            raise RestError(404, f"Model {name!r}: no version is on disk under {base}.")
+            raise RestError(404, f"Model {name!r}: no version is on disk under {base} yet.")
         return found
 
     def resolve(self, name: str, version: int | None) -> tuple[str, int]:
@@ -98,14 +106,24 @@ class Catalog:
         key = f"{name}@{version}"
         base, device = self._bases[name]
         with self._lock:  # two first requests for one version register it once
-            if key not in self.registry:
-                self.registry.register(key, os.path.join(base, str(version)), device=device)
+            # A version whose load failed is registered anew: it may have been read while it
+            # was still being written, and is judged again from what is on disk now.
+            if key not in self.registry or self.registry.stats(key).last_error is not None:
+                self.registry.register(key, os.path.join(base, str(version)), device=device, replace=True)
         return key, version
 
     def signature(self, name: str, version: int | None) -> tuple[str, int, ModelSignature]:
-        """`resolve(name, version)` and the signature of the model it names (loading it)."""
-        key, version = self.resolve(name, version)
-        return key, version, self.registry.signature(key)
+        """`resolve(name, version)` and the signature of the model it names (loading it). When
+        the newest version vanishes from disk as it loads, the next newest answers."""
+        key, resolved = self.resolve(name, version)
+        try:
+            return key, resolved, self.registry.signature(key)
+        except ModelLoadError:
+            base = self._bases.get(name, ("", None))[0]
+            if version is not None or name not in self._bases or _servable(os.path.join(base, str(resolved))):
+                raise
+        key, resolved = self.resolve(name, None)
+        return key, resolved, self.registry.signature(key)
 
     def load_errors(self, name: str) -> dict[int, str | None]:
         """Each version of `name` with the error of its last load (None: loaded, or not tried)."""
@@ -123,13 +141,18 @@ class Catalog:
 
 
 def _base(source: PathLike | keras.Model) -> str | None:
-    """`source` as a base of versions (a directory that is no export, with an export at
-    `<n>/`), else None."""
+    """`source` as a base of versions (`<n>/` sub-directories, possibly none yet): a directory
+    that is no export, SavedModel or checkpoint itself; else None."""
     if isinstance(source, keras.layers.Layer):
         return None
     path = os.fspath(source)
-    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, MANIFEST)):
+    if not os.path.isdir(path) or _servable(path) or resolve_checkpoint(path) is not None:
         return None
-    if any(os.path.isfile(os.path.join(path, str(v), MANIFEST)) for v in list_versions(path)):
-        return path
-    return None
+    return path
+
+
+def _servable(path: str) -> bool:
+    """Whether `path` holds an export or a SavedModel (a member), complete enough to load."""
+    return os.path.isfile(os.path.join(path, MANIFEST)) or os.path.isfile(
+        os.path.join(path, "saved_model.pb")
+    )

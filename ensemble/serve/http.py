@@ -21,21 +21,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import tensorflow as tf
+
 from ensemble.errors import EnsembleError, ModelLoadError
 
 try:
+    import anyio
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as error:  # the optional extra
@@ -52,13 +56,19 @@ __all__ = ["create_app", "running", "serve"]
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 << 20
+BODY_TIMEOUT_S = 30.0
 _JSON = "application/json"
 
 
-def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The ASGI app answering TF Serving's REST API for the models of `catalog`."""
-    if max_body_bytes < 1:
-        raise EnsembleError(f"Expected max_body_bytes >= 1. Received: {max_body_bytes}")
+def create_app(
+    catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S
+) -> Starlette:
+    """The ASGI app answering TF Serving's REST API for the models of `catalog`; a body larger
+    than `max_body_bytes` is a 413, one slower than `body_timeout_s` a 408."""
+    if max_body_bytes < 1 or not body_timeout_s > 0:
+        raise EnsembleError(
+            f"Expected max_body_bytes >= 1 and body_timeout_s > 0. Received: {max_body_bytes}, {body_timeout_s}"
+        )
     metrics = CollectorRegistry()
     requests = Counter("ensemble_requests", "Requests answered", ["model", "verb", "code"], registry=metrics)
     latency = Histogram(
@@ -79,9 +89,16 @@ def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Sta
                 response = _error(503, str(error))
             except EnsembleError as error:  # the registry's checks of the feeds
                 response = _error(400, str(error))
+            except ClientDisconnect:  # nobody to answer: counted, not logged as a failure
+                response = Response(status_code=499)
             except Exception as error:
-                log.exception("%s %s failed", request.method, request.url.path)
-                response = _error(500, f"Internal error: {type(error).__name__}: {error}")
+                if _is_invalid_input(error):  # the model's own check of a value, e.g. an id out of range
+                    response = _error(
+                        400, f"Model {name!r} cannot compute this input: {model_message(error)}"
+                    )
+                else:
+                    log.exception("%s %s failed", request.method, request.url.path)
+                    response = _error(500, f"Internal error ({type(error).__name__}); the server logged it.")
             label = name if name in catalog.names else ""  # only served names: bounded labels
             requests.labels(label, verb, str(response.status_code)).inc()
             latency.labels(label, verb).observe(time.perf_counter() - start)
@@ -105,7 +122,11 @@ def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Sta
         return JSONResponse(await run_in_threadpool(describe))
 
     async def predict(request: Request, name: str, version: int | None) -> Response:
-        body = await _body(request, max_body_bytes)
+        try:
+            with anyio.fail_after(body_timeout_s):
+                body = await _body(request, max_body_bytes)
+        except TimeoutError:
+            raise RestError(408, f"The request body did not arrive within {body_timeout_s} s.") from None
 
         def run() -> bytes:
             key, _, signature = catalog.signature(name, version)
@@ -120,27 +141,41 @@ def create_app(catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES) -> Sta
     async def prometheus(request: Request) -> Response:
         return Response(await run_in_threadpool(generate_latest, metrics), media_type=CONTENT_TYPE_LATEST)
 
-    async def not_found(request: Request, error: Exception) -> Response:
+    async def http_error(request: Request, error: Exception) -> Response:  # 404, 405 from routing
         code = error.status_code if isinstance(error, HTTPException) else 500
         detail = error.detail if isinstance(error, HTTPException) else "Internal error"
         return _error(code, f"{detail}: {request.method} {request.url.path}")
 
     routes = []
-    for prefix in ("/v1/models/{name:model}", "/v1/models/{name:model}/versions/{version:int}"):
+    for prefix in (
+        "/v1/models/{name:ensemble_model}",
+        "/v1/models/{name:ensemble_model}/versions/{version:int}",
+    ):
         routes += [
             Route(prefix, endpoint("status", model_status), methods=["GET"]),
             Route(prefix + "/metadata", endpoint("metadata", model_metadata), methods=["GET"]),
             Route(prefix + ":predict", endpoint("predict", predict), methods=["POST"]),
         ]
     routes += [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # a trailing slash is a 404 in JSON, not a bodiless 307
+    return app
 
 
-def serve(app: Starlette, *, host: str = "127.0.0.1", port: int = 8501, log_level: str = "info") -> None:
-    """Serve `app` with uvicorn until interrupted; on loopback unless `host` says otherwise."""
+def serve(
+    app: Starlette,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    log_level: str = "info",
+    **uvicorn_options: Any,
+) -> None:
+    """Serve `app` with uvicorn until interrupted; on loopback unless `host` says otherwise.
+    `uvicorn_options` go to `uvicorn.run` (e.g. `limit_concurrency`, `timeout_keep_alive`);
+    past loopback, put a reverse proxy in front, as for any Python server."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options)
 
 
 @contextlib.contextmanager
@@ -195,7 +230,26 @@ class _ModelName(Convertor[str]):
         return value
 
 
-register_url_convertor("model", _ModelName())
+register_url_convertor("ensemble_model", _ModelName())
+
+
+def _is_invalid_input(error: Exception) -> bool:
+    """A model call refused a value (TensorFlow's or onnxruntime's InvalidArgument)."""
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return True
+    kind = type(error)
+    return kind.__module__.startswith("onnxruntime") and kind.__name__ == "InvalidArgument"
+
+
+def model_message(error: Exception) -> str:
+    """The line of a TensorFlow or onnxruntime error that says what was wrong, without the
+    graph's node names and the Python frames it was traced from."""
+    lines = []
+    for line in str(error).splitlines():
+        if not line or line[0].isspace() or line.startswith(("Graph execution error", "Detected at node")):
+            continue
+        lines.append(re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", line).strip())
+    return lines[-1] if lines else type(error).__name__
 
 
 def _error(code: int, message: str) -> Response:

@@ -3,6 +3,7 @@ checks of what a request feeds it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import sys
@@ -73,7 +74,7 @@ class Loaded:
     outputs: dict[str, tf.TensorSpec] | None = None  # None: one output, named SINGLE_OUTPUT
     signatures: dict[str, tuple[str, ...]] | None = None  # None: serving_default, every output
 
-    @property
+    @functools.cached_property
     def signature(self) -> ModelSignature:
         if self.outputs is None:
             output = _spec(self.function.get_concrete_function().structured_outputs, SINGLE_OUTPUT)

@@ -17,6 +17,7 @@ lists, checked against the model's input specs and cast to their dtypes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,10 @@ def parse_predict(body: bytes, model: str, signature: ModelSignature) -> Predict
     """The predict `body` for `model`, checked against its `signature`; `RestError` (400) naming
     the field, input or instance that is wrong."""
     try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        request = json.loads(body, parse_float=_float, parse_int=_int)
+    except RestError:
+        raise
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise RestError(400, f"The request body is not JSON: {error}") from None
     except RecursionError:
         raise RestError(400, "The request body nests lists or objects too deeply.") from None
@@ -238,6 +241,20 @@ def _ragged(value: Any, rows: bool) -> str:
 
 def _first_row(mask: np.ndarray) -> int:
     return int(np.argwhere(mask)[0][0])
+
+
+def _float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one past float64's range is refused (only the
+    tokens Infinity and -Infinity mean an infinite value)."""
+    value = float(text)
+    if math.isinf(value):
+        raise RestError(400, f"The number {text[:24]}... is too large for any float.")
+    return value
+
+
+def _int(text: str) -> int | float:
+    """A JSON integer; one past 64 bits is read as a float (as NumPy would hold it anyway)."""
+    return int(text) if len(text.lstrip("-")) <= 18 else _float(text)
 
 
 def _kind(value: Any) -> str:
