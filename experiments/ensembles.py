@@ -36,13 +36,16 @@ def run_method(cfg: DictConfig) -> tuple[Rows, dict[str, Any]]:
     return METHODS[cfg.method.name](cfg, data)
 
 
-def learners(cfg: DictConfig, data: Dataset) -> Callable[[int], keras.Model]:
-    """`build(i)`: a fresh compiled learner of `method.learner`, seeded by `i`."""
+def learners(cfg: DictConfig, data: Dataset, *, compile: bool = True) -> Callable[[int], keras.Model]:
+    """`build(i)`: a fresh learner of `method.learner`, seeded by `i`, compiled with Adam at
+    `method.fit.learning_rate` (or left for the training function to compile)."""
     settings = cfg.method
 
     def build(index: int) -> keras.Model:
         keras.utils.set_random_seed(settings.seed + index)
         model = instantiate(settings.learner)(data.x_train, data.y_train, task=data.task, width=_width(data))
+        if not compile:
+            return model
         return compiled(model, data.task, keras.optimizers.Adam(settings.fit.learning_rate))[0]
 
     return build
@@ -86,7 +89,7 @@ def _bag(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:
 def _snapshots(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:
     settings = cfg.method
     model = ensemble.snapshots(
-        lambda: learners(cfg, data)(0), data.x_train, data.y_train, cycles=settings.cycles,
+        lambda: learners(cfg, data, compile=False)(0), data.x_train, data.y_train, cycles=settings.cycles,
         epochs_per_cycle=settings.epochs_per_cycle, max_learning_rate=settings.max_learning_rate,
         batch_size=settings.fit.batch_size, task=data.task, verbose=0,
     )  # fmt: skip

@@ -109,7 +109,7 @@ def test_a_probability_student_with_labels_and_temperature(digits, teacher, tmp_
     assert both.predict(x[:4], verbose=0)["prediction"].shape == (4, 10)
 
 
-def test_the_uncertainty_head_learns_the_mutual_information(digits, teacher):
+def test_the_uncertainty_head_learns_the_mutual_information(digits, teacher, tmp_path):
     x, _ = digits
     rows = x[500:1300]
     result = ensemble.distill(
@@ -123,6 +123,13 @@ def test_the_uncertainty_head_learns_the_mutual_information(digits, teacher):
     assert abs(mi.mean() - expected.mean()) < 0.5 * expected.mean()
     assert np.corrcoef(mi, expected)[0, 1] > 0.5
     assert np.asarray(result(rows)).shape == (800, 10)  # the member emits the prediction
+    # The one model ships both outputs: a SavedModel of it serves them in TensorFlow alone.
+    import tensorflow as tf
+
+    result.model.export(str(tmp_path / "student"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "student"))
+    served = loaded.serve(tf.constant(rows[:5]))
+    np.testing.assert_allclose(served["mutual_information"], mi[:5], atol=1e-6)
 
 
 def test_a_regression_student_learns_the_mean():
