@@ -66,7 +66,8 @@ def distill(
     Returns:
         The trained student as a frozen `Member` (it builds, exports and serves like any
         member). With `uncertainty`, `result.model` returns a dict with "prediction" and
-        "mutual_information" (or "std"); the member emits the prediction.
+        "mutual_information" (or "std"), and `result.model.export(path)` is one SavedModel
+        serving both; the member emits the prediction.
 
     Raises:
         EnsembleError: for a model that is no ensemble, a student whose inputs or width do
