@@ -89,7 +89,7 @@ def _bag(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:
 def _snapshots(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:
     settings = cfg.method
     model = ensemble.snapshots(
-        lambda: learners(cfg, data, compile=False)(0), data.x_train, data.y_train, cycles=settings.cycles,
+        lambda: learners(cfg, data, compile=settings.optimizer == "adam")(0), data.x_train, data.y_train, cycles=settings.cycles,
         epochs_per_cycle=settings.epochs_per_cycle, max_learning_rate=settings.max_learning_rate,
         batch_size=settings.fit.batch_size, task=data.task, verbose=0,
     )  # fmt: skip
