@@ -74,3 +74,25 @@ def test_the_script_writes_its_metrics(wine_overrides, tmp_path):
     assert (result["method"], result["data"]) == ("bag", "wine")
     assert list(result["rows"]) == ["bagged (2 members)", "one learner on every train row"]
     assert "bagged (2 members)" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_bagged_zoo_trains_each_member_on_its_bootstrap_rows(tmp_path):
+    from hydra.utils import instantiate
+
+    from ensemble.members.training_rows import load_training_rows
+    from experiments.zoo.members import ensure_zoo
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "data=wine", "zoo=bagged", f"zoo.dir={tmp_path}", "~zoo.members.bag_2", "~zoo.members.bag_3",
+        "~zoo.members.bag_4", "zoo.members.bag_0.train.epochs=3", "zoo.members.bag_1.train.epochs=3",
+    )  # fmt: skip
+    data = instantiate(cfg.data)
+    assert sorted(ensure_zoo(cfg.zoo, data, str(tmp_path))) == ["bag_0", "bag_1"]
+    n = len(data.x_train)
+    for name, seed in (("bag_0", 10), ("bag_1", 11)):
+        rows = np.random.default_rng(seed).integers(0, n, n)
+        record = load_training_rows(tmp_path / f"{name}.keras")
+        np.testing.assert_array_equal(record, data.x_train[rows].astype("float32"))
+    assert ensure_zoo(cfg.zoo, data, str(tmp_path)) == []  # recipes match: nothing retrains

@@ -26,7 +26,15 @@ from ensemble.members.training_rows import is_hash_record, load_training_rows
 from ensemble.rows import data_fingerprint
 from experiments.zoo.training import REFIT, train_member
 
-__all__ = ["EXTENSIONS", "RECIPE_SUFFIX", "ensure_zoo", "member_entries", "stale_members", "zoo_directory"]
+__all__ = [
+    "EXTENSIONS",
+    "RECIPE_SUFFIX",
+    "ensure_zoo",
+    "member_entries",
+    "stale_members",
+    "training_rows",
+    "zoo_directory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +83,34 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
         record = load_training_rows(path)
         if record is None or is_hash_record(record):  # a zoo of an earlier version: exact hashes
             log.info("Zoo member %r: recording its training rows for the leakage guard's tolerance", name)
-            record_training_rows(path, data.x_train)  # its recipe says it trained on these rows
+            record_training_rows(path, training_rows(spec, data)[0])  # as its recipe says
     for name, recipe in stale.items():
         spec = zoo.members[name]
         path = _path(directory, name, spec)
         if os.path.exists(path):
             log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
         log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
-        model = train_member(str(name), spec, data.x_train, data.y_train, data)
+        x, y = training_rows(spec, data)
+        model = train_member(str(name), spec, x, y, data)
         # The record of training rows first (a member is never without one), then the model,
         # then the recipe: written last, it marks the member complete; until then a rerun
         # retrains it.
         _remove(path + RECIPE_SUFFIX)
-        record_training_rows(path, data.x_train)
+        record_training_rows(path, x)
         _save(model, path, spec.format)
         with open(path + RECIPE_SUFFIX, "w") as f:
             f.write(recipe)
         trained.append(str(name))
     return trained
+
+
+def training_rows(spec: DictConfig, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a member trains on: the train split, or with `train.bootstrap` a bootstrap
+    sample of it (as many rows, drawn with replacement, seeded by `train.seed`)."""
+    if not spec.train.get("bootstrap", False):
+        return data.x_train, data.y_train
+    rows = np.random.default_rng(int(spec.train.seed)).integers(0, len(data.x_train), len(data.x_train))
+    return data.x_train[rows], data.y_train[rows]
 
 
 def stale_members(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
