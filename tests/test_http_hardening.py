@@ -105,20 +105,28 @@ def test_a_base_with_no_version_yet_serves_the_first_published(tmp_path):
 
 
 def raw(url: str, data: bytes, wait_s: float) -> bytes:
-    """Send `data` on a socket, then read what comes back within `wait_s` seconds."""
+    """Send `data` on a socket, then read what comes back until the server closes it or
+    `wait_s` seconds pass (an answer may come in several packets)."""
     host, port = url.removeprefix("http://").split(":")
+    received = b""
+    deadline = time.monotonic() + wait_s
     with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
         sock.sendall(data)
-        try:
-            return sock.recv(4096)
-        except TimeoutError:
-            return b""
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
 
 
 def test_a_stalled_body_is_a_408_and_a_dropped_one_is_no_500(ids):
     catalog = Catalog(ensemble.ModelRegistry())
     catalog.register("member", ids[1])
-    head = b"POST /v1/models/member:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    head = b"POST /v1/models/member:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n"
     with running(create_app(catalog, body_timeout_s=0.5)) as url:
         start = time.monotonic()
         answer = raw(url, head + b'{"inst', wait_s=10)
