@@ -187,12 +187,12 @@ def _wrap(
         model, inputs=specs, output=kind, output_key=output_key, source=label, format=fmt, name=name
     )
     # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
-    member.output_inferred = output is None and kind is not None and _final_activation(model) == "sigmoid"
+    member.output_inferred = output is None and kind is not None and final_activation(model) == "sigmoid"
     _check_output_key(member)
     check_finite_weights(member)
     if output is not None:  # declared; an inferred kind is the activation's own word
         # The last layer emits the chosen output only when the model has one output.
-        check_declared_output(member, _final_activation(model) if output_key is None else None)
+        check_declared_output(member, final_activation(model) if output_key is None else None)
     return member
 
 
@@ -249,10 +249,11 @@ def _infer_output(model: Any) -> OutputKind | None:
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) != 1:
         return None
-    return "probabilities" if _final_activation(model) in ("softmax", "sigmoid") else None
+    return "probabilities" if final_activation(model) in ("softmax", "sigmoid") else None
 
 
-def _final_activation(model: Any) -> str | None:
+def final_activation(model: Any) -> str | None:
+    """The activation of the layer a model ends in (a `Softmax` layer counts as "softmax")."""
     layers = getattr(model, "layers", None)
     if not layers:
         return None

@@ -6,7 +6,8 @@ trained it, so the leakage guard refuses to fit a combiner on them.
 `boost` trains a member per round on sample-weighted rows (Keras' `sample_weight`), weighs it
 `alpha = learning_rate * (log((1 - err) / err) + log(K - 1))` by its weighted error `err`,
 and raises the weight of the rows it got wrong by `exp(alpha)`. The ensemble is the members
-under a hard vote weighted by their alphas: SAMME's `argmax_k sum_m alpha_m [h_m(x) = k]`.
+under a hard vote weighted by their alphas: SAMME's `argmax_k sum_m alpha_m [h_m(x) = k]`, with K
+the number of classes in `y` (as scikit-learn counts it).
 As scikit-learn's `AdaBoostClassifier`, it stops early at a member with no error (weighed 1)
 and refuses a member no better than chance (`err >= 1 - 1/K`), which ends the rounds.
 """
@@ -26,7 +27,7 @@ from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
 from ensemble.rows import row_count
-from ensemble.train.members import compiled, trained_member
+from ensemble.train.members import check_labels, compiled, trained_member
 from ensemble.types import CLASSIFICATION, Task
 
 __all__ = ["BuildFn", "bag", "boost", "take_rows"]
@@ -64,26 +65,36 @@ def boost(
             learning rate, or a first member no better than chance.
     """
     labels = np.asarray(y)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+    if not np.issubdtype(labels.dtype, np.integer):
         raise EnsembleError(
-            f"boost is SAMME, for classification: y must be integer class labels (rows,). Received: "
-            f"{labels.dtype} {labels.shape}. (Gradient boosting of regressors is not implemented; "
-            "bag and snapshots train regression ensembles.)"
+            f"boost is SAMME, for classification: y must be integer class labels. Received: "
+            f"{labels.dtype}. (Gradient boosting of regressors is not implemented; bag and snapshots "
+            "train regression ensembles.)"
         )
     if rounds < 1 or not learning_rate > 0:
         raise EnsembleError(
             f"Expected rounds >= 1 and learning_rate > 0. Received: {rounds}, {learning_rate}"
         )
+    if "sample_weight" in fit_options:
+        raise EnsembleError("boost sets each member's sample_weight itself; pass none in fit_options.")
+    labels = check_labels(labels, row_count(x), "boost")
+    classes = len(np.unique(labels))  # K, as scikit-learn's AdaBoostClassifier counts it
+    if classes < 2:
+        raise EnsembleError(f"boost needs at least two classes in y. Received: {np.unique(labels).tolist()}")
     rows = row_count(x)
     weights = np.full(rows, 1.0 / rows)
     members: list[Member] = []
     alphas: list[float] = []
     for index in range(rounds):
         model, _ = compiled(build_fn(index), CLASSIFICATION)
+        width = int(model.output_shape[-1])
+        if labels.max() >= width:
+            raise EnsembleError(
+                f"boost: y holds class {labels.max()}, but the learner emits {width} classes."
+            )
         model.fit(x, labels, sample_weight=weights * rows, **fit_options)
         member = trained_member(model, f"boost_{index}", x, CLASSIFICATION)
         probabilities = np.asarray(member.predict(x, verbose=0))
-        classes = probabilities.shape[-1]
         wrong = probabilities.argmax(-1) != labels
         error = float(np.sum(weights[wrong]) / np.sum(weights))
         log.info("Boosting round %d: weighted error %.4f", index, error)

@@ -22,8 +22,8 @@ from ensemble.errors import EnsembleError
 from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
-from ensemble.rows import in_batches
-from ensemble.train.members import output_kind
+from ensemble.rows import flat_features, in_batches
+from ensemble.train.members import check_finite_rows, check_labels, output_kind
 from ensemble.types import CLASSIFICATION
 
 __all__ = ["distill", "distillation_loss"]
@@ -67,11 +67,15 @@ def distill(
         The trained student as a frozen `Member` (it builds, exports and serves like any
         member). With `uncertainty`, `result.model` returns a dict with "prediction" and
         "mutual_information" (or "std"), and `result.model.export(path)` is one SavedModel
-        serving both; the member emits the prediction.
+        serving both; the member emits the prediction (reload its `.keras` file with
+        `output_key="prediction"` and its output kind, e.g. `output="logits"`). Its
+        training-row record is `x`, so the leakage guard refuses to fit a combiner on it.
 
     Raises:
-        EnsembleError: for a model that is no ensemble, a student whose inputs or width do
-            not match, a bad temperature or label weight, or labels missing for label_weight.
+        EnsembleError: before anything trains, for a model that is no ensemble, a student
+            whose inputs or width do not match, a bad temperature or label weight, labels
+            missing for label_weight or not one valid label per row, or a row on which the
+            ensemble's outputs are not finite (named).
     """
     task = ensemble_task(model)
     if not temperature > 0 or not 0 <= label_weight <= 1:
@@ -87,12 +91,19 @@ def distill(
     single = len(feeds) == 1
     teacher = in_batches(lambda f: _numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
     spread = "mutual_information" if classify else "std"
+    for key in ("prediction", spread) if uncertainty else ("prediction",):
+        check_finite_rows(teacher[key], f"Distilling {name!r}: the ensemble's {key!r} on x")
     raw = student.outputs[0]
     width = teacher["prediction"].shape[-1]
     if raw.shape[-1] != width:
         raise EnsembleError(
             f"Student {name!r} emits width {raw.shape[-1]}; the ensemble's prediction is {width}."
         )
+    rows = len(teacher["prediction"])
+    if y is not None and classify:
+        y = check_labels(y, rows, f"Distilling {name!r}: y", classes=width)
+    elif y is not None and np.size(y) != rows * width:
+        raise EnsembleError(f"Distilling {name!r}: y holds {np.size(y)} values; expected {rows} x {width}.")
     logits = raw if not classify or probe.output_kind == "logits" else ops.log(ops.maximum(raw, _FLOOR))
     outputs = {"prediction": logits}
     losses: dict[str, Any] = {"prediction": distillation_loss(task, temperature, label_weight)}
@@ -101,20 +112,24 @@ def distill(
     if uncertainty:
         # The head learns the spread in units of its mean (a mutual information of 0.01 would
         # otherwise weigh nothing beside the prediction's loss) and answers in the ensemble's.
-        scale = float(np.mean(teacher[spread])) or 1.0
-        head = keras.layers.Dense(1, activation="softplus", name=spread)(student.layers[-1].input)
-        outputs[spread] = ops.squeeze(head, -1)
-        served[spread] = outputs[spread] * scale
+        # One unit for the mutual information (rows,), one per target for the std (rows, targets).
+        target = teacher[spread].astype("float64")
+        scale = np.where(target.mean(axis=0) > 0, target.mean(axis=0), 1.0)
+        units = 1 if classify else width
+        head = keras.layers.Dense(units, activation="softplus", name=spread)(student.layers[-1].input)
+        outputs[spread] = ops.squeeze(head, -1) if classify else head
+        served[spread] = outputs[spread] * ops.convert_to_tensor(scale.astype("float32"))
         losses[spread] = keras.losses.MeanSquaredError()
-        targets[spread] = (teacher[spread] / scale).astype("float32")
+        targets[spread] = (target / scale).astype("float32")
     graph_inputs = student.inputs[0] if single else {t.name: t for t in student.inputs}
     trainer = keras.Model(graph_inputs, outputs)
     trainer.compile(optimizer=optimizer, loss=losses)
     data = next(iter(feeds.values())) if single else feeds
     history = trainer.fit(data, targets, epochs=epochs, batch_size=batch_size, **fit_options)
     final = keras.Model(graph_inputs, served, name=name) if uncertainty else student
-    key = {"output_key": "prediction"} if uncertainty else {}
-    result = load_member(final, name=name, output=probe.output_kind, **key)
+    chosen: dict[str, str] = {"output_key": "prediction"} if uncertainty else {}
+    result = load_member(final, name=name, output=probe.output_kind, **chosen)
+    result.training_rows = np.asarray(flat_features(feeds), dtype="float32")  # for the guard
     result.history = history
     return result
 

@@ -20,7 +20,6 @@ from combiners import MeanCombiner
 from combiners.base import Combiner
 from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
-from ensemble.rows import row_count
 from ensemble.train.members import compiled, trained_member
 from ensemble.types import Task
 
@@ -28,26 +27,41 @@ __all__ = ["CyclicCosine", "snapshots"]
 
 
 class CyclicCosine(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate before each batch along a cosine restarted every
-    `steps_per_cycle` steps, and keeps a copy of the weights at the end of each cycle."""
+    """Sets the optimizer's learning rate before each batch along a cosine that restarts every
+    `epochs_per_cycle` epochs, and keeps a copy of the weights at the end of each cycle.
 
-    def __init__(self, max_learning_rate: float, steps_per_cycle: int) -> None:
+    The steps of an epoch are read from the fit itself (`params["steps"]`), so a validation
+    split or a last partial batch does not shift the restarts."""
+
+    def __init__(self, max_learning_rate: float, epochs_per_cycle: int) -> None:
         super().__init__()
         self.max_learning_rate = max_learning_rate
-        self.steps_per_cycle = steps_per_cycle
-        self.step = 0
+        self.epochs_per_cycle = epochs_per_cycle
+        self.steps_per_epoch = 0
+        self.epoch = 0
         self.snapshots: list[list[np.ndarray]] = []
 
-    def rate(self, step: int) -> float:
-        phase = (step % self.steps_per_cycle) / self.steps_per_cycle
+    def rate(self, epoch: int, batch: int) -> float:
+        cycle_steps = self.epochs_per_cycle * self.steps_per_epoch
+        phase = ((epoch % self.epochs_per_cycle) * self.steps_per_epoch + batch) / cycle_steps
         return 0.5 * self.max_learning_rate * (1 + math.cos(math.pi * phase))
 
+    def on_train_begin(self, logs: Any = None) -> None:
+        steps = self.params.get("steps")
+        if not steps:
+            raise EnsembleError(
+                "CyclicCosine needs the steps of an epoch: fit on arrays, or pass steps_per_epoch."
+            )
+        self.steps_per_epoch = int(steps)
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.epoch = epoch
+
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-        self.model.optimizer.learning_rate.assign(self.rate(self.step))
-        self.step += 1
+        self.model.optimizer.learning_rate.assign(self.rate(self.epoch, batch))
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if self.step % self.steps_per_cycle == 0:
+        if (epoch + 1) % self.epochs_per_cycle == 0:
             self.snapshots.append([np.array(w) for w in self.model.get_weights()])
 
 
@@ -87,13 +101,29 @@ def snapshots(
             f"Expected cycles >= 1, epochs_per_cycle >= 1 and max_learning_rate > 0. "
             f"Received: {cycles}, {epochs_per_cycle}, {max_learning_rate}"
         )
+    if "epochs" in fit_options:
+        raise EnsembleError("snapshots trains cycles * epochs_per_cycle epochs; pass no epochs.")
     model, kind = compiled(build_fn(), task, keras.optimizers.SGD(max_learning_rate, momentum=0.9))
-    rows = row_count(x)
-    schedule = CyclicCosine(max_learning_rate, epochs_per_cycle * math.ceil(rows / batch_size))
-    callbacks = [schedule, *fit_options.pop("callbacks", [])]
+    if not isinstance(model.optimizer.learning_rate, keras.Variable):
+        raise EnsembleError(
+            "snapshots sets the learning rate batch by batch: compile the model with a plain "
+            "learning rate, not a LearningRateSchedule."
+        )
+    if int(getattr(model, "steps_per_execution", 1) or 1) > 1:
+        raise EnsembleError(
+            "snapshots sets the learning rate batch by batch: compile with steps_per_execution=1 "
+            f"(received {model.steps_per_execution}), or batch callbacks see one step in several."
+        )
+    schedule = CyclicCosine(max_learning_rate, epochs_per_cycle)
+    callbacks = [schedule, *(fit_options.pop("callbacks", None) or [])]
     model.fit(
         x, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size, callbacks=callbacks, **fit_options
     )
+    if len(schedule.snapshots) < cycles:
+        raise EnsembleError(
+            f"snapshots: training stopped after {len(schedule.snapshots)} of {cycles} cycles "
+            "(a callback such as EarlyStopping ended it); every cycle makes one member."
+        )
     members = []
     for index, weights in enumerate(schedule.snapshots):
         snapshot = keras.models.clone_model(model)

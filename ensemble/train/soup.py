@@ -23,7 +23,9 @@ from ensemble.evaluate.metrics import classification_metrics
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
+from ensemble.members.training_rows import is_hash_record
 from ensemble.rows import in_batches
+from ensemble.train.members import check_finite_rows, check_labels
 
 __all__ = ["SOUP_METHODS", "soup"]
 
@@ -89,6 +91,12 @@ def soup(
                 chosen, best = [*chosen, i], candidate
     result = _cooked(wrapped[0], [weights[i] for i in chosen], name)
     result.ingredients = [wrapped[i].name for i in chosen]
+    records = [wrapped[i].training_rows for i in chosen]  # what trained it: all its ingredients' rows
+    usable = [record for record in records if record is not None and not is_hash_record(record)]
+    if len(usable) == len(records):
+        result.training_rows = np.concatenate(usable)
+    elif usable:
+        log.info("Soup %r: an ingredient has no row record, so the leakage guard cannot check it.", name)
     if x is not None and y is not None:
         best_name, best_score = min(((m.name, _score(m, x, y)) for m in wrapped), key=lambda t: t[1])
         score = _score(result, x, y)
@@ -111,18 +119,24 @@ def _check_one_architecture(members: list[Member]) -> None:
     for member in members[1:]:
         mine = _signature(member)
         difference = next(
-            (f"{k}: {a} vs {b}" for k, (a, b) in enumerate(zip(reference, mine, strict=False)) if a != b),
-            f"{len(mine)} weights vs {len(reference)}",
+            (f"{a} vs {b}" for a, b in zip(reference, mine, strict=False) if a != b),
+            f"{len(mine)} layers and weights vs {len(reference)}",
         )
         if mine != reference or member.input_specs != first.input_specs:
             raise EnsembleError(
                 f"Members {first.name!r} and {member.name!r} differ in architecture or inputs "
-                f"(weight {difference}); a soup averages members of one architecture."
+                f"(first difference: {difference}); a soup averages members of one architecture."
             )
 
 
-def _signature(member: Member) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(w.path.split("/")[-1], tuple(w.shape), str(w.dtype)) for w in member.model.weights]
+def _signature(member: Member) -> list[Any]:
+    """The member's layers (class and config, names left out) and weights (shape, dtype)."""
+    layers = [
+        (type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
+        for layer in getattr(member.model, "layers", [])
+    ]
+    weights = [(w.path.split("/")[-1], tuple(w.shape), str(w.dtype)) for w in member.model.weights]
+    return [*layers, *weights]
 
 
 def _cooked(first: Member, weights: list[list[np.ndarray]], name: str) -> Member:
@@ -155,6 +169,10 @@ def _score(member: Member, x: Any, y: Any) -> float:
     # Called eagerly a batch at a time: a soup is a new model, and Keras' predict would trace anew.
     prediction = in_batches(lambda f: {"p": keras.ops.convert_to_numpy(member(f))}, arrays, 4096)["p"]
     targets = np.asarray(y)
+    check_finite_rows(prediction, f"Soup: member {member.name!r}'s prediction on x")
     if member.output_kind is not None:
-        return classification_metrics(targets.astype(int).ravel(), prediction)["nll"]
+        labels = check_labels(targets.ravel(), len(prediction), "Soup: y", classes=prediction.shape[-1])
+        return classification_metrics(labels, prediction)["nll"]
+    if targets.size != prediction.size:
+        raise EnsembleError(f"Soup: y holds {targets.size} values; expected {prediction.shape}.")
     return float(np.mean((prediction - targets.reshape(prediction.shape)) ** 2))
