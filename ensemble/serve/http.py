@@ -94,7 +94,7 @@ def create_app(
             except Exception as error:
                 if _is_invalid_input(error):  # the model's own check of a value, e.g. an id out of range
                     response = _error(
-                        400, f"Model {name!r} cannot compute this input: {model_message(error)}"
+                        400, f"Model {name!r} cannot compute this input: {_model_message(error)}"
                     )
                 else:
                     log.exception("%s %s failed", request.method, request.url.path)
@@ -241,7 +241,7 @@ def _is_invalid_input(error: Exception) -> bool:
     return kind.__module__.startswith("onnxruntime") and kind.__name__ == "InvalidArgument"
 
 
-def model_message(error: Exception) -> str:
+def _model_message(error: Exception) -> str:
     """The line of a TensorFlow or onnxruntime error that says what was wrong, without the
     graph's node names and the Python frames it was traced from."""
     lines = []

@@ -15,7 +15,7 @@ and refuses a member no better than chance (`err >= 1 - 1/K`), which ends the ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -160,6 +160,7 @@ def bag(
 
 
 def take_rows(x: Any, rows: np.ndarray) -> Any:
-    if isinstance(x, dict):
+    """`rows` of `x`: an array, or arrays by input name."""
+    if isinstance(x, Mapping):
         return {key: np.asarray(value)[rows] for key, value in x.items()}
     return np.asarray(x)[rows]
