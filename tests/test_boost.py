@@ -150,3 +150,70 @@ def test_bagged_regression():
     out = model.predict(x, verbose=0)
     assert sorted(out) == ["member_predictions", "prediction", "std"]
     assert np.mean((out["prediction"].ravel() - y) ** 2) < 0.05
+
+
+class Centroids:
+    """A weighted nearest-centroid classifier, the same in scikit-learn's API and as a Keras
+    model whose `fit` sets its one Dense layer from the centroids: deterministic given the
+    sample weights, so boosting it in both libraries must give the same members."""
+
+    @staticmethod
+    def centroids(x, y, sample_weight, classes):
+        w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        return np.stack([np.average(x[y == k], axis=0, weights=w[y == k]) for k in range(classes)])
+
+
+class SklearnCentroids(Centroids):
+    def __init__(self):
+        pass
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def __sklearn_tags__(self):
+        from sklearn.base import BaseEstimator, ClassifierMixin
+
+        class Tagged(ClassifierMixin, BaseEstimator):
+            pass
+
+        return Tagged().__sklearn_tags__()
+
+    def fit(self, x, y, sample_weight=None):
+        self.classes_ = np.unique(y)
+        self.centers_ = self.centroids(x, y, sample_weight, len(self.classes_))
+        return self
+
+    def predict(self, x):
+        return np.argmin(((x[:, None, :] - self.centers_[None]) ** 2).sum(-1), axis=1)
+
+
+class KerasCentroids(keras.Model):
+    """Functional (one Dense layer of logits x.c - |c|^2 / 2, largest for the nearest
+    centroid), with a `fit` that sets the layer from the weighted centroids."""
+
+    def __init__(self, features: int, classes: int):
+        inputs = keras.Input((features,))
+        dense = keras.layers.Dense(classes)
+        super().__init__(inputs, dense(inputs))
+        self.classes, self.centroid_layer = classes, dense
+
+    def fit(self, x, y, sample_weight=None, **kwargs):
+        c = Centroids.centroids(np.asarray(x, "float64"), np.asarray(y), sample_weight, self.classes)
+        self.centroid_layer.set_weights([c.T.astype("float32"), (-0.5 * (c**2).sum(-1)).astype("float32")])
+
+
+def test_boosting_matches_scikit_learns_adaboost_on_a_deterministic_learner():
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import AdaBoostClassifier
+
+    x, y = make_classification(400, n_features=5, n_informative=3, n_classes=3, random_state=0)
+    x = x.astype("float32")
+    reference = AdaBoostClassifier(SklearnCentroids(), n_estimators=6).fit(x, y)
+    ours = ensemble.boost(lambda i: KerasCentroids(5, 3), x, y, rounds=6)
+    alphas = ensemble.ensemble_combiner(ours).member_weights
+    np.testing.assert_allclose(alphas, reference.estimator_weights_[: len(alphas)], rtol=1e-4)
+    assert len(alphas) == len(reference.estimators_)
+    np.testing.assert_array_equal(ours.predict(x, verbose=0)["prediction"].argmax(-1), reference.predict(x))

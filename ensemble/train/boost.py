@@ -87,7 +87,7 @@ def boost(
     alphas: list[float] = []
     for index in range(rounds):
         model, _ = compiled(build_fn(index), CLASSIFICATION)
-        width = int(model.output_shape[-1])
+        width = int(np.shape(model(take_rows(x, np.arange(1)), training=False))[-1])  # one row, any model
         if labels.max() >= width:
             raise EnsembleError(
                 f"boost: y holds class {labels.max()}, but the learner emits {width} classes."
