@@ -11,10 +11,25 @@ import numpy as np
 from ensemble.errors import EnsembleError
 from ensemble.types import Data, Tensor
 
-__all__ = ["data_fingerprint", "flat_features", "in_batches", "input_values", "row_count", "update_digest"]
+__all__ = [
+    "as_numpy",
+    "data_fingerprint",
+    "flat_features",
+    "in_batches",
+    "input_values",
+    "row_count",
+    "update_digest",
+]
 
 # Bytes hashed at a time from an array that is not C-contiguous (one such chunk is copied).
 _CHUNK_BYTES = 1 << 24
+
+
+def as_numpy(outputs: Any) -> Any:
+    """A model's output as NumPy: one array, or a dict of arrays by output name."""
+    if isinstance(outputs, Mapping):
+        return {key: np.asarray(value) for key, value in outputs.items()}
+    return np.asarray(outputs)
 
 
 def input_values(inputs: Tensor, names: Sequence[str]) -> list[Tensor]:

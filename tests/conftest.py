@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -83,14 +84,49 @@ def wine_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["data=wine", f"zoo.dir={zoo}", "export.tflite=[none,float16]", *TINY_ZOO]
 
 
-def compose_config(*overrides: str):  # type: ignore[no-untyped-def]
-    """The experiments' config with overrides, via Hydra's compose API (global state cleared)."""
+def compose_config(*overrides: str, config_name: str = "config"):  # type: ignore[no-untyped-def]
+    """An experiment's config (conf/<config_name>.yaml) with overrides, via Hydra's compose API
+    (global state cleared)."""
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize(version_base="1.3", config_path="../conf"):
-            return compose("config", overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+# The serving tests' models: tiny classifiers of 4 features and 3 classes, saved as .keras files.
+TINY_FEATURES, TINY_CLASSES = 4, 3
+
+
+def tiny_model(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((TINY_FEATURES,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(TINY_CLASSES, activation="softmax"),
+        ]
+    )
+
+
+def tiny_sources(directory: Any) -> dict[str, str]:
+    """Three tiny classifiers saved as .keras files in `directory`, by name."""
+    paths = {}
+    for seed, name in enumerate(("a", "b", "c")):
+        path = directory / f"{name}.keras"
+        tiny_model(seed).save(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, features scaled to [0, 1] as float32, and the labels."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x / 16).astype("float32"), y

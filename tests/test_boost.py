@@ -5,16 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 import ensemble
 from ensemble import EnsembleError
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    return (x / 16).astype("float32"), y
 
 
 def weak_learner(index: int, seen: list[np.ndarray] | None = None) -> keras.Model:

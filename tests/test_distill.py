@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 import ensemble
 from combiners import MeanCombiner
@@ -16,12 +15,6 @@ from ensemble.train import distillation_loss
 def softmax(z: np.ndarray) -> np.ndarray:
     z = np.exp(z - z.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    return (x / 16).astype("float32"), y
 
 
 @pytest.fixture(scope="module")

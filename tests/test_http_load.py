@@ -25,33 +25,17 @@ import pytest
 from ensemble.serve.catalog import Catalog
 from ensemble.serve.http import create_app, running
 from ensemble.serve.registry import ModelRegistry
+from tests.conftest import TINY_FEATURES as FEATURES
+from tests.conftest import tiny_sources
 
-FEATURES, CLASSES = 4, 3
 TIMEOUT_S = 30.0  # one request
 DEADLINE_S = 120.0  # one whole load
 Job = tuple[str, np.ndarray]  # a model's name and the rows sent to it
 
 
-def tiny_model(seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((FEATURES,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(CLASSES, activation="softmax"),
-        ]
-    )
-
-
 @pytest.fixture
 def sources(tmp_path) -> dict[str, str]:
-    """Three tiny classifiers saved as .keras files, by name."""
-    paths = {}
-    for seed, name in enumerate(("a", "b", "c")):
-        path = tmp_path / f"{name}.keras"
-        tiny_model(seed).save(path)
-        paths[name] = str(path)
-    return paths
+    return tiny_sources(tmp_path)
 
 
 @contextlib.contextmanager

@@ -14,30 +14,14 @@ import combiners
 import ensemble
 from ensemble.serve import loaded as loaded_module  # where the registry loads its members
 from ensemble.serve.registry import ModelRegistry, ModelStats
+from tests.conftest import TINY_CLASSES, TINY_FEATURES, tiny_model, tiny_sources
 
-FEATURES, CLASSES = 4, 3
-
-
-def tiny_model(seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((FEATURES,)),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(CLASSES, activation="softmax"),
-        ]
-    )
+FEATURES, CLASSES = TINY_FEATURES, TINY_CLASSES
 
 
 @pytest.fixture
 def sources(tmp_path) -> dict[str, str]:
-    """Three tiny classifiers saved as .keras files, by name."""
-    paths = {}
-    for seed, name in enumerate(("a", "b", "c")):
-        path = tmp_path / f"{name}.keras"
-        tiny_model(seed).save(path)
-        paths[name] = str(path)
-    return paths
+    return tiny_sources(tmp_path)
 
 
 @pytest.fixture

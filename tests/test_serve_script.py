@@ -16,21 +16,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from tests.conftest import compose_config
 from tests.test_readme import ROOT, readme
 
 SECTION = "Serving over HTTP: TF Serving's REST API"
 
 
 def serve_config(*overrides: str):  # type: ignore[no-untyped-def]
-    from hydra import compose, initialize
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize(version_base="1.3", config_path="../conf"):
-            return compose("serve", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(*overrides, config_name="serve")
 
 
 def readme_commands() -> list[str]:

@@ -8,7 +8,6 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.metrics import log_loss
 
 import ensemble
@@ -29,12 +28,6 @@ def numpy_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.nda
     z = x @ kernel + bias
     z = np.exp(z - z.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    return (x / 16).astype("float32"), y
 
 
 @pytest.fixture(scope="module")

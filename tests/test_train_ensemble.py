@@ -13,6 +13,7 @@ import pytest
 
 from ensemble.evaluate.metrics import classification_metrics
 from experiments.ensembles import METHODS, run_method
+from tests.conftest import compose_config
 from tests.test_readme import ROOT
 
 QUICK = {  # a few epochs each: the test is about the wiring, the README has the figures
@@ -25,16 +26,7 @@ QUICK = {  # a few epochs each: the test is about the wiring, the README has the
 
 
 def compose(*overrides: str):  # type: ignore[no-untyped-def]
-    from hydra import compose as hydra_compose
-    from hydra import initialize
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize(version_base="1.3", config_path="../conf"):
-            return hydra_compose("train_ensemble", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(*overrides, config_name="train_ensemble")
 
 
 def test_every_method_has_a_config():
@@ -82,7 +74,6 @@ def test_a_bagged_zoo_trains_each_member_on_its_bootstrap_rows(tmp_path):
 
     from ensemble.members.training_rows import load_training_rows
     from experiments.zoo.members import ensure_zoo
-    from tests.conftest import compose_config
 
     cfg = compose_config(
         "data=wine", "zoo=bagged", f"zoo.dir={tmp_path}", "~zoo.members.bag_2", "~zoo.members.bag_3",

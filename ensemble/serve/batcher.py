@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import keras
 import numpy as np
 
-__all__ = ["Batcher", "as_numpy"]
+from ensemble.rows import as_numpy
+
+__all__ = ["Batcher"]
 
 
 class Batcher:
@@ -71,9 +73,3 @@ class Batcher:
                     if not waiting.done():
                         waiting.set_exception(error)
         return future.result()
-
-
-def as_numpy(outputs: Any) -> Any:
-    if isinstance(outputs, Mapping):
-        return {key: np.asarray(value) for key, value in outputs.items()}
-    return np.asarray(outputs)

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 
 from ensemble.errors import EnsembleError, MemberError, ModelLoadError
-from ensemble.serve.batcher import as_numpy
+from ensemble.rows import as_numpy
 from ensemble.serve.entry import Entry, ModelStats
 from ensemble.serve.loaded import (
     Loaded,

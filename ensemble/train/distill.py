@@ -22,7 +22,7 @@ from ensemble.errors import EnsembleError
 from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
-from ensemble.rows import flat_features, in_batches
+from ensemble.rows import as_numpy, flat_features, in_batches
 from ensemble.train.members import check_finite_rows, check_labels, output_kind
 from ensemble.types import CLASSIFICATION
 
@@ -89,7 +89,7 @@ def distill(
     probe = load_member(student, name=name, output=output_kind(student) if classify else None)
     feeds = _feeds(x, model, student, name)
     single = len(feeds) == 1
-    teacher = in_batches(lambda f: _numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
+    teacher = in_batches(lambda f: as_numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
     spread = "mutual_information" if classify else "std"
     for key in ("prediction", spread) if uncertainty else ("prediction",):
         check_finite_rows(teacher[key], f"Distilling {name!r}: the ensemble's {key!r} on x")
@@ -178,7 +178,3 @@ def _feeds(x: Any, model: keras.Model, student: keras.Model, name: str) -> dict[
             f"Received rows for: {sorted(feeds)}"
         )
     return {key: np.asarray(value) for key, value in feeds.items()}
-
-
-def _numpy(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {key: np.asarray(value) for key, value in outputs.items()}

@@ -72,10 +72,11 @@ def soup(
     wrapped = [m if isinstance(m, Member) else load_member(m, name=m.name) for m in members]
     _check_one_architecture(wrapped)
     weights = [[np.asarray(w) for w in m.model.weights] for m in wrapped]
+    scored = x is not None and y is not None
+    scores = [_score(m, x, y) for m in wrapped] if scored else []  # each member scored once
     if method == "uniform":
         chosen = list(range(len(wrapped)))
     else:
-        scores = [_score(m, x, y) for m in wrapped]
         order = sorted(range(len(wrapped)), key=lambda i: scores[i])
         chosen, best = [order[0]], scores[order[0]]
         for i in order[1:]:
@@ -97,9 +98,10 @@ def soup(
         result.training_rows = np.concatenate(usable)
     elif usable:
         log.info("Soup %r: an ingredient has no row record, so the leakage guard cannot check it.", name)
-    if x is not None and y is not None:
-        best_name, best_score = min(((m.name, _score(m, x, y)) for m in wrapped), key=lambda t: t[1])
-        score = _score(result, x, y)
+    if scored:
+        best_score = min(scores)
+        best_name = wrapped[scores.index(best_score)].name
+        score = best if method == "greedy" else _score(result, x, y)  # greedy scored its result
         if score > best_score:
             warnings.warn(
                 f"The soup of {result.ingredients} scores {score:.4g} on the rows given, worse than its "
