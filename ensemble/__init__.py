@@ -34,6 +34,7 @@ from ensemble.fitting import (  # noqa: E402
     fit_mean_weights,
     fit_out_of_fold,
     fit_stacking,
+    refit_full,
     stack_out_of_fold,
 )
 from ensemble.graph import (  # noqa: E402
@@ -97,6 +98,7 @@ __all__ = [
     "load_member",
     "read_manifest",
     "record_training_rows",
+    "refit_full",
     "run_tflite",
     "snapshots",
     "soup",

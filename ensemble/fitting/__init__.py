@@ -16,6 +16,7 @@ from ensemble.fitting.out_of_fold import (
     stack_out_of_fold,
 )
 from ensemble.fitting.pipeline import FIT_METHODS, FitReport, fit, fit_out_of_fold
+from ensemble.fitting.refit import refit_full
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
 from ensemble.fitting.stacking import fit_stacking
 
@@ -41,5 +42,6 @@ __all__ = [
     "fit_stacking",
     "optimal_weights",
     "out_of_fold_predictions",
+    "refit_full",
     "stack_out_of_fold",
 ]
