@@ -164,16 +164,32 @@ def build_from_config(cfg: DictConfig, data: Dataset, members: DictConfig) -> ke
     )
 
 
+@dataclass
 class Holdout:
     """`regime=holdout`: members train on the train split, the combiner fits on the holdout
-    split (guarded: no member may have trained on it)."""
+    split (guarded: no member may have trained on it). With `refit_full`, the zoo's members
+    then retrain on train+holdout (`<zoo>/oof_final`, shared with `regime=oof`) under the
+    fitted combiner (`ensemble.refit_full`)."""
+
+    refit_full: bool = False
 
     def fit(self, job: FitContext) -> tuple[keras.Model, FitReport]:
         cfg, data = job.cfg, job.data
+        if self.refit_full and cfg.get("members"):
+            raise EnsembleError(
+                "regime.refit_full retrains the members on train+holdout, which needs members this "
+                f"project can build (the zoo); members={list(cfg.members)} are files from elsewhere."
+            )
         model = job.build(members_config(cfg, data))
         cache = os.path.join(job.output_dir, "level_one") if job.output_dir else None
         store = LevelOneStore(cache, batch_size=cfg.batch_size, verbose=0, strategy=job.strategy)
-        return model, job.fit(model, data.x_holdout, data.y_holdout, store=store, strategy=job.strategy)
+        report = job.fit(model, data.x_holdout, data.y_holdout, store=store, strategy=job.strategy)
+        if not self.refit_full:
+            return model, report
+        everything = _train_and_holdout(data)
+        final = members_config(cfg, everything, os.path.join(zoo_directory(cfg.zoo, data), "oof_final"))
+        model = ensemble.refit_full(model, load_members(final), data.x_holdout)
+        return model, dataclasses.replace(report, refit={"rows": len(everything.y_train)})
 
 
 @dataclass
@@ -196,9 +212,8 @@ class OutOfFold:
                 f"can build (the zoo); members={list(cfg.members)} are files from elsewhere. "
                 "Use regime=holdout."
             )
-        x = np.concatenate([data.x_train, data.x_holdout])
-        y = np.concatenate([data.y_train, data.y_holdout])
-        everything = dataclasses.replace(data, x_train=x, y_train=y)
+        everything = _train_and_holdout(data)
+        x, y = everything.x_train, everything.y_train
         final = members_config(cfg, everything, os.path.join(zoo_directory(cfg.zoo, data), "oof_final"))
         model = job.build(final)
         builders = {str(name): fit_predict(str(name), cfg.zoo.members[name], everything) for name in final}
@@ -214,6 +229,13 @@ class OutOfFold:
                 members=np.array(list(final)),
             )
         return model, report
+
+
+def _train_and_holdout(data: Dataset) -> Dataset:
+    """`data` whose train split is train+holdout: what the final members train on."""
+    x = np.concatenate([data.x_train, data.x_holdout])
+    y = np.concatenate([data.y_train, data.y_holdout])
+    return dataclasses.replace(data, x_train=x, y_train=y)
 
 
 class Evaluated(NamedTuple):

@@ -68,6 +68,24 @@ def test_oof_regime(config, zoo, tmp_path):
     assert not np.isin(row_hashes(data.x_test), row_hashes(member.training_rows)).any()
 
 
+def test_holdout_refit_full(config, zoo, tmp_path):
+    result = run(config("regime.refit_full=true"), output_dir=str(tmp_path))
+    rows = result["data"]["rows"]
+    assert result["regime"] == "holdout" and result["fit_rows"] == rows["holdout"]
+    assert result["refit_full"] == {"rows": rows["train"] + rows["holdout"]}
+    assert result["guard"]["overlaps"] == {name: 0 for name in ("deep_mlp", "linear", "mlp", "wide")}
+    # The ensemble evaluated holds the refit members: their records hold the fitting rows.
+    data = ensemble.data.load_dataset("wine")
+    member = ensemble.load_member(zoo / "oof_final" / "mlp.keras", name="mlp")
+    np.testing.assert_array_equal(member.training_rows, np.concatenate([data.x_train, data.x_holdout]))
+    refit = ensemble.load_member(zoo / "oof_final" / "mlp.keras", name="mlp").predict(data.x_test, verbose=0)
+    assert result["members"]["mlp"]["nll"] == pytest.approx(
+        ensemble.evaluate.metrics.classification_metrics(data.y_test, refit)["nll"], rel=1e-4
+    )
+    with pytest.raises(ensemble.EnsembleError, match="refit_full retrains the members"):
+        run(config("regime.refit_full=true", "members=example"), output_dir=str(tmp_path / "files"))
+
+
 def test_oof_refuses_members_it_cannot_retrain(config, tmp_path):
     cfg = config("regime=oof", "members=example")
     with pytest.raises(

@@ -67,6 +67,8 @@ class FitReport:
     guard: dict[str, Any] = field(default_factory=dict)
     # Post-hoc calibration fitted on the same rows after the combiner (`Scaling.as_dict`).
     calibration: dict[str, Any] | None = None
+    # `refit_full`: the members were then retrained on more rows, these fitting rows among them.
+    refit: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain values (what `metrics.json` records of the fit)."""
@@ -85,6 +87,8 @@ class FitReport:
             record["noise_variance"] = self.noise_variance
         if self.calibration is not None:
             record["calibration"] = self.calibration
+        if self.refit is not None:
+            record["refit_full"] = self.refit
         return record
 
 
