@@ -1,5 +1,6 @@
 """Combiner layers: merge stacked member predictions into one prediction."""
 
+from combiners.additive import AdditiveCombiner
 from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Combiner
 from combiners.calibration import Calibration
 from combiners.mean import MeanCombiner
@@ -10,6 +11,7 @@ __all__ = [
     "CLASSIFICATION",
     "REGRESSION",
     "TASKS",
+    "AdditiveCombiner",
     "Calibration",
     "Combiner",
     "MeanCombiner",

@@ -17,6 +17,7 @@ from ensemble.graph.layers import (
     MemberStack,
     NonFiniteRows,
     RegressionSpread,
+    ResidualScale,
 )
 from ensemble.graph.member_outputs import member_pieces
 from ensemble.graph.model import EnsembleModel
@@ -61,7 +62,9 @@ def build_ensemble(
         A `keras.Model` whose inputs are the union of the members' named inputs
         (one tensor when there is one, else a dict) and whose output is a dict:
         `prediction` and `member_predictions` and, for classification,
-        `entropy`, `mutual_information`, `disagreement`; for regression, `std`. A
+        `entropy`, `mutual_information`, `disagreement`; for regression, `std` (the
+        members' spread, or the combiner's `residual_std` where it has one: gradient
+        boosting's held-out RMS residual, the same for every row). A
         classifier's combined probabilities pass a `combiners.Calibration` layer named
         `calibration`, the identity until a fit sets a temperature. A row
         with a NaN or infinite input or member prediction is NaN in every output (the
@@ -100,7 +103,9 @@ def build_ensemble(
         uncertainty = ClassificationUncertainty(combiner.member_weights, name="uncertainty")
         outputs.update(uncertainty(member_predictions, prediction))
     else:
-        outputs["std"] = RegressionSpread(name="std")(member_predictions)
+        scale = getattr(combiner, "residual_std", None)  # residual learners: a held-out RMS
+        spread = RegressionSpread(name="std") if scale is None else ResidualScale(scale, name="std")
+        outputs["std"] = spread(prediction if scale is not None else member_predictions)
     checked = [inputs[k] for k in sorted(inputs)] + [member_predictions]
     outputs = NonFiniteRows(name="non_finite_rows")(outputs, checked)
     _copy_state(original, combiner)

@@ -17,6 +17,7 @@ __all__ = [
     "MemberStack",
     "NonFiniteRows",
     "RegressionSpread",
+    "ResidualScale",
     "entropy",
 ]
 
@@ -119,6 +120,28 @@ class RegressionSpread(keras.layers.Layer):
 
     def call(self, member_predictions: Tensor) -> Tensor:
         return ops.std(member_predictions, axis=1)
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class ResidualScale(keras.layers.Layer):
+    """A fixed predictive scale per target, the same for every row: (batch, targets).
+
+    The `std` of an ensemble whose members learn residuals (gradient boosting): the RMS
+    residual of its prediction on held-out rows. Computed from the prediction tensor
+    (`zeros_like(prediction) + scale`), so the batch stays dynamic in every export.
+    """
+
+    def __init__(self, scale: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = [float(s) for s in scale]
+
+    def call(self, prediction: Tensor) -> Tensor:
+        return ops.zeros_like(prediction) + ops.convert_to_tensor(self.scale, dtype=prediction.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"scale": list(self.scale)})
+        return config
 
 
 @keras.saving.register_keras_serializable(package="ensemble")

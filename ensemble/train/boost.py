@@ -1,4 +1,5 @@
-"""Ensembles that train their own members: `boost` (SAMME, Zhu et al. 2009) and `bag`
+"""Ensembles that train their own members: `boost` (SAMME, Zhu et al. 2009, for integer labels;
+gradient boosting for float targets, `ensemble.train.gradient_boost`) and `bag`
 (bootstrap members, Breiman 1996). Each returns ONE ensemble graph from `build_ensemble`, so it
 fits, exports and serves like any other, and each member carries the record of the rows that
 trained it, so the leakage guard refuses to fit a combiner on them.
@@ -15,7 +16,7 @@ and refuses a member no better than chance (`err >= 1 - 1/K`), which ends the ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -27,6 +28,7 @@ from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
 from ensemble.rows import row_count
+from ensemble.train.gradient_boost import gradient_boost, take
 from ensemble.train.members import check_labels, compiled, trained_member
 from ensemble.types import CLASSIFICATION, Task
 
@@ -43,33 +45,48 @@ def boost(
     y: Any,
     *,
     rounds: int,
-    learning_rate: float = 1.0,
+    learning_rate: float | None = None,
+    validation_fraction: float = 0.1,
+    n_iter_no_change: int | None = None,
+    seed: int = 0,
     **fit_options: Any,
 ) -> keras.Model:
-    """A SAMME-boosted classification ensemble of `rounds` Keras members at most.
+    """A boosted ensemble of `rounds` Keras members at most: SAMME for integer class labels,
+    gradient boosting on residuals for float targets (`ensemble.train.gradient_boost`).
 
     Args:
         build_fn: `build_fn(round)` returns a fresh Keras classifier (softmax probabilities or
-            logits); an uncompiled one is compiled with Adam and its cross entropy.
-        x, y: the training rows and their integer class labels.
+            logits) or regressor; an uncompiled one is compiled with Adam and its cross entropy
+            (squared error for a regressor).
+        x, y: the training rows and their integer class labels or float targets.
         rounds: the most members to train.
-        learning_rate: shrinks each member's alpha (1: SAMME as published).
+        learning_rate: shrinks each member's alpha (SAMME) or each member (gradient boosting);
+            None: 1.0 for SAMME (as published), 0.1 for gradient boosting (as scikit-learn).
+        validation_fraction, n_iter_no_change, seed: gradient boosting only: the share of rows
+            held out (drawn with `seed`) for early stopping after `n_iter_no_change` rounds
+            without improvement (None: never) and for the `std` output (their RMS residual).
         **fit_options: passed to each member's `fit` (epochs, batch_size, verbose, callbacks).
 
     Returns:
-        `build_ensemble(members, VoteCombiner("hard", weights=alphas))`; `combiner.member_weights`
-        holds the alphas.
+        SAMME: `build_ensemble(members, VoteCombiner("hard", weights=alphas))`;
+        `combiner.member_weights` holds the alphas. Gradient boosting:
+        `build_ensemble(members, AdditiveCombiner(...))`.
 
     Raises:
         EnsembleError: for labels that are not integer classes, a bad round count or
             learning rate, or a first member no better than chance.
     """
     labels = np.asarray(y)
+    if np.issubdtype(labels.dtype, np.floating):
+        return gradient_boost(
+            build_fn, x, y, rounds=rounds, learning_rate=learning_rate, n_iter_no_change=n_iter_no_change,
+            validation_fraction=validation_fraction, seed=seed, **fit_options,
+        )  # fmt: skip
+    learning_rate = 1.0 if learning_rate is None else learning_rate
     if not np.issubdtype(labels.dtype, np.integer):
         raise EnsembleError(
-            f"boost is SAMME, for classification: y must be integer class labels. Received: "
-            f"{labels.dtype}. (Gradient boosting of regressors is not implemented; bag and snapshots "
-            "train regression ensembles.)"
+            f"boost: y must be integer class labels (SAMME) or float targets (gradient boosting). "
+            f"Received: {labels.dtype}"
         )
     if rounds < 1 or not learning_rate > 0:
         raise EnsembleError(
@@ -161,6 +178,4 @@ def bag(
 
 def take_rows(x: Any, rows: np.ndarray) -> Any:
     """`rows` of `x`: an array, or arrays by input name."""
-    if isinstance(x, Mapping):
-        return {key: np.asarray(value)[rows] for key, value in x.items()}
-    return np.asarray(x)[rows]
+    return take(x, rows)
