@@ -3,6 +3,7 @@
 from combiners.additive import AdditiveCombiner
 from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Combiner
 from combiners.calibration import Calibration
+from combiners.layered import LayeredCombiner
 from combiners.mean import MeanCombiner
 from combiners.stack import StackingCombiner
 from combiners.vote import VoteCombiner
@@ -14,6 +15,7 @@ __all__ = [
     "AdditiveCombiner",
     "Calibration",
     "Combiner",
+    "LayeredCombiner",
     "MeanCombiner",
     "StackingCombiner",
     "VoteCombiner",

@@ -18,6 +18,7 @@ __all__ = [
     "in_batches",
     "input_values",
     "row_count",
+    "take_rows",
     "update_digest",
 ]
 
@@ -51,6 +52,14 @@ def row_count(x: Data) -> int:
     if len(set(rows.values())) > 1:
         raise EnsembleError(f"Expected every named input to have the same rows. Received: rows={rows}")
     return next(iter(rows.values()))
+
+
+def take_rows(x: Data, rows: np.ndarray) -> Data:
+    """`rows` (indices or a mask) of `x`: one array, or arrays by input name."""
+    if isinstance(x, Mapping):
+        return {name: np.asarray(values)[rows] for name, values in x.items()}
+    taken: np.ndarray = np.asarray(x)[rows]
+    return taken
 
 
 def flat_features(x: Data) -> np.ndarray:

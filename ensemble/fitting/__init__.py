@@ -7,6 +7,7 @@ from ensemble.fitting.conformal import add_conformal, conformal_config
 from ensemble.fitting.conformal_split import SplitConformal, conformal_metrics
 from ensemble.fitting.guard import check_leakage
 from ensemble.fitting.head import CombinerHead, fit_combiner
+from ensemble.fitting.layered import fit_layered
 from ensemble.fitting.level_one import LevelOneStore, distributed_level_one
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import (
@@ -37,6 +38,7 @@ __all__ = [
     "ensemble_selection",
     "fit",
     "fit_combiner",
+    "fit_layered",
     "fit_mean_weights",
     "fit_out_of_fold",
     "fit_stacking",

@@ -16,10 +16,10 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from ensemble.errors import EnsembleError, MemberError
-from ensemble.rows import row_count
+from ensemble.rows import row_count, take_rows
 from ensemble.types import Data, Task
 
-__all__ = ["FitPredict", "OutOfFold", "out_of_fold_predictions", "stack_out_of_fold"]
+__all__ = ["FitPredict", "OutOfFold", "fold_splits", "out_of_fold_predictions", "stack_out_of_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def out_of_fold_predictions(
     (regression), shuffled with `seed`. Predictions are `(rows, width)`.
     `verbose` shows a Keras progress bar over the folds.
     """
-    splits = _splits(x, y, cv=cv, task=task, seed=seed)
+    splits = fold_splits(x, y, cv=cv, task=task, seed=seed)
     predictions = _predict_folds(fit_predict, x, y, splits, verbose=verbose)
     return OutOfFold(predictions, _fold_ids(splits))
 
@@ -74,7 +74,7 @@ def stack_out_of_fold(
     """
     if not members:
         raise EnsembleError("Expected at least one member. Received: members={}")
-    splits = _splits(x, y, cv=cv, task=task, seed=seed)
+    splits = fold_splits(x, y, cv=cv, task=task, seed=seed)
     columns = []
     for name, fit_predict in members.items():
         log.info("Out-of-fold predictions of member %r", name)
@@ -88,14 +88,9 @@ def stack_out_of_fold(
     return np.stack(columns, axis=1), _fold_ids(splits)
 
 
-def _take(x: Data, index: np.ndarray) -> Data:
-    if isinstance(x, Mapping):
-        return {name: values[index] for name, values in x.items()}
-    rows: np.ndarray = x[index]
-    return rows
-
-
-def _splits(x: Data, y: np.ndarray, *, cv: int, task: Task, seed: int) -> list[Split]:
+def fold_splits(x: Data, y: np.ndarray, *, cv: int, task: Task, seed: int) -> list[Split]:
+    """`cv` shuffled folds of the rows of `x`, as `(train, held_out)` index pairs: stratified
+    by class for classification (every fold holds every class), plain for regression."""
     rows = row_count(x)
     if task not in ("classification", "regression"):
         raise EnsembleError(f"Expected task 'classification' or 'regression'. Received: task={task!r}")
@@ -128,7 +123,7 @@ def _predict_folds(
     progress = keras.utils.Progbar(len(splits), unit_name="fold") if verbose else None
     outputs: list[np.ndarray] = []
     for fold, (train, held_out) in enumerate(splits):
-        output = np.asarray(fit_predict(_take(x, train), y[train], _take(x, held_out)))
+        output = np.asarray(fit_predict(take_rows(x, train), y[train], take_rows(x, held_out)))
         if output.ndim == 1:
             output = output[:, None]
         if output.ndim != 2 or len(output) != len(held_out):

@@ -21,11 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from combiners import MeanCombiner, StackingCombiner
+from combiners.layered import LayeredCombiner
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.selection import noise_variance, selected_member
 from ensemble.fitting.calibrate import calibrate, check_calibration
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult
 from ensemble.fitting.head import fit_combiner
+from ensemble.fitting.layered import fit_layered
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
@@ -38,9 +40,10 @@ __all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
 
 log = logging.getLogger(__name__)
 
-FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "none")
-"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `keras`
-(`fit_combiner`) for any other combiner with trainable weights, `none` for the rest;
+FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "layers", "none")
+"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `layers`
+(`fit_layered`) for a `LayeredCombiner`, `keras` (`fit_combiner`) for any other combiner with
+trainable weights, `none` for the rest;
 `selection` and `optimal` learn a `MeanCombiner`'s weights (`fit_mean_weights`)."""
 
 
@@ -95,6 +98,7 @@ class FitReport:
 _FITTERS: dict[str, Callable[..., Any]] = {
     "sklearn": fit_stacking,
     "keras": fit_combiner,
+    "layers": fit_layered,
     "selection": functools.partial(fit_mean_weights, method="selection"),
     "optimal": functools.partial(fit_mean_weights, method="optimal"),
 }
@@ -268,7 +272,14 @@ def _resolve_method(view: EnsembleView, method: str) -> str:
     if method not in FIT_METHODS:
         raise EnsembleError(f"Expected method in {FIT_METHODS}. Received: method={method!r}")
     combiner = view.combiner
+    if (method == "layers") != isinstance(combiner, LayeredCombiner) and method not in ("auto", "none"):
+        raise EnsembleError(
+            f"method={method!r}: a LayeredCombiner fits with method='layers' (or 'auto'), and only "
+            f"it. Received: {type(combiner).__name__} {combiner.name!r}"
+        )
     if method == "auto":
+        if isinstance(combiner, LayeredCombiner):
+            return "layers"
         if isinstance(combiner, StackingCombiner) and combiner.meta_model is None:
             return "sklearn"
         return "keras" if combiner.trainable_weights else "none"

@@ -1,0 +1,126 @@
+"""Multi-layer stacking (`combiners.LayeredCombiner`, `ensemble.fitting.fit_layered`): the
+levels fitted on the members' predictions, the final combiner on the levels' out-of-fold
+predictions, checked against the same recipe written with scikit-learn's LogisticRegression."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.linear_model import LogisticRegression
+
+import ensemble
+from combiners import MeanCombiner, StackingCombiner
+from combiners.layered import LayeredCombiner
+from ensemble.errors import EnsembleError
+from ensemble.fitting.out_of_fold import fold_splits
+from ensemble.train.members import trained_member
+
+STACK = {"method": "sklearn", "C": 0.05}
+
+
+@pytest.fixture(scope="module")
+def setup(digits: tuple[np.ndarray, np.ndarray]) -> dict[str, object]:
+    x, y = digits
+    order = np.random.default_rng(0).permutation(len(x))
+    train, fit_rows, test = order[:600], order[600:1100], order[1100:1400]
+    members = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(4 + 4 * seed, activation="relu"),
+                keras.layers.Dense(10, "softmax"),
+            ]
+        )
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy")
+        model.fit(x[train], y[train], epochs=4, batch_size=64, verbose=0)
+        members.append(trained_member(model, f"m{seed}", x[train], "classification"))
+    return {
+        "members": members,
+        "train": (x[train], y[train]),
+        "fit": (x[fit_rows], y[fit_rows]),
+        "test": x[test],
+    }
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    """The stacker's meta features, computed in float32 as the graph does."""
+    return np.log(np.clip(p, 1e-7, 1)).astype("float32").astype("float64").reshape(len(p), -1)
+
+
+def _logistic(features: np.ndarray, y: np.ndarray) -> LogisticRegression:
+    return LogisticRegression(C=STACK["C"], tol=1e-12, max_iter=100_000).fit(features, y)
+
+
+@pytest.mark.parametrize("passthrough", [False, True])
+def test_layers_match_the_recipe_in_scikit_learn(setup, passthrough: bool) -> None:
+    combiner = LayeredCombiner(
+        [StackingCombiner(name="stack"), MeanCombiner(name="mean")], passthrough=passthrough
+    )
+    model = ensemble.build_ensemble(setup["members"], combiner)
+    x_fit, y_fit = setup["fit"]
+    report = ensemble.fit(model, x_fit, y_fit, cv=3, level_options=[STACK, {}], final_options=STACK)
+    assert report.method == "layers" and report.regime == "holdout"
+
+    members = lambda x: np.stack([m.predict(x, verbose=0) for m in setup["members"]], axis=1)  # noqa: E731
+    level_one, x_test = members(x_fit), setup["test"]
+    out_of_fold = np.empty((len(x_fit), 2, 10))
+    for train, held_out in fold_splits(x_fit, y_fit, cv=3, task="classification", seed=0):
+        out_of_fold[held_out, 0] = _logistic(_log(level_one[train]), y_fit[train]).predict_proba(
+            _log(level_one[held_out])
+        )
+    out_of_fold[:, 1] = level_one.mean(1)
+    np.testing.assert_allclose(report.fitted["out_of_fold"], out_of_fold, atol=2e-3)
+    final_in = np.concatenate([out_of_fold, level_one], axis=1) if passthrough else out_of_fold
+    final = _logistic(_log(final_in), y_fit)
+    test_one = members(x_test)
+    test_levels = np.stack(
+        [_logistic(_log(level_one), y_fit).predict_proba(_log(test_one)), test_one.mean(1)], 1
+    )
+    test_in = np.concatenate([test_levels, test_one], axis=1) if passthrough else test_levels
+    outputs = model.predict(x_test, verbose=0)
+    np.testing.assert_allclose(outputs["prediction"], final.predict_proba(_log(test_in)), atol=2e-3)
+    np.testing.assert_allclose(outputs["member_predictions"], test_one, atol=1e-6)
+
+
+def test_one_graph_that_saves_and_exports(setup, tmp_path) -> None:
+    combiner = LayeredCombiner([StackingCombiner(name="stack"), MeanCombiner(name="mean")], passthrough=True)
+    model = ensemble.build_ensemble(setup["members"], combiner)
+    ensemble.fit(
+        model, *setup["fit"], cv=3, level_options=[STACK, {}], final_options=STACK, calibration="temperature"
+    )
+    x_test = setup["test"]
+    expected = model.predict(x_test, verbose=0)
+    model.save(tmp_path / "layered.keras")
+    again = keras.saving.load_model(tmp_path / "layered.keras").predict(x_test, verbose=0)
+    np.testing.assert_allclose(again["prediction"], expected["prediction"], atol=1e-6)
+    ensemble.export_saved_model(model, tmp_path / "export")
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"](tf.constant(x_test))
+    np.testing.assert_allclose(served["prediction"].numpy(), expected["prediction"], atol=1e-5)
+    rows = x_test[:3].copy()
+    rows[1, 5] = np.nan
+    nan_row = model.predict(rows, verbose=0)["prediction"]
+    assert np.isnan(nan_row[1]).all() and np.isfinite(nan_row[[0, 2]]).all()
+
+
+def test_the_same_guard_and_clear_errors(setup) -> None:
+    combiner = LayeredCombiner([MeanCombiner(name="mean"), StackingCombiner(name="stack")])
+    model = ensemble.build_ensemble(setup["members"], combiner)
+    with pytest.raises(EnsembleError, match="trained member"):  # the members' own rows
+        ensemble.fit(model, *setup["train"], cv=3)
+    with pytest.raises(EnsembleError, match="one mapping of fit options per level"):
+        ensemble.fit(model, *setup["fit"], level_options=[{}])
+    with pytest.raises(EnsembleError, match="calibration"):
+        ensemble.fit(model, *setup["fit"], level_options=[{}, {"calibration": "temperature"}])
+    with pytest.raises(EnsembleError, match="method='layers'"):
+        ensemble.fit(model, *setup["fit"], method="sklearn")
+    plain = ensemble.build_ensemble(setup["members"], MeanCombiner())
+    with pytest.raises(EnsembleError, match="method='layers'"):
+        ensemble.fit(plain, *setup["fit"], method="layers")
+    with pytest.raises(ValueError, match="non-empty list of combiners"):
+        LayeredCombiner([])
+    with pytest.raises(ValueError, match="distinct names"):
+        LayeredCombiner([MeanCombiner(name="a"), MeanCombiner(name="a")])
