@@ -101,7 +101,7 @@ def fit_layered(
         verbose=verbose,
     )
     splits = fold_splits(x, targets, cv=cv, task=view.task, seed=seed)
-    options = {"level_one_unseen": True, "strategy": strategy, "verbose": 0}
+    options: dict[str, Any] = {"level_one_unseen": True, "strategy": strategy, "verbose": 0}
     out_of_fold = np.empty((len(targets), len(combiner.levels), view.width), dtype="float32")
     reports, stand_ins = [], []
     for index, (level, fit_options) in enumerate(zip(combiner.levels, levels, strict=True)):
