@@ -36,14 +36,18 @@ def run_method(cfg: DictConfig) -> tuple[Rows, dict[str, Any]]:
     return METHODS[cfg.method.name](cfg, data)
 
 
-def learners(cfg: DictConfig, data: Dataset, *, compile: bool = True) -> Callable[[int], keras.Model]:
+def learners(
+    cfg: DictConfig, data: Dataset, *, compile: bool = True, y: np.ndarray | None = None
+) -> Callable[[int], keras.Model]:
     """`build(i)`: a fresh learner of `method.learner`, seeded by `i`, compiled with Adam at
-    `method.fit.learning_rate` (or left for the training function to compile)."""
+    `method.fit.learning_rate` (or left for the training function to compile); `y`: the
+    targets it is scaled for (default the train split's)."""
     settings = cfg.method
+    targets = data.y_train if y is None else y
 
     def build(index: int) -> keras.Model:
         keras.utils.set_random_seed(settings.seed + index)
-        model = instantiate(settings.learner)(data.x_train, data.y_train, task=data.task, width=_width(data))
+        model = instantiate(settings.learner)(data.x_train, targets, task=data.task, width=_width(data))
         if not compile:
             return model
         return compiled(model, data.task, keras.optimizers.Adam(settings.fit.learning_rate))[0]
@@ -61,15 +65,20 @@ def scores(data: Dataset, outputs: Any) -> dict[str, float]:
 
 
 def _boost(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:
-    settings = cfg.method
+    settings, regression = cfg.method, data.task == "regression"
+    # Gradient boosting's learners fit residuals: scaled for the centred targets.
+    centred = data.y_train - data.y_train.mean(0) if regression else None
+    options = {"rounds": settings.rounds, "learning_rate": settings.learning_rate, **_fit(settings)}
     model = ensemble.boost(
-        learners(cfg, data), data.x_train, data.y_train, rounds=settings.rounds,
-        learning_rate=settings.learning_rate, **_fit(settings),
+        learners(cfg, data, y=centred), data.x_train, data.y_train,
+        **{**options, **(settings.regression if regression else {})},
     )  # fmt: skip
     out = model.predict(data.x_test, verbose=0)
+    combiner = ensemble.ensemble_combiner(model)
+    first = out["member_predictions"][:, 0]  # round 0 (regression: fit to y - mean, at full weight)
     rows = {f"boosted ({out['member_predictions'].shape[1]} members)": scores(data, out)}
-    rows["one weak learner (round 0)"] = scores(data, out["member_predictions"][:, 0])
-    return rows, {"alphas": ensemble.ensemble_combiner(model).member_weights}
+    rows["one weak learner (round 0)"] = scores(data, first + combiner.bias if regression else first)
+    return rows, {"weights" if regression else "alphas": combiner.member_weights}
 
 
 def _bag(cfg: DictConfig, data: Dataset) -> tuple[Rows, dict[str, Any]]:

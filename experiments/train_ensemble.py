@@ -3,6 +3,7 @@
 python -m experiments.train_ensemble                       # SAMME-boosted weak MLPs on digits
 python -m experiments.train_ensemble method=distill        # a student of the zoo, with its MI
 python -m experiments.train_ensemble method=bag data=diabetes
+python -m experiments.train_ensemble method=boost data=diabetes   # gradient-boosted weak MLPs
 python -m experiments.train_ensemble -m method=boost,bag,snapshots,soup,distill
 
 Writes metrics.json (`{"method", "data", "rows": {model: metrics}, ...}`) into the run directory.

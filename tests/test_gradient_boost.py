@@ -266,3 +266,21 @@ def test_bad_inputs_are_refused_before_training(regression, change, message):
     build = change.pop("build", RandomReLU)
     with pytest.raises(EnsembleError, match=message):
         ensemble.boost(build, x, y, **{"rounds": 3, **change})
+
+
+@pytest.mark.slow
+def test_the_boost_method_runs_gradient_boosting_on_diabetes_from_config():
+    from experiments.ensembles import run_method
+    from tests.conftest import compose_config
+
+    overrides = [
+        "method.regression.rounds=3",
+        "method.regression.n_iter_no_change=null",
+        "method.fit.epochs=3",
+    ]
+    cfg = compose_config("method=boost", "data=diabetes", *overrides, config_name="train_ensemble")
+    rows, extra = run_method(cfg)
+    assert extra["weights"] == [0.3] * 3
+    assert list(rows) == ["boosted (3 members)", "one weak learner (round 0)"]
+    assert all(np.isfinite(list(r.values())).all() for r in rows.values()), rows
+    assert "nll" in rows["boosted (3 members)"]  # the held-out RMS residual is its std
