@@ -42,6 +42,7 @@ COMBINER_CLASSES = {
     "stack_keras": combiners.StackingCombiner,
     "select": combiners.MeanCombiner,
     "weighted": combiners.MeanCombiner,
+    "layered": combiners.LayeredCombiner,
 }
 
 # How each combiner option is fitted unless `fit=` says otherwise (`fit: ${combiner}`).
@@ -52,6 +53,7 @@ COMBINER_FITS = {
     "stack_keras": "keras",
     "select": "selection",
     "weighted": "optimal",
+    "layered": "layered",
 }
 
 # The method of each `conf/fit` option: one per method, and one named after each combiner option.
@@ -127,6 +129,11 @@ def test_combiner_arguments_are_handed_over_as_plain_values(compose_config: Any,
     cfg = combiner_config(compose_config, option)
     # The same config with a target that just returns the arguments it is given.
     arguments = instantiate(cfg.combiner, _target_="builtins.dict")
+    if option == "layered":  # combiners of combiners: each one a layer, its own config plain
+        nested = [*arguments.pop("levels"), arguments.pop("final")]
+        assert all(isinstance(c, combiners.Combiner) for c in nested)
+        for combiner in nested:
+            assert_plain(combiner.get_config())
     assert_plain(arguments)
     if "weights" in cfg.combiner:
         assert type(arguments["weights"]) is list
@@ -154,6 +161,8 @@ def fitting_problem(method: str) -> tuple[Any, np.ndarray, np.ndarray]:
     from tests.conftest import dense_classifier
 
     combiner = combiners.StackingCombiner() if method in ("sklearn", "keras") else combiners.MeanCombiner()
+    if method == "layered":
+        combiner = combiners.LayeredCombiner([combiners.StackingCombiner(), combiners.MeanCombiner()])
     model = ensemble.build_ensemble([dense_classifier(i, name=f"m{i}") for i in range(3)], combiner)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 8)).astype("float32")

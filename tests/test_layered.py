@@ -63,7 +63,7 @@ def test_layers_match_the_recipe_in_scikit_learn(setup, passthrough: bool) -> No
     model = ensemble.build_ensemble(setup["members"], combiner)
     x_fit, y_fit = setup["fit"]
     report = ensemble.fit(model, x_fit, y_fit, cv=3, level_options=[STACK, {}], final_options=STACK)
-    assert report.method == "layers" and report.regime == "holdout"
+    assert report.method == "layered" and report.regime == "holdout"
 
     members = lambda x: np.stack([m.predict(x, verbose=0) for m in setup["members"]], axis=1)  # noqa: E731
     level_one, x_test = members(x_fit), setup["test"]
@@ -115,11 +115,11 @@ def test_the_same_guard_and_clear_errors(setup) -> None:
         ensemble.fit(model, *setup["fit"], level_options=[{}])
     with pytest.raises(EnsembleError, match="calibration"):
         ensemble.fit(model, *setup["fit"], level_options=[{}, {"calibration": "temperature"}])
-    with pytest.raises(EnsembleError, match="method='layers'"):
+    with pytest.raises(EnsembleError, match="method='layered'"):
         ensemble.fit(model, *setup["fit"], method="sklearn")
     plain = ensemble.build_ensemble(setup["members"], MeanCombiner())
-    with pytest.raises(EnsembleError, match="method='layers'"):
-        ensemble.fit(plain, *setup["fit"], method="layers")
+    with pytest.raises(EnsembleError, match="method='layered'"):
+        ensemble.fit(plain, *setup["fit"], method="layered")
     with pytest.raises(ValueError, match="non-empty list of combiners"):
         LayeredCombiner([])
     with pytest.raises(ValueError, match="distinct names"):

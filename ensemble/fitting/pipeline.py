@@ -40,8 +40,8 @@ __all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
 
 log = logging.getLogger(__name__)
 
-FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "layers", "none")
-"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `layers`
+FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "layered", "none")
+"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `layered`
 (`fit_layered`) for a `LayeredCombiner`, `keras` (`fit_combiner`) for any other combiner with
 trainable weights, `none` for the rest;
 `selection` and `optimal` learn a `MeanCombiner`'s weights (`fit_mean_weights`)."""
@@ -98,7 +98,7 @@ class FitReport:
 _FITTERS: dict[str, Callable[..., Any]] = {
     "sklearn": fit_stacking,
     "keras": fit_combiner,
-    "layers": fit_layered,
+    "layered": fit_layered,
     "selection": functools.partial(fit_mean_weights, method="selection"),
     "optimal": functools.partial(fit_mean_weights, method="optimal"),
 }
@@ -272,14 +272,14 @@ def _resolve_method(view: EnsembleView, method: str) -> str:
     if method not in FIT_METHODS:
         raise EnsembleError(f"Expected method in {FIT_METHODS}. Received: method={method!r}")
     combiner = view.combiner
-    if (method == "layers") != isinstance(combiner, LayeredCombiner) and method not in ("auto", "none"):
+    if (method == "layered") != isinstance(combiner, LayeredCombiner) and method not in ("auto", "none"):
         raise EnsembleError(
-            f"method={method!r}: a LayeredCombiner fits with method='layers' (or 'auto'), and only "
+            f"method={method!r}: a LayeredCombiner fits with method='layered' (or 'auto'), and only "
             f"it. Received: {type(combiner).__name__} {combiner.name!r}"
         )
     if method == "auto":
         if isinstance(combiner, LayeredCombiner):
-            return "layers"
+            return "layered"
         if isinstance(combiner, StackingCombiner) and combiner.meta_model is None:
             return "sklearn"
         return "keras" if combiner.trainable_weights else "none"
