@@ -284,3 +284,23 @@ def test_the_boost_method_runs_gradient_boosting_on_diabetes_from_config():
     assert list(rows) == ["boosted (3 members)", "one weak learner (round 0)"]
     assert all(np.isfinite(list(r.values())).all() for r in rows.values()), rows
     assert "nll" in rows["boosted (3 members)"]  # the held-out RMS residual is its std
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+def test_a_keras_file_round_trip_keeps_the_combiner_and_the_std(regression, tmp_path):
+    x, y = regression
+
+    def small(i):
+        keras.utils.set_random_seed(i)
+        return keras.Sequential(
+            [keras.Input((FEATURES,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(1)]
+        )
+
+    model = ensemble.boost(small, x, y, rounds=2, epochs=2, verbose=0)
+    model.save(tmp_path / "boosted.keras")
+    back = keras.saving.load_model(tmp_path / "boosted.keras")
+    expected, loaded = model.predict(x[:5], verbose=0), back.predict(x[:5], verbose=0)
+    for key in expected:
+        np.testing.assert_allclose(loaded[key], expected[key], atol=1e-6)
+    combiner = ensemble.ensemble_combiner(back)
+    assert combiner.residual_std == ensemble.ensemble_combiner(model).residual_std
