@@ -27,12 +27,12 @@ from combiners.base import Combiner
 from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
-from ensemble.rows import row_count
-from ensemble.train.gradient_boost import gradient_boost, take
+from ensemble.rows import row_count, take_rows
+from ensemble.train.gradient_boost import gradient_boost
 from ensemble.train.members import check_labels, compiled, trained_member
 from ensemble.types import CLASSIFICATION, Task
 
-__all__ = ["BuildFn", "bag", "boost", "take_rows"]
+__all__ = ["BuildFn", "bag", "boost"]
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,3 @@ def bag(
         model.fit(xs, np.asarray(y)[sample], **fit_options)
         trained.append(trained_member(model, f"bag_{index}", xs, kind))
     return build_ensemble(trained, combiner if combiner is not None else MeanCombiner(), task=task)
-
-
-def take_rows(x: Any, rows: np.ndarray) -> Any:
-    """`rows` of `x`: an array, or arrays by input name."""
-    return take(x, rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -26,7 +26,7 @@ from combiners import AdditiveCombiner
 from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
-from ensemble.rows import flat_features, row_count
+from ensemble.rows import flat_features, row_count, take_rows
 from ensemble.train.members import check_finite_rows, compiled, trained_member
 from ensemble.types import REGRESSION
 
@@ -72,7 +72,7 @@ def gradient_boost(
     targets, fit_rows, held_rows = _checked(x, y, rounds, rate, validation_fraction, n_iter_no_change, seed)
     if "sample_weight" in fit_options:
         raise EnsembleError("boost: gradient boosting takes no sample_weight; pass none in fit_options.")
-    x_fit, x_held = take(x, fit_rows), take(x, held_rows)
+    x_fit, x_held = take_rows(x, fit_rows), take_rows(x, held_rows)
     y_fit, y_held = targets[fit_rows], targets[held_rows]
     bias = y_fit.mean(axis=0)
     fitted, held = np.broadcast_to(bias, y_fit.shape).copy(), np.broadcast_to(bias, y_held.shape).copy()
@@ -81,7 +81,7 @@ def gradient_boost(
     losses: list[float] = []
     for index in range(rounds):
         model, _ = compiled(build_fn(index), REGRESSION)
-        width = int(np.prod(np.shape(model(take(x, np.arange(1)), training=False))[1:]))
+        width = int(np.prod(np.shape(model(take_rows(x, np.arange(1)), training=False))[1:]))
         if width != targets.shape[1]:
             raise EnsembleError(
                 f"boost: the learner of round {index} emits {width} values per row; y has "
@@ -155,10 +155,3 @@ def _predictions(member: Member, x: Any, index: int, what: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise EnsembleError(f"boost: the member of round {index} predicts non-finite values on {what}.")
     return values
-
-
-def take(x: Any, rows: np.ndarray) -> Any:
-    """`rows` of `x`: an array, or arrays by input name."""
-    if isinstance(x, Mapping):
-        return {key: np.asarray(value)[rows] for key, value in x.items()}
-    return np.asarray(x)[rows]
