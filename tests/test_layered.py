@@ -124,3 +124,39 @@ def test_the_same_guard_and_clear_errors(setup) -> None:
         LayeredCombiner([])
     with pytest.raises(ValueError, match="distinct names"):
         LayeredCombiner([MeanCombiner(name="a"), MeanCombiner(name="a")])
+
+
+def test_regression_layers_match_ridge_on_the_mean_residual() -> None:
+    from sklearn.linear_model import Ridge
+
+    from tests.conftest import dense_classifier
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(240, 8)).astype("float32")
+    members = [
+        ensemble.load_member(dense_classifier(s, classes=2, final=None), name=f"r{s}") for s in range(3)
+    ]
+    level_one = np.stack([m.predict(x, verbose=0) for m in members], axis=1).astype("float64")
+    y = (level_one.mean(1) + rng.normal(scale=0.3, size=(240, 2)) + x[:, :2]).astype("float32")
+    model = ensemble.build_ensemble(
+        members, LayeredCombiner([StackingCombiner(), MeanCombiner()]), task="regression"
+    )
+    ridge = {"method": "sklearn", "alpha": 2.0}
+    report = ensemble.fit(model, x, y, cv=4, level_options=[ridge, {}], final_options=ridge)
+
+    def stacked(train: np.ndarray, predict: np.ndarray, features: np.ndarray) -> np.ndarray:
+        fitted = Ridge(alpha=2.0).fit(
+            features[train].reshape(len(train), -1), y[train] - features[train].mean(1)
+        )
+        return features[predict].mean(1) + fitted.predict(features[predict].reshape(len(predict), -1))
+
+    out_of_fold = np.empty((240, 2, 2))
+    for train, held_out in fold_splits(x, y, cv=4, task="regression", seed=0):
+        out_of_fold[held_out, 0] = stacked(train, held_out, level_one)
+    out_of_fold[:, 1] = level_one.mean(1)
+    np.testing.assert_allclose(report.fitted["out_of_fold"], out_of_fold, atol=1e-4)
+    every = np.arange(240)
+    levels = np.stack([stacked(every, every, level_one), level_one.mean(1)], axis=1)
+    final = Ridge(alpha=2.0).fit(out_of_fold.reshape(240, -1), y - out_of_fold.mean(1))
+    expected = levels.mean(1) + final.predict(levels.reshape(240, -1))
+    np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], expected, atol=1e-4)
