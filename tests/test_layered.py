@@ -18,6 +18,7 @@ from ensemble.fitting.out_of_fold import fold_splits
 from ensemble.train.members import trained_member
 
 STACK = {"method": "sklearn", "C": 0.05}
+combiner_of = ensemble.ensemble_combiner
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,11 @@ def test_the_same_guard_and_clear_errors(setup) -> None:
         ensemble.fit(model, *setup["fit"], level_options=[{}, {"calibration": "temperature"}])
     with pytest.raises(EnsembleError, match="method='layered'"):
         ensemble.fit(model, *setup["fit"], method="sklearn")
+    before = [w.copy() for w in combiner_of(model).get_weights()]
+    with pytest.raises(EnsembleError, match="positive, finite"):  # the final fit, after the levels'
+        ensemble.fit(model, *setup["fit"], cv=3, level_options=[{}, STACK], final_options={"C": -1.0})
+    for old, new in zip(before, combiner_of(model).get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)  # nothing half-fitted
     plain = ensemble.build_ensemble(setup["members"], MeanCombiner())
     with pytest.raises(EnsembleError, match="method='layered'"):
         ensemble.fit(plain, *setup["fit"], method="layered")

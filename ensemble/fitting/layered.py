@@ -103,7 +103,7 @@ def fit_layered(
     splits = fold_splits(x, targets, cv=cv, task=view.task, seed=seed)
     options: dict[str, Any] = {"level_one_unseen": True, "strategy": strategy, "verbose": 0}
     out_of_fold = np.empty((len(targets), len(combiner.levels), view.width), dtype="float32")
-    reports, stand_ins = [], []
+    reports, stand_ins, states = [], [], []
     for index, (level, fit_options) in enumerate(zip(combiner.levels, levels, strict=True)):
         alone = build_ensemble(list(view.members), level, task=view.task, name=f"level_{index}")
         fitted = EnsembleView.of(alone).combiner
@@ -120,7 +120,7 @@ def fit_layered(
             )
         _restore(fitted, start)
         reports.append(fit(alone, x, targets, level_one=level_one, **options, **fit_options))
-        _restore(level, (fitted.get_weights(), fitted.member_weights))
+        states.append((fitted.get_weights(), fitted.member_weights))
         log.info("Level %r fitted on %d rows, out of fold over %d folds", level.name, len(targets), cv)
         stand_ins.append(_as_member(alone, level.name, view.task))
     inputs = out_of_fold
@@ -129,10 +129,11 @@ def fit_layered(
         inputs = np.concatenate([out_of_fold, level_one], axis=1)
     top = build_ensemble(stand_ins, combiner.final, task=view.task, name="final_level")
     final = fit(top, x, targets, level_one=inputs, **options, **dict(final_options or {}))
-    _restore(
-        combiner.final,
-        (EnsembleView.of(top).combiner.get_weights(), EnsembleView.of(top).combiner.member_weights),
-    )
+    # Every fit went through: the model takes the fitted states (a refusal above leaves it as it was).
+    for level, state in zip(combiner.levels, states, strict=True):
+        _restore(level, state)
+    top_combiner = EnsembleView.of(top).combiner
+    _restore(combiner.final, (top_combiner.get_weights(), top_combiner.member_weights))
     forget_compiled(model)
     return {"levels": reports, "final": final, "out_of_fold": out_of_fold}
 
