@@ -170,6 +170,18 @@ def test_every_regression_combiner_serves_like_keras(case, tmp_path):
     assert read_onnx_manifest(path)["task"] == "regression"
 
 
+def test_run_onnx_casts_feeds_as_the_signature_would_and_names_bad_ones(tmp_path):
+    model = ensemble.build_ensemble(_regressors(), combiners.MeanCombiner(), task="regression")
+    path = ensemble.export_onnx(model, tmp_path / "r.onnx")
+    x = _regression_rows(9, seed=2)[0]
+    as_float32 = run_onnx(path, {"features": x.astype("float32")})
+    as_float64 = run_onnx(path, {"features": x.astype("float64").tolist()})  # lists too
+    for key, value in as_float32.items():
+        np.testing.assert_array_equal(as_float64[key], value)
+    with pytest.raises(ensemble.EnsembleError, match=r"Missing: \['features'\]; unknown: \['x'\]"):
+        run_onnx(path, {"x": x})
+
+
 @pytest.mark.parametrize("method", ["aps", "thr"])
 def test_conformal_prediction_sets_are_booleans_equal_to_keras(method, classification_rows, tmp_path):
     paths, x_hold, y_hold = classification_rows

@@ -124,14 +124,51 @@ def export_onnx(
     return target
 
 
-def run_onnx(path: PathLike, feeds: Mapping[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+# The tensor types of an ONNX graph's inputs and outputs that this project feeds and serves.
+ONNX_DTYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype("float32"),
+    "tensor(double)": np.dtype("float64"),
+    "tensor(float16)": np.dtype("float16"),
+    "tensor(int32)": np.dtype("int32"),
+    "tensor(int64)": np.dtype("int64"),
+    "tensor(bool)": np.dtype("bool"),
+    "tensor(uint8)": np.dtype("uint8"),
+    "tensor(int8)": np.dtype("int8"),
+}
+
+
+def run_onnx(path: PathLike, feeds: Mapping[str, Any], batch_size: int = 256) -> dict[str, np.ndarray]:
     """Run an `.onnx` ensemble on `feeds` (arrays by input name) batch by batch, in onnxruntime
-    on the CPU; every output by name (a feed of no rows runs once, for empty outputs)."""
+    on the CPU; every output by name (a feed of no rows runs once, for empty outputs). Each feed
+    is cast to its input's type as the SavedModel's signature would take it (float64 rows to a
+    float32 input); a missing or unknown input, or floats for an integer input, is an error."""
     session = inference_session(os.fspath(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
+    typed = onnx_feeds(os.fspath(path), session, feeds)
     return in_batches(
-        lambda batch: dict(zip(names, session.run(names, batch), strict=True)), feeds, batch_size
+        lambda batch: dict(zip(names, session.run(names, batch), strict=True)), typed, batch_size
     )
+
+
+def onnx_feeds(path: str, session: Any, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """`feeds` as `session` takes them: one array per graph input, cast to its type."""
+    expected = {node.name: node.type for node in session.get_inputs()}
+    if set(feeds) != set(expected):
+        raise EnsembleError(
+            f"ONNX file {path} takes inputs {sorted(expected)}. Missing: {sorted(set(expected) - set(feeds))}; "
+            f"unknown: {sorted(set(feeds) - set(expected))}"
+        )
+    typed = {}
+    for name, values in feeds.items():
+        array, dtype = np.asarray(values), ONNX_DTYPES.get(expected[name])
+        if dtype is None:
+            raise EnsembleError(f"ONNX file {path}: input {name!r} has type {expected[name]}, not fed.")
+        if array.dtype.kind == "f" and dtype.kind in "iub":
+            raise EnsembleError(
+                f"ONNX file {path}: input {name!r} takes {dtype.name}; received floats ({array.dtype.name})."
+            )
+        typed[name] = array.astype(dtype, copy=False)
+    return typed
 
 
 def read_onnx_manifest(path: PathLike) -> dict[str, Any]:

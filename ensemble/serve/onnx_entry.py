@@ -11,22 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble.errors import EnsembleError
-from ensemble.export.onnx import ONNX_MANIFEST_KEY, inference_session
+from ensemble.export.onnx import ONNX_DTYPES, ONNX_MANIFEST_KEY, inference_session
 from ensemble.serve.loaded import Loaded
 from ensemble.types import PathLike
 
 __all__ = ["load_onnx"]
 
-_DTYPES = {
-    "tensor(float)": tf.float32,
-    "tensor(double)": tf.float64,
-    "tensor(float16)": tf.float16,
-    "tensor(int32)": tf.int32,
-    "tensor(int64)": tf.int64,
-    "tensor(bool)": tf.bool,
-    "tensor(uint8)": tf.uint8,
-    "tensor(int8)": tf.int8,
-}
+_DTYPES = {name: tf.as_dtype(dtype) for name, dtype in ONNX_DTYPES.items()}
 
 
 def load_onnx(source: PathLike, device: str | None) -> Loaded:
