@@ -24,7 +24,7 @@ from ensemble.atomic import atomic_path
 from ensemble.data import Dataset
 from ensemble.members.training_rows import is_hash_record, load_training_rows
 from ensemble.rows import data_fingerprint
-from experiments.zoo.training import REFIT, train_member
+from experiments.zoo.training import REFIT, run_key, train_member
 
 __all__ = [
     "EXTENSIONS",
@@ -76,6 +76,7 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
     os.makedirs(directory, exist_ok=True)
     trained = []
     stale = _stale_recipes(zoo, data, directory)
+    runs: dict[str, list[keras.Model]] = {}  # snapshot runs (train.snapshot), each trained once
     for name, spec in zoo.members.items():
         path = _path(directory, str(name), spec)
         if str(name) in stale or not os.path.exists(path + RECIPE_SUFFIX):
@@ -91,7 +92,7 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
             log.info("Zoo member %r: its config or data changed since it was trained; retraining", name)
         log.info("Training zoo member %r (%s) into %s", name, spec.build._target_, path)
         x, y = training_rows(spec, data)
-        model = train_member(str(name), spec, x, y, data)
+        model = train_member(str(name), spec, x, y, data, runs)
         # The record of training rows first (a member is never without one), then the model,
         # then the recipe: written last, it marks the member complete; until then a rerun
         # retrains it.
@@ -115,21 +116,30 @@ def training_rows(spec: DictConfig, data: Dataset) -> tuple[np.ndarray, np.ndarr
 
 def stale_members(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
     """The zoo members `ensure_zoo` would train: missing from `directory`, or trained from
-    another config or other rows (their recipe differs)."""
+    another config or other rows (their recipe differs), and every snapshot of a run
+    (`train.snapshot`) one of whose snapshots is: the run retrains once, for all of them."""
     return list(_stale_recipes(zoo, data, directory))
 
 
 def _stale_recipes(zoo: DictConfig, data: Dataset, directory: str) -> dict[str, str]:
     """The stale members' names, each with the recipe it is to be trained from."""
     rows = data_fingerprint(data.x_train)  # once: every member trains on the same rows
-    stale = {}
+    recipes, stale_runs = {}, set()
     for name, spec in zoo.members.items():
         if _fits_reason(spec, data) is not None:
             continue
         path, recipe = _path(directory, str(name), spec), _recipe(spec, data, rows)
+        recipes[str(name)] = recipe
         if not (os.path.exists(path) and _saved_recipe(path) == recipe):
-            stale[str(name)] = recipe
-    return stale
+            stale_runs.add(_run_of(str(name), spec))
+    return {
+        name: recipe for name, recipe in recipes.items() if _run_of(name, zoo.members[name]) in stale_runs
+    }
+
+
+def _run_of(name: str, spec: DictConfig) -> str:
+    """The training run a member comes from: its snapshot run's key, or its own name."""
+    return "snapshot run\n" + run_key(spec) if spec.train.get("snapshot") is not None else "member " + name
 
 
 def _recipe(spec: DictConfig, data: Dataset, rows: str) -> str:
