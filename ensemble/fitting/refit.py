@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import keras
 
 from ensemble.errors import EnsembleError
 from ensemble.fitting.guard import guard_rows
 from ensemble.fitting.prepare import forget_compiled
-from ensemble.graph.build import build_ensemble
+from ensemble.graph.build import as_members, build_ensemble
 from ensemble.graph.conformal import conformal_config
 from ensemble.graph.view import EnsembleView
-from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import row_count
 from ensemble.types import Data
@@ -63,7 +61,7 @@ def refit_full(
             "refit_full: the model has conformal outputs, calibrated on its current members; "
             "refit the ensemble without them, then add_conformal to the refit one."
         )
-    given = _by_name(members)
+    given = {member.name: member for member in as_members(members)}
     names = view.member_names
     if set(given) != set(names):
         raise EnsembleError(
@@ -99,31 +97,3 @@ def refit_full(
         rows,
     )
     return refit
-
-
-def _by_name(members: Any) -> dict[str, Member]:
-    if isinstance(members, Mapping):
-        items = list(members.items())
-    elif isinstance(members, Sequence) and not isinstance(members, str):
-        items = [(getattr(member, "name", None), member) for member in members]
-    else:
-        raise EnsembleError(
-            f"refit_full: expected members as a list or mapping. Received: {type(members).__name__}"
-        )
-    result: dict[str, Member] = {}
-    for name, member in items:
-        if isinstance(member, keras.Model) and not isinstance(member, Member):
-            member = load_member(member, name=str(name))
-        if not isinstance(member, Member):
-            raise EnsembleError(
-                f"refit_full: member {name!r} is a {type(member).__name__}, not a Member or keras.Model."
-            )
-        if member.name != str(name):
-            raise EnsembleError(
-                f"refit_full: member {member.name!r} is listed under the name {name!r}; the refit "
-                "keeps the model's names."
-            )
-        if str(name) in result:
-            raise EnsembleError(f"refit_full: member {name!r} is given twice.")
-        result[str(name)] = member
-    return result

@@ -26,7 +26,7 @@ from ensemble.members.load import load_member
 from ensemble.members.member import InputSpec, Member
 from ensemble.types import Task
 
-__all__ = ["build_ensemble"]
+__all__ = ["as_members", "build_ensemble"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build_ensemble(
         with a NaN or infinite input or member prediction is NaN in every output (the
         other rows are unaffected); a batch of no rows gives empty outputs.
     """
-    member_list = _as_members(members)
+    member_list = as_members(members)
     if not isinstance(combiner, Combiner):
         raise EnsembleError(f"Expected combiner to be a combiners.Combiner layer. Received: {combiner!r}")
     task, member_list = _resolve_task(member_list, task)
@@ -154,7 +154,9 @@ def _copy_state(original: Combiner, copy: Combiner) -> None:
             copy_meta.set_weights(meta_model.get_weights())
 
 
-def _as_members(members: Any) -> list[Member]:
+def as_members(members: Any) -> list[Member]:
+    """`members` (a list, or a name->model mapping) as `Member`s, plain Keras models wrapped;
+    an error for an empty collection, a name listed under another, repeated or reserved names."""
     if isinstance(members, Mapping):
         items = list(members.items())
     elif isinstance(members, Sequence) and not isinstance(members, str):
