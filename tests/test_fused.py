@@ -266,6 +266,29 @@ def test_export_onnx_fuses_on_request_and_answers_as_the_unfused_ensemble(tmp_pa
         got = run_onnx(path, {"features": x})
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=f"{path}: {key}")
+    # Each weight once: the fused file holds the stacked kernels in place of the members' own,
+    # each consumed by a MatMul (an einsum's conversion left a (members, 1, in, out) copy of
+    # the stacked kernel behind, read only for its shape).
+    fused, plain = (_initializer_elements(path) for path in (fused_path, plain_path))
+    kernels = sum(int(np.prod(member.model.layers[0].kernel.shape)) for member in members[:2])
+    assert abs(sum(fused.values()) - sum(plain.values())) <= 64 < kernels  # a few shapes differ
+    assert all(readers <= {"MatMul", "Add"} for readers, size in fused.items() if size > 64), fused
     export_dir = ensemble.export_saved_model(model, tmp_path / "export")
     with pytest.raises(ensemble.EnsembleError, match="needs the ensemble"):
         ensemble.export_onnx(export_dir, tmp_path / "from_dir.onnx", fuse=True)
+
+
+def _initializer_elements(path) -> dict[frozenset[str], int]:
+    """An ONNX file's initializer elements, summed by the op types that read them."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    sizes: dict[frozenset[str], int] = {}
+    for tensor in graph.initializer:
+        key = frozenset(readers.get(tensor.name, set()))
+        sizes[key] = sizes.get(key, 0) + int(np.prod(tensor.dims))
+    return sizes

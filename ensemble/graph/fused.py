@@ -208,17 +208,24 @@ class FusedMembers(keras.layers.Layer):
         return self.members[0]._as_prediction(outputs)
 
     def _fused(self, x: Tensor) -> Tensor:
-        """(batch, members, out): one wide matmul, then batched matmuls over the members."""
+        """(batch, members, out): one wide matmul, then batched matmuls over the members.
+
+        Between the two the rows are held members first, `(members, batch, width)`: a plain
+        batched matmul in every runtime (an einsum over `(batch, members, width)` becomes
+        transposes, reshapes and a broadcast in onnxruntime)."""
         count, h = len(self.members), x
         for kind, kernel, bias, activation in self._steps:
             if kind == "first":
                 h = ops.reshape(ops.matmul(h, kernel), (-1, count, kernel.shape[1] // count))
+                h = ops.transpose(h, (1, 0, 2))
+                if bias is not None:
+                    h = h + ops.expand_dims(bias, 1)
             elif kind == "dense":
-                h = ops.einsum("bmi,mio->bmo", h, kernel)
-            if bias is not None:
-                h = h + bias
+                h = ops.matmul(h, kernel)
+                if bias is not None:
+                    h = h + ops.expand_dims(bias, 1)
             h = activation(h)
-        return h
+        return ops.transpose(h, (1, 0, 2))
 
     def _one_by_one(self, x: Tensor) -> Tensor:
         """(batch, members, out): each member's own matmuls on its slice of the stacked weights."""
