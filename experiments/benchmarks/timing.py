@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["median_call_seconds", "median_seconds"]
+__all__ = ["median_call_seconds", "median_seconds", "paired_seconds"]
 
 
 def median_seconds(prepare: Callable[[], Any], work: Callable[[Any], Any], repeats: int) -> float:
@@ -24,3 +24,18 @@ def median_seconds(prepare: Callable[[], Any], work: Callable[[Any], Any], repea
 def median_call_seconds(call: Callable[[], Any], calls: int) -> float:
     call()  # warm-up: traces and allocations happen here, not in the timing
     return median_seconds(lambda: None, lambda _: call(), calls)
+
+
+def paired_seconds(
+    prepare: Callable[[], Any], works: Mapping[str, Callable[[Any], Any]], repeats: int
+) -> dict[str, list[float]]:
+    """Each round's time of every `work(prepare())`, the works taken in turn within a round
+    (`prepare` left out): a ratio of two works in one round compares them under one load."""
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            subject = prepare()
+            start = time.perf_counter()
+            work(subject)
+            times[name].append(time.perf_counter() - start)
+    return times
