@@ -62,9 +62,15 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
             "compiled_predict",
             "compiled_predict, XLA",
             "ONE member, compiled",
+            "ONE member, compiled, XLA",
+            "ONE member, its concrete function",
+            "ONE member, its concrete function, XLA",
         }
     )
     assert all(share > 0 for share in onnx["share_of_peak"].values())
+    assert set(onnx["layer_matmul_gflops"]["TF"]) == {"4x8", "8x3"} and "the members' matmuls alone" in table
+    assert all(share > 0 for share in onnx["layer_matmuls_share_of_peak"].values())
+    assert "vs ONE member's compiled call" in table and "vs ONE member's fastest call" in table
     assert "`export_onnx` vs tf2onnx's command line" in table and "share of the matmul peak" in table
     fusion = results["fusion"]
     assert fusion["fused"] == [["member_0", "member_1", "member_2"]] and fusion["default_fused"] == []

@@ -3,7 +3,8 @@
 - `bench_onnx`: the synthetic ensemble as `ensemble.export_onnx` writes it and as tf2onnx's
   command line converts our SavedModel export (what a user would do), both in onnxruntime,
   against the TensorFlow paths (the SavedModel's `serving_default`, `compiled_predict`, with
-  XLA) and ONE member's compiled call, at batch 1 and at `cfg.large_batch`; and each path's
+  XLA) and ONE member's compiled call (a `tf.function`, with and without XLA, and its
+  concrete function), at batch 1 and at `cfg.large_batch`; and each path's
   share of the machine's matmul peak (the faster of TensorFlow's and onnxruntime's 2048²
   matmul, each timed in the rounds of its runtime).
 - `bench_fusion`: `cfg.fusion_members` members of one architecture built with `fuse=False`,
@@ -17,6 +18,7 @@ its sessions (`onnxruntime_seconds`; per-session pools contend for the cores).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +31,15 @@ import combiners
 from ensemble import build_ensemble, compiled_predict, export_onnx, export_saved_model, load_member
 from ensemble.graph.view import EnsembleView, ensemble_members
 from experiments.benchmarks.models import ensemble_flops_per_row, synthetic_ensemble, synthetic_mlps
-from experiments.benchmarks.rounds import MATMUL_SIZE, interleaved_seconds, onnxruntime_seconds, run_python
+from experiments.benchmarks.rounds import (
+    MATMUL_SIZE,
+    interleaved_seconds,
+    matmul_name,
+    onnxruntime_seconds,
+    run_python,
+)
 
-__all__ = ["bench_fusion", "bench_onnx", "naive_onnx", "tf_matmul_call"]
+__all__ = ["bench_fusion", "bench_onnx", "layer_shapes", "naive_onnx", "tf_matmul_call"]
 
 
 def naive_onnx(export_dir: str, path: str) -> str:
@@ -42,16 +50,30 @@ def naive_onnx(export_dir: str, path: str) -> str:
     return path
 
 
-def tf_matmul_call(size: int = MATMUL_SIZE) -> Callable[[], Any]:
-    """A float32 `size`² matmul in TensorFlow: its rate is TF's share of the machine's peak."""
-    x = tf.constant(np.random.default_rng(0).normal(size=(size, size)).astype("float32"))
-    return functools.partial(_as_numpy, tf.function(lambda m: tf.matmul(m, m)), x)
+def tf_matmul_call(shape: tuple[int, int, int] = (MATMUL_SIZE,) * 3) -> Callable[[], Any]:
+    """A float32 `(rows, inner, out)` matmul in TensorFlow (the square one's rate is TF's share
+    of the machine's peak)."""
+    rows, inner, out = shape
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.normal(size=size).astype("float32")) for size in ((rows, inner), (inner, out)))
+    return functools.partial(_as_numpy, tf.function(tf.matmul), a, b)
+
+
+def layer_shapes(cfg: DictConfig, batch: int) -> list[tuple[int, int, int]]:
+    """Each of a synthetic member's Dense layers as the `(rows, inner, out)` matmul it computes."""
+    widths = [cfg.features, *cfg.hidden, cfg.classes]
+    return [(batch, inner, out) for inner, out in itertools.pairwise(widths)]
 
 
 def _as_numpy(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """What a TF function returns, as NumPy (a client's answer, not a tensor still computing)."""
     result = function(*args, **kwargs)
     return {k: v.numpy() for k, v in result.items()} if isinstance(result, dict) else result.numpy()
+
+
+def _as_concrete(function: Callable[..., Any], x: np.ndarray) -> Any:
+    """A concrete function's answer as NumPy, its input converted as `compiled_predict` does."""
+    return _as_numpy(function, tf.convert_to_tensor(x, tf.float32))
 
 
 def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
@@ -62,12 +84,20 @@ def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
         "export_onnx": export_onnx(model, os.path.join(scratch, "ours.onnx")),
     }
     serving = tf.saved_model.load(export_dir).signatures["serving_default"]
-    member = ensemble_members(model)[0]
-    one_member = tf.function(member.call, input_signature=[tf.TensorSpec((None, cfg.features), tf.float32)])
+    member, signature = ensemble_members(model)[0], [tf.TensorSpec((None, cfg.features), tf.float32)]
+    one_member = tf.function(lambda x: member(x, training=False), input_signature=signature)
+    one_member_xla = tf.function(
+        lambda x: member(x, training=False), input_signature=signature, jit_compile=True
+    )
+    one_member_concrete, one_member_xla_concrete = (
+        f.get_concrete_function() for f in (one_member, one_member_xla)
+    )
     fast, xla = compiled_predict(model), compiled_predict(model, jit_compile=True)
     rng = np.random.default_rng(cfg.seed)
     batches = {1: cfg.latency_calls, cfg.large_batch: cfg.throughput_calls}
-    timed = onnxruntime_seconds(paths, cfg.features, batches, seed=cfg.seed, matmul=True)
+    square, layers = (MATMUL_SIZE,) * 3, layer_shapes(cfg, cfg.large_batch)
+    shapes = list(dict.fromkeys([square, *layers]))
+    timed = onnxruntime_seconds(paths, cfg.features, batches, seed=cfg.seed, matmuls=shapes)
     results: dict[str, Any] = {}
     for batch, rounds in batches.items():
         x = rng.normal(size=(batch, cfg.features)).astype("float32")
@@ -76,21 +106,50 @@ def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
             "compiled_predict": functools.partial(fast, x),
             "compiled_predict, XLA": functools.partial(xla, x),
             "ONE member, compiled": functools.partial(_as_numpy, one_member, x),
+            "ONE member, compiled, XLA": functools.partial(_as_numpy, one_member_xla, x),
+            "ONE member, its concrete function": functools.partial(_as_concrete, one_member_concrete, x),
+            "ONE member, its concrete function, XLA": functools.partial(
+                _as_concrete, one_member_xla_concrete, x
+            ),
         }
         if batch == cfg.large_batch:
-            calls["TF matmul"] = tf_matmul_call()
+            calls.update({matmul_name("TF", shape): tf_matmul_call(shape) for shape in shapes})
         results[f"batch_{batch}_s"] = {**timed[batch], **interleaved_seconds(calls, rounds)}
     large = results[f"batch_{cfg.large_batch}_s"]
-    peaks = {name: 2 * MATMUL_SIZE**3 / large.pop(f"{name} matmul") / 1e9 for name in ("TF", "onnxruntime")}
-    flops = cfg.large_batch * ensemble_flops_per_row(cfg)
+    matmuls = {name: large.pop(name) for name in list(large) if " matmul " in name}
+    runtimes = ("TF", "onnxruntime")
+    peaks = {
+        runtime: 2 * MATMUL_SIZE**3 / matmuls[matmul_name(runtime, square)] / 1e9 for runtime in runtimes
+    }
+    flops, peak = cfg.large_batch * ensemble_flops_per_row(cfg), max(peaks.values())
     results.update(
         {
             "tf_matmul_peak_gflops": peaks["TF"],
             "onnx_matmul_peak_gflops": peaks["onnxruntime"],
             "share_of_peak": {
-                name: flops / seconds / 1e9 / max(peaks.values())
-                for name, seconds in large.items()
-                if "member" not in name
+                name: flops / seconds / 1e9 / peak for name, seconds in large.items() if "member" not in name
+            },
+            "matmul_s": matmuls,
+            "layer_matmul_gflops": {
+                runtime: {
+                    f"{inner}x{out}": 2
+                    * rows
+                    * inner
+                    * out
+                    / matmuls[matmul_name(runtime, (rows, inner, out))]
+                    / 1e9
+                    for rows, inner, out in layers
+                }
+                for runtime in runtimes
+            },
+            # The members' matmuls alone, each layer timed as one plain matmul of its shape: no
+            # runtime computes the ensemble at a larger share than its own matmuls of these shapes.
+            "layer_matmuls_share_of_peak": {
+                runtime: flops
+                / (cfg.member_count * sum(matmuls[matmul_name(runtime, shape)] for shape in layers))
+                / 1e9
+                / peak
+                for runtime in runtimes
             },
         }
     )

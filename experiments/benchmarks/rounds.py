@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["MATMUL_SIZE", "interleaved_seconds", "onnxruntime_seconds", "run_python", "run_python_json"]
+__all__ = [
+    "MATMUL_SIZE",
+    "interleaved_seconds",
+    "matmul_name",
+    "onnxruntime_seconds",
+    "run_python",
+    "run_python_json",
+]
 
 MATMUL_SIZE = 2048  # the matmul whose rate is the machine's peak
 
@@ -43,6 +50,11 @@ def interleaved_seconds(calls: Mapping[str, Callable[[], Any]], rounds: int) -> 
             call()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def matmul_name(runtime: str, shape: Sequence[int]) -> str:
+    """The timing's key of one `(rows, inner, out)` float32 matmul in `runtime`."""
+    return f"{runtime} matmul {'x'.join(map(str, shape))}"
 
 
 def run_python(args: Sequence[str], what: str, *, timeout: int = 600) -> str:
@@ -71,17 +83,17 @@ def onnxruntime_seconds(
     batches: Mapping[int, int],
     *,
     seed: int = 0,
-    matmul: bool = False,
+    matmuls: Sequence[tuple[int, int, int]] = (),
 ) -> dict[int, dict[str, float]]:
     """Median seconds of each `.onnx` file's session at each batch (`{batch: rounds}`), timed in
-    turn in a fresh process; with `matmul`, also "onnxruntime matmul" (a `MATMUL_SIZE`² matmul)
-    at the largest batch."""
+    turn in a fresh process; and at the largest batch, each of `matmuls` (`(rows, inner, out)`)
+    as one float32 MatMul, "onnxruntime matmul RxKxN" (see `matmul_name`)."""
     spec = {
         "paths": dict(paths),
         "features": features,
         "batches": dict(batches),
         "seed": seed,
-        "matmul": matmul,
+        "matmuls": [list(shape) for shape in matmuls],
     }
     # -P: the script's folder is not put on sys.path (its onnx.py would shadow onnx).
     measured = run_python_json(["-P", __file__, json.dumps(spec)], "onnxruntime timing", timeout=1200)
@@ -110,16 +122,21 @@ def _time_sessions(spec: dict[str, Any]) -> dict[str, dict[str, float]]:
             name: functools.partial(each.run, None, {each.get_inputs()[0].name: x})
             for name, each in sessions.items()
         }
-        if spec["matmul"] and batch == max(int(b) for b in spec["batches"]):
-            size = [MATMUL_SIZE, MATMUL_SIZE]
-            a = helper.make_tensor_value_info("a", TensorProto.FLOAT, size)
-            c = helper.make_tensor_value_info("c", TensorProto.FLOAT, size)
-            graph = helper.make_graph([helper.make_node("MatMul", ["a", "a"], ["c"])], "matmul", [a], [c])
-            square = session(
+        for rows, inner, out in spec["matmuls"] if batch == max(int(b) for b in spec["batches"]) else ():
+            a, b = (rows, inner), (inner, out)
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["a", "b"], ["c"])],
+                "matmul",
+                [helper.make_tensor_value_info(n, TensorProto.FLOAT, v) for n, v in (("a", a), ("b", b))],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, (rows, out))],
+            )
+            product = session(
                 helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
             )
-            m = rng.normal(size=size).astype("float32")
-            calls["onnxruntime matmul"] = functools.partial(square.run, None, {"a": m})
+            feeds = {n: rng.normal(size=v).astype("float32") for n, v in (("a", a), ("b", b))}
+            calls[matmul_name("onnxruntime", (rows, inner, out))] = functools.partial(
+                product.run, None, feeds
+            )
         results[str(batch)] = interleaved_seconds(calls, rounds)
     return results
 

@@ -101,12 +101,16 @@ def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
     tf_paths = ("exported serving_default", "compiled_predict", "compiled_predict, XLA")
     fastest = min(tf_paths, key=lambda name: one[name])
     against_member = one[fastest] / one["ONE member, compiled"]
+    member = min((name for name in one if name.startswith("ONE member")), key=lambda name: one[name])
     lines = [
         f"| batch 1: `export_onnx` vs tf2onnx's command line on our SavedModel, both in onnxruntime "
         f"({1e3 * one['export_onnx']:.3f} vs {1e3 * one[naive]:.3f} ms; target <= 1.1x) | "
         f"{ours:.2f}x ({_verdict(ours, 1.1, at_most=True)}) |",
-        f"| batch 1: the fastest TF path ({fastest}) vs ONE member's compiled call (target <= 1.0x) | "
+        f"| batch 1: the fastest TF path ({fastest}, {1e3 * one[fastest]:.3f} ms) vs ONE member's compiled "
+        f"call (a `tf.function`, {1e3 * one['ONE member, compiled']:.3f} ms; target <= 1.0x) | "
         f"{against_member:.2f}x ({_verdict(against_member, 1.0, at_most=True)}) |",
+        f"| batch 1: the same vs ONE member's fastest call ({member.removeprefix('ONE member, ')}, "
+        f"{1e3 * one[member]:.3f} ms) | {one[fastest] / one[member]:.2f}x |",
     ]
     for name in tf_paths:
         lines.append(
@@ -133,7 +137,22 @@ def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
         f"| batch {large_batch}: exported serving_default vs onnxruntime on `export_onnx` | "
         f"{large['exported serving_default'] / large['export_onnx']:.2f}x |"
     )
+    if "layer_matmuls_share_of_peak" in onnx:
+        lines.append(_layer_line(onnx, large_batch))
     return lines
+
+
+def _layer_line(onnx: dict[str, Any], large_batch: int) -> str:
+    """What bounds the shares at a large batch: each member layer's shape as one plain matmul,
+    its rate in each runtime, and the share of the peak those matmuls alone would reach."""
+    bound, rates = onnx["layer_matmuls_share_of_peak"], onnx["layer_matmul_gflops"]
+    shapes = ", ".join(shape.replace("x", "→") for shape in rates["TF"])
+    gflops = {runtime: " / ".join(f"{rate:.0f}" for rate in rates[runtime].values()) for runtime in rates}
+    return (
+        f"| batch {large_batch}: the members' matmuls alone, each layer ({shapes}) one plain matmul of its "
+        f"shape (GFLOP/s: TF {gflops['TF']}; onnxruntime {gflops['onnxruntime']}), share of the same peak: "
+        f"the most the ensemble can reach, TF / onnxruntime | {bound['TF']:.0%} / {bound['onnxruntime']:.0%} |"
+    )
 
 
 def fusion_lines(fusion: dict[str, Any], large_batch: int) -> list[str]:
