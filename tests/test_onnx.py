@@ -343,6 +343,25 @@ def test_ops_without_an_onnx_conversion_are_named(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".igamma.onnx")]
 
 
+def test_the_main_jobs_export_fails_on_its_onnx_file_before_writing_the_saved_model(tmp_path):
+    from omegaconf import OmegaConf
+
+    from experiments.exporting import export
+
+    module = _Igamma()
+    tf.saved_model.save(
+        module, os.fspath(tmp_path / "igamma"), signatures={"serving_default": module.__call__}
+    )
+    member = ensemble.load_member(tmp_path / "igamma", name="igamma", output="probabilities")
+    model = ensemble.build_ensemble([member], combiners.MeanCombiner())
+    cfg = OmegaConf.create({"export": {"dir": "export", "overwrite": False, "verify": True, "onnx": True}})
+    out = tmp_path / "job"
+    out.mkdir()
+    with pytest.raises(ensemble.EnsembleError, match=r"cannot convert the TensorFlow ops \['Igamma'\]"):
+        export(model, cfg, str(out), data=None)  # type: ignore[arg-type]
+    assert os.listdir(out) == []  # no SavedModel, no staged .onnx
+
+
 def test_the_check_compares_values_nans_and_sets():
     a = np.array([[0.5, 0.5], [np.nan, np.nan]], "float32")
     assert _difference(a, a.copy()) is None
