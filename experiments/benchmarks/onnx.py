@@ -142,8 +142,7 @@ def bench_onnx(cfg: DictConfig, scratch: str) -> dict[str, Any]:
                 }
                 for runtime in runtimes
             },
-            # The members' matmuls alone, each layer timed as one plain matmul of its shape: no
-            # runtime computes the ensemble at a larger share than its own matmuls of these shapes.
+            # The members' matmuls alone, each layer timed as one plain matmul of its shape.
             "layer_matmuls_share_of_peak": {
                 runtime: flops
                 / (cfg.member_count * sum(matmuls[matmul_name(runtime, shape)] for shape in layers))

@@ -143,15 +143,16 @@ def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
 
 
 def _layer_line(onnx: dict[str, Any], large_batch: int) -> str:
-    """What bounds the shares at a large batch: each member layer's shape as one plain matmul,
-    its rate in each runtime, and the share of the peak those matmuls alone would reach."""
+    """Each member layer's shape as one plain matmul at a large batch, its rate in each runtime,
+    and the share of the peak the members' matmuls alone would reach at those rates (where it
+    is near the ensemble's share, the layers' shapes, not the rest of the graph, hold it back)."""
     bound, rates = onnx["layer_matmuls_share_of_peak"], onnx["layer_matmul_gflops"]
     shapes = ", ".join(shape.replace("x", "→") for shape in rates["TF"])
     gflops = {runtime: " / ".join(f"{rate:.0f}" for rate in rates[runtime].values()) for runtime in rates}
     return (
         f"| batch {large_batch}: the members' matmuls alone, each layer ({shapes}) one plain matmul of its "
         f"shape (GFLOP/s: TF {gflops['TF']}; onnxruntime {gflops['onnxruntime']}), share of the same peak: "
-        f"the most the ensemble can reach, TF / onnxruntime | {bound['TF']:.0%} / {bound['onnxruntime']:.0%} |"
+        f"what the members' matmuls would reach at those rates, TF / onnxruntime | {bound['TF']:.0%} / {bound['onnxruntime']:.0%} |"
     )
 
 
