@@ -26,6 +26,18 @@ def test_compiled_predict_matches_and_never_retraces(jit_compile):
     assert predict.function.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("shape", [(2, 3), (8,), (2, 1), (2, 8, 1)])
+def test_compiled_predict_names_an_input_of_the_wrong_shape(shape):
+    model = ensemble.build_ensemble([dense_classifier(1, name="a")], combiners.MeanCombiner())
+    with pytest.raises(
+        ensemble.EnsembleError, match=r"Input 'features': expected rows of shape \(batch, 8\)"
+    ):
+        ensemble.compiled_predict(model)(np.zeros(shape, "float32"))
+    feeds = {"image": np.ones((5, 4), "float32"), "meta": np.zeros((5, 3), "float32")}
+    with pytest.raises(ensemble.EnsembleError, match=r"Input 'meta': expected rows of shape \(batch, 2\)"):
+        ensemble.compiled_predict(two_input_ensemble())(feeds)
+
+
 def test_compiled_predict_with_named_inputs():
     model = two_input_ensemble()
     feeds = {"image": np.ones((5, 4), "float32"), "meta": np.zeros((5, 2), "float32")}

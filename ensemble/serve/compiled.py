@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ensemble.errors import EnsembleError
 from ensemble.export.signature import input_specs, serving_function
 
 __all__ = ["compiled_predict"]
@@ -37,7 +38,8 @@ def compiled_predict(
         A function taking what the model takes (an array, or a dict of arrays
         by input name) and returning NumPy arrays. Its `.function` is the
         underlying `tf.function` (`experimental_get_tracing_count()` shows it
-        traced once).
+        traced once). An input of the wrong shape raises `EnsembleError`
+        naming it, before anything runs.
     """
     per_model = _CACHE.setdefault(model, {})
     if jit_compile not in per_model:
@@ -58,7 +60,20 @@ def _build(model: keras.Model, jit_compile: bool) -> Callable[[Any], dict[str, n
     def predict(x: Any) -> dict[str, np.ndarray]:
         values = [x[n] for n in names] if named else [x]
         args = [tf.convert_to_tensor(v, dtype=s.dtype) for v, s in zip(values, specs, strict=True)]
+        for tensor, spec in zip(args, specs, strict=True):
+            # The concrete function checks no shape: a wrong one would fail deep in the graph,
+            # or broadcast into an answer.
+            if not spec.shape.is_compatible_with(tensor.shape):
+                raise EnsembleError(
+                    f"Input '{spec.name}': expected rows of shape {_rows(spec.shape)}, got an array "
+                    f"of shape {tuple(tensor.shape)}."
+                )
         return {key: value.numpy() for key, value in concrete(*args).items()}
 
     predict.function = function  # type: ignore[attr-defined]
     return predict
+
+
+def _rows(shape: tf.TensorShape) -> str:
+    """`(batch, 8)` for a spec's shape `(None, 8)`."""
+    return "(" + ", ".join(["batch", *(str(d) for d in shape[1:])]) + ")"
