@@ -1,4 +1,4 @@
-"""Latency, throughput and output overhead, each against the naive way."""
+"""Latency, throughput and output overhead, each against the naive way, the ways timed in turn."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from ensemble import compiled_predict, export_saved_model
 from ensemble.graph.view import ensemble_members
 from experiments.benchmarks.models import synthetic_ensemble
-from experiments.benchmarks.timing import median_call_seconds
+from experiments.benchmarks.rounds import interleaved_seconds
 
 __all__ = ["bench_inference", "bench_overhead", "members_only_as_dict"]
 
@@ -44,13 +44,16 @@ def bench_inference(cfg: DictConfig, scratch: str) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     one = rng.normal(size=(1, cfg.features)).astype("float32")
     large = rng.normal(size=(cfg.large_batch, cfg.features)).astype("float32")
-    latency = {
-        name: median_call_seconds(functools.partial(f, one), cfg.latency_calls) for name, f in ways.items()
+    # Each way in turn in every round (`interleaved_seconds`): the ratios see one load.
+    latency = interleaved_seconds(
+        {name: functools.partial(f, one) for name, f in ways.items()}, cfg.latency_calls
+    )
+    large_calls = {
+        name: functools.partial(f, large) for name, f in ways.items() if name != "loop of member.predict"
     }
     throughput = {
-        name: cfg.large_batch / median_call_seconds(functools.partial(f, large), cfg.throughput_calls)
-        for name, f in ways.items()
-        if not name.startswith("loop of member.predict")
+        name: cfg.large_batch / seconds
+        for name, seconds in interleaved_seconds(large_calls, cfg.throughput_calls).items()
     }
     # The ensemble against ONE member at batch 1, and its share of the matmul peak, are
     # `bench_onnx`'s, measured there in turn with the onnxruntime paths.
@@ -64,8 +67,10 @@ def bench_overhead(cfg: DictConfig) -> dict[str, float]:
     members_only = keras.Model(model.input, model.get_layer("member_predictions").output)
     x = np.random.default_rng(cfg.seed).normal(size=(cfg.large_batch, cfg.features)).astype("float32")
     whole, bare = compiled_predict(model), compiled_predict(members_only_as_dict(members_only))
-    seconds_whole = median_call_seconds(lambda: whole(x), cfg.throughput_calls * 3)
-    seconds_bare = median_call_seconds(lambda: bare(x), cfg.throughput_calls * 3)
+    seconds = interleaved_seconds(
+        {"whole": lambda: whole(x), "bare": lambda: bare(x)}, cfg.throughput_calls * 3
+    )
+    seconds_whole, seconds_bare = seconds["whole"], seconds["bare"]
     return {
         "members_only_s": seconds_bare,
         "whole_s": seconds_whole,

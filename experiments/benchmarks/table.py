@@ -89,7 +89,7 @@ def stacking_lines(stacking: dict[str, Any]) -> list[str]:
 def _verdict(value: float, target: float, *, at_most: bool) -> str:
     """ "met" or "missed by ..." for a ratio against its target."""
     met = value <= target if at_most else value >= target
-    return "met" if met else f"missed by {abs(value - target) / target:.0%}"
+    return "met" if met else f"missed by {abs(value - target) / target:.1%}"
 
 
 def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
@@ -131,7 +131,7 @@ def onnx_lines(onnx: dict[str, Any], large_batch: int) -> list[str]:
         )
         lines.append(
             f"| batch {large_batch}: {name}, share of the matmul peak ({peak:.0f} GFLOP/s, the faster of "
-            f"TF's and onnxruntime's 2048² matmul){verdict} | {share[name]:.0%} |"
+            f"TF's and onnxruntime's 2048² matmul){verdict} | {share[name]:.1%} |"
         )
     lines.append(
         f"| batch {large_batch}: exported serving_default vs onnxruntime on `export_onnx` | "

@@ -7,23 +7,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["median_call_seconds", "median_seconds", "paired_seconds"]
+__all__ = ["median_seconds", "paired_seconds"]
 
 
 def median_seconds(prepare: Callable[[], Any], work: Callable[[Any], Any], repeats: int) -> float:
     """Median time of `work(prepare())`, `prepare` (building models) left out of the timing."""
-    times = []
-    for _ in range(repeats):
-        subject = prepare()
-        start = time.perf_counter()
-        work(subject)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def median_call_seconds(call: Callable[[], Any], calls: int) -> float:
-    call()  # warm-up: traces and allocations happen here, not in the timing
-    return median_seconds(lambda: None, lambda _: call(), calls)
+    return statistics.median(paired_seconds(prepare, {"work": work}, repeats)["work"])
 
 
 def paired_seconds(
