@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -78,3 +79,14 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     memory = results["level_one_memory"]
     assert memory["rows"] == 2000 and memory["x_copied_for_fingerprint"] is False
     assert "level-one pass, 2,000 rows" in table
+
+
+def test_interleaved_rounds_rotate_and_time_each_call_after_an_untimed_one() -> None:
+    from experiments.benchmarks.rounds import interleaved_seconds
+
+    made: list[str] = []
+    seconds = interleaved_seconds({name: functools.partial(made.append, name) for name in "abc"}, 3)
+    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
+    warm_up, rounds = made[:3], [made[3 + 6 * r : 9 + 6 * r] for r in range(3)]
+    assert warm_up == ["a", "b", "c"] and len(made) == 3 + 18
+    assert rounds == [list("aabbcc"), list("bbccaa"), list("ccaabb")]

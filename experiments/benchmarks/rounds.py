@@ -39,12 +39,17 @@ def interleaved_seconds(calls: Mapping[str, Callable[[], Any]], rounds: int) -> 
     same load, so their ratios hold where medians taken one after the other would not. Each
     timed call follows an untimed one of the same call: what the previous call left behind
     (threads still spinning, caches holding another model's weights) is paid there, not in the
-    timing."""
+    timing. Each round starts one call further on: a place in the round has its own cost (the
+    same graph timed first and third in every round differed by 5-8% at batch 1), which every
+    call then pays equally often."""
     for call in calls.values():
         call()  # warm-up: traces and allocations happen here, not in the timing
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        first = round_ % len(names)
+        for name in names[first:] + names[:first]:
+            call = calls[name]
             call()
             start = time.perf_counter()
             call()
