@@ -80,8 +80,10 @@ def test_one_dominant_member_is_not_shrunk_away(splits):
         models[f"weak{i}"] = _member(x_train[: 60 + 20 * i], y_train[: 60 + 20 * i], None, 1)
     found = _check(models, splits)
     assert found["nll"] <= 1.02 * found["best_calibrated_nll"] and found["ece"] <= 0.03
-    # scikit-learn's LogisticRegressionCV, the previous default, shrinks toward a uniform
-    # prediction and trades the strong member's accuracy for the weak ones' noise.
+    # Nor does it lose to scikit-learn's LogisticRegressionCV, the previous default, which
+    # shrinks toward a uniform prediction. (On an AVX2 host that one also fell below the strong
+    # member's accuracy; on an AVX-512 host, whose members train to other weights, it is one
+    # test row above it, NLL 0.1052 against our 0.1048: no assertion on its accuracy holds.)
     fit_members, test_members = (
         np.stack([m.predict(rows, verbose=0) for m in models.values()], 1) for rows in (x_fit, x_test)
     )
@@ -90,7 +92,7 @@ def test_one_dominant_member_is_not_shrunk_away(splits):
     )
     old = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss", max_iter=2000)
     old.fit(fit_features, y_fit)
-    assert np.mean(old.predict(test_features) == y_test) <= np.mean(test_members[:, 0].argmax(1) == y_test)
+    assert found["nll"] <= 1.02 * log_loss(y_test, old.predict_proba(test_features), labels=range(10))
 
 
 def test_members_that_complement_each_other_beat_the_best_calibrated_one(splits):
