@@ -330,13 +330,18 @@ class _Igamma(tf.Module):
         return {"p": tf.nn.softmax(tf.math.igamma(x[:, :CLASSES] ** 2 + 1.0, x[:, :CLASSES] ** 2))}
 
 
-def test_ops_without_an_onnx_conversion_are_named(tmp_path):
+def _igamma_ensemble(directory: Path) -> keras.Model:
+    """An ensemble of one SavedModel member computing `Igamma`, which tf2onnx cannot convert."""
     module = _Igamma()
     tf.saved_model.save(
-        module, os.fspath(tmp_path / "igamma"), signatures={"serving_default": module.__call__}
+        module, os.fspath(directory / "igamma"), signatures={"serving_default": module.__call__}
     )
-    member = ensemble.load_member(tmp_path / "igamma", name="igamma", output="probabilities")
-    model = ensemble.build_ensemble([member], combiners.MeanCombiner())
+    member = ensemble.load_member(directory / "igamma", name="igamma", output="probabilities")
+    return ensemble.build_ensemble([member], combiners.MeanCombiner())
+
+
+def test_ops_without_an_onnx_conversion_are_named(tmp_path):
+    model = _igamma_ensemble(tmp_path)
     with pytest.raises(ensemble.EnsembleError, match=r"cannot convert the TensorFlow ops \['Igamma'\]"):
         ensemble.export_onnx(model, tmp_path / "igamma.onnx")
     assert not (tmp_path / "igamma.onnx").exists()
@@ -348,12 +353,7 @@ def test_the_main_jobs_export_fails_on_its_onnx_file_before_writing_the_saved_mo
 
     from experiments.exporting import export
 
-    module = _Igamma()
-    tf.saved_model.save(
-        module, os.fspath(tmp_path / "igamma"), signatures={"serving_default": module.__call__}
-    )
-    member = ensemble.load_member(tmp_path / "igamma", name="igamma", output="probabilities")
-    model = ensemble.build_ensemble([member], combiners.MeanCombiner())
+    model = _igamma_ensemble(tmp_path)
     cfg = OmegaConf.create({"export": {"dir": "export", "overwrite": False, "verify": True, "onnx": True}})
     out = tmp_path / "job"
     out.mkdir()

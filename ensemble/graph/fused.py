@@ -218,12 +218,10 @@ class FusedMembers(keras.layers.Layer):
             if kind == "first":
                 h = ops.reshape(ops.matmul(h, kernel), (-1, count, kernel.shape[1] // count))
                 h = ops.transpose(h, (1, 0, 2))
-                if bias is not None:
-                    h = h + ops.expand_dims(bias, 1)
             elif kind == "dense":
                 h = ops.matmul(h, kernel)
-                if bias is not None:
-                    h = h + ops.expand_dims(bias, 1)
+            if bias is not None:  # (members, units), broadcast over the batch
+                h = h + ops.expand_dims(bias, 1)
             h = activation(h)
         return ops.transpose(h, (1, 0, 2))
 
