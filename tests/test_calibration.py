@@ -34,10 +34,19 @@ def _nll(y, p) -> float:
     return float(log_loss(y, p, labels=CLASSES))
 
 
-def _reference_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    """A bounded 1-D search of scikit-learn's log_loss over T."""
+def _prior_nll(y, q, prior_rows: float = 1.0) -> float:
+    """scikit-learn's log_loss of the rows with `prior_rows` pseudo-rows labelled evenly over the
+    classes, shared by the rows: (n NLL + prior_rows * mean cross-entropy to uniform) / (n + prior_rows)."""
+    n = len(y)
+    uniform = float(np.mean(-np.log(np.clip(q, 1e-300, 1.0)).mean(axis=1)))
+    return (n * _nll(y, q) + prior_rows * uniform) / (n + prior_rows)
+
+
+def _reference_temperature(p: np.ndarray, y: np.ndarray, prior_rows: float = 1.0) -> float:
+    """A bounded 1-D search over T of scikit-learn's log_loss, with the calibration prior's
+    pseudo-row (`prior_rows=0`: the plain maximum likelihood)."""
     result = optimize.minimize_scalar(
-        lambda t: _nll(y, _scaled(p, 1.0 / t)),
+        lambda t: _prior_nll(y, _scaled(p, 1.0 / t), prior_rows),
         bounds=(0.02, 50.0),
         method="bounded",
         options={"xatol": 1e-10},
@@ -99,18 +108,21 @@ def held_out(digits, probabilities):
     return probabilities["hold"][:, 0], digits[3]  # the good member's probabilities, labels
 
 
+@pytest.mark.parametrize("prior_rows", [1.0, 0.0], ids=["prior", "maximum-likelihood"])
 @pytest.mark.parametrize("power, above_one", [(3.0, True), (0.3, False)])
-def test_temperature_equals_a_bounded_search_and_corrects_confidence(held_out, power, above_one):
+def test_temperature_equals_a_bounded_search_and_corrects_confidence(held_out, power, above_one, prior_rows):
     p, y = held_out
     distorted = _scaled(p, power)  # sharpened (overconfident) or softened (underconfident)
-    scaling = fit_scaling(distorted, y, method="temperature")
+    scaling = fit_scaling(distorted, y, method="temperature", prior_rows=prior_rows)
     assert scaling.method == "temperature" and scaling.scale is None
-    reference = _reference_temperature(distorted, y)
+    reference = _reference_temperature(distorted, y, prior_rows)
     assert scaling.temperature == pytest.approx(reference, rel=1e-5)
     assert (scaling.temperature > 1.0) is above_one
     after = _nll(y, calibrated(distorted, scaling))
     assert after <= _nll(y, distorted) + 1e-12
-    assert after == pytest.approx(_nll(y, _scaled(distorted, 1.0 / reference)), abs=1e-10)
+    # At the optimum of the prior's objective the NLL alone still moves to first order in T.
+    close = 1e-8 if prior_rows else 1e-10
+    assert after == pytest.approx(_nll(y, _scaled(distorted, 1.0 / reference)), abs=close)
 
 
 def test_vector_scaling_reaches_an_independent_optimum_and_beats_temperature(held_out):
@@ -122,12 +134,14 @@ def test_vector_scaling_reaches_an_independent_optimum_and_beats_temperature(hel
 
     start = np.r_[np.ones(10), np.zeros(10)]
 
-    def nll(params):  # the mean NLL in NumPy (log_loss is too slow for BFGS' many calls)
+    def nll(params, prior_rows=0.0):  # the mean NLL in NumPy (log_loss is too slow for BFGS' many calls)
         z = np.log(np.clip(distorted, 1e-7, 1.0)) * params[:10] + params[10:]
-        return float(np.mean(special.logsumexp(z, axis=1) - z[np.arange(len(y)), y]))
+        log_q = z - special.logsumexp(z, axis=1, keepdims=True)
+        n = len(y)
+        return float(n * np.mean(-log_q[np.arange(n), y]) + prior_rows * np.mean(-log_q)) / (n + prior_rows)
 
-    def objective(params):  # with the standard-normal prior around the identity
-        return nll(params) + 0.5 * float(np.sum((params - start) ** 2)) / len(y)
+    def objective(params):  # with the standard-normal prior around the identity, and the pseudo-row
+        return nll(params, 1.0) + 0.5 * float(np.sum((params - start) ** 2)) / len(y)
 
     reference = optimize.minimize(objective, start, method="BFGS", options={"gtol": 1e-10})
     assert nll(reference.x) == pytest.approx(_nll(y, _scaled(distorted, reference.x[:10], reference.x[10:])))
@@ -286,6 +300,23 @@ def test_uncertainty_outputs_weigh_members_as_the_fitted_combiner(digits, member
     differs = p.argmax(2) != out["prediction"].argmax(1)[:, None]
     assert differs.any()
     np.testing.assert_allclose(out["disagreement"], differs.astype("float64") @ weights, atol=1e-6)
+
+
+def test_rows_all_ranked_right_cannot_make_the_temperature_certain(held_out):
+    p, y = held_out
+    right = np.flatnonzero(p.argmax(1) == y)[:30]  # 30 rows, every one ranked right (issue 27)
+    assert len(right) == 30
+    p, y = p[right], y[right]
+    sure = fit_scaling(p, y, prior_rows=0.0).temperature  # the likelihood alone: towards T = 0
+    bounded = fit_scaling(p, y)
+    assert bounded.temperature == pytest.approx(_reference_temperature(p, y), rel=1e-5)
+    assert bounded.temperature > 10 * sure
+    # No surer on the fitting rows than 30 right answers in 30 warrant (Laplace: 1 - 1/32).
+    confidence = calibrated(p, bounded).max(axis=1).mean()
+    assert confidence < 1 - 1 / 32 < calibrated(p, Scaling("temperature", sure)).max(axis=1).mean()
+    for method in ("temperature", "vector"):  # the pseudo-row is a distribution over the classes
+        with pytest.raises(ValueError, match="prior_rows"):
+            fit_scaling(p, y, method=method, prior_rows=-1.0)
 
 
 def test_vector_scaling_stays_bounded_when_a_class_is_separable(held_out):

@@ -14,7 +14,13 @@ the answer one would ship):
   prediction, and can lose to one dominant member);
 - `selected`: `K0` the selected member (best on the training folds) temperature-scaled, so
   the penalty shrinks toward the member one would ship alone, not toward zero;
-- `member`: one member temperature-scaled, alone (`D = 0`).
+- `member`: one member temperature-scaled, alone (`D = 0`);
+- `raw`, `mean_raw`: one member, or the members' normalised geometric mean, as they come
+  (nothing fitted: the choice between calibrating and not is made held out too).
+
+The default's fits add the calibration prior of `ensemble.fitting.temperature` (one pseudo-row
+labelled evenly over the classes, as smoothed targets), so that fitting rows all ranked right
+cannot drive a candidate to certainty; a given `C` fits one-hot targets, as scikit-learn does.
 
 All are convex problems. L-BFGS with analytic gradients runs until the largest component of the
 gradient of the mean objective is below `CV_GTOL` (enough to score candidates on held-out
@@ -26,12 +32,12 @@ Hessian-vector products) to a gradient norm of `GTOL`, which reaches scikit-lear
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize
 
-from ensemble.fitting.temperature import fit_scaling
+from ensemble.fitting.temperature import PRIOR_ROWS, fit_scaling
 
 __all__ = ["CS", "CV_GTOL", "GTOL", "Stacker", "fit_stacker", "log_softmax", "mean_nll", "scaled_prior"]
 
@@ -51,10 +57,11 @@ _MAXITER = 20000
 class Stacker(NamedTuple):
     kernel: np.ndarray  # (features, classes): K0 + D
     bias: np.ndarray  # (classes,)
-    prior: str  # "zero", "selected", "mean" or "member"
-    C: float  # the inverse penalty on D; 0 for a prior alone ("member", "mean"; D = 0)
-    member: int | None  # the member of the prior ("selected", "member"); None for "zero"
+    prior: str  # "raw", "mean_raw", "member", "mean", "zero" or "selected"
+    C: float  # the inverse penalty on D; 0 for a candidate alone ("raw", "member", ...; D = 0)
+    member: int | None  # the member of "raw", "member", "selected"; None otherwise
     cv_nll: dict[str, float] | None = None  # held-out NLL of every candidate tried
+    temperature: float | None = None  # of a member or the mean alone (1: as it comes)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """The stacker's class probabilities for meta features `(rows, features)`."""
@@ -63,7 +70,29 @@ class Stacker(NamedTuple):
         )
         return probabilities
 
-    def describe(self) -> str:
+    def describe(self, names: list[str] | None = None) -> str:
+        """The candidate in words, members by name when `names` are given."""
+        text = self._describe()
+        if self.member is not None and names is not None:
+            text = text.replace(f"member {self.member}", f"member {names[self.member]!r}")
+        return text
+
+    def as_dict(self, names: list[str] | None = None) -> dict[str, Any]:
+        """What was chosen, as plain values (`metrics.json`'s `fit.chosen`)."""
+        member = self.member if names is None or self.member is None else names[self.member]
+        record: dict[str, Any] = {"candidate": self.prior, "C": self.C or None, "member": member}
+        if self.temperature is not None:
+            record["temperature"] = self.temperature
+        record["description"] = self.describe(names)
+        if self.cv_nll is not None:
+            record["held_out_nll"] = dict(self.cv_nll)
+        return record
+
+    def _describe(self) -> str:
+        if self.prior == "raw":
+            return f"member {self.member} as it comes"
+        if self.prior == "mean_raw":
+            return "the members' geometric mean as it comes"
         if self.prior == "member":
             return f"member {self.member} temperature-scaled alone"
         if self.prior == "mean" and self.C == 0:
@@ -80,10 +109,11 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return result
 
 
-def _softmax_residual(z: np.ndarray, onehot: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean NLL of `onehot` under `softmax(z)`, and its gradient in `z`."""
+def _softmax_residual(z: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of `targets` (rows summing to one) under `softmax(z)`, and its
+    gradient in `z`."""
     log_q = log_softmax(z)
-    return float(-np.sum(onehot * log_q) / len(z)), (np.exp(log_q) - onehot) / len(z)
+    return float(-np.sum(targets * log_q) / len(z)), (np.exp(log_q) - targets) / len(z)
 
 
 def _minimize(objective, start: np.ndarray, gtol: float) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -102,12 +132,15 @@ def _minimize(objective, start: np.ndarray, gtol: float) -> np.ndarray:  # type:
     return x
 
 
-def scaled_prior(features: np.ndarray, onehot: np.ndarray, unit: np.ndarray) -> np.ndarray | None:
+def scaled_prior(
+    features: np.ndarray, labels: np.ndarray, unit: np.ndarray, prior_rows: float = PRIOR_ROWS
+) -> np.ndarray | None:
     """`unit` (a kernel: one member's block of ones, or every member's 1 / members) scaled by
-    the temperature that fits `softmax(features @ unit)` to these rows; None when no positive
-    temperature fits (it ranks the true class no better than chance)."""
+    the temperature that fits `softmax(features @ unit)` to these rows (with `prior_rows`
+    pseudo-rows, `ensemble.fitting.temperature`); None when no positive temperature fits (it
+    ranks the true class no better than chance)."""
     try:
-        scaling = fit_scaling(np.exp(log_softmax(features @ unit)), onehot.argmax(1))
+        scaling = fit_scaling(np.exp(log_softmax(features @ unit)), labels, prior_rows=prior_rows)
     except ValueError:
         return None
     kernel: np.ndarray = unit / scaling.temperature
@@ -116,7 +149,7 @@ def scaled_prior(features: np.ndarray, onehot: np.ndarray, unit: np.ndarray) -> 
 
 def fit_stacker(
     features: np.ndarray,
-    onehot: np.ndarray,
+    targets: np.ndarray,
     prior: np.ndarray,
     C: float,
     *,
@@ -125,6 +158,8 @@ def fit_stacker(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The kernel `prior + D` and bias minimising `C * sum(NLL) + ||D||^2 / 2` (divided by the
     rows: the mean NLL plus `||D||^2 / (2 C rows)`), from `start` (kernel, bias) or the prior.
+    `targets` are `(rows, classes)`: one-hot (scikit-learn's `LogisticRegression(C=C)` around a
+    zero prior), or smoothed (`temperature.smoothed_targets`: the NLL of pseudo-rows added).
 
     L-BFGS runs to `CV_GTOL`; a tighter `gtol` is then reached by Newton steps on conjugate
     gradients (`trust-ncg` with exact Hessian-vector products), which L-BFGS approaches slowly.
@@ -138,7 +173,7 @@ def fit_stacker(
 
     def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
         deviation, b = split(params)
-        value, residual = _softmax_residual(features @ (prior + deviation) + b, onehot)
+        value, residual = _softmax_residual(features @ (prior + deviation) + b, targets)
         gradient = features.T @ residual + penalty * deviation
         return value + 0.5 * penalty * float(np.sum(deviation**2)), np.concatenate(
             [gradient.ravel(), residual.sum(0)]

@@ -115,7 +115,7 @@ def fit_stacking(
         kernel, bias = estimator.kernel, estimator.bias
         # The uncertainty outputs weigh the members equally, unless the stacker is one member.
         weights = None
-        if estimator.prior == "member":
+        if estimator.prior in ("member", "raw"):
             weights = [float(j == estimator.member) for j in range(len(view.members))]
         combiner.set_member_weights(weights)
     else:
@@ -143,11 +143,8 @@ def fit_stacking(
 
 def _log_chosen(stacker: Stacker, names: list[str]) -> None:
     """Log the cross-validated choice; warn when it is the weakest penalty on the grid."""
-    chosen = stacker.describe()
-    if stacker.member is not None:
-        chosen = chosen.replace(f"member {stacker.member}", f"member {names[stacker.member]!r}")
-    log.info("Stacking meta-model: %s, chosen by held-out NLL", chosen)
-    if stacker.prior != "member" and max(CS) <= stacker.C:
+    log.info("Stacking meta-model: %s, chosen by held-out NLL", stacker.describe(names))
+    if stacker.C > 0 and max(CS) <= stacker.C:
         _warn_weakest(f"C={stacker.C:g}", "C")
 
 
