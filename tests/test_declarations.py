@@ -1,12 +1,14 @@
 """A declaration that contradicts the model is an error naming the member: logits declared on
-probabilities (a second softmax), probabilities declared on logits, a regression model under
-task='classification', NaN or infinite weights (in a Keras model and in a frozen TF1 graph)."""
+probabilities (a second softmax), probabilities declared on logits or on k > 1 independent
+sigmoids (from every kind of source), a regression model under task='classification', NaN or
+infinite weights (in a Keras model and in a frozen TF1 graph)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import combiners
 import ensemble
@@ -14,9 +16,51 @@ from tests.conftest import FEATURES, dense_classifier
 from tests.legacy_formats import DenseNet, write_tf1_saved_model, write_tf2_module_saved_model
 
 
-def test_logits_on_a_final_softmax_is_an_error():
-    with pytest.raises(ensemble.MemberError, match=r"'soft'.*output='logits'.*ends in a softmax"):
-        ensemble.load_member(dense_classifier(0), name="soft", output="logits")
+@pytest.mark.parametrize("final", ["softmax", "sigmoid"])
+def test_logits_on_a_final_softmax_or_sigmoid_is_an_error(final):
+    with pytest.raises(ensemble.MemberError, match=rf"'soft'.*output='logits'.*ends in a {final}"):
+        ensemble.load_member(dense_classifier(0, final=final), name="soft", output="logits")
+
+
+def _sigmoids(tmp_path, fmt):
+    """Input(4) -> Dense(3, sigmoid), three multi-label scores, from a source of kind `fmt`."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
+    if fmt == "object":
+        return model
+    if fmt == "saved_model":
+        model.export(str(tmp_path / "tags"), verbose=False)
+        return tmp_path / "tags"
+    if fmt == "tf_module":  # no layers to read the activation from: the rows' range tells
+        module = tf.Module()
+        module.dense = model
+        module.serve = tf.function(model, input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        tf.saved_model.save(module, str(tmp_path / "module"), signatures={"serving_default": module.serve})
+        return tmp_path / "module"
+    model.save(tmp_path / f"tags.{fmt}")
+    return tmp_path / f"tags.{fmt}"
+
+
+# A Keras source ends visibly in a sigmoid; a SavedModel only shows rows in [0, 1].
+SIGMOID_SOURCES = [
+    ("object", "ends in a sigmoid over 3 columns"),
+    ("keras", "ends in a sigmoid over 3 columns"),
+    ("h5", "ends in a sigmoid over 3 columns"),
+    ("saved_model", r"lies in \[0, 1\] over 3 columns"),
+    ("tf_module", r"lies in \[0, 1\] over 3 columns"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "seen"), SIGMOID_SOURCES, ids=[fmt for fmt, _ in SIGMOID_SOURCES])
+def test_probabilities_on_independent_sigmoids_is_an_error(tmp_path, fmt, seen):
+    source = _sigmoids(tmp_path, fmt)
+    match = (
+        rf"'tags'.*output='probabilities'.*\(batch, 3\) {seen}.*: 3 independent sigmoids are "
+        r"multi-label scores.*rows sum to [\d.]+ to [\d.]+ on probe rows.*softmax.*output='logits'"
+        r".*task='regression'"
+    )
+    with pytest.raises(ensemble.MemberError, match=match):
+        ensemble.load_member(source, name="tags", output="probabilities")
 
 
 def test_logits_on_rows_that_sum_to_one_is_an_error(tmp_path):

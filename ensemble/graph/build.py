@@ -206,19 +206,22 @@ def _resolve_task(members: list[Member], task: str | None) -> tuple[Task, list[M
             f"task='regression', but member(s) {classifiers} declare class outputs "
             "(output='probabilities' or 'logits')."
         )
+    task_inferred = task is None
+    if task is None:
+        if len(classifiers) != len(members):
+            undeclared = [m.name for m in members if m.output_kind is None]
+            raise EnsembleError(
+                f"Cannot infer the task: member(s) {undeclared} declare no output kind. Pass "
+                "task='classification' or 'regression' to build_ensemble, or load classifiers "
+                "with output='probabilities' or 'logits'."
+            )
+        task = CLASSIFICATION
     if task == CLASSIFICATION:
         for member in members:
-            if member.output_kind is None:
-                check_class_outputs(member)  # declared ones were checked at load
-    if task is None:
-        if len(classifiers) == len(members):
-            return CLASSIFICATION, members
-        undeclared = [m.name for m in members if m.output_kind is None]
-        raise EnsembleError(
-            f"Cannot infer the task: member(s) {undeclared} declare no output kind. Pass "
-            "task='classification' or 'regression' to build_ensemble, or load classifiers "
-            "with output='probabilities' or 'logits'."
-        )
+            # Declared kinds were checked at load; an inferred one is only its final sigmoid's
+            # word, which over k > 1 columns is k multi-label scores, no class probabilities.
+            if member.output_kind is None or member.output_inferred:
+                check_class_outputs(member, task_inferred=task_inferred)
     return task, members
 
 

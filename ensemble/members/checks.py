@@ -3,9 +3,11 @@
 A declaration that contradicts the model is bad input, named before anything runs on it:
 `output="logits"` on a model that already ends in a softmax (the ensemble would apply a second
 one: a 0.95 answer becomes 0.56); `output="probabilities"` on rows that do not sum to one; a
-class-output member under `task="classification"` whose rows are no probabilities; a NaN or
-infinite weight. The outputs are judged on a few probe rows drawn from the member's own input
-specs (standard normal features, zero token ids), so no data of the user's is needed.
+member used as a classifier whose rows are no probabilities, a sigmoid over k > 1 columns
+among them (k independent multi-label scores, not one distribution over k classes: only a
+single sigmoid column is a classifier, a binary one); a NaN or infinite weight. The outputs
+are judged on a few probe rows drawn from the member's own input specs (standard normal
+features, zero token ids), so no data of the user's is needed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from ensemble.errors import MemberError
 from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
 
-__all__ = ["check_class_outputs", "check_declared_output", "check_finite_weights", "probe_inputs"]
+__all__ = [
+    "check_class_outputs",
+    "check_declared_output",
+    "check_finite_weights",
+    "final_activation",
+    "probe_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +76,34 @@ def _row_sums(values: np.ndarray) -> tuple[bool, str]:
     return ok, f"row sums {np.round(sums.ravel()[:4], 4).tolist()}, min {values.min():.4g}"
 
 
-def check_declared_output(member: Member, final_activation: str | None) -> None:
-    """`member`'s declared output kind against its source model's outputs. `final_activation`
-    is that of the layer emitting the chosen output (None when unknown: the probe decides)."""
+def final_activation(model: Any) -> str | None:
+    """The activation of the layer a model ends in (a `Softmax` layer counts as "softmax")."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return None
+    if type(layers[-1]).__name__ == "Softmax":
+        return "softmax"
+    name: str | None = getattr(getattr(layers[-1], "activation", None), "__name__", None)
+    return name
+
+
+def check_declared_output(member: Member, activation: str | None) -> None:
+    """`member`'s declared output kind against its source model's outputs. `activation` is
+    that of the layer emitting the chosen output (None when unknown: the probe decides)."""
     declared = member.output_kind
     if declared is None:
         return
-    if declared == "logits" and final_activation in ("softmax", "sigmoid"):
+    if declared == "logits" and activation in ("softmax", "sigmoid"):
         raise MemberError(
             member.name,
-            f"output='logits', but its model ends in a {final_activation}: its outputs are "
+            f"output='logits', but its model ends in a {activation}: its outputs are "
             "probabilities already (a second softmax would flatten them). Load it with "
             "output='probabilities' (or leave output unset).",
         )
-    settled = (declared == "probabilities" and final_activation in ("softmax", "sigmoid")) or (
-        declared == "logits" and final_activation == "linear"
+    # A softmax's rows sum to one. A sigmoid's do only as one column (a binary classifier);
+    # over k > 1 columns they are k independent scores, so the probe judges them.
+    settled = (declared == "probabilities" and activation == "softmax") or (
+        declared == "logits" and activation == "linear"
     )
     values = None if settled else _probe(member, source=True)  # a probe costs a forward pass
     if values is None:
@@ -103,6 +124,8 @@ def check_declared_output(member: Member, final_activation: str | None) -> None:
             "a second softmax would flatten them. Load it with output='probabilities'.",
         )
     if declared == "probabilities" and not probabilities:
+        if _multilabel(values, activation):
+            raise _multilabel_error(member, values, activation, "output='probabilities', but", declared=True)
         raise MemberError(
             member.name,
             f"output='probabilities', but its rows are no probabilities ({sums} on probe rows). "
@@ -110,19 +133,66 @@ def check_declared_output(member: Member, final_activation: str | None) -> None:
         )
 
 
-def check_class_outputs(member: Member) -> None:
-    """Under `task="classification"`, `member`'s predictions must be class probabilities."""
+def check_class_outputs(member: Member, *, task_inferred: bool = False) -> None:
+    """`member`'s predictions must be class probabilities: the ensemble is a classifier, by
+    `task="classification"` or, when `task_inferred`, because every member has a class output."""
     values = _probe(member, source=False)
     if values is None:
         return
     probabilities, sums = _row_sums(values)
-    if not probabilities:
-        raise MemberError(
-            member.name,
-            f"under task='classification' its predictions must be class probabilities, but its "
-            f"rows are not ({sums} on probe rows): a regression model, or logits (load it with "
-            "output='logits').",
+    if probabilities:
+        return
+    activation = final_activation(member.model) if member.output_key is None else None
+    if _multilabel(values, activation):
+        lead = (
+            "used as a classifier (the task inferred from the members' class outputs),"
+            if task_inferred
+            else "under task='classification',"
         )
+        raise _multilabel_error(member, values, activation, lead, declared=False)
+    raise MemberError(
+        member.name,
+        f"under task='classification' its predictions must be class probabilities, but its "
+        f"rows are not ({sums} on probe rows): a regression model, or logits (load it with "
+        "output='logits').",
+    )
+
+
+def _multilabel(values: np.ndarray, activation: str | None) -> bool:
+    """Whether rows that are no probabilities look like independent sigmoids over k > 1
+    columns: the model ends in a sigmoid or, its activation unknown, every value is in [0, 1]."""
+    if values.shape[-1] < 2:
+        return False
+    in_unit_range = bool(np.all((values >= 0) & (values <= 1)))
+    return activation == "sigmoid" or (activation is None and in_unit_range)
+
+
+def _multilabel_error(
+    member: Member, values: np.ndarray, activation: str | None, lead: str, *, declared: bool
+) -> MemberError:
+    """Why k sigmoids are no classifier, and what to load instead; `lead` says how it is used."""
+    width = values.shape[-1]
+    shape = ", ".join(["batch", *map(str, values.shape[1:])])
+    sums = values.sum(axis=-1)
+    seen = (
+        f"ends in a sigmoid over {width} columns"
+        if activation == "sigmoid"
+        else f"lies in [0, 1] over {width} columns, as independent sigmoids do"
+    )
+    regression = (
+        "load it without output and build with task='regression'"
+        if declared
+        else "pass task='regression' to build_ensemble"
+    )
+    return MemberError(
+        member.name,
+        f"{lead} its output ({shape}) {seen}: {width} independent sigmoids are multi-label "
+        "scores, not one distribution over classes; their rows sum to "
+        f"{sums.min():.4g} to {sums.max():.4g} on probe rows, not 1. For a classifier, end the "
+        f"model in a softmax (Dense({width}, activation='softmax')), or choose its pre-sigmoid "
+        "output and load that with output='logits' (multi-label ensembles are not supported); "
+        f"for bounded regression targets, {regression}.",
+    )
 
 
 def check_finite_weights(member: Member) -> None:

@@ -11,14 +11,15 @@ import keras
 
 from ensemble.errors import MemberError
 from ensemble.members.checkpoint import read_checkpoint, resolve_checkpoint
-from ensemble.members.checks import check_declared_output, check_finite_weights
+from ensemble.members.checks import check_declared_output, check_finite_weights, final_activation
 from ensemble.members.keras_file import copy_model, read_keras_file
 from ensemble.members.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.members.saved_model import SavedModelLayer, is_saved_model_dir
 from ensemble.members.training_rows import load_training_rows
 from ensemble.types import OutputKind, PathLike
 
-__all__ = ["DEFAULT_INPUT", "FORMATS", "FORMAT_OPTIONS", "detect_format", "load_member"]
+# final_activation is defined with the checks that read it, and read here and by ensemble.train.
+__all__ = ["DEFAULT_INPUT", "FORMATS", "FORMAT_OPTIONS", "detect_format", "final_activation", "load_member"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def load_member(
         format: one of `FORMATS`, or "auto" to judge from `source`.
         output: what a classifier emits, "probabilities" or "logits" (turned
             into probabilities inside the member). None for regression, or to
-            infer it from a final softmax/sigmoid activation.
+            infer it from a final softmax/sigmoid activation (a sigmoid over k > 1
+            columns is then refused by `build_ensemble` unless task="regression").
         output_key: which output of a multi-output model or signature to use.
         inputs: the ensemble input name(s) the member reads, in the order of its
             own inputs. Default: "features" for a single-input member, the
@@ -86,7 +88,8 @@ def load_member(
         MemberError: naming the member, for a missing or unreadable source, an
             unknown format or misplaced option, an output that cannot be chosen, a
             declaration its outputs contradict (`output="logits"` on probabilities,
-            `"probabilities"` on rows that do not sum to one), or a NaN/infinite weight.
+            `"probabilities"` on rows that do not sum to one, a sigmoid over k > 1 columns
+            among them), or a NaN/infinite weight.
     """
     _check_name(name)
     fmt, label, checkpoint = _locate(name, source, format)
@@ -250,17 +253,6 @@ def _infer_output(model: Any) -> OutputKind | None:
     if len(outputs) != 1:
         return None
     return "probabilities" if final_activation(model) in ("softmax", "sigmoid") else None
-
-
-def final_activation(model: Any) -> str | None:
-    """The activation of the layer a model ends in (a `Softmax` layer counts as "softmax")."""
-    layers = getattr(model, "layers", None)
-    if not layers:
-        return None
-    if type(layers[-1]).__name__ == "Softmax":
-        return "softmax"
-    name: str | None = getattr(getattr(layers[-1], "activation", None), "__name__", None)
-    return name
 
 
 def _check_output_key(member: Member) -> None:
