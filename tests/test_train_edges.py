@@ -69,7 +69,10 @@ def test_k_is_the_classes_in_y_as_scikit_learn_counts_it():
             lambda t: ensemble.boost(lambda i: classifier(width=2), X, Y, rounds=1, epochs=1),
             "emits 2 classes",
         ),
-        (lambda t: ensemble.boost(lambda i: classifier(), X, Y[:50], rounds=1), r"one class label per row"),
+        (
+            lambda t: ensemble.boost(lambda i: classifier(), X, Y[:50], rounds=1),
+            r"one target per row of x \(120\)",
+        ),
         (lambda t: ensemble.boost(lambda i: classifier(), X, Y, rounds=1, sample_weight=Y), "sample_weight"),
         (
             lambda t: ensemble.distill(t, classifier(), X, y=Y - 1, label_weight=0.5, epochs=1),
@@ -77,7 +80,7 @@ def test_k_is_the_classes_in_y_as_scikit_learn_counts_it():
         ),
         (
             lambda t: ensemble.distill(t, classifier(), X, y=Y[:10], label_weight=0.5, epochs=1),
-            "one class label",
+            r"one target per row of x \(120\). Received: 10",
         ),
     ],
 )

@@ -19,7 +19,7 @@ from combiners.base import Combiner
 from ensemble.errors import EnsembleError
 from ensemble.fitting.head_steps import EpochSteps, batches, orders
 from ensemble.fitting.level_one import LevelOneStore
-from ensemble.fitting.prepare import fitting_rows, forget_compiled
+from ensemble.fitting.prepare import fitting_rows, forget_compiled, restore_initial_state
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import flat_features
 from ensemble.types import Data
@@ -71,6 +71,11 @@ def fit_combiner(
     The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
     `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
 
+    Every call starts afresh: from the combiner's weights (and member weights) as the first
+    fit found them (`ensemble.fitting.prepare.initial_state`: as built, or as loaded), and
+    with a new optimizer (a copy of `optimizer` when one is given, not its state), so that
+    fitting twice gives what fitting once gives, whatever fit ran before.
+
     Returns:
         The Keras `History` of the head's training.
     """
@@ -93,6 +98,7 @@ def fit_combiner(
         strategy=strategy,
         verbose=verbose,
     )
+    restore_initial_state(combiner)  # the rows are good: train from the start, not the last fit
     training = _Training(
         epochs, batch_size, validation_split, verbose, optimizer, seed, steps_per_execution, fit_options
     )
@@ -139,7 +145,7 @@ def _fit_head(
     # ("You must feed a value for placeholder tensor ... while/cond").
     per_call = 1 if tf.distribute.has_strategy() else (training.steps_per_execution or steps)
     head.compile(
-        optimizer=training.optimizer or keras.optimizers.Adam(learning_rate=0.01),
+        optimizer=_fresh(training.optimizer),
         loss=("sparse_categorical_crossentropy" if task == "classification" else "mean_squared_error"),
         steps_per_execution=per_call,
     )
@@ -174,6 +180,16 @@ def _fit_head(
         **fit_options,
     )
     return history
+
+
+def _fresh(optimizer: Any) -> Any:
+    """A new optimizer: Adam(0.01) for None, a copy of a given one without its state (its step
+    count and moments from an earlier fit), or the name as given."""
+    if optimizer is None:
+        return keras.optimizers.Adam(learning_rate=0.01)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    return optimizer
 
 
 class CombinerHead(keras.Model):

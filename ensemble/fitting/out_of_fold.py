@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from ensemble.errors import EnsembleError, MemberError
+from ensemble.fitting.arrays import check_probabilities
 from ensemble.rows import row_count, take_rows
 from ensemble.types import Data, Task
 
@@ -67,10 +68,15 @@ def stack_out_of_fold(
     task: Task = "classification",
     seed: int = 0,
     verbose: bool = False,
+    width: int | None = None,
+    probabilities: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictions of every member on the same folds: `(level_one, folds)`.
 
-    `level_one` is `(rows, members, width)` in the order of `members`.
+    `level_one` is `(rows, members, width)` in the order of `members`. For an ensemble's
+    members (`fit_out_of_fold`), each member's predictions are checked as its outputs are,
+    the member named: `width` columns when given, and class probabilities (each value in
+    [0, 1], each row summing to 1) with `probabilities`.
     """
     if not members:
         raise EnsembleError("Expected at least one member. Received: members={}")
@@ -80,8 +86,16 @@ def stack_out_of_fold(
         log.info("Out-of-fold predictions of member %r", name)
         try:
             columns.append(_predict_folds(fit_predict, x, y, splits, verbose=verbose))
+            if probabilities:
+                check_probabilities(columns[-1], "out-of-fold predictions")
         except EnsembleError as error:
             raise MemberError(name, str(error)) from error
+        if width is not None and columns[-1].shape[1] != width:
+            raise MemberError(
+                name,
+                f"expected out-of-fold predictions of {width} columns, as the ensemble's members "
+                f"predict. Received: {columns[-1].shape[1]} columns.",
+            )
     widths = {name: c.shape[1] for name, c in zip(members, columns, strict=True)}
     if len(set(widths.values())) > 1:
         raise EnsembleError(f"Expected every member to predict the same width. Received: widths={widths}")

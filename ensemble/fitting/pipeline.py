@@ -31,7 +31,7 @@ from ensemble.fitting.layered import fit_layered
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
-from ensemble.fitting.prepare import fitting_rows, forget_compiled
+from ensemble.fitting.prepare import check_targets, fitting_rows, forget_compiled
 from ensemble.fitting.stacking import fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -131,6 +131,8 @@ def fit(
         level_one: the members' predictions of `x` made elsewhere, shape `(rows, members,
             width)`, reported as `regime="given"`. The guard still checks `x` against the
             members' training rows: predictions of rows a member trained on are refused.
+            They are checked as the members' own outputs: finite, and for classification
+            each member's rows class probabilities (in [0, 1], summing to 1 within 1e-4).
         level_one_unseen: `level_one` comes from models that never saw their rows (out of
             fold, as `fit_out_of_fold` makes; the final members may have trained on `x`):
             the guard does not run, and the report says so.
@@ -254,8 +256,16 @@ def fit_out_of_fold(
             f"Expected one builder per member {names}. Missing: {sorted(set(names) - set(builders))}; "
             f"not members: {sorted(set(builders) - set(names))}"
         )
+    check_targets(view, x, y)  # before any builder trains
     level_one, folds = stack_out_of_fold(
-        {name: builders[name] for name in names}, x, np.asarray(y), cv=cv, task=view.task, seed=seed
+        {name: builders[name] for name in names},
+        x,
+        np.asarray(y),
+        cv=cv,
+        task=view.task,
+        seed=seed,
+        width=view.width,
+        probabilities=view.task == "classification",
     )
     # The final members trained on x; the predictions come from fold models that did not.
     report = (fitter or fit)(model, x, y, level_one=level_one, level_one_unseen=True, **options)

@@ -1,8 +1,11 @@
-"""What every fit starts from: checked targets and rows (finite, every class present), and the
-members' predictions of the fitting rows (given, or computed once) after the leakage guard."""
+"""What every fit starts from: checked targets and rows (finite, every class present), the
+members' predictions of the fitting rows (given and checked like member outputs, or computed
+once) after the leakage guard, and the combiner's initial state (`initial_state`): a fit that
+trains from the combiner's weights starts from it, whatever fit ran before."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -10,7 +13,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from combiners.base import Combiner
 from ensemble.errors import EnsembleError
+from ensemble.fitting.arrays import (
+    check_probabilities,
+    check_row_count,
+    checked_labels,
+    non_finite,
+    past_float32,
+    probability_problem,
+    sum_tolerance,
+)
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, guard_rows
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.graph.layers import ClassificationUncertainty
@@ -26,7 +39,14 @@ __all__ = [
     "check_targets",
     "fitting_rows",
     "forget_compiled",
+    "initial_state",
+    "restore_initial_state",
 ]
+
+CombinerState = tuple[list[np.ndarray], list[float] | None]  # its weights and member weights
+
+# Each combiner's state when a fit first saw it (as built, or as loaded from a file).
+_INITIAL_STATES: weakref.WeakKeyDictionary[Combiner, CombinerState] = weakref.WeakKeyDictionary()
 
 
 class FittingRows(NamedTuple):
@@ -56,7 +76,9 @@ def fitting_rows(
     predictions are guarded too, unless `level_one_unseen` says they come from models that
     never saw their rows (out of fold): then nothing is checked and the overlaps are None.
     `verbose` is the level-one pass's progress bar (a `store` given keeps its own). Rows that
-    lack a class are refused when the fit is `learning` (not for a fit that learns nothing)."""
+    lack a class are refused when the fit is `learning` (not for a fit that learns nothing).
+    The combiner's state is recorded the first time (`initial_state`), before any fit changes it."""
+    initial_state(view.combiner)
     positions = tuple(view.model.output["member_predictions"].shape[2:-1])
     if positions:
         raise EnsembleError(
@@ -97,18 +119,25 @@ def fitting_rows(
 
 
 def check_finite(values: Any, what: str) -> None:
-    """An error counting and naming the rows and columns of `values` that are NaN or infinite."""
+    """An error counting and naming the rows and columns of `values` that are NaN or infinite,
+    or float64 values past float32's range (infinite in the float32 graph: `non_finite`)."""
     array = np.asarray(values)
-    if array.dtype.kind not in "fc":
-        return
-    bad = ~np.isfinite(array.reshape(len(array), -1))
+    bad = non_finite(array)
     if not bad.any():
         return
+    bad = bad.reshape(len(array), -1)
     rows, columns = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+    wide = past_float32(array)
+    note = (
+        f" {wide} of them are finite {array.dtype} values past float32's range (|value| > 3.4e38), "
+        "infinite in the float32 graph."
+        if wide
+        else ""
+    )
     raise EnsembleError(
         f"{what} holds NaN or infinite values in {len(rows)} row(s) of {len(array)} (first rows "
-        f"{rows[:5].tolist()}), column(s) {columns[:10].tolist()} (of the row flattened). A combiner "
-        "cannot fit on them: drop or impute those rows first."
+        f"{rows[:5].tolist()}), column(s) {columns[:10].tolist()} (of the row flattened).{note} A "
+        "combiner cannot fit on them: drop or impute those rows first."
     )
 
 
@@ -119,16 +148,73 @@ def _check_member_predictions(view: EnsembleView, level_one: np.ndarray) -> None
 
 
 def check_level_one(view: EnsembleView, level_one: Any, rows: int) -> np.ndarray:
-    """Given level-one predictions as float32, once their shape is checked against the ensemble."""
-    expected = (rows, len(view.members), view.width)
-    if np.shape(level_one) != expected:
+    """Given level-one predictions as float32, once checked like the members' own outputs: the
+    shape `(rows, members, width)` of the ensemble, finite values, and for classification each
+    member's rows class probabilities (the member and its first bad row named)."""
+    members, width = len(view.members), view.width
+    expected = (rows, members, width)
+    shape = np.shape(level_one)
+    if shape != expected:
+        transposed = shape == (rows, width, members)
         raise EnsembleError(
-            f"Expected level_one of shape (rows, members, width) = {expected}. "
-            f"Received: {np.shape(level_one)}"
+            f"Expected level_one of shape (rows, members, width) = {expected}. Received: {shape}"
+            + (
+                ": transposed, (rows, width, members)? Pass np.swapaxes(level_one, 1, 2)."
+                if transposed
+                else "."
+            )
         )
-    values: np.ndarray = np.asarray(level_one, dtype="float32")
-    check_finite(values, "level_one")
+    given = np.asarray(level_one)
+    check_finite(given, "level_one")
+    if view.task != "regression":
+        tolerance = sum_tolerance(given.dtype)
+        for index, name in enumerate(view.member_names):
+            if probability_problem(given[:, index], tolerance) is not None:
+                check_probabilities(
+                    given[:, index],
+                    f"level_one of member {name!r} (member {index})",
+                    hint=_transposed_hint(given, tolerance),
+                )
+    values: np.ndarray = given.astype("float32")
+    if view.task != "regression" and width > 1 and given.dtype.kind == "f" and given.dtype.itemsize < 4:
+        # Rows checked at float16's precision sum to 1 only that closely: in float32 they sum
+        # to 1 as a member's float32 rows do (a change below float16's own rounding).
+        values /= values.sum(axis=-1, keepdims=True)
     return values
+
+
+def _transposed_hint(level_one: np.ndarray, tolerance: float) -> str:
+    """A hint when `level_one` reads as probabilities with its last two axes swapped."""
+    swapped = np.swapaxes(level_one, 1, 2)
+    if level_one.shape[1] != level_one.shape[2] or any(
+        probability_problem(swapped[:, index], tolerance) is not None for index in range(swapped.shape[1])
+    ):
+        return ""
+    return (
+        " Its rows sum to 1 over the members instead: the array looks transposed, (rows, classes, "
+        "members). Pass np.swapaxes(level_one, 1, 2)."
+    )
+
+
+def initial_state(combiner: Combiner) -> CombinerState:
+    """The combiner's weights and member weights as the first fit found them (recorded then).
+
+    A combiner fresh from `build_ensemble` is recorded as built; one loaded from a file, as
+    loaded. A fit that trains from the combiner's weights (`fit_combiner`) starts from this
+    state, so fitting twice gives what fitting a fresh ensemble once gives."""
+    state = _INITIAL_STATES.get(combiner)
+    if state is None:
+        weights = combiner.member_weights
+        state = ([np.array(w) for w in combiner.get_weights()], None if weights is None else list(weights))
+        _INITIAL_STATES[combiner] = state
+    return state
+
+
+def restore_initial_state(combiner: Combiner) -> None:
+    """Set the combiner back to `initial_state`: what ran before does not carry into a fit."""
+    weights, member_weights = initial_state(combiner)
+    combiner.set_weights(weights)
+    combiner.set_member_weights(member_weights)
 
 
 def forget_compiled(model: keras.Model) -> None:
@@ -150,12 +236,13 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
     if rows == 0:
         raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
     targets = np.asarray(y)
-    if len(targets) != rows:
-        raise EnsembleError(f"Expected y with one target per row of x ({rows}). Received: {len(targets)}.")
+    check_row_count(targets, rows)
     width = view.width
     if view.task == "regression":
+        if targets.dtype.kind not in "biuf":
+            raise EnsembleError(f"Expected numeric regression targets in y. Received: dtype {targets.dtype}.")
+        check_finite(targets.reshape(rows, -1), "y")  # before float32, which would overflow
         targets = targets.astype("float32").reshape(rows, -1)
-        check_finite(targets, "y")
         if targets.shape[1] != width:
             raise EnsembleError(
                 f"Expected {width} regression target(s) per row, as the members predict. "
@@ -163,20 +250,7 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
             )
         return targets
     check_finite(targets, "y")
-    if targets.ndim != 1 or not np.all(np.mod(targets, 1) == 0):
-        raise EnsembleError(
-            "Expected integer class labels, shape (rows,), for a classification ensemble. "
-            f"Received: y of shape {targets.shape} and dtype {targets.dtype}"
-            + (" with non-integer values (regression targets?)." if targets.ndim == 1 else ".")
-        )
-    targets = targets.astype("int64")
-    outside = sorted({int(t) for t in targets if not 0 <= t < width})
-    if outside:
-        raise EnsembleError(
-            f"Expected class labels in [0, {width}), one per column of the members' outputs. "
-            f"Received labels {outside[:10]}: do these labels match the members' classes?"
-        )
-    return targets
+    return checked_labels(targets, width, columns="the members' outputs")
 
 
 def check_every_class(targets: np.ndarray, classes: int) -> None:

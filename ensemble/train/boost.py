@@ -29,7 +29,7 @@ from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
 from ensemble.rows import row_count, take_rows
 from ensemble.train.gradient_boost import gradient_boost
-from ensemble.train.members import check_labels, compiled, trained_member
+from ensemble.train.members import check_labels, checked_targets, compiled, output_width, trained_member
 from ensemble.types import CLASSIFICATION, Task
 
 __all__ = ["BuildFn", "bag", "boost"]
@@ -83,32 +83,25 @@ def boost(
             validation_fraction=validation_fraction, seed=seed, **fit_options,
         )  # fmt: skip
     learning_rate = 1.0 if learning_rate is None else learning_rate
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise EnsembleError(
-            f"boost: y must be integer class labels (SAMME) or float targets (gradient boosting). "
-            f"Received: {labels.dtype}"
-        )
+    # Not float targets: class labels for SAMME (strings, say, are refused with what to do).
+    rows = row_count(x)
+    labels = check_labels(labels, rows, "boost")
     if rounds < 1 or not learning_rate > 0:
         raise EnsembleError(
             f"Expected rounds >= 1 and learning_rate > 0. Received: {rounds}, {learning_rate}"
         )
     if "sample_weight" in fit_options:
         raise EnsembleError("boost sets each member's sample_weight itself; pass none in fit_options.")
-    labels = check_labels(labels, row_count(x), "boost")
     classes = len(np.unique(labels))  # K, as scikit-learn's AdaBoostClassifier counts it
     if classes < 2:
         raise EnsembleError(f"boost needs at least two classes in y. Received: {np.unique(labels).tolist()}")
-    rows = row_count(x)
     weights = np.full(rows, 1.0 / rows)
     members: list[Member] = []
     alphas: list[float] = []
     for index in range(rounds):
         model, _ = compiled(build_fn(index), CLASSIFICATION)
-        width = int(np.shape(model(take_rows(x, np.arange(1)), training=False))[-1])  # one row, any model
-        if labels.max() >= width:
-            raise EnsembleError(
-                f"boost: y holds class {labels.max()}, but the learner emits {width} classes."
-            )
+        width = output_width(model, x)
+        check_labels(labels, rows, "boost", width, columns=f"the learner's output (it emits {width} classes)")
         model.fit(x, labels, sample_weight=weights * rows, **fit_options)
         member = trained_member(model, f"boost_{index}", x, CLASSIFICATION)
         probabilities = np.asarray(member.predict(x, verbose=0))
@@ -165,12 +158,15 @@ def bag(
     if members < 1:
         raise EnsembleError(f"Expected members >= 1. Received: {members}")
     rows = row_count(x)
+    first, kind = compiled(build_fn(0), task)
+    classes = output_width(first, x) if kind == CLASSIFICATION else None
+    targets = checked_targets(y, rows, kind, "bag", classes)  # before anything trains
     rng = np.random.default_rng(seed)
     trained = []
     for index in range(members):
         sample = rng.integers(0, rows, rows)
         xs = take_rows(x, sample)
-        model, kind = compiled(build_fn(index), task)
-        model.fit(xs, np.asarray(y)[sample], **fit_options)
+        model, kind = (first, kind) if index == 0 else compiled(build_fn(index), task)
+        model.fit(xs, targets[sample], **fit_options)
         trained.append(trained_member(model, f"bag_{index}", xs, kind))
     return build_ensemble(trained, combiner if combiner is not None else MeanCombiner(), task=task)

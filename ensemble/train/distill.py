@@ -23,8 +23,8 @@ from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import as_numpy, flat_features, in_batches
-from ensemble.train.members import check_finite_rows, check_labels, output_kind
-from ensemble.types import CLASSIFICATION
+from ensemble.train.members import check_finite_rows, checked_targets, output_kind
+from ensemble.types import CLASSIFICATION, REGRESSION
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -88,22 +88,23 @@ def distill(
     classify = task == CLASSIFICATION
     probe = load_member(student, name=name, output=output_kind(student) if classify else None)
     feeds = _feeds(x, model, student, name)
+    rows, width = len(next(iter(feeds.values()))), int(model.output["prediction"].shape[-1])
+    door = f"Distilling {name!r}"
+    if y is not None:  # before the ensemble predicts x
+        task_of_y = CLASSIFICATION if classify else REGRESSION
+        y = checked_targets(y, rows, task_of_y, door, classes=width if classify else None)
+        if not classify and np.size(y) != rows * width:
+            raise EnsembleError(f"{door}: y holds {np.size(y)} values; expected {rows} x {width}.")
     single = len(feeds) == 1
     teacher = in_batches(lambda f: as_numpy(model(next(iter(f.values())) if single else f)), feeds, 4096)
     spread = "mutual_information" if classify else "std"
     for key in ("prediction", spread) if uncertainty else ("prediction",):
         check_finite_rows(teacher[key], f"Distilling {name!r}: the ensemble's {key!r} on x")
     raw = student.outputs[0]
-    width = teacher["prediction"].shape[-1]
     if raw.shape[-1] != width:
         raise EnsembleError(
             f"Student {name!r} emits width {raw.shape[-1]}; the ensemble's prediction is {width}."
         )
-    rows = len(teacher["prediction"])
-    if y is not None and classify:
-        y = check_labels(y, rows, f"Distilling {name!r}: y", classes=width)
-    elif y is not None and np.size(y) != rows * width:
-        raise EnsembleError(f"Distilling {name!r}: y holds {np.size(y)} values; expected {rows} x {width}.")
     logits = raw if not classify or probe.output_kind == "logits" else ops.log(ops.maximum(raw, _FLOOR))
     outputs = {"prediction": logits}
     losses: dict[str, Any] = {"prediction": distillation_loss(task, temperature, label_weight)}

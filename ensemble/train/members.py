@@ -1,6 +1,7 @@
 """What the training functions share: compiling a member the user left uncompiled, wrapping a
 trained model as a `Member` that carries its training rows for the leakage guard, and the
-checks of labels and teacher outputs made before anything trains."""
+checks of labels, targets and teacher outputs made before anything trains (the labels' and the
+finite values' own checks are `ensemble.fitting.arrays`', which every door shares)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import keras
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.fitting.arrays import check_row_count, checked_labels, non_finite
 from ensemble.members.load import final_activation, load_member
 from ensemble.members.member import Member
-from ensemble.rows import flat_features
+from ensemble.rows import flat_features, take_rows
 from ensemble.types import CLASSIFICATION, REGRESSION, OutputKind, Task
 
 __all__ = [
     "check_finite_rows",
     "check_labels",
+    "checked_targets",
     "compiled",
     "ends_in_softmax",
     "output_kind",
+    "output_width",
     "trained_member",
 ]
 
@@ -54,26 +58,40 @@ def trained_member(model: keras.Model, name: str, trained_on: Any, task: Task) -
     return member
 
 
-def check_labels(y: Any, rows: int, what: str, classes: int | None = None) -> np.ndarray:
-    """`y` as integer class labels, one per row and below `classes`; an error naming the first
-    bad row otherwise."""
+def output_width(model: keras.Model, x: Any) -> int:
+    """The columns `model` emits, from one row of `x` (any model, built or not)."""
+    return int(np.shape(model(take_rows(x, np.arange(1)), training=False))[-1])
+
+
+def check_labels(
+    y: Any, rows: int, door: str, classes: int | None = None, columns: str = "the model's output"
+) -> np.ndarray:
+    """`y` as int64 class labels, one per row of x and below `classes` (None: any >= 0); an
+    error naming `door`, the first bad row and what was expected otherwise."""
     labels = np.asarray(y)
-    if labels.ndim != 1 or len(labels) != rows:
-        raise EnsembleError(f"{what}: expected one class label per row, ({rows},). Received: {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise EnsembleError(f"{what}: expected integer class labels. Received: {labels.dtype}")
-    bad = (labels < 0) | (labels >= (classes if classes is not None else np.iinfo(labels.dtype).max))
-    if bad.any():
-        row = int(np.argmax(bad))
+    check_row_count(labels, rows, door=door)
+    return checked_labels(labels, classes, door=door, columns=columns)
+
+
+def checked_targets(y: Any, rows: int, task: Task, door: str, classes: int | None = None) -> np.ndarray:
+    """`y` checked for a member of `task`: class labels (`check_labels`) or finite numeric
+    regression targets, one per row of x."""
+    if task == CLASSIFICATION:
+        return check_labels(y, rows, door, classes)
+    targets = np.asarray(y)
+    check_row_count(targets, rows, door=door)
+    if targets.dtype.kind not in "biuf":
         raise EnsembleError(
-            f"{what}: row {row} has label {labels[row]}; the model has classes 0..{(classes or 0) - 1}."
+            f"{door}: Expected numeric regression targets in y. Received: dtype {targets.dtype}."
         )
-    return labels
+    check_finite_rows(targets, f"{door}: y")
+    return targets
 
 
 def check_finite_rows(values: np.ndarray, what: str) -> None:
-    """An error naming the first row of `values` that holds a NaN or an infinity."""
-    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    """An error naming the first row of `values` that holds a NaN or an infinity (or a float64
+    value past float32's range, infinite in the float32 graph)."""
+    finite = ~non_finite(values).reshape(len(values), -1).any(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
         raise EnsembleError(f"{what}: row {row} is not finite ({int((~finite).sum())} such rows).")

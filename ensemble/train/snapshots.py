@@ -20,8 +20,9 @@ from combiners import MeanCombiner
 from combiners.base import Combiner
 from ensemble.errors import EnsembleError
 from ensemble.graph.build import build_ensemble
-from ensemble.train.members import compiled, trained_member
-from ensemble.types import Task
+from ensemble.rows import row_count
+from ensemble.train.members import checked_targets, compiled, output_width, trained_member
+from ensemble.types import CLASSIFICATION, Task
 
 __all__ = ["CyclicCosine", "snapshots"]
 
@@ -114,10 +115,17 @@ def snapshots(
             "snapshots sets the learning rate batch by batch: compile with steps_per_execution=1 "
             f"(received {model.steps_per_execution}), or batch callbacks see one step in several."
         )
+    classes = output_width(model, x) if kind == CLASSIFICATION else None
+    targets = checked_targets(y, row_count(x), kind, "snapshots", classes)  # before anything trains
     schedule = CyclicCosine(max_learning_rate, epochs_per_cycle)
     callbacks = [schedule, *(fit_options.pop("callbacks", None) or [])]
     model.fit(
-        x, y, epochs=cycles * epochs_per_cycle, batch_size=batch_size, callbacks=callbacks, **fit_options
+        x,
+        targets,
+        epochs=cycles * epochs_per_cycle,
+        batch_size=batch_size,
+        callbacks=callbacks,
+        **fit_options,
     )
     if len(schedule.snapshots) < cycles:
         raise EnsembleError(

@@ -25,7 +25,8 @@ from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
 from ensemble.members.training_rows import is_hash_record
 from ensemble.rows import in_batches
-from ensemble.train.members import check_finite_rows, check_labels
+from ensemble.train.members import check_finite_rows, check_labels, checked_targets
+from ensemble.types import REGRESSION
 
 __all__ = ["SOUP_METHODS", "soup"]
 
@@ -173,8 +174,16 @@ def _score(member: Member, x: Any, y: Any) -> float:
     targets = np.asarray(y)
     check_finite_rows(prediction, f"Soup: member {member.name!r}'s prediction on x")
     if member.output_kind is not None:
-        labels = check_labels(targets.ravel(), len(prediction), "Soup: y", classes=prediction.shape[-1])
+        column = targets.ndim == 2 and targets.shape[1] == 1
+        labels = check_labels(
+            targets.ravel() if column else targets,
+            len(prediction),
+            "soup",
+            classes=prediction.shape[-1],
+            columns=f"member {member.name!r}'s output",
+        )
         return classification_metrics(labels, prediction)["nll"]
+    targets = checked_targets(targets, len(prediction), REGRESSION, "soup")
     if targets.size != prediction.size:
         raise EnsembleError(f"Soup: y holds {targets.size} values; expected {prediction.shape}.")
     return float(np.mean((prediction - targets.reshape(prediction.shape)) ** 2))
