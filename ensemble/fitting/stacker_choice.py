@@ -6,18 +6,20 @@ tolerance. Every fit of a candidate adds the calibration prior of `ensemble.fitt
 (`PRIOR_ROWS` pseudo-rows labelled evenly over the classes), so rows that are all ranked right
 cannot make a candidate certain.
 
-Few fitting rows: with fewer rows of some class than `cv`, the folds shrink to that count and
-only the candidates with at most one parameter compete (as they come, or temperature-scaled);
-with fewer than `MIN_ROWS_PER_CLASS` (2) rows of some class no fold could hold one out, and the
-choice is among the candidates that fit nothing (each member, their mean, as they come), scored
-on every fitting row. Both fallbacks are logged."""
+Few fitting rows: with fewer than `REGRESSION_ROWS_PER_CLASS` (20) fitting rows of some class,
+the regression's `members * classes^2` weights are noise, and only the candidates with at most
+one parameter compete (each member and the geometric mean as they come, or temperature-scaled
+alone); their one parameter does not depend on a class, so the folds need not be stratified
+when a class has fewer rows than `cv`. With fewer rows than `cv` in all, nothing is fitted: the
+choice is among the candidates as they come, scored on every fitting row. Each fallback is
+logged."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from combiners.stack import mean_kernel
@@ -33,14 +35,14 @@ from ensemble.fitting.stacker import (
 )
 from ensemble.fitting.temperature import PRIOR_ROWS, smoothed_targets
 
-__all__ = ["MIN_ROWS_PER_CLASS", "PRIORS", "cross_validated_stacker"]
+__all__ = ["PRIORS", "REGRESSION_ROWS_PER_CLASS", "cross_validated_stacker"]
 
 log = logging.getLogger(__name__)
 
 PRIORS = ("raw", "member", "zero", "selected")
 """The default kinds of candidate, in the order they are tried (equal scores go to the first)."""
-MIN_ROWS_PER_CLASS = 2
-"""Below this many fitting rows of some class the default stacker fits nothing."""
+REGRESSION_ROWS_PER_CLASS = 20
+"""Below this many fitting rows of some class the default stacker fits no regression."""
 _FIXED = ("raw", "mean_raw")  # candidates that fit nothing
 _ONE_PARAMETER = (*_FIXED, "member", "mean")
 
@@ -126,8 +128,8 @@ def cross_validated_stacker(
             log-probabilities first (`StackingCombiner.meta_features`).
         log_p: the same log-probabilities as `(rows, members, classes)`.
         labels: `(rows,)` integer labels.
-        cv: folds (`StratifiedKFold`, shuffled with `seed`); fewer when a class has fewer rows
-            (the module's fallbacks).
+        cv: folds (`StratifiedKFold`, shuffled with `seed`; `KFold` when a class has fewer rows
+            and only one-parameter candidates compete: the module's fallbacks).
         Cs: inverse penalties to try, ascending.
         priors: the kinds of candidate that compete: `"raw"` (each member and the members'
             normalised geometric mean as they come: nothing fitted), `"member"` (each member
@@ -141,36 +143,36 @@ def cross_validated_stacker(
     """
     classes = log_p.shape[2]
     counts = np.bincount(labels, minlength=classes)
-    fewest = int(counts.min())
-    kinds = tuple(priors)
-    if fewest < MIN_ROWS_PER_CLASS:
+    fewest, rare = int(counts.min()), int(counts.argmin())
+    if len(labels) < cv:
         log.warning(
-            "Stacking: %d fitting rows, %d of class %d (fewer than %d): no fold could hold one out, "
-            "so nothing is fitted; the stacker is the member, or the members' mean, as they come "
-            "with the lowest NLL on the fitting rows.",
+            "Stacking: %d fitting rows, fewer than cv=%d folds: nothing is fitted; the stacker is "
+            "the member, or the members' mean, as they come with the lowest NLL on those rows.",
             len(labels),
-            fewest,
-            int(counts.argmin()),
-            MIN_ROWS_PER_CLASS,
+            cv,
         )
         return _fixed_choice(features, log_p, labels)
-    if fewest < cv:
+    kinds = tuple(priors)
+    if fewest < REGRESSION_ROWS_PER_CLASS:
         kinds = tuple(kind for kind in kinds if kind in _ONE_PARAMETER) or ("raw",)
         log.warning(
-            "Stacking: %d fitting rows, %d of class %d (fewer than cv=%d): %d folds, and only "
-            "candidates of at most one parameter (%s) compete; the regression needs %d rows a class.",
+            "Stacking: %d fitting rows, %d of class %d (fewer than %d): only the candidates of at "
+            "most one parameter compete (%s), not the regression.",
             len(labels),
             fewest,
-            int(counts.argmin()),
-            cv,
-            fewest,
+            rare,
+            REGRESSION_ROWS_PER_CLASS,
             ", ".join(kinds),
-            cv,
         )
-        cv = fewest
+    # One parameter shared by the classes needs no stratified folds; a class bias does.
+    splitter: KFold | StratifiedKFold = (
+        StratifiedKFold(cv, shuffle=True, random_state=seed)
+        if fewest >= cv
+        else KFold(cv, shuffle=True, random_state=seed)
+    )
     # Matrices this small run fastest on one BLAS thread, and do not fight other work for cores.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _cross_validated(features, log_p, labels, cv, tuple(sorted(Cs)), seed, kinds, prior_rows)
+        return _cross_validated(features, log_p, labels, splitter, tuple(sorted(Cs)), kinds, prior_rows)
 
 
 def _fixed_choice(features: np.ndarray, log_p: np.ndarray, labels: np.ndarray) -> Stacker:
@@ -207,14 +209,14 @@ def _cross_validated(
     features: np.ndarray,
     log_p: np.ndarray,
     labels: np.ndarray,
-    cv: int,
+    splitter: KFold | StratifiedKFold,
     Cs: tuple[float, ...],
-    seed: int,
     priors: tuple[str, ...],
     prior_rows: float,
 ) -> Stacker:
     held_out: dict[Key, list[tuple[float, float]]] = {}
-    for train, test in StratifiedKFold(cv, shuffle=True, random_state=seed).split(features, labels):
+    cv = splitter.get_n_splits()
+    for train, test in splitter.split(features, labels):
         fold = _candidates(features[train], log_p[train], labels[train], Cs, CV_GTOL, priors, prior_rows)
         for (kind, inverse, which), (kernel, bias) in fold.items():
             # The selected member may differ by fold: its candidates are keyed without it.
