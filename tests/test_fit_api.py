@@ -48,7 +48,18 @@ def test_auto_picks_the_fit_the_combiner_needs(combiner, method):
     assert report.method == method
     assert report.regime == "holdout" and report.rows == len(y) and report.overlaps == {}
     json.dumps(report.as_dict())  # plain values only: what metrics.json records
-    assert report.as_dict()["fit"] == (None if method == "none" else {"method": method, **report.options})
+    recorded = report.as_dict()["fit"]
+    if method != "sklearn":
+        assert recorded == (None if method == "none" else {"method": method, **report.options})
+        return
+    # What the default stacker chose is recorded, members by name (issue 27: its C was null).
+    stacker = report.fitted
+    chosen = recorded.pop("chosen")
+    assert recorded == {"method": method, **report.options}
+    assert chosen["candidate"] == stacker.prior and chosen["C"] == (stacker.C or None)
+    assert chosen["member"] == (None if stacker.member is None else f"m{stacker.member}")
+    assert chosen["description"] == stacker.describe([f"m{j}" for j in range(3)])
+    assert set(chosen["held_out_nll"]) >= {"raw 0", "raw 1", "raw 2", "mean_raw"}
 
 
 def test_selection_sets_the_weights_numpy_computes():

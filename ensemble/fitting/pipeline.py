@@ -32,6 +32,7 @@ from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
 from ensemble.fitting.prepare import check_targets, fitting_rows, forget_compiled
+from ensemble.fitting.stacker import Stacker
 from ensemble.fitting.stacking import fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -72,13 +73,18 @@ class FitReport:
     calibration: dict[str, Any] | None = None
     # `refit_full`: the members were then retrained on more rows, these fitting rows among them.
     refit: dict[str, Any] | None = None
+    # What the fit chose where it chose (the default stacker's candidate, C, member and
+    # temperature; a cross-validated ridge's alpha): `chosen_by_fit`.
+    chosen: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain values (what `metrics.json` records of the fit)."""
         record: dict[str, Any] = {
             "task": self.task,
             "combiner": self.combiner,
-            "fit": None if self.method == "none" else {"method": self.method, **self.options},
+            "fit": None
+            if self.method == "none"
+            else {"method": self.method, **self.options, **({"chosen": self.chosen} if self.chosen else {})},
             "regime": self.regime,
             "fit_rows": self.rows,
             "selected_member": self.selected_member,
@@ -216,7 +222,19 @@ def fit(
         targets=targets,
         guard=_guard_record(overlaps),
         calibration=None if scaling is None else scaling.as_dict(),
+        chosen=chosen_by_fit(fitted, view.member_names),
     )
+
+
+def chosen_by_fit(fitted: Any, names: list[str]) -> dict[str, Any] | None:
+    """What a fit chose, as plain values: the default stacker's candidate (`Stacker.as_dict`),
+    a cross-validated ridge's `alpha`; None where the fit chose nothing (its options say it)."""
+    if isinstance(fitted, Stacker):
+        return fitted.as_dict(names)
+    alpha = getattr(fitted, "alpha_", None)  # scikit-learn's RidgeCV
+    if alpha is not None:
+        return {"alpha": float(alpha), "by": "cross-validated squared error"}
+    return None
 
 
 def fit_out_of_fold(
