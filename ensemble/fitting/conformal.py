@@ -14,7 +14,6 @@ caller's part (in the main job: calibrate on a share of the test split, never th
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +21,16 @@ import keras
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.fitting.conformal_rules import (
+    TUNING_SHARE,
+    SetRule,
+    calibrated_set,
+    check_rule,
+    check_share,
+    conformal_quantile,
+    minimum_rows,
+    rows_needed,
+)
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, check_leakage
 from ensemble.fitting.prepare import check_targets
 from ensemble.graph.conformal import (
@@ -30,7 +39,6 @@ from ensemble.graph.conformal import (
     REGRESSION_METHODS,
     ConformalInterval,
     ConformalSet,
-    class_scores,
     conformal_config,
     regression_scores,
 )
@@ -39,39 +47,18 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import Data
 
-__all__ = ["add_conformal", "conformal_config", "conformal_quantile", "minimum_rows"]
+__all__ = [
+    "FIT_CLASS_METHODS",
+    "add_conformal",
+    "conformal_config",
+    "conformal_quantile",
+    "minimum_rows",
+]
 
 log = logging.getLogger(__name__)
 
-
-def _rank(rows: int, alpha: float) -> int:
-    """`ceil((n + 1)(1 - alpha))`, the rank of the finite-sample quantile; rounded to 9 decimals
-    first so that float noise (10 * 0.9 = 9.000000000000002) does not add one."""
-    return math.ceil(round((rows + 1) * (1.0 - alpha), 9))
-
-
-def minimum_rows(alpha: float) -> int:
-    """The fewest calibration rows for which `alpha` gives a finite threshold (rank <= rows)."""
-    rows = max(1, math.floor((1.0 - alpha) / alpha) - 1)
-    while _rank(rows, alpha) > rows:
-        rows += 1
-    return rows
-
-
-def conformal_quantile(scores: Any, alpha: float) -> np.ndarray:
-    """The `ceil((n + 1)(1 - alpha))`-th smallest of `n` scores along the first axis (a float32
-    array, one value per column for 2-D scores): the split-conformal threshold."""
-    values = np.sort(np.asarray(scores, dtype="float32"), axis=0)
-    rows = len(values)
-    rank = _rank(rows, alpha)
-    if rank > rows:
-        raise EnsembleError(
-            f"alpha={alpha:g} needs at least {minimum_rows(alpha)} calibration rows (the "
-            f"ceil((n+1)(1-alpha))-th smallest score must exist). Received: {rows} rows. Give more "
-            "held-out rows or a larger alpha."
-        )
-    result: np.ndarray = values[rank - 1]
-    return result
+FIT_CLASS_METHODS: tuple[str, ...] = ("auto", *CLASS_METHODS)
+DEFAULT_CLASS_METHOD = "auto"  # the smallest sets at the coverage, deterministic (issue 27)
 
 
 def add_conformal(
@@ -81,6 +68,11 @@ def add_conformal(
     *,
     alpha: float = 0.1,
     method: str | None = None,
+    randomized: bool | None = None,
+    k_reg: int | None = None,
+    lambda_reg: float | None = None,
+    tuning_share: float = TUNING_SHARE,
+    seed: int = 0,
     allow_overlap: bool = False,
     guard_rtol: float = DEFAULT_RTOL,
     guard_atol: float = DEFAULT_ATOL,
@@ -95,8 +87,22 @@ def add_conformal(
         x, y: calibration rows and their labels (or regression targets): held out from every
             member's training and from the combiner's fit (the module's note).
         alpha: the miscoverage, in (0, 1): sets hold the label with probability >= 1 - alpha.
-        method: classification "aps" (None's choice) or "thr"; regression "absolute" (None's
-            choice: plain |y - prediction|) or "normalized" (|y - prediction| / std).
+        method: classification "auto" (None's choice), "aps", "raps", "thr"; "auto": on a seeded
+            `tuning_share` of the rows, the one of THR, APS and RAPS (RAPS tuned there too)
+            with the smallest mean set size at `1 - alpha`, its threshold computed on the other
+            rows; regression "absolute" (None's choice: plain |y - prediction|) or
+            "normalized" (|y - prediction| / std).
+        randomized: randomised APS/RAPS scores and sets (sets as small as the coverage allows,
+            which differ between calls, and a model that exports to a SavedModel but not to
+            TFLite or ONNX); None: True for "raps", False for "auto" and "aps", so that the
+            default's sets are the same on every call and export everywhere.
+        k_reg, lambda_reg: RAPS's penalty `lambda_reg * max(0, rank - k_reg)`; None tunes it
+            on the tuning rows as Angelopoulos et al. (2021) do (`k_reg` the 1 - alpha quantile
+            of the label's rank, `lambda_reg` the size-minimising value of their grid).
+        tuning_share: the share of the rows that choose the rule (`auto`, or RAPS with a
+            parameter to tune); the threshold is computed on the rest alone, so coverage holds.
+        seed: seeds the tuning split, the randomised calibration scores' noise and the
+            layer's random stream, so calibrating again gives the same model.
         allow_overlap: calibrate even on rows a member's training-row record holds.
         guard_rtol, guard_atol: the leakage guard's tolerance.
         batch_size: rows per batch when the ensemble predicts the calibration rows.
@@ -105,16 +111,22 @@ def add_conformal(
         An `EnsembleModel` over the same layers (the caller's model is not modified; the two
         share the members and combiner, so refit neither after calibrating, or calibrate again)
         with `prediction_set` (batch, classes), bool, or `interval_low`, `interval_high`
-        (batch, targets). Its `ConformalSet`/`ConformalInterval` layer holds the threshold as
-        a constant of its config; `conformal_config` reads it back.
+        (batch, targets). Its `ConformalSet`/`ConformalInterval` layer holds the threshold and
+        the chosen rule (with how it was chosen: `selection`) as constants of its config;
+        `conformal_config` reads them back.
     """
     view = EnsembleView.of(model)
     alpha = _check_alpha(alpha)
     classification = view.task == "classification"
-    methods = CLASS_METHODS if classification else REGRESSION_METHODS
-    method = methods[0] if method is None else method
+    methods = FIT_CLASS_METHODS if classification else REGRESSION_METHODS
+    method = (DEFAULT_CLASS_METHOD if classification else methods[0]) if method is None else method
     if method not in methods:
         raise EnsembleError(f"Expected method in {methods} for a {view.task} ensemble. Received: {method!r}")
+    randomized = check_rule(method, randomized, k_reg, lambda_reg, classification)
+    tunes = method == "auto" or (method == "raps" and (k_reg is None or lambda_reg is None))
+    share = check_share(tuning_share)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise EnsembleError(f"Expected seed to be an integer. Received: seed={seed!r}")
     if len(model.output["prediction"].shape) != 2:
         raise EnsembleError(
             "add_conformal calibrates (batch, width) predictions; this ensemble predicts per "
@@ -125,6 +137,14 @@ def add_conformal(
         raise EnsembleError(
             f"alpha={alpha:g} needs at least {minimum_rows(alpha)} calibration rows (the "
             f"ceil((n+1)(1-alpha))-th smallest score must exist). Received: {rows} rows."
+        )
+    if tunes and rows < rows_needed(share, minimum_rows(alpha)):
+        raise EnsembleError(
+            f"method={method!r} chooses its rule on tuning_share={share:g} of the calibration rows "
+            f"and computes the threshold on the rest, each needing {minimum_rows(alpha)} rows at "
+            f"alpha={alpha:g}: at least {rows_needed(share, minimum_rows(alpha))} rows. Received: "
+            f"{rows} rows. Give more rows, or a rule to use as it is (method='thr' or 'aps', or "
+            "'raps' with k_reg and lambda_reg)."
         )
     targets = check_targets(view, x, y)
     for name, values in x.items() if isinstance(x, Mapping) else [("x", x)]:
@@ -141,37 +161,54 @@ def add_conformal(
         )
     outputs = model.predict(x, batch_size=batch_size, verbose=0)
     _check_finite(outputs["prediction"], "The ensemble's prediction of the (finite) calibration rows")
-    if classification:
-        scores = class_scores(method, outputs["prediction"], targets)
-    else:
-        scores = regression_scores(method, targets, outputs["prediction"], outputs["std"])
-    threshold = conformal_quantile(keras.ops.convert_to_numpy(scores), alpha)
     base = {key: value for key, value in model.output.items() if key not in CONFORMAL_OUTPUTS}
     name = _free_name(model, "conformal")
     added: dict[str, Any]
     if classification:
-        layer = ConformalSet(method, float(threshold), alpha, rows, name=name)
+        rule = SetRule(method, randomized, k_reg or 0, lambda_reg or 0.0) if not tunes else None
+        layer, size = calibrated_set(
+            outputs["prediction"],
+            np.asarray(targets),
+            alpha,
+            rule,
+            method=method,
+            randomized=randomized,
+            k_reg=k_reg,
+            lambda_reg=lambda_reg,
+            share=share,
+            seed=int(seed),
+            name=name,
+        )
         added = {"prediction_set": layer(base["prediction"])}
-        on_rows = {"prediction_set": layer(outputs["prediction"])}  # the layer on these rows
+        log.info(
+            "Conformal %s (randomized=%s, k_reg=%d, lambda_reg=%g) at alpha=%g on %d rows: threshold "
+            "%.6g, mean set size %.3f on those rows",
+            layer.method,
+            layer.randomized,
+            layer.k_reg,
+            layer.lambda_reg,
+            alpha,
+            layer.calibration_rows,
+            layer.threshold,
+            size,
+        )
     else:
+        scores = regression_scores(method, targets, outputs["prediction"], outputs["std"])
+        threshold = conformal_quantile(keras.ops.convert_to_numpy(scores), alpha)
         interval = ConformalInterval(method, threshold.tolist(), alpha, rows, name=name)
         added = interval(base["prediction"], base["std"])
-        on_rows = interval(outputs["prediction"], outputs["std"])
-    calibrated = EnsembleModel(inputs=model.input, outputs={**base, **added}, name=model.name)
-    answered = keras.tree.map_structure(keras.ops.convert_to_numpy, on_rows)
-    if classification:
-        size = f"mean set size {answered['prediction_set'].sum(axis=1).mean():.3f}"
-    else:
-        size = f"mean width {np.mean(answered['interval_high'] - answered['interval_low']):.4g}"
-    log.info(
-        "Conformal %s at alpha=%g on %d rows: threshold %s, %s on those rows",
-        method,
-        alpha,
-        rows,
-        [f"{value:.6g}" for value in np.atleast_1d(threshold)],
-        size,
-    )
-    return calibrated
+        answered = keras.tree.map_structure(
+            keras.ops.convert_to_numpy, interval(outputs["prediction"], outputs["std"])
+        )
+        log.info(
+            "Conformal %s at alpha=%g on %d rows: threshold %s, mean width %.4g on those rows",
+            method,
+            alpha,
+            rows,
+            [f"{value:.6g}" for value in threshold],
+            np.mean(answered["interval_high"] - answered["interval_low"]),
+        )
+    return EnsembleModel(inputs=model.input, outputs={**base, **added}, name=model.name)
 
 
 def _check_alpha(alpha: Any) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.fitting.conformal import add_conformal
+from ensemble.fitting.conformal_rules import TUNING_SHARE
 from ensemble.graph.conformal import CONFORMAL_OUTPUTS, conformal_config
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -31,14 +32,21 @@ class SplitConformal:
 
     Args:
         alpha: the miscoverage (`add_conformal`).
-        method: "aps" | "thr" (classification), "absolute" | "normalized" (regression); None
-            for the task's default.
-        calibration_share: the share of the held-out rows to calibrate on.
-        seed: the split's seed.
+        method: "auto" | "aps" | "raps" | "thr" (classification), "absolute" | "normalized"
+            (regression); None for the task's default. "auto" records the rule it chose, and
+            how, in the conformal config (metrics.json: `method`, `selection`).
+        randomized, k_reg, lambda_reg, tuning_share: as for `add_conformal`.
+        calibration_share: the share of the held-out rows to calibrate on (the tuning rows of
+            "auto" among them).
+        seed: the split's seed, and `add_conformal`'s.
     """
 
     alpha: float = 0.1
     method: str | None = None
+    randomized: bool | None = None
+    k_reg: int | None = None
+    lambda_reg: float | None = None
+    tuning_share: float = TUNING_SHARE
     calibration_share: float = 0.5
     seed: int = 0
 
@@ -57,7 +65,17 @@ class SplitConformal:
             else np.asarray(x)[chosen]
         )
         calibrated = add_conformal(
-            model, rows, np.asarray(y)[chosen], alpha=self.alpha, method=self.method, batch_size=batch_size
+            model,
+            rows,
+            np.asarray(y)[chosen],
+            alpha=self.alpha,
+            method=self.method,
+            randomized=self.randomized,
+            k_reg=self.k_reg,
+            lambda_reg=self.lambda_reg,
+            tuning_share=self.tuning_share,
+            seed=self.seed,
+            batch_size=batch_size,
         )
         return calibrated, measured
 
