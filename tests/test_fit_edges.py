@@ -57,14 +57,15 @@ def test_a_non_positive_or_non_finite_C_is_refused(small, bad):
         ensemble.fit_stacking(model, x, y, C=bad)
 
 
-def test_a_class_with_fewer_rows_than_folds_is_refused(small):
+def test_a_class_with_fewer_rows_than_folds_falls_back_and_says_so(small, caplog):
     model, x, y = small
     y = y.copy()
     y[y == 2] = 1
-    y[:3] = 2  # 3 rows of class 2 for 5 folds
-    with pytest.raises(ensemble.EnsembleError, match=r"Class\(es\) \[2\] have fewer fitting rows"):
-        ensemble.fit_stacking(model, x, y)
-    ensemble.fit_stacking(model, x, y, cv=3)  # 3 folds: fits
+    y[:3] = 2  # 3 rows of class 2 for 5 folds: no stratified fold, no regression (issue 27)
+    with caplog.at_level("WARNING", logger="ensemble.fitting.stacker_choice"):
+        stacker = ensemble.fit_stacking(model, x, y)
+    assert "3 of class 2" in caplog.text and "only the candidates of at most one parameter" in caplog.text
+    assert stacker.prior in ("raw", "mean_raw", "member") and stacker.C == 0
 
 
 def test_a_refused_refit_leaves_the_calibration_as_it_was():

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -32,8 +31,8 @@ from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
 from ensemble.fitting.prepare import check_targets, fitting_rows, forget_compiled
-from ensemble.fitting.stacker import Stacker
-from ensemble.fitting.stacking import fit_stacking
+from ensemble.fitting.report import FitReport
+from ensemble.fitting.stacking import chosen_by_fit, fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
 
@@ -46,59 +45,6 @@ FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "layered", "n
 (`fit_layered`) for a `LayeredCombiner`, `keras` (`fit_combiner`) for any other combiner with
 trainable weights, `none` for the rest;
 `selection` and `optimal` learn a `MeanCombiner`'s weights (`fit_mean_weights`)."""
-
-
-@dataclass(frozen=True)
-class FitReport:
-    """What `fit` did: the method and options, the fitting rows, the baseline it beat."""
-
-    task: str
-    combiner: str  # the combiner's class
-    method: str  # one of FIT_METHODS but "auto"
-    options: dict[str, Any]
-    regime: str  # "holdout": the members predicted the rows, guarded; "oof": out of fold; "given"
-    rows: int
-    overlaps: dict[str, int]  # rows shared with each guarded member's training rows
-    selected_member: dict[str, Any]  # the member one would ship alone, chosen on these rows
-    member_weights: dict[str, float] | None
-    noise_variance: float | None  # regression: what the members' spread misses
-    fitted: Any = field(repr=False)  # the sklearn estimator, Keras History or weights
-    level_one: np.ndarray = field(repr=False)  # (rows, members, width)
-    targets: np.ndarray = field(repr=False)
-    folds: np.ndarray | None = field(default=None, repr=False)  # "oof": each row's fold
-    # The leakage guard: rows_compared, tolerance, overlaps, training_rows, unchecked (no
-    # record), exact_only (old records); {"checked": False, "reason": ...} when it did not run.
-    guard: dict[str, Any] = field(default_factory=dict)
-    # Post-hoc calibration fitted on the same rows after the combiner (`Scaling.as_dict`).
-    calibration: dict[str, Any] | None = None
-    # `refit_full`: the members were then retrained on more rows, these fitting rows among them.
-    refit: dict[str, Any] | None = None
-    # What the fit chose where it chose (the default stacker's candidate, C, member and
-    # temperature; a cross-validated ridge's alpha): `chosen_by_fit`.
-    chosen: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain values (what `metrics.json` records of the fit)."""
-        record: dict[str, Any] = {
-            "task": self.task,
-            "combiner": self.combiner,
-            "fit": None
-            if self.method == "none"
-            else {"method": self.method, **self.options, **({"chosen": self.chosen} if self.chosen else {})},
-            "regime": self.regime,
-            "fit_rows": self.rows,
-            "selected_member": self.selected_member,
-            "guard": self.guard,
-        }
-        if self.member_weights is not None:
-            record["weights"] = self.member_weights
-        if self.noise_variance is not None:
-            record["noise_variance"] = self.noise_variance
-        if self.calibration is not None:
-            record["calibration"] = self.calibration
-        if self.refit is not None:
-            record["refit_full"] = self.refit
-        return record
 
 
 _FITTERS: dict[str, Callable[..., Any]] = {
@@ -224,17 +170,6 @@ def fit(
         calibration=None if scaling is None else scaling.as_dict(),
         chosen=chosen_by_fit(fitted, view.member_names),
     )
-
-
-def chosen_by_fit(fitted: Any, names: list[str]) -> dict[str, Any] | None:
-    """What a fit chose, as plain values: the default stacker's candidate (`Stacker.as_dict`),
-    a cross-validated ridge's `alpha`; None where the fit chose nothing (its options say it)."""
-    if isinstance(fitted, Stacker):
-        return fitted.as_dict(names)
-    alpha = getattr(fitted, "alpha_", None)  # scikit-learn's RidgeCV
-    if alpha is not None:
-        return {"alpha": float(alpha), "by": "cross-validated squared error"}
-    return None
 
 
 def fit_out_of_fold(

@@ -22,7 +22,7 @@ from ensemble.graph.view import EnsembleView
 from ensemble.rows import flat_features
 from ensemble.types import Data
 
-__all__ = ["fit_stacking"]
+__all__ = ["chosen_by_fit", "fit_stacking"]
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +156,14 @@ def _warn_weakest(chosen: str, name: str) -> None:
         chosen,
         name,
     )
+
+
+def chosen_by_fit(fitted: Any, names: list[str]) -> dict[str, Any] | None:
+    """What a fit chose, as plain values: the default stacker's candidate (`Stacker.as_dict`),
+    a cross-validated ridge's `alpha`; None where the fit chose nothing (its options say it)."""
+    if isinstance(fitted, Stacker):
+        return fitted.as_dict(names)
+    alpha = getattr(fitted, "alpha_", None)  # scikit-learn's RidgeCV
+    if alpha is not None:
+        return {"alpha": float(alpha), "by": "cross-validated squared error"}
+    return None
