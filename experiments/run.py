@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ensemble import EnsembleView
-from ensemble.evaluate import write_figures, write_report
+from ensemble.evaluate import console_ending, write_figures, write_report
 from experiments.job import check_writable, finish, fit_and_evaluate
 
 __all__ = ["run"]
@@ -44,6 +44,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         write_report(
             os.path.join(job.output_dir, "report.md"), result, figures, OmegaConf.to_yaml(cfg, resolve=True)
         )
+    print(console_ending(result, job.output_dir))
     return result
 
 

@@ -3,6 +3,7 @@ report's sections, each against an independent reference (scikit-learn, SciPy, a
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,22 +17,34 @@ from ensemble.evaluate import (
     evaluate_ensemble,
     evaluate_ood,
     format_table,
+    gain_line,
+    like_with_like,
     markdown_table,
     right_vs_wrong_auroc,
     risk_coverage_points,
 )
-from ensemble.evaluate.report_sections import baselines_section, ood_section, uncertainty_section, zoo_section
+from ensemble.evaluate.report_sections import (
+    baselines_section,
+    console_ending,
+    ood_section,
+    uncertainty_section,
+    zoo_section,
+)
 from tests.conftest import dense_classifier
 
 NAMES = ["m0", "m1", "m2"]
 
 
 def reference_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    """The NLL-minimising temperature by a bounded scalar search on scikit-learn's log loss."""
+    """The NLL-minimising temperature by a bounded scalar search on scikit-learn's log loss,
+    with the calibration prior's one pseudo-row labelled evenly over the classes."""
     logits = np.log(np.clip(p, 1e-7, 1.0))
+    n = len(y)
 
     def nll(t: float) -> float:
-        return float(metrics.log_loss(y, special.softmax(logits / t, axis=1), labels=range(p.shape[1])))
+        q = special.softmax(logits / t, axis=1)
+        uniform = float(np.mean(-np.log(q).mean(axis=1)))
+        return (n * float(metrics.log_loss(y, q, labels=range(p.shape[1]))) + uniform) / (n + 1)
 
     return float(
         optimize.minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-8}).x
@@ -244,4 +257,83 @@ def test_report_sections_and_integer_cells(classification: SimpleNamespace) -> N
     assert lines[-1] == "| int8 | 12345 | 0.5000 |"
     assert "12345" in format_table({"int8": {"bytes": 12345}}) and "12345.0" not in format_table(
         {"int8": {"bytes": 12345}}
+    )
+
+
+def test_console_ends_like_with_like_then_the_gain_and_the_run_directory(
+    classification: SimpleNamespace, tmp_path, capsys
+) -> None:
+    """After the metrics table: the selected member and the plain mean raw and calibrated beside
+    the ensemble (as metrics.json holds them), then one line: the NLL gain against the selected
+    member calibrated on the fitting rows, and the run directory's absolute path."""
+    result = {"task": "classification", "fit": {"method": "sklearn"}, **classification.result}
+    baselines = result["baselines"]
+    selected, mean = baselines["selected"], baselines["mean"]
+    assert selected["raw"]["nll"] != pytest.approx(selected["calibrated"]["nll"], abs=1e-3)
+
+    print(console_ending(result, str(tmp_path)))
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert (
+        lines[0]
+        == "Like with like (test split; calibrated: temperature scaling fitted on the 300 fitting rows):"
+    )
+    columns = lines[1].split()[1:]
+    assert columns[:4] == ["accuracy", "nll", "brier", "ece"]
+    table = {line.rsplit(None, len(columns))[0]: line.split()[-len(columns) :] for line in lines[2:-1]}
+    expected = {
+        "selected member (m0), raw": selected["raw"],
+        f"selected member (m0), calibrated (T={selected['temperature']:.3g})": selected["calibrated"],
+        "plain mean, raw": mean["raw"],
+        f"plain mean, calibrated (T={mean['temperature']:.3g})": mean["calibrated"],
+        "ensemble (fitted on the fitting rows)": result["ensemble"],
+    }
+    assert table == {name: [f"{row[m]:.4f}" for m in columns] for name, row in expected.items()}
+    ours, theirs, ratio = (
+        result["ensemble"]["nll"],
+        selected["calibrated"]["nll"],
+        baselines["gain"]["nll_ratio"],
+    )
+    assert lines[-1] == (
+        f"Ensemble against the selected member m0, calibrated on the fitting rows: NLL {ours:.4f} vs "
+        f"{theirs:.4f}, {ratio:.3f}x ({100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}); "
+        f"run directory {os.path.abspath(tmp_path)}"
+    )
+    section = "\n".join(baselines_section(result))  # report.md: the same rows
+    assert section.startswith("Like with like: the selected member and the plain mean raw, and calibrated")
+    for name, row in expected.items():
+        assert f"| {name} | {row['accuracy']:.4f} | {row['nll']:.4f} |" in section
+
+
+def test_like_with_like_of_a_raw_regression_ensemble() -> None:
+    """Raw regression has no NLL (no std): a dash, not a dropped column; the gain is the
+    Gaussian NLL's difference; an ensemble fitted on nothing says so; no run directory."""
+    calibrated = {"rmse": 0.5, "mae": 0.4, "nll": 0.9, "coverage_90": 0.88}
+    raw = {"rmse": 0.5, "mae": 0.4}
+    result = {
+        "task": "regression",
+        "fit": None,
+        "ensemble": {"rmse": 0.45, "mae": 0.35, "nll": 0.7, "coverage_90": 0.9},
+        "baselines": {
+            "calibration": "a Gaussian with the RMSE on the 200 fitting rows as its std",
+            "selected": {"name": "m1", "by": "rmse", "std": [0.5], "raw": raw, "calibrated": calibrated},
+            "mean": {"std": [0.6], "raw": raw, "calibrated": calibrated},
+            "gain": {"against": "m1, calibrated", "rmse_ratio": 0.9, "nll_difference": -0.2},
+        },
+    }
+
+    rows = like_with_like(result)
+
+    assert list(rows) == [
+        "selected member (m1), raw",
+        "selected member (m1), calibrated",
+        "plain mean, raw",
+        "plain mean, calibrated",
+        "ensemble (raw: nothing fitted)",
+    ]
+    assert rows["plain mean, raw"] == {"rmse": 0.5, "mae": 0.4, "nll": None, "coverage_90": None}
+    assert "–" in format_table(rows).splitlines()[1]
+    assert gain_line(result, None) == (
+        "Ensemble against the selected member m1, calibrated on the fitting rows: Gaussian NLL 0.7000 vs "
+        "0.9000 (-0.2000); nothing written (no run directory)"
     )

@@ -222,7 +222,10 @@ def test_outputs_unchanged_and_the_caller_model_untouched(classifier, rows):
     x, y = rows
     before = classifier.predict(x[:500], batch_size=2048, verbose=0)
     model = ensemble.add_conformal(classifier, x[:CALIBRATION], y[:CALIBRATION])
-    assert "prediction_set" not in classifier.output and conformal_config(model)["selection"]["requested"] == "auto"
+    assert (
+        "prediction_set" not in classifier.output
+        and conformal_config(model)["selection"]["requested"] == "auto"
+    )
     outputs = model.predict(x[:500], batch_size=2048, verbose=0)
     assert sorted(outputs) == sorted([*before, "prediction_set"])
     for key, value in before.items():

@@ -5,6 +5,7 @@ order on the fitting rows, each combiner refitted per subset against an independ
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
 import combiners
 import ensemble
 from ensemble.evaluate import figures as plots
+from ensemble.fitting import temperature
 from ensemble.fitting.pipeline import FitReport
 from ensemble.fitting.stacker import Stacker, fit_stacker
 from ensemble.graph.view import EnsembleView
@@ -213,3 +215,52 @@ def test_refit_with_every_member_is_the_fitted_ensemble(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(figures.values())
     assert {"risk_coverage.png", "ood_scores.png", "ensemble_size.png"} <= set(figures.values())
     assert any("fitting rows; StackingCombiner (meta-model refitted)" in title for title in figures)
+
+
+@pytest.mark.parametrize(
+    ("method", "calibrated"), [("sklearn", True), ("none", False)], ids=["fitted", "raw"]
+)
+def test_the_mean_curve_is_fitted_on_the_fitting_rows_as_the_ensemble_is(
+    rows, tmp_path, monkeypatch, method, calibrated
+):
+    """An ensemble fitted on the fitting rows is compared with the mean of the first k members
+    temperature-scaled on those rows (its last point: the calibrated mean baseline); one fitted
+    on nothing, with the plain mean. The label says which, in a legend off the panels."""
+    report = _report(rows["fit"], rows["y_fit"], method=method, selected_member={"name": "m2"})
+    order = plots.fitting_order(report)
+    expected = []
+    for k in range(1, MEMBERS + 1):
+        fitting, test = (rows[split][:, order[:k]].mean(1) for split in ("fit", "test"))
+        if calibrated:
+            test = temperature.calibrated(test, temperature.fit_scaling(fitting, rows["y_fit"]))
+        expected.append(log_loss(rows["y_test"], test, labels=range(CLASSES)))
+    plain = [log_loss(rows["y_test"], rows["test"][:, order[:k]].mean(1)) for k in range(1, MEMBERS + 1)]
+    assert not np.allclose(expected, plain) or not calibrated
+    drawn = {}
+    module = importlib.import_module("ensemble.evaluate.figures.ensemble_size")
+    monkeypatch.setattr(module, "save_png", lambda figure, path: drawn.setdefault("figure", figure))
+    outputs = {
+        "prediction": rows["test"].mean(1),
+        "member_predictions": rows["test"],
+        "entropy": np.ones(ROWS),
+    }
+    names = [f"m{i}" for i in range(MEMBERS)]
+    scores = {"members": {n: {"nll": 1.0} for n in names}, "ensemble": {"accuracy": 0.5, "nll": 1.0}}
+
+    figures = plots.write_figures(rows["y_test"], outputs, names, scores, tmp_path, fit_report=report)
+
+    figure = drawn["figure"]
+    label = f"plain mean{', temperature-scaled on the fitting rows' if calibrated else ''}, first k"
+    (line,) = [line for line in figure.axes[1].get_lines() if line.get_label() == label]
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-9)
+    assert len(figure.legends) == 1 and label in [t.get_text() for t in figure.legends[0].get_texts()]
+    figure.draw_without_rendering()
+    box = figure.legends[0].get_window_extent()
+    assert not any(box.overlaps(axes.get_window_extent()) for axes in figure.axes)
+    assert figure.axes[0].get_ylim()[1] <= 1.0  # no accuracy above 1; the right axis counts errors
+    assert any(f"dashed: {label[: -len(', first k')]}" in title for title in figures)
+    if calibrated:  # the last point: the calibrated mean `evaluate_ensemble` records (same fit)
+        curve = plots.ensemble_size_curve(
+            rows["y_test"], rows["test"], order, mean=plots.calibrated_mean(report, rows["test"])
+        )
+        np.testing.assert_allclose(curve["nll"], expected, rtol=1e-9)

@@ -166,3 +166,19 @@ def test_regression_layers_match_ridge_on_the_mean_residual() -> None:
     final = Ridge(alpha=2.0).fit(out_of_fold.reshape(240, -1), y - out_of_fold.mean(1))
     expected = levels.mean(1) + final.predict(levels.reshape(240, -1))
     np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], expected, atol=1e-4)
+
+
+def test_fitting_twice_equals_one_fit_on_a_fresh_model(setup) -> None:
+    """Each level's and the final combiner's fit start from the state the model was built with,
+    not from the previous fit's: a Keras-trained level shows it (it trains from its weights)."""
+    keras_fit = {"method": "keras", "epochs": 3, "seed": 0}
+
+    def fitted(times: int) -> np.ndarray:
+        combiner = LayeredCombiner([StackingCombiner(name="stack"), MeanCombiner(name="mean")])
+        keras.utils.set_random_seed(7)  # the same first state for both models
+        model = ensemble.build_ensemble(setup["members"], combiner)
+        for _ in range(times):
+            ensemble.fit(model, *setup["fit"], cv=2, level_options=[keras_fit, {}], final_options=keras_fit)
+        return model.predict(setup["test"], verbose=0)["prediction"]
+
+    np.testing.assert_allclose(fitted(2), fitted(1), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from functools import partial
 
@@ -13,6 +14,9 @@ from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_au
 
 from ensemble.evaluate import expected_calibration_error
 from ensemble.evaluate import figures as plots
+from ensemble.fitting.pipeline import FitReport
+from ensemble.fitting.temperature import calibrated as calibrated_probabilities
+from ensemble.fitting.temperature import fit_scaling
 
 # Warnings (0/0 in empty bins, constant inputs to a correlation) must be handled, not leaked.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -396,3 +400,104 @@ def test_integral_float_labels_are_accepted(classification):
     y, p = classification["y"], classification["prediction"]
     expected = plots.reliability_curve(y, p)
     np.testing.assert_array_equal(plots.reliability_curve(y.astype("float32"), p)["count"], expected["count"])
+
+
+# Like with like: the job's figures draw the baselines fitted as the ensemble is.
+
+
+def _fit_report(level_one: np.ndarray, targets: np.ndarray, method: str, selected: str) -> FitReport:
+    return FitReport(
+        task="classification",
+        combiner="",
+        method=method,
+        options={},
+        regime="given",
+        rows=len(targets),
+        overlaps={},
+        selected_member={"name": selected, "by": "nll on the fitting rows"},
+        member_weights=None,
+        noise_variance=None,
+        fitted=None,
+        level_one=level_one,
+        targets=targets,
+    )
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures a test writes, by file name, as drawn (then written as ever)."""
+    figures: dict[str, Figure] = {}
+    for name in ("reliability", "ensemble_size"):
+        module = importlib.import_module(f"ensemble.evaluate.figures.{name}")
+
+        def record(figure, path, save=module.save_png):
+            figures[os.path.basename(path)] = figure
+            return save(figure, path)
+
+        monkeypatch.setattr(module, "save_png", record)
+    return figures
+
+
+@pytest.fixture
+def overconfident() -> dict[str, object]:
+    """Fitting and test rows of sharp members (right 60-80% of the time at near-1 confidence):
+    temperature scaling changes their ECE by far."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, CLASSES, 2 * ROWS)
+    skill = np.linspace(0.8, 1.6, MEMBERS)[None, :, None]
+    p = softmax(
+        4.0 * (skill * np.eye(CLASSES)[y][:, None, :] + rng.normal(size=(2 * ROWS, MEMBERS, CLASSES)))
+    )
+    test = p[ROWS:]
+    entropy = -(test.mean(1) * np.log(test.mean(1))).sum(-1)
+    return {
+        "fit": p[:ROWS],
+        "y_fit": y[:ROWS],
+        "y": y[ROWS:],
+        "outputs": {"prediction": test.mean(1), "member_predictions": test, "entropy": entropy},
+        "names": [f"m{i}" for i in range(MEMBERS)],
+    }
+
+
+def _legend_texts(figure: Figure) -> list[str]:
+    """The figure's one legend, which must sit off every panel: its texts."""
+    assert len(figure.legends) == 1 and all(axes.get_legend() is None for axes in figure.axes)
+    figure.draw_without_rendering()
+    box = figure.legends[0].get_window_extent()
+    assert not any(box.overlaps(axes.get_window_extent()) for axes in figure.axes)
+    return [text.get_text() for text in figure.legends[0].get_texts()]
+
+
+@pytest.mark.parametrize(
+    ("method", "calibrated"), [("sklearn", True), ("none", False)], ids=["fitted", "raw"]
+)
+def test_reliability_draws_the_baselines_fitted_as_the_ensemble_is(
+    overconfident, drawn, tmp_path, method, calibrated
+):
+    o = overconfident
+    report = _fit_report(o["fit"], o["y_fit"], method, selected="m3")
+    scores = {"members": {n: {"nll": 1.0} for n in o["names"]}, "ensemble": {"accuracy": 0.5, "nll": 1.0}}
+
+    figures = plots.write_figures(o["y"], o["outputs"], o["names"], scores, tmp_path, fit_report=report)
+
+    test = o["outputs"]["member_predictions"]
+    baselines = {
+        "selected member (m3)": (o["fit"][:, 3], test[:, 3]),
+        "plain mean": (o["fit"].mean(1), test.mean(1)),
+    }
+    expected = ["perfect calibration", _entry("ensemble", o["y"], o["outputs"]["prediction"])]
+    for name, (fitting, scored) in baselines.items():
+        scaled = calibrated_probabilities(scored, fit_scaling(fitting, o["y_fit"]))
+        raw, fitted = _entry(f"{name}, raw", o["y"], scored), _entry(name, o["y"], scaled)
+        assert raw.split("ECE")[1][:6] != fitted.split("ECE")[1][:6]  # the two differ as drawn
+        expected.append(
+            fitted.replace(": ECE", ", temperature-scaled on the fitting rows: ECE") if calibrated else raw
+        )
+    assert _legend_texts(drawn["reliability.png"]) == expected
+    title = next(t for t, file in figures.items() if file == "reliability.png")
+    assert ("temperature-scaled on the fitting rows" in title) == calibrated
+
+
+def _entry(name: str, y: np.ndarray, p: np.ndarray) -> str:
+    wrong = int(np.sum(p.argmax(-1) != y))
+    return f"{name}: ECE {expected_calibration_error(y, p):.3f}, {wrong} of {len(y)} wrong"

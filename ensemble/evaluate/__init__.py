@@ -20,6 +20,7 @@ from ensemble.evaluate.report import (
     markdown_table,
     write_report,
 )
+from ensemble.evaluate.report_sections import console_ending, gain_line, like_with_like
 from ensemble.evaluate.suite import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -53,6 +54,7 @@ __all__ = [
     "classification_metrics",
     "classification_suite",
     "classwise_ece",
+    "console_ending",
     "disagreement",
     "ensemble_scores",
     "evaluate_ensemble",
@@ -61,8 +63,10 @@ __all__ = [
     "expected_calibration_error",
     "format_table",
     "gain",
+    "gain_line",
     "gaussian_nll",
     "interval_coverage",
+    "like_with_like",
     "markdown_table",
     "noise_variance",
     "ood_detection",

@@ -1,16 +1,26 @@
 """The sections of `report.md` that read the evaluation: the baselines raw and calibrated with
 the ensemble's gain in words, the uncertainty scores, OOD detection, the zoo's skipped members.
-Each takes what metrics.json holds and returns markdown lines (none where it has nothing)."""
+Each takes what metrics.json holds and returns markdown lines (none where it has nothing).
+`like_with_like` and `gain_line` are what the report and the console share: the baselines
+fitted as the ensemble is beside it, and the gain against the calibrated selected member."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from ensemble.evaluate.suite import CLASSIFICATION_METRICS, REGRESSION_METRICS, SUMMARY_METRICS
-from ensemble.evaluate.tables import markdown_table
+from ensemble.evaluate.tables import format_table, markdown_table
 
-__all__ = ["baselines_section", "ood_section", "uncertainty_section", "zoo_section"]
+__all__ = [
+    "baselines_section",
+    "gain_line",
+    "like_with_like",
+    "ood_section",
+    "uncertainty_section",
+    "zoo_section",
+]
 
 Result = Mapping[str, Any]
 
@@ -27,6 +37,62 @@ def _columns(rows: Mapping[str, Mapping[str, Any]], order: tuple[str, ...]) -> l
 def _temperature(baseline: Mapping[str, Any]) -> str:
     t = baseline.get("temperature")
     return "no positive temperature" if t is None else f"T={t:.3g}"
+
+
+def like_with_like(result: Result) -> dict[str, dict[str, Any]]:
+    """The selected member and the plain mean, raw then calibrated on the fitting rows (as
+    `evaluate_ensemble` records them), and the ensemble, each with the `SUMMARY_METRICS` any of
+    them has (None where one lacks it: raw regression has no NLL); empty without baselines."""
+    baselines = result.get("baselines")
+    if baselines is None:
+        return {}
+    selected, mean = baselines["selected"], baselines["mean"]
+    classification = result["task"] == "classification"
+
+    def how(baseline: Mapping[str, Any]) -> str:
+        return f"calibrated ({_temperature(baseline)})" if classification else "calibrated"
+
+    fitted = "fitted on the fitting rows" if _fitted(result) else "raw: nothing fitted"
+    rows = {
+        f"selected member ({selected['name']}), raw": selected["raw"],
+        f"selected member ({selected['name']}), {how(selected)}": selected["calibrated"],
+        "plain mean, raw": mean["raw"],
+        f"plain mean, {how(mean)}": mean["calibrated"],
+        f"ensemble ({fitted})": result["ensemble"],
+    }
+    columns = _columns(rows, SUMMARY_METRICS)
+    return {name: {m: values.get(m) for m in columns} for name, values in rows.items()}
+
+
+def gain_line(result: Result, run_directory: str | os.PathLike[str] | None) -> str:
+    """One line: the ensemble's NLL against the selected member's calibrated on the fitting rows
+    (the ratio for classification, the difference of the Gaussian NLL for regression), then
+    the run directory's absolute path (or that nothing was written)."""
+    where = (
+        "nothing written (no run directory)"
+        if run_directory is None
+        else f"run directory {os.path.abspath(os.fspath(run_directory))}"
+    )
+    baselines = result.get("baselines")
+    if baselines is None:
+        return f"No calibrated baselines (evaluated without a fit); {where}"
+    gain, selected = baselines["gain"], baselines["selected"]
+    ours, theirs = result["ensemble"].get("nll"), selected["calibrated"].get("nll")
+    against = f"Ensemble against the selected member {selected['name']}, calibrated on the fitting rows"
+    if ours is None or theirs is None:
+        return f"{against}: no NLL to compare; {where}"
+    if "nll_ratio" in gain:
+        ratio = gain["nll_ratio"]
+        change = f"{100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}"
+        said = f"NLL {ours:.4f} vs {theirs:.4f}, {ratio:.3f}x ({change})"
+    else:  # a Gaussian NLL may be negative: its difference, not a ratio
+        said = f"Gaussian NLL {ours:.4f} vs {theirs:.4f} ({ours - theirs:+.4f})"
+    return f"{against}: {said}; {where}"
+
+
+def _fitted(result: Result) -> bool:
+    """Whether the ensemble learned on the fitting rows (a fit method, or a calibration)."""
+    return result.get("fit") is not None or result.get("calibration") is not None
 
 
 def baselines_section(result: Result) -> list[str]:
@@ -69,8 +135,15 @@ def baselines_section(result: Result) -> list[str]:
         "ensemble": result["ensemble"],
     }
     order = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
+    like = like_with_like(result)
     return [
-        f"Baselines: {how} by {baselines['calibration']}; the ensemble is calibrated on the same rows.",
+        f"Like with like: the selected member and the plain mean raw, and calibrated by "
+        f"{baselines['calibration']}, beside the ensemble "
+        f"({'fitted on the same rows' if _fitted(result) else 'raw: nothing fitted'}).",
+        "",
+        *markdown_table(like, metrics=list(next(iter(like.values())))),
+        "",
+        f"Every baseline: {how} by {baselines['calibration']}; the ensemble is calibrated on the same rows.",
         "",
         *markdown_table(rows, metrics=_columns(rows, SUMMARY_METRICS)),
         "",
@@ -206,3 +279,15 @@ def zoo_section(result: Result) -> list[str]:
         f"Zoo members skipped for this data (not trained, not in the ensemble, in no table): {said}.",
         "",
     ]
+
+
+def console_ending(result: Result, output_dir: str | os.PathLike[str] | None) -> str:
+    """The main job's console end, after the metrics table: the baselines fitted as the ensemble
+    is, beside it (`like_with_like`), then one line with the gain against the calibrated
+    selected member and the run directory (`gain_line`)."""
+    rows = like_with_like(result)
+    table = ""
+    if rows:
+        how = result["baselines"]["calibration"]
+        table = f"\nLike with like (test split; calibrated: {how}):\n{format_table(rows)}\n"
+    return table + gain_line(result, output_dir)

@@ -26,7 +26,7 @@ from combiners.layered import LayeredCombiner
 from ensemble.errors import EnsembleError
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.out_of_fold import fold_splits
-from ensemble.fitting.prepare import fitting_rows, forget_compiled
+from ensemble.fitting.prepare import fitting_rows, forget_compiled, initial_state
 from ensemble.graph.build import build_ensemble
 from ensemble.graph.view import EnsembleView
 from ensemble.members.load import load_member
@@ -107,7 +107,8 @@ def fit_layered(
     for index, (level, fit_options) in enumerate(zip(combiner.levels, levels, strict=True)):
         alone = build_ensemble(list(view.members), level, task=view.task, name=f"level_{index}")
         fitted = EnsembleView.of(alone).combiner
-        start = (fitted.get_weights(), fitted.member_weights)
+        # The copy carries the level's last fit: every fit starts where a fresh model's would.
+        start = initial_state(level)
         for fold, (train, held_out) in enumerate(splits):
             _restore(fitted, start)
             part = take_rows(x, train)
@@ -128,6 +129,7 @@ def fit_layered(
         stand_ins += list(view.members)
         inputs = np.concatenate([out_of_fold, level_one], axis=1)
     top = build_ensemble(stand_ins, combiner.final, task=view.task, name="final_level")
+    _restore(EnsembleView.of(top).combiner, initial_state(combiner.final))
     final = fit(top, x, targets, level_one=inputs, **options, **dict(final_options or {}))
     # Every fit went through: the model takes the fitted states (a refusal above leaves it as it was).
     for level, state in zip(combiner.levels, states, strict=True):

@@ -26,7 +26,13 @@ from ensemble.evaluate.figures.ensemble_size import (
 from ensemble.evaluate.figures.ood import ood_histograms, plot_ood_histograms
 from ensemble.evaluate.figures.reliability import marker_areas, plot_reliability, reliability_curve
 from ensemble.evaluate.figures.selective import oracle_risk, plot_risk_coverage, risk_coverage_curves
-from ensemble.evaluate.figures.subsets import configured_combine, fitting_order
+from ensemble.evaluate.figures.subsets import (
+    calibrated_mean,
+    configured_combine,
+    fitted_on_rows,
+    fitting_order,
+    temperature_scaled,
+)
 from ensemble.evaluate.figures.uncertainty import (
     plot_std_vs_error,
     plot_uncertainty,
@@ -45,11 +51,13 @@ __all__ = [
     "RiskCoverageCurve",
     "StdVsError",
     "UncertaintySplit",
+    "calibrated_mean",
     "color_scale",
     "configured_combine",
     "correlation_scale",
     "ensemble_size_curve",
     "ensemble_size_curve_regression",
+    "fitted_on_rows",
     "fitting_order",
     "marker_areas",
     "member_correlation",
@@ -66,6 +74,7 @@ __all__ = [
     "reliability_curve",
     "risk_coverage_curves",
     "std_vs_error",
+    "temperature_scaled",
     "uncertainty_split",
     "write_figures",
 ]

@@ -1,5 +1,6 @@
 """Accuracy, NLL (or RMSE) against ensemble size: the configured combiner refitted on the first k
-members, and their plain mean, members added in a given order (best first)."""
+members, and their mean (plain, or temperature-scaled on the fitting rows as the ensemble is
+fitted there), members added in a given order (best first)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -50,6 +52,7 @@ def ensemble_size_curve(
     member_probabilities: npt.ArrayLike,
     order: Sequence[int] | None = None,
     combine: Combine | None = None,
+    mean: Combine | None = None,
 ) -> EnsembleSizeCurve:
     """Accuracy and NLL of the plain mean of the first k members, k = 1..members, and with
     `combine` the same of `combine(order[:k])` (NaN where it returns None).
@@ -57,6 +60,9 @@ def ensemble_size_curve(
     `order` defaults to the members sorted by their own NLL on these rows, best first (pass
     the order found on the fitting rows to keep the rows scored out of it). Scores come from
     `ensemble.metrics.classification_metrics`, so the last point equals the mean ensemble's.
+    `mean` replaces the plain mean as the reference: `mean(order[:k])` (as `combine`), such as
+    the mean temperature-scaled on the fitting rows (`calibrated_mean`) when the ensemble is
+    fitted there, so that the curves compare like with like.
     """
     p = checked_probabilities(member_probabilities, "member_probabilities", ndim=3)
     labels = checked_labels(y, classes=p.shape[-1], rows=len(p))
@@ -66,15 +72,19 @@ def ensemble_size_curve(
         sequence = np.argsort(own_nll, kind="stable").astype(np.int64)
     else:
         sequence = _order(order, members)
-    scores = [classification_metrics(labels, mean) for mean in _running_means(p, sequence)]
+    if mean is None:
+        scores = [classification_metrics(labels, running) for running in _running_means(p, sequence)]
+        reference = {key: np.array([s[key] for s in scores]) for key in ("accuracy", "nll")}
+    else:
+        reference = _combined(mean, sequence, ("accuracy", "nll"), p.shape[::2], labels)
     combined = None
     if combine is not None:
         combined = _combined(combine, sequence, ("accuracy", "nll"), p.shape[::2], labels)
     return {
         "k": np.arange(1, members + 1, dtype=np.int64),
         "order": sequence,
-        "accuracy": np.array([s["accuracy"] for s in scores]),
-        "nll": np.array([s["nll"] for s in scores]),
+        "accuracy": reference["accuracy"],
+        "nll": reference["nll"],
         "combined": combined,
     }
 
@@ -119,12 +129,17 @@ def plot_ensemble_size(
     order: Sequence[int] | None = None,
     combine: Combine | None = None,
     combiner_label: str = "configured combiner",
+    mean: Combine | None = None,
+    mean_label: str = "plain mean",
 ) -> Path:
     """Accuracy and NLL against ensemble size: the configured combiner refitted on the first k
-    members (with `combine`), the plain mean of them dashed, the configured ensemble dotted."""
-    curve = ensemble_size_curve(y, member_probabilities, order=order, combine=combine)
+    members (with `combine`), their mean dashed (`mean`, labelled `mean_label`: see
+    `ensemble_size_curve`), the configured ensemble dotted. The accuracy panel's right axis
+    counts the wrong rows, which is what a few errors read as."""
+    curve = ensemble_size_curve(y, member_probabilities, order=order, combine=combine, mean=mean)
     panels = {"accuracy": "accuracy", "nll": "NLL"}
-    return _plot_size(curve, panels, member_names, path, ensemble_metrics, combiner_label)
+    labels = (combiner_label, mean_label)
+    return _plot_size(curve, panels, member_names, path, ensemble_metrics, labels, rows=len(np.asarray(y)))
 
 
 def plot_ensemble_size_regression(
@@ -140,7 +155,8 @@ def plot_ensemble_size_regression(
 ) -> Path:
     """RMSE against ensemble size, drawn as `plot_ensemble_size` draws it."""
     curve = ensemble_size_curve_regression(y, member_predictions, order=order, combine=combine)
-    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics, combiner_label)
+    labels = (combiner_label, "plain mean")  # its calibrated analog (a Gaussian) has the same RMSE
+    return _plot_size(curve, {"rmse": "RMSE"}, member_names, path, ensemble_metrics, labels)
 
 
 def _combined(
@@ -177,27 +193,63 @@ def _plot_size(
     member_names: Sequence[str],
     path: PathLike,
     ensemble_metrics: Mapping[str, float] | None,
-    combiner_label: str,
+    labels: tuple[str, str],
+    *,
+    rows: int | None = None,
 ) -> Path:
     """One panel per metric of `curve` (`panels`: metric -> axis label) against ensemble size,
-    with the configured ensemble's value as a dotted line where given."""
+    with the configured ensemble's value as a dotted line where given; `labels`: the combiner's
+    curve's and the mean's. One legend below the panels, off the data; with `rows`, the accuracy
+    panel's right axis counts the wrong rows."""
     names = checked_names(member_names, len(curve["order"]))
     reference = _reference(ensemble_metrics, tuple(panels))
-    figure = Figure(figsize=(7, 2 + 2 * len(panels)), layout="constrained")
+    combiner_label, mean_label = labels
+    figure = Figure(figsize=(7, 2.5 + 2 * len(panels)), layout="constrained")
     all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for axes, (key, label) in zip(all_axes, panels.items(), strict=True):
         if curve["combined"] is not None:
-            axes.plot(curve["k"], curve["combined"][key], marker="o", label=f"{combiner_label}, first k")
+            axes.plot(
+                curve["k"],
+                curve["combined"][key],
+                marker="o",
+                label=f"{combiner_label}, first k",
+                clip_on=False,
+            )
         axes.plot(
-            curve["k"], curve[key], marker=".", linestyle="--", color="grey", label="plain mean, first k"
+            curve["k"],
+            curve[key],
+            marker=".",
+            linestyle="--",
+            color="grey",
+            label=f"{mean_label}, first k",
+            clip_on=False,
         )
         if key in reference:
             axes.axhline(reference[key], linestyle=":", color="black", label="configured ensemble")
         axes.set_ylabel(label)
-        axes.legend()
+        axes.margins(y=0.12)
+        if key == "accuracy":
+            axes.set_ylim(top=min(axes.get_ylim()[1], 1.0))  # no accuracy above 1 (markers drawn over)
+            if rows:
+                _wrong_rows_axis(axes, rows)
     all_axes[0].set_title("Ensemble size")
+    figure.legend(*all_axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=1)
     _member_ticks(all_axes[-1], curve["k"], [names[m] for m in curve["order"]])
     return save_png(figure, path)
+
+
+def _wrong_rows_axis(axes: Axes, rows: int) -> None:
+    """A right axis counting the wrong rows of `rows` on an accuracy axis, in whole rows."""
+
+    def to_wrong(accuracy: Any) -> Any:
+        return (1 - np.asarray(accuracy)) * rows
+
+    def to_accuracy(wrong_rows: Any) -> Any:
+        return 1 - np.asarray(wrong_rows) / rows
+
+    wrong = axes.secondary_yaxis("right", functions=(to_wrong, to_accuracy))
+    wrong.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    wrong.set_ylabel(f"wrong rows (of {rows})")
 
 
 def _order(order: Sequence[int], members: int) -> IntArray:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from matplotlib import ticker
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluate.figures.checks import (
@@ -23,6 +25,8 @@ from ensemble.evaluate.metrics import (
 from ensemble.types import PathLike
 
 __all__ = ["marker_areas", "plot_reliability", "reliability_curve"]
+
+_MARKERS = ("o", "s", "^", "D", "v")
 
 
 def reliability_curve(y: npt.ArrayLike, probabilities: npt.ArrayLike, bins: int = 15) -> ReliabilityCurve:
@@ -51,40 +55,52 @@ def reliability_curve(y: npt.ArrayLike, probabilities: npt.ArrayLike, bins: int 
 def plot_reliability(
     y: npt.ArrayLike, curves: Mapping[str, npt.ArrayLike], path: PathLike, bins: int = 15
 ) -> Path:
-    """Reliability diagram of several models: accuracy against mean confidence per non-empty
-    bin, each marker's area proportional to its bin's rows; below, the rows per bin on a log
-    axis (one scale shared by every model), so a point made of 3 rows reads as such."""
+    """Reliability diagram of several models (`curves`: label -> probabilities): accuracy
+    against mean confidence per non-empty bin, one marker shape per model, each marker's area
+    proportional to its bin's rows; below, the rows per bin on a log axis (one scale shared by
+    every model), so a point made of 3 rows reads as such. Bins are not joined by lines (a line
+    through two one-row bins draws a trend of nothing). The legend, below the panels and off
+    the data, gives each model's ECE and its wrong rows."""
     if not curves:
         raise EnsembleError("Expected at least one model in curves. Received: curves={}")
     results = {name: reliability_curve(y, p, bins=bins) for name, p in curves.items()}
-    rows = int(sum(results[next(iter(results))]["count"]))
-    figure = Figure(figsize=(6, 6.5), layout="constrained")
+    labels = np.asarray(y).astype(np.int64)
+    rows = len(labels)
+    figure = Figure(figsize=(6.5, 7.5), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    handles = [Line2D([], [], linestyle="--", color="grey", linewidth=1)]
+    names = ["perfect calibration"]
     edges = np.linspace(0.0, 1.0, bins + 1)
     width = (edges[1] - edges[0]) / len(results)
     for i, (name, curve) in enumerate(results.items()):
-        label = f"{name} (ECE {curve['ece']:.3f})"
-        (line,) = top.plot(curve["confidence"], curve["accuracy"], linewidth=1, alpha=0.7)
+        color, marker = f"C{i}", _MARKERS[i % len(_MARKERS)]
+        wrong = int(np.sum(np.asarray(curves[name]).argmax(-1) != labels))
         top.scatter(
             curve["confidence"],
             curve["accuracy"],
             s=marker_areas(curve["count"], rows),
-            color=line.get_color(),
-            alpha=0.8,
-            edgecolors="white",
-            label=label,
+            marker=marker,
+            color=color,
+            alpha=0.6,
+            edgecolors="black",
+            linewidths=0.4,
+            clip_on=False,
+            zorder=3 + i,
         )
+        handles.append(Line2D([], [], linestyle="none", marker=marker, color=color, markersize=7))
+        names.append(f"{name}: ECE {curve['ece']:.3f}, {wrong} of {rows} wrong")
         bottom.bar(
             edges[curve["bin"]] + i * width,
             curve["count"],
             width=width,
             align="edge",
-            color=line.get_color(),
+            color=color,
         )
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title="Reliability (top-label; area: rows)")
-    top.legend(loc="upper left")
+    figure.legend(handles, names, loc="outside lower center", ncols=1)
     bottom.set_yscale("log")
+    bottom.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     bottom.set(xlabel="confidence", ylabel="rows (log)")
     return save_png(figure, path)
 

@@ -3,8 +3,9 @@
 `configured_combine` turns a `FitReport` (the fitting rows' level-one predictions and targets,
 how the combiner was fitted) and the combiner into `combine(member_indices)`: that combiner
 fitted again, the way the report says it was, on those members' fitting-row predictions only,
-then applied to their predictions of the scored rows. Public fitting functions only; nothing
-in the model changes.
+then applied to their predictions of the scored rows; `calibrated_mean` does the same for the
+plain mean temperature-scaled on the fitting rows, the reference fitted as the ensemble is
+(`fitted_on_rows`). Public fitting functions only; nothing in the model changes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from ensemble.evaluate.figures.ensemble_size import Combine
     from ensemble.fitting.pipeline import FitReport
 
-__all__ = ["configured_combine", "fitting_order"]
+__all__ = ["calibrated_mean", "configured_combine", "fitted_on_rows", "fitting_order", "temperature_scaled"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,41 @@ def fitting_order(report: FitReport) -> IntArray:
             regression_metrics(report.targets, level_one[:, m])["rmse"] for m in range(level_one.shape[1])
         ]
     return np.argsort(scores, kind="stable").astype(np.int64)
+
+
+def fitted_on_rows(report: FitReport) -> bool:
+    """Whether the ensemble learned anything on the fitting rows (a fit method, or a post-hoc
+    calibration): then its like-for-like baselines are calibrated on those rows too, as
+    `evaluate_ensemble` records them; otherwise (fixed weights, uncalibrated) raw ones."""
+    return report.method != "none" or report.calibration is not None
+
+
+def temperature_scaled(fitting: Any, labels: Any, scored: Any) -> FloatArray:
+    """`scored` (rows, classes) after the temperature fitted on `fitting` against `labels` (the
+    fitting rows, `fit_scaling`): a baseline calibrated as `evaluate_ensemble` calibrates it.
+    Where no positive temperature fits, `scored` as it is (so does `evaluate_ensemble`)."""
+    probabilities: FloatArray = np.asarray(scored, dtype=np.float64)
+    try:
+        scaling = fit_scaling(fitting, np.asarray(labels).reshape(-1).astype("int64"), method="temperature")
+    except ValueError as error:
+        log.info("No positive temperature on the fitting rows, left unscaled: %s", error)
+        return probabilities
+    return np.asarray(calibrated(probabilities, scaling), dtype=np.float64)
+
+
+def calibrated_mean(report: FitReport, member_predictions: Any) -> Combine:
+    """`mean(member_indices)`: the plain mean of those members' `member_predictions` (rows,
+    members, classes) temperature-scaled on their mean of the fitting rows (`report.level_one`),
+    the ensemble-size curve's reference when the ensemble was fitted (`fitted_on_rows`). With
+    every member, the calibrated mean `evaluate_ensemble` scores."""
+    level_one = np.asarray(report.level_one, dtype="float64")
+    scored = np.asarray(member_predictions, dtype="float64")
+
+    def mean(indices: IntArray) -> FloatArray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return temperature_scaled(level_one[:, idx].mean(1), report.targets, scored[:, idx].mean(1))
+
+    return mean
 
 
 def configured_combine(
