@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.fitting.arrays import check_row_count, checked_labels, non_finite
+from ensemble.fitting.arrays import check_probabilities, check_row_count, checked_labels, non_finite
 from ensemble.members.load import final_activation, load_member
 from ensemble.members.member import Member
 from ensemble.rows import flat_features, take_rows
@@ -74,10 +74,18 @@ def check_labels(
 
 
 def checked_targets(y: Any, rows: int, task: Task, door: str, classes: int | None = None) -> np.ndarray:
-    """`y` checked for a member of `task`: class labels (`check_labels`) or finite numeric
-    regression targets, one per row of x."""
+    """`y` checked for a member of `task`: class labels (`check_labels`), or rows of class
+    probabilities as wide as the member's output (one-hot or smoothed targets, which Keras
+    trains on with a categorical loss), or finite numeric regression targets, one per row of x."""
     if task == CLASSIFICATION:
-        return check_labels(y, rows, door, classes)
+        rows_of_classes = np.ndim(y) == 2 and classes is not None and np.shape(y)[1] == classes > 1
+        if not rows_of_classes:
+            return check_labels(y, rows, door, classes)
+        probabilities = np.asarray(y)
+        check_row_count(probabilities, rows, door=door)
+        check_finite_rows(probabilities, f"{door}: y")
+        check_probabilities(probabilities, f"{door}: y, rows of class probabilities")
+        return probabilities
     targets = np.asarray(y)
     check_row_count(targets, rows, door=door)
     if targets.dtype.kind not in "biuf":
