@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,6 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+
+from ensemble.fitting.report import FitReport
 
 FEATURES = 8
 CLASSES = 3
@@ -130,3 +133,24 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
     x, y = load_digits(return_X_y=True)
     return (x / 16).astype("float32"), y
+
+
+def fit_report(level_one, targets, *, task="classification", method="none", fitted=None, **changes):
+    """A `FitReport` of given level-one predictions, as the figures read it; `changes` replace
+    any other field."""
+    report = FitReport(
+        task=task,
+        combiner="",
+        method=method,
+        options={},
+        regime="given",
+        rows=len(targets),
+        overlaps={},
+        selected_member={},
+        member_weights=None,
+        noise_variance=None,
+        fitted=fitted,
+        level_one=level_one,
+        targets=targets,
+    )
+    return dataclasses.replace(report, **changes)

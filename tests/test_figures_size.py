@@ -4,7 +4,6 @@ order on the fitting rows, each combiner refitted per subset against an independ
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 
@@ -18,31 +17,11 @@ import combiners
 import ensemble
 from ensemble.evaluate import figures as plots
 from ensemble.fitting import temperature
-from ensemble.fitting.pipeline import FitReport
 from ensemble.fitting.stacker import Stacker, fit_stacker
 from ensemble.graph.view import EnsembleView
-from tests.conftest import dense_classifier
+from tests.conftest import dense_classifier, fit_report
 
 ROWS, MEMBERS, CLASSES = 240, 4, 3
-
-
-def _report(level_one, targets, *, task="classification", method="none", fitted=None, **changes):
-    report = FitReport(
-        task=task,
-        combiner="",
-        method=method,
-        options={},
-        regime="given",
-        rows=len(targets),
-        overlaps={},
-        selected_member={},
-        member_weights=None,
-        noise_variance=None,
-        fitted=fitted,
-        level_one=level_one,
-        targets=targets,
-    )
-    return dataclasses.replace(report, **changes)
 
 
 @pytest.fixture
@@ -58,12 +37,12 @@ def rows():
 def test_fitting_order_is_by_single_member_nll_on_the_fitting_rows(rows):
     nll = [log_loss(rows["y_fit"], rows["fit"][:, m], labels=range(CLASSES)) for m in range(MEMBERS)]
 
-    order = plots.fitting_order(_report(rows["fit"], rows["y_fit"]))
+    order = plots.fitting_order(fit_report(rows["fit"], rows["y_fit"]))
 
     np.testing.assert_array_equal(order, np.argsort(nll))
     assert order[0] == 2 and order[-1] == 0
     # Scrambling the test rows does not move it: only the fitting rows decide.
-    swapped = _report(rows["fit"][:, ::-1], rows["y_fit"])
+    swapped = fit_report(rows["fit"][:, ::-1], rows["y_fit"])
     np.testing.assert_array_equal(plots.fitting_order(swapped), MEMBERS - 1 - np.argsort(nll))
 
 
@@ -92,7 +71,7 @@ def test_curve_of_a_given_combine_matches_sklearn(rows):
 
 
 def test_fixed_weights_are_renormalised_over_the_subset(rows):
-    report = _report(rows["fit"], rows["y_fit"])
+    report = fit_report(rows["fit"], rows["y_fit"])
     combine, label = plots.configured_combine(
         report, combiners.MeanCombiner(weights=[1, 2, 0, 3]), rows["test"]
     )
@@ -106,7 +85,7 @@ def test_fixed_weights_are_renormalised_over_the_subset(rows):
 
 
 def test_hard_vote_is_tallied_like_sklearn_voting(rows):
-    report = _report(rows["fit"], rows["y_fit"])
+    report = fit_report(rows["fit"], rows["y_fit"])
     combine, _ = plots.configured_combine(report, combiners.VoteCombiner(voting="hard"), rows["test"])
     subset = [0, 2, 3]
     votes = rows["test"][:, subset].argmax(-1)
@@ -121,7 +100,7 @@ def test_sklearn_stacker_is_refitted_on_the_subset_meta_features(rows):
     zero = np.zeros((full_features.shape[1], classes))
     kernel, bias = fit_stacker(full_features, np.eye(classes)[rows["y_fit"]], zero, 0.5)
     full = Stacker(kernel, bias, "zero", 0.5, None)  # what fit_stacking(C=0.5) returns
-    report = _report(rows["fit"], rows["y_fit"], method="sklearn", fitted=full)
+    report = fit_report(rows["fit"], rows["y_fit"], method="sklearn", fitted=full)
     combine, _ = plots.configured_combine(
         report, combiners.StackingCombiner(task="classification"), rows["test"]
     )
@@ -154,7 +133,7 @@ def test_regression_stacker_refits_ridge_on_the_subset_mean_residual():
     combiner = EnsembleView.of(stacker).combiner
     kernel = np.vstack([np.eye(1) / 3] * 3) + np.atleast_2d(full.coef_).T  # as fit_stacking bakes it in
     combiner.meta_model_.kernel.assign(kernel.astype("float32"))
-    report = _report(fit, y[:ROWS], task="regression", method="sklearn", fitted=full)
+    report = fit_report(fit, y[:ROWS], task="regression", method="sklearn", fitted=full)
     combine, _ = plots.configured_combine(report, combiner, test)
     subset = [0, 2]
     # The subset's plain mean, then the ridge on its residual.
@@ -170,7 +149,7 @@ def test_regression_stacker_refits_ridge_on_the_subset_mean_residual():
 
 
 def test_a_keras_trained_stacker_is_not_refitted(rows):
-    report = _report(rows["fit"], rows["y_fit"], method="keras")
+    report = fit_report(rows["fit"], rows["y_fit"], method="keras")
     assert (
         plots.configured_combine(report, combiners.StackingCombiner(task="classification"), rows["test"])
         is None
@@ -226,7 +205,7 @@ def test_the_mean_curve_is_fitted_on_the_fitting_rows_as_the_ensemble_is(
     """An ensemble fitted on the fitting rows is compared with the mean of the first k members
     temperature-scaled on those rows (its last point: the calibrated mean baseline); one fitted
     on nothing, with the plain mean. The label says which, in a legend off the panels."""
-    report = _report(rows["fit"], rows["y_fit"], method=method, selected_member={"name": "m2"})
+    report = fit_report(rows["fit"], rows["y_fit"], method=method, selected_member={"name": "m2"})
     order = plots.fitting_order(report)
     expected = []
     for k in range(1, MEMBERS + 1):

@@ -14,9 +14,9 @@ from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_au
 
 from ensemble.evaluate import expected_calibration_error
 from ensemble.evaluate import figures as plots
-from ensemble.fitting.pipeline import FitReport
 from ensemble.fitting.temperature import calibrated as calibrated_probabilities
 from ensemble.fitting.temperature import fit_scaling
+from tests.conftest import fit_report
 
 # Warnings (0/0 in empty bins, constant inputs to a correlation) must be handled, not leaked.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -405,24 +405,6 @@ def test_integral_float_labels_are_accepted(classification):
 # Like with like: the job's figures draw the baselines fitted as the ensemble is.
 
 
-def _fit_report(level_one: np.ndarray, targets: np.ndarray, method: str, selected: str) -> FitReport:
-    return FitReport(
-        task="classification",
-        combiner="",
-        method=method,
-        options={},
-        regime="given",
-        rows=len(targets),
-        overlaps={},
-        selected_member={"name": selected, "by": "nll on the fitting rows"},
-        member_weights=None,
-        noise_variance=None,
-        fitted=None,
-        level_one=level_one,
-        targets=targets,
-    )
-
-
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures a test writes, by file name, as drawn (then written as ever)."""
@@ -475,7 +457,9 @@ def test_reliability_draws_the_baselines_fitted_as_the_ensemble_is(
     overconfident, drawn, tmp_path, method, calibrated
 ):
     o = overconfident
-    report = _fit_report(o["fit"], o["y_fit"], method, selected="m3")
+    report = fit_report(
+        o["fit"], o["y_fit"], method=method, selected_member={"name": "m3", "by": "nll on the fitting rows"}
+    )
     scores = {"members": {n: {"nll": 1.0} for n in o["names"]}, "ensemble": {"accuracy": 0.5, "nll": 1.0}}
 
     figures = plots.write_figures(o["y"], o["outputs"], o["names"], scores, tmp_path, fit_report=report)

@@ -78,26 +78,24 @@ class SetRule:
 
     def scores(self, probabilities: np.ndarray, labels: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """The label's score on each row; `noise` is used only by a randomised rule."""
-        found = class_scores(
-            self.method,
-            probabilities,
-            labels,
-            noise=noise if self.randomized else None,
-            k_reg=self.k_reg,
-            lambda_reg=self.lambda_reg,
+        return np.asarray(
+            keras.ops.convert_to_numpy(class_scores(**self._call(probabilities, noise), labels=labels))
         )
-        return np.asarray(keras.ops.convert_to_numpy(found))
 
     def sets(self, probabilities: np.ndarray, threshold: float, noise: np.ndarray) -> np.ndarray:
-        found = class_sets(
-            self.method,
-            probabilities,
-            threshold,
-            noise=noise if self.randomized else None,
-            k_reg=self.k_reg,
-            lambda_reg=self.lambda_reg,
+        return np.asarray(
+            keras.ops.convert_to_numpy(class_sets(**self._call(probabilities, noise), threshold=threshold))
         )
-        return np.asarray(keras.ops.convert_to_numpy(found))
+
+    def _call(self, probabilities: np.ndarray, noise: np.ndarray) -> dict[str, Any]:
+        """The arguments `class_scores` and `class_sets` share for this rule."""
+        return {
+            "method": self.method,
+            "probabilities": probabilities,
+            "noise": noise if self.randomized else None,
+            "k_reg": self.k_reg,
+            "lambda_reg": self.lambda_reg,
+        }
 
     def record(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,7 @@ from ensemble.fitting.conformal import add_conformal
 from ensemble.fitting.conformal_rules import TUNING_SHARE
 from ensemble.graph.conformal import CONFORMAL_OUTPUTS, conformal_config
 from ensemble.graph.view import EnsembleView
+from ensemble.rows import take_rows
 from ensemble.types import Data
 
 __all__ = ["SplitConformal", "calibration_split", "conformal_metrics"]
@@ -59,11 +60,7 @@ class SplitConformal:
         chosen, measured = calibration_split(
             y, share=self.calibration_share, seed=self.seed, stratify=classification
         )
-        rows = (
-            {k: np.asarray(v)[chosen] for k, v in x.items()}
-            if isinstance(x, Mapping)
-            else np.asarray(x)[chosen]
-        )
+        rows = take_rows(x, chosen)
         calibrated = add_conformal(
             model,
             rows,
