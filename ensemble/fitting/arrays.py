@@ -59,8 +59,7 @@ def past_float32(values: Any) -> int:
     array = np.asarray(values)
     if array.dtype.kind not in "fc":
         return 0
-    finite = np.isfinite(array)
-    return int(np.count_nonzero(finite & (np.abs(np.where(finite, array, 0)) > FLOAT32_MAX)))
+    return int(np.count_nonzero(non_finite(array) & np.isfinite(array)))
 
 
 def check_row_count(values: Any, rows: int, *, what: str = "y", door: str = "") -> None:
