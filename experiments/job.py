@@ -159,8 +159,10 @@ class FitContext:
 
 def build_from_config(cfg: DictConfig, data: Dataset, members: DictConfig) -> keras.Model:
     """The ensemble of `members` (a members config) with the `combiner` option, for `task`."""
+    task = cfg.task or data.task
+    classes = data.class_names if task == "classification" else None  # the labels' encoding
     return ensemble.build_ensemble(
-        load_members(members), instantiate(cfg.combiner), task=cfg.task or data.task
+        load_members(members), instantiate(cfg.combiner), task=task, classes=classes
     )
 
 

@@ -79,11 +79,11 @@ def test_csv_returns_the_columns_written_and_encodes_names(tmp_path: Path) -> No
     np.testing.assert_array_equal(got_y, want_y)
 
 
-def test_labels_already_0_to_k_are_kept_without_names(tmp_path: Path) -> None:
+def test_labels_already_0_to_k_are_kept_and_named_by_their_text(tmp_path: Path) -> None:
     path = tmp_path / "plain.npz"
     np.savez(path, x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
     data = load_npz(path)
-    assert data.task == "classification" and data.classes == 2 and data.class_names is None
+    assert data.task == "classification" and data.classes == 2 and data.class_names == ["0", "1"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
+from sklearn.datasets import load_wine
 
 import combiners
 import ensemble
@@ -71,7 +73,15 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
         assert f"| {name} |" in report
     assert result["selected_member"]["name"] in result["members"]
     assert "chosen without the test split (nll after temperature scaling on the" in report
-    assert ensemble.read_manifest(result["export_dir"])["task"] == "classification"
+    manifest = ensemble.read_manifest(result["export_dir"])
+    assert manifest["task"] == "classification"
+    # The labels the data names (scikit-learn's target_names), recorded by the zoo's recipes and
+    # returned by the export beside the prediction.
+    names = [str(label) for label in load_wine().target_names]
+    assert manifest["classes"] == names and "classes" in manifest["signatures"]["serving_default"]
+    zoo = next(o.split("=", 1)[1] for o in wine_overrides if o.startswith("zoo.dir="))
+    recipe = next(p for p in os.listdir(zoo) if p.endswith(".recipe.yaml"))
+    assert yaml.safe_load(Path(zoo, recipe).read_text())["classes"] == names
     # conformal=thr: calibrated on half of the test split, measured on the other half, exported.
     conformal = result["conformal"]
     assert (

@@ -39,7 +39,8 @@ class Dataset:
     y_test: np.ndarray
     classes: int | None
     split: dict[str, Any] = field(default_factory=dict)
-    # The original labels of classes 0..K-1 when the file's labels had to be encoded.
+    # The label of each class 0..K-1 (classification): the names the source gives them (iris'
+    # species, scikit-learn's `target_names`), else the integers' text.
     class_names: list[str] | None = None
     # The out-of-distribution rows `data.ood` names (one per test row, `ensemble.data.ood`), and
     # that spec; None when the config names none.
@@ -60,10 +61,20 @@ def load_dataset(
     if name not in SKLEARN_DATASETS:
         raise EnsembleError(f"Unknown dataset {name!r}. Expected one of {sorted(SKLEARN_DATASETS)}.")
     loader, task = SKLEARN_DATASETS[name]
-    x, y = loader(return_X_y=True)
-    y = y.astype("int64" if task == "classification" else "float32")
+    bunch = loader()
+    x, y = bunch.data, bunch.target.astype("int64" if task == "classification" else "float32")
+    names = [str(label) for label in bunch.target_names] if task == "classification" else None
     return split_dataset(
-        name, task, x, y, test_size=test_size, holdout_size=holdout_size, seed=seed, source=None, ood=ood
+        name,
+        task,
+        x,
+        y,
+        test_size=test_size,
+        holdout_size=holdout_size,
+        seed=seed,
+        source=None,
+        class_names=names,
+        ood=ood,
     )
 
 
@@ -121,6 +132,8 @@ def split_dataset(
             f"holdout_size={holdout_size}: {error}"
         ) from error
     classes = len(np.unique(y)) if task == "classification" else None
+    if classes is not None and class_names is None:
+        class_names = [str(label) for label in range(classes)]
     split: dict[str, Any] = {
         "seed": seed,
         "test_size": test_size,

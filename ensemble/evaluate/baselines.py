@@ -26,6 +26,7 @@ from ensemble.evaluate.suite import (
     right_vs_wrong_auroc,
     risk_coverage_points,
 )
+from ensemble.fitting.arrays import named_labels
 from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data
@@ -66,7 +67,8 @@ def evaluate_ensemble(
     if outputs is None:
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
     if view.task == "classification":
-        result = _classification(view.member_names, np.asarray(y), outputs, fit_report)
+        labels = np.asarray(named_labels(y, view.classes))  # labels by name, as their columns
+        result = _classification(view.member_names, labels, outputs, fit_report)
     else:
         result = _regression(view.member_names, np.asarray(y), outputs, fit_report)
     if ood_outputs is None and x_ood is not None:

@@ -134,6 +134,7 @@ ONNX_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(bool)": np.dtype("bool"),
     "tensor(uint8)": np.dtype("uint8"),
     "tensor(int8)": np.dtype("int8"),
+    "tensor(string)": np.dtype(object),  # the `classes` output's labels
 }
 
 
@@ -213,8 +214,9 @@ def _serving(
     kept loaded while the block runs)."""
     if isinstance(source, keras.Model):
         specs = input_specs(source)
-        manifest = _manifest(EnsembleView.of(source), specs)
-        yield serving_function(source, specs), specs, manifest, f"ensemble {source.name!r}"
+        view = EnsembleView.of(source)
+        function, what = serving_function(source, specs, classes=view.classes), f"ensemble {source.name!r}"
+        yield function, specs, _manifest(view, specs), what
         return
     try:
         given = os.fspath(source)
@@ -280,6 +282,8 @@ def _check(blob: bytes, function: Any, specs: list[tf.TensorSpec], what: str) ->
 
 def _difference(got: np.ndarray, want: np.ndarray) -> str | None:
     """What differs between an onnxruntime output and TensorFlow's, or None."""
+    if want.dtype == object:  # labels: TensorFlow's bytes against onnxruntime's str
+        got, want = got.astype(str), np.char.decode(want.astype(bytes))
     if got.shape != want.shape or got.dtype != want.dtype:
         return f"{got.dtype}{list(got.shape)} instead of {want.dtype}{list(want.shape)}"
     if want.dtype == bool or not np.issubdtype(want.dtype, np.floating):

@@ -11,6 +11,10 @@ TensorFlow but not this project. Signatures:
 - `prediction`: the same inputs, returning only `prediction`, for clients
   that want the combined probabilities alone.
 
+An ensemble whose classes are named (`load_member(..., classes=...)`, `build_ensemble(...,
+classes=...)`) also returns `classes` from `serving_default`: each row's labels, column by
+column as `prediction` scores them (TF Serving's classify answer, in one signature).
+
 `assets.extra/` (the SavedModel place for files a library adds beside the
 graph) holds `manifest.json` (members, sources, task, width, combiner,
 library versions) and, when given, the resolved config as `config.yaml`.
@@ -196,7 +200,10 @@ def _write(
     archive.track(model)
     # The first endpoint also becomes `serving_default`.
     for endpoint, output in (("serve", None), ("prediction", "prediction")):
-        archive.add_endpoint(endpoint, serving_function(model, specs, output=output, jit_compile=jit_compile))
+        function = serving_function(
+            model, specs, output=output, jit_compile=jit_compile, classes=view.classes
+        )
+        archive.add_endpoint(endpoint, function)
     archive.write_out(directory, verbose=False)
 
     os.makedirs(os.path.join(directory, "assets.extra"), exist_ok=True)
@@ -214,15 +221,25 @@ def _write(
 
 def _manifest(view: EnsembleView, specs: list[tf.TensorSpec]) -> dict[str, Any]:
     model, combiner = view.model, view.combiner
+    outputs = sorted([*model.output, *(["classes"] if view.classes is not None else [])])
     return {
         "format": "keras-ensemble/1",
         "task": view.task,
         "width": view.width,
+        # The label of each prediction column (the `classes` output), or None: unnamed.
+        "classes": None if view.classes is None else list(view.classes),
         "inputs": {s.name: {"shape": list(s.shape), "dtype": s.dtype.name} for s in specs},
-        "outputs": sorted(model.output),
-        "signatures": {"serving_default": sorted(model.output), "prediction": ["prediction"]},
+        "outputs": outputs,
+        "signatures": {"serving_default": outputs, "prediction": ["prediction"]},
         "members": [
-            {"name": m.name, "source": m.source, "format": m.format, "output": m.output_kind}
+            {
+                "name": m.name,
+                "source": m.source,
+                "format": m.format,
+                "output": m.output_kind,
+                # Which source column each prediction column is, when aligned by label.
+                "columns": None if m.columns is None else list(m.columns),
+            }
             for m in view.members
         ],
         # Members computed as one batched computation (build_ensemble(..., fuse=True)), by group.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "checked_labels",
     "checked_predictions",
     "checked_regression_targets",
+    "named_labels",
     "non_finite",
     "past_float32",
     "probability_problem",
@@ -106,6 +108,26 @@ def checked_predictions(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarr
     if task == CLASSIFICATION:
         return predictions, checked_labels(targets, width, columns="P")
     return predictions, checked_regression_targets(targets, width)
+
+
+def named_labels(labels: Any, classes: Sequence[str] | None, what: str = "y") -> Any:
+    """Labels given by name (strings, or bytes) as their column indices among `classes` (an
+    ensemble's labels), an error naming the first row whose label is none of them; any other
+    labels as they came (`checked_labels` judges them)."""
+    array = np.asarray(labels)
+    if classes is None or array.ndim != 1 or array.dtype.kind not in "OSU":
+        return labels
+    text = [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]
+    if not all(isinstance(v, str) for v in text):
+        return labels
+    index = {label: i for i, label in enumerate(classes)}
+    unknown = next((row for row, label in enumerate(text) if label not in index), None)
+    if unknown is not None:
+        raise EnsembleError(
+            f"{what}, row {unknown}: label {text[unknown]!r} is none of the ensemble's classes "
+            f"{list(classes)}."
+        )
+    return np.array([index[label] for label in text], dtype=np.int64)
 
 
 def checked_labels(

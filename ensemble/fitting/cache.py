@@ -22,7 +22,6 @@ import os
 import warnings
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -32,7 +31,7 @@ from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
 from ensemble.rows import update_digest
 
-__all__ = ["entry_path", "member_fingerprint", "member_width", "read_entry", "write_entry"]
+__all__ = ["entry_path", "member_fingerprint", "read_entry", "write_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +57,6 @@ def member_fingerprint(member: Member) -> str:
                 _update_array(digest, f"captured:{i}", captured.numpy())
         _update(digest, "graph", _graph_bytes(function.graph.as_graph_def()))
     return digest.hexdigest()
-
-
-def member_width(member: Member) -> int | None:
-    """The width of `member`'s predictions, or None when it cannot be told symbolically."""
-    inputs = [keras.KerasTensor((None, *spec.shape), dtype=spec.dtype) for spec in member.input_specs]
-    try:
-        spec = member.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
-    except Exception:  # Only a check of cached entries rests on it: fall back to rows alone.
-        return None
-    width = spec.shape[-1]
-    return int(width) if width is not None else None
 
 
 def entry_path(directory: str, key: str) -> str:

@@ -85,7 +85,11 @@ def calibrate_member(
     report = fit(alone, x, y, method="none", calibration=method, **options)
     calibrated = keras.Model(alone.inputs, alone.output["prediction"], name=f"{member.name}_calibrated")
     result = load_member(
-        calibrated, name=member.name, output="probabilities", inputs=list(member.input_names)
+        calibrated,
+        name=member.name,
+        output="probabilities",
+        inputs=list(member.input_names),
+        classes=member.classes,
     )
     result.training_rows = member.training_rows
     log.info("Member %r calibrated on %d rows: %s", member.name, report.rows, report.calibration)

@@ -123,7 +123,7 @@ def fit_layered(
         reports.append(fit(alone, x, targets, level_one=level_one, **options, **fit_options))
         states.append((fitted.get_weights(), fitted.member_weights))
         log.info("Level %r fitted on %d rows, out of fold over %d folds", level.name, len(targets), cv)
-        stand_ins.append(_as_member(alone, level.name, view.task))
+        stand_ins.append(_as_member(alone, level.name, view.task, view.classes))
     inputs = out_of_fold
     if combiner.passthrough:
         stand_ins += list(view.members)
@@ -147,7 +147,10 @@ def _restore(combiner: Combiner, state: tuple[list[np.ndarray], list[float] | No
     combiner.set_member_weights(member_weights)
 
 
-def _as_member(level: keras.Model, name: str, task: str) -> Any:
-    """A level's ensemble as a member of the final level's (its `prediction` alone)."""
+def _as_member(level: keras.Model, name: str, task: str, classes: tuple[str, ...] | None) -> Any:
+    """A level's ensemble as a member of the final level's (its `prediction` alone, in the
+    members' class order)."""
     model = keras.Model(level.input, level.output["prediction"], name=name)
-    return load_member(model, name=name, output="probabilities" if task == CLASSIFICATION else None)
+    if task != CLASSIFICATION:
+        return load_member(model, name=name)
+    return load_member(model, name=name, output="probabilities", classes=classes)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from ensemble.atomic import remove_abandoned_writes
 from ensemble.errors import EnsembleError
-from ensemble.fitting.cache import entry_path, member_fingerprint, member_width, read_entry, write_entry
+from ensemble.fitting.cache import entry_path, member_fingerprint, read_entry, write_entry
 from ensemble.graph.layers import MemberStack
 from ensemble.graph.view import EnsembleView
 from ensemble.members.member import Member
@@ -111,7 +111,7 @@ class LevelOneStore:
             return self._memory[key]
         if self.directory is None:
             return None
-        return read_entry(entry_path(self.directory, key), key, rows, member_width(member))
+        return read_entry(entry_path(self.directory, key), key, rows, member.width)
 
     def _save(self, key: str, values: np.ndarray) -> None:
         if self.directory is None:

@@ -19,6 +19,7 @@ from ensemble.fitting.arrays import (
     check_probabilities,
     check_row_count,
     checked_labels,
+    named_labels,
     non_finite,
     past_float32,
     probability_problem,
@@ -231,11 +232,12 @@ def forget_compiled(model: keras.Model) -> None:
 
 
 def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
-    """`y` as the fit needs it: int64 labels in [0, classes), or float32 `(rows, targets)`."""
+    """`y` as the fit needs it: int64 labels in [0, classes) (labels given by name, when the
+    ensemble's classes are named, as their columns), or float32 `(rows, targets)`."""
     rows = row_count(x)
     if rows == 0:
         raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
-    targets = np.asarray(y)
+    targets = np.asarray(named_labels(y, view.classes))
     check_row_count(targets, rows)
     width = view.width
     if view.task == "regression":

@@ -76,7 +76,12 @@ def refit_full(
             "(ensemble.record_training_rows(source, x), or Member.training_rows)."
         )
     refit = build_ensemble(
-        [given[name] for name in names], view.combiner, task=view.task, fuse=bool(view.fused), name=model.name
+        [given[name] for name in names],
+        view.combiner,
+        task=view.task,
+        fuse=bool(view.fused),
+        classes=view.classes,
+        name=model.name,
     )
     new_view = EnsembleView.of(refit)
     if view.calibration is not None and new_view.calibration is not None:

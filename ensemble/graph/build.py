@@ -22,6 +22,7 @@ from ensemble.graph.layers import (
 from ensemble.graph.member_outputs import member_pieces
 from ensemble.graph.model import EnsembleModel
 from ensemble.members.checks import check_class_outputs
+from ensemble.members.classes import aligned_members
 from ensemble.members.load import load_member
 from ensemble.members.member import InputSpec, Member
 from ensemble.types import Task
@@ -40,6 +41,7 @@ def build_ensemble(
     *,
     task: Task | None = None,
     fuse: bool | None = None,
+    classes: Sequence[str] | None = None,
     name: str = "ensemble",
 ) -> keras.Model:
     """Wire `members` and `combiner` into one functional model.
@@ -74,6 +76,7 @@ def build_ensemble(
     if not isinstance(combiner, Combiner):
         raise EnsembleError(f"Expected combiner to be a combiners.Combiner layer. Received: {combiner!r}")
     task, member_list = _resolve_task(member_list, task)
+    member_list = aligned_members(member_list, classes, task)
     original, combiner = combiner, _configured_copy(combiner, task)
 
     inputs = _ensemble_inputs(member_list)
@@ -228,17 +231,7 @@ def _resolve_task(members: list[Member], task: str | None) -> tuple[Task, list[M
 def _as_regressor(member: Member) -> Member:
     """`member` without its inferred class output (a final sigmoid may be a bounded regressor)."""
     log.info("Member %r: task='regression' overrides its inferred class output.", member.name)
-    regressor = Member(
-        member.model,
-        inputs=member.input_specs,
-        output=None,
-        output_key=member.output_key,
-        source=member.source,
-        format=member.format,
-        name=member.name,
-    )
-    regressor.training_rows = member.training_rows
-    return regressor
+    return member.copy(output=None)
 
 
 def _ensemble_inputs(members: list[Member]) -> dict[str, Any]:

@@ -111,7 +111,7 @@ def _activation_name(layer: keras.layers.Layer) -> str | None:
 def _signature(member: Member) -> tuple[Any, ...] | None:
     """What two members must share to be fused: input, layer widths and activations, output."""
     chain = chain_of(member)
-    if chain is None:
+    if chain is None or member.columns is not None:  # a reordered member: left to itself
         return None
     steps = tuple(
         (

@@ -60,6 +60,12 @@ class EnsembleView:
         return [layer.member_names for layer in self.model.layers if isinstance(layer, FusedMembers)]
 
     @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The label of each column of the prediction (`build_ensemble` aligned every member to
+        one order), or None when its columns are unnamed."""
+        return self.members[0].classes if self.task == CLASSIFICATION else None
+
+    @property
     def member_names(self) -> list[str]:
         return [member.name for member in self.members]
 

@@ -12,6 +12,7 @@ import keras
 from ensemble.errors import MemberError
 from ensemble.members.checkpoint import read_checkpoint, resolve_checkpoint
 from ensemble.members.checks import check_declared_output, check_finite_weights, final_activation
+from ensemble.members.classes import check_member_classes, checked_classes
 from ensemble.members.keras_file import copy_model, read_keras_file
 from ensemble.members.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.members.saved_model import SavedModelLayer, is_saved_model_dir
@@ -54,6 +55,7 @@ def load_member(
     output: OutputKind | None = None,
     output_key: str | int | None = None,
     inputs: str | Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
     **options: Any,
 ) -> Member:
     """Load one member model from `source` as a frozen `keras.Model` named `name`.
@@ -72,6 +74,10 @@ def load_member(
         inputs: the ensemble input name(s) the member reads, in the order of its
             own inputs. Default: "features" for a single-input member, the
             model's own input names otherwise.
+        classes: the label of each class column the member emits, in its order (strings, or
+            integers taken as their text; two for a single sigmoid column: the negative class
+            first). `build_ensemble` aligns members by label, so runs that encoded the labels
+            in different orders combine class by class; None leaves the columns unnamed.
         **options: what the format's reader takes (`FORMAT_OPTIONS`):
             `safe_mode` (`.keras`/`.h5` files and architectures: a `Lambda` layer's code runs
             only with `safe_mode=False`; opt out only for files you trust), `custom_objects`
@@ -89,7 +95,8 @@ def load_member(
             unknown format or misplaced option, an output that cannot be chosen, a
             declaration its outputs contradict (`output="logits"` on probabilities,
             `"probabilities"` on rows that do not sum to one, a sigmoid over k > 1 columns
-            among them), or a NaN/infinite weight.
+            among them), `classes` that are not one distinct label per class column, or a
+            NaN/infinite weight.
     """
     _check_name(name)
     fmt, label, checkpoint = _locate(name, source, format)
@@ -101,6 +108,7 @@ def load_member(
         )
     if output is not None and output not in OUTPUT_KINDS:
         raise MemberError(name, f"expected output in {OUTPUT_KINDS} or None. Received: {output!r}")
+    labels = None if classes is None else checked_classes(classes, f"Member {name!r}")
     try:
         if fmt == "object":
             model = copy_model(source)
@@ -120,7 +128,7 @@ def load_member(
         raise
     except Exception as error:  # Any reader's failure becomes one error naming member and path.
         raise MemberError(name, f"cannot load {fmt!r} source {label!r}: {error}") from error
-    member = _wrap(name, model, fmt, label, output, output_key, inputs)
+    member = _wrap(name, model, fmt, label, output, output_key, inputs, labels)
     if fmt != "object":
         member.training_rows = load_training_rows(label)
     log.info("Loaded member %r from %s (%s)", name, label, fmt)
@@ -175,8 +183,10 @@ def _wrap(
     output: OutputKind | None,
     output_key: str | int | None,
     inputs: str | Sequence[str] | None,
+    classes: tuple[str, ...] | None,
 ) -> Member:
-    """The read model as a `Member`: its inputs named, its output kind declared or inferred."""
+    """The read model as a `Member`: its inputs named, its output kind declared or inferred,
+    its class labels checked against its width."""
     try:
         specs = _input_specs(name, model, inputs)
     except ValueError as error:
@@ -187,7 +197,14 @@ def _wrap(
         ) from error
     kind = output if output is not None else (None if output_key is not None else _infer_output(model))
     member = Member(
-        model, inputs=specs, output=kind, output_key=output_key, source=label, format=fmt, name=name
+        model,
+        inputs=specs,
+        output=kind,
+        output_key=output_key,
+        source=label,
+        format=fmt,
+        classes=classes,
+        name=name,
     )
     # Only a sigmoid is ambiguous (a bounded regression output looks the same); a softmax is not.
     member.output_inferred = output is None and kind is not None and final_activation(model) == "sigmoid"
@@ -196,6 +213,7 @@ def _wrap(
     if output is not None:  # declared; an inferred kind is the activation's own word
         # The last layer emits the chosen output only when the model has one output.
         check_declared_output(member, final_activation(model) if output_key is None else None)
+    check_member_classes(member)
     return member
 
 

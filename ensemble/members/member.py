@@ -57,6 +57,10 @@ class Member(keras.Model):
     multi-output model, and turns logits or a single sigmoid column into
     class probabilities of shape `(batch, classes)`. `source` and `format`
     record where it came from.
+
+    `classes` names the class of each column it emits (None: unnamed), and `columns`, when
+    the ensemble put them in another order than the source model's (`build_ensemble` aligns
+    members by label), which column of the source's prediction each one is.
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class Member(keras.Model):
         output_key: str | int | None = None,
         source: str | None = None,
         format: str | None = None,
+        classes: Sequence[str] | None = None,
+        columns: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -83,6 +89,8 @@ class Member(keras.Model):
         self.output_key = output_key
         self.source = source
         self.format = format
+        self.classes = None if classes is None else tuple(str(label) for label in classes)
+        self.columns = None if columns is None else tuple(int(column) for column in columns)
         # Hashes of the rows that trained the source model, when this project trained it
         # (see ensemble.members.training_rows): what the leakage guard checks. Not part of the config.
         self.training_rows: np.ndarray | None = None
@@ -101,7 +109,42 @@ class Member(keras.Model):
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         del training  # A member is frozen: always inference mode.
-        return self._as_prediction(self.source_output(inputs))
+        prediction = self._as_prediction(self.source_output(inputs))
+        return prediction if self.columns is None else ops.take(prediction, self.columns, axis=-1)
+
+    @property
+    def width(self) -> int | None:
+        """The width of its predictions (classes, or targets), or None when it cannot be told
+        symbolically."""
+        inputs = [keras.KerasTensor((None, *spec.shape), dtype=spec.dtype) for spec in self.input_specs]
+        try:
+            spec = self.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs)
+        except Exception:
+            return None
+        width = spec.shape[-1]
+        return int(width) if width is not None else None
+
+    def copy(self, **changes: Any) -> Member:
+        """A new `Member` over the same source model with `changes` to its constructor
+        arguments (`output`, `classes`, `columns`, `model`, `source`, `format`, `name`, ...); it
+        keeps the training-row record and whether the output kind was inferred."""
+        arguments = {
+            "inputs": self.input_specs,
+            "output": self.output_kind,
+            "output_key": self.output_key,
+            "source": self.source,
+            "format": self.format,
+            "classes": self.classes,
+            "columns": self.columns,
+            "name": self.name,
+            **changes,
+        }
+        copy = Member(
+            changes.get("model", self.model), **{k: v for k, v in arguments.items() if k != "model"}
+        )
+        copy.training_rows = self.training_rows
+        copy.output_inferred = self.output_inferred if "output" not in changes else False
+        return copy
 
     def source_output(self, inputs: Tensor) -> Tensor:
         """The source model's chosen output, as it emits it (before logits become probabilities)."""
@@ -163,6 +206,8 @@ class Member(keras.Model):
                 "output_key": self.output_key,
                 "source": self.source,
                 "format": self.format,
+                "classes": None if self.classes is None else list(self.classes),
+                "columns": None if self.columns is None else list(self.columns),
             }
         )
         return config

@@ -17,7 +17,9 @@ from ensemble.types import PathLike
 
 __all__ = ["load_onnx"]
 
-_DTYPES = {name: tf.as_dtype(dtype) for name, dtype in ONNX_DTYPES.items()}
+_DTYPES = {
+    name: tf.string if dtype.kind == "O" else tf.as_dtype(dtype) for name, dtype in ONNX_DTYPES.items()
+}
 
 
 def load_onnx(source: PathLike, device: str | None) -> Loaded:

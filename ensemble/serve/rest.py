@@ -93,7 +93,7 @@ def predict_answer(outputs: Any, request: PredictRequest, signature: ModelSignat
     """The JSON answer to `request` from the model's `outputs` (a dict, or one array)."""
     if signature.single_output and not isinstance(outputs, Mapping):
         outputs = {SINGLE_OUTPUT: outputs}
-    kept = {key: np.asarray(outputs[key]).tolist() for key in request.outputs}
+    kept = {key: _json_values(outputs[key]) for key in request.outputs}
     if len(kept) == 1:
         (only,) = kept.values()
         answer = {"predictions" if request.rows else "outputs": only}
@@ -104,6 +104,16 @@ def predict_answer(outputs: Any, request: PredictRequest, signature: ModelSignat
     else:
         answer = {"outputs": kept}
     return json.dumps(answer).encode()
+
+
+def _json_values(values: Any) -> Any:
+    """An output as JSON values; strings (the `classes` labels: TensorFlow's bytes,
+    onnxruntime's str) as JSON strings, as TF Serving answers them."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "OSU":
+        return array.tolist()
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in array.ravel()]
+    return np.array(text, dtype=object).reshape(array.shape).tolist()
 
 
 def status(versions: Mapping[int, str | None]) -> dict[str, Any]:

@@ -130,6 +130,13 @@ def _check_one_architecture(members: list[Member]) -> None:
                 f"Members {first.name!r} and {member.name!r} differ in architecture or inputs "
                 f"(first difference: {difference}); a soup averages members of one architecture."
             )
+        if (member.classes, member.columns) != (first.classes, first.columns):
+            raise EnsembleError(
+                f"Members {first.name!r} and {member.name!r} emit their classes in other orders "
+                f"({first.classes} vs {member.classes}, after reordering {first.columns} vs "
+                f"{member.columns}); averaging their weights would mix classes. A soup takes "
+                "ingredients whose output columns are the same labels."
+            )
 
 
 def _signature(member: Member) -> list[Any]:
@@ -152,17 +159,9 @@ def _cooked(first: Member, weights: list[list[np.ndarray]], name: str) -> Member
         for column in zip(*weights, strict=True)
     ]
     model.set_weights(averaged)
-    member = Member(
-        model,
-        inputs=first.input_specs,
-        output=first.output_kind,
-        output_key=first.output_key,
-        source=f"soup of {len(weights)}",
-        format="soup",
-        name=name,
-    )
-    member.output_inferred = first.output_inferred
-    return member
+    cooked = first.copy(model=model, source=f"soup of {len(weights)}", format="soup", name=name)
+    cooked.training_rows = None  # set from every ingredient's record by the caller
+    return cooked
 
 
 def _score(member: Member, x: Any, y: Any) -> float:

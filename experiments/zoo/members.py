@@ -5,7 +5,9 @@ each with a record of its training rows for the leakage guard.
 Each member keeps its preprocessing inside the model, trains with early
 stopping on its own validation split (best weights kept), and is saved in its
 configured format: a `.keras` file, a legacy `.h5` file, or a SavedModel
-directory (`model.export`).
+directory (`model.export`). Its recipe records the class labels it learned, in its column
+order; the members config passes them on (`load_member(..., classes=...)`), so an ensemble
+aligns its members by label.
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ def member_entries(zoo: DictConfig, data: Dataset, directory: str) -> DictConfig
         if reason is not None:
             log.info("Zoo member %r skipped: %s", name, reason)
             continue
-        output = None
+        options: dict[str, Any] = {}
+        path = _path(directory, str(name), spec)
         if data.task == "classification":
-            output = "logits" if spec.build.get("logits", False) else "probabilities"
-        entries[str(name)] = {
-            "source": _path(directory, str(name), spec),
-            "format": spec.format,
-            "options": {"output": output} if output else {},
-        }
+            options["output"] = "logits" if spec.build.get("logits", False) else "probabilities"
+            classes = _recipe_classes(path) or data.class_names
+            if classes:
+                options["classes"] = list(classes)
+        entries[str(name)] = {"source": path, "format": spec.format, "options": options}
     return OmegaConf.create(entries)
 
 
@@ -147,7 +149,20 @@ def _recipe(spec: DictConfig, data: Dataset, rows: str) -> str:
     `rows`). A change retrains it."""
     member = cast(dict[str, Any], OmegaConf.to_container(spec, resolve=True))
     member.setdefault("train", {}).setdefault("refit", REFIT)  # the default, written out
-    return OmegaConf.to_yaml({"member": member, "data": data.name, "rows": rows}, sort_keys=True)
+    recipe: dict[str, Any] = {"member": member, "data": data.name, "rows": rows}
+    if data.task == "classification" and data.class_names:
+        recipe["classes"] = list(data.class_names)  # the label of each column it learns
+    return OmegaConf.to_yaml(recipe, sort_keys=True)
+
+
+def _recipe_classes(path: str) -> list[str] | None:
+    """The class labels the member at `path` was trained on, as its recipe records them."""
+    recipe = _saved_recipe(path)
+    if recipe is None:
+        return None
+    saved = OmegaConf.create(recipe)
+    classes = saved.get("classes") if isinstance(saved, DictConfig) else None
+    return None if classes is None else [str(label) for label in classes]
 
 
 def _saved_recipe(path: str) -> str | None:
