@@ -221,3 +221,18 @@ def test_the_readmes_class_label_example_runs_as_written(capsys):
     exec(compile(section_code("Class labels"), "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()
     assert "('setosa', 'versicolor', 'virginica') [None, (1, 2, 0)]" in printed
+
+
+def test_calibrated_members_keep_their_labels_and_soups_refuse_mixed_orders(wine):
+    x, y = wine
+    orders = [NAMES, NAMES[::-1]]
+    models = [run(x, y, order, slice(i, None, 2))[0] for i, order in enumerate(orders)]
+    a, b = (
+        ensemble.load_member(m, name=f"m{i}", classes=o)
+        for i, (m, o) in enumerate(zip(models, orders, strict=True))
+    )
+    named = np.array([NAMES[label] for label in y])
+    calibrated = ensemble.calibrate_member(b, x[1::2], named[1::2], allow_overlap=True)
+    assert calibrated.classes == tuple(NAMES[::-1])
+    with pytest.raises(EnsembleError, match="emit their classes in other orders"):
+        ensemble.soup([a, b])

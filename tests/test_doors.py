@@ -141,6 +141,13 @@ def test_float64_values_past_float32_range_are_not_finite():
         EnsembleError, match=r"y holds NaN or infinite values .*\(first rows \[5\]\).*float32"
     ):
         ensemble.fit(regression, X, targets)
+    mean = ensemble.build_ensemble(
+        [ensemble.load_member(dense_classifier(0), name="m0")], combiners.MeanCombiner()
+    )
+    with pytest.raises(
+        EnsembleError, match=r"x holds NaN .*\(first rows \[11\]\) \(1 finite float64 .*float32"
+    ):
+        ensemble.add_conformal(mean, x, Y, allow_overlap=True)
 
 
 # --- labels at every door --------------------------------------------------------------------

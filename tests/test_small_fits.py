@@ -135,3 +135,24 @@ def test_fewer_rows_of_a_class_than_the_regression_needs_fall_back_and_say_so(le
     np.testing.assert_allclose(
         [stacker.cv_nll[f"raw {j}"] for j in range(4)], alone, atol=1e-6
     )  # log_loss clips at 1e-15, the graph at 1e-7
+
+
+def test_the_ensemble_size_curve_does_not_repeat_the_fallback_warning(level_one, caplog):
+    """The full fit says what it fell back to once; the curve's refits on the same rows
+    (one per ensemble size) say nothing more."""
+    import combiners
+    from ensemble.evaluate.figures.subsets import configured_combine
+    from tests.conftest import fit_report
+
+    name, pool, y_pool, _, _ = level_one
+    chosen = _rows(name, y_pool, pool, 30, 0)
+    features, log_p = _features(pool[chosen])
+    stacker = cross_validated_stacker(features, log_p, y_pool[chosen])
+    report = fit_report(pool[chosen], y_pool[chosen], method="sklearn", fitted=stacker)
+    combine, _ = configured_combine(report, combiners.StackingCombiner(), pool[chosen])
+    assert "fewer than" in caplog.text  # the full fit said it
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ensemble.fitting.stacker_choice"):
+        for size in range(1, pool.shape[1] + 1):
+            assert combine(np.arange(size)) is not None
+    assert "fewer than" not in caplog.text

@@ -159,7 +159,9 @@ def checked_labels(
             f"{columns}. Received: dtype {labels.dtype} (row 0: {first!r}). Encode them first: "
             f"sklearn.preprocessing.LabelEncoder().fit_transform({what}) numbers the classes "
             "0 to K - 1 in sorted order, which must be the order of the columns; keep the "
-            "encoder to name the predicted classes (encoder.classes_)."
+            "encoder to name the predicted classes (encoder.classes_). Or name the classes "
+            "(load_member(..., classes=[...]) or build_ensemble(..., classes=[...])): an ensemble "
+            "whose classes are named takes its labels by name."
         )
     if labels.dtype.kind == "f":
         with np.errstate(invalid="ignore"):

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.fitting.arrays import non_finite, past_float32
 from ensemble.fitting.conformal_rules import (
     TUNING_SHARE,
     SetRule,
@@ -220,15 +221,17 @@ def _check_alpha(alpha: Any) -> float:
 
 
 def _check_finite(values: Any, what: str) -> None:
+    """An error naming the rows of `values` that are NaN, infinite, or past float32's range
+    (infinite in the float32 graph: `non_finite`)."""
     array = np.asarray(values)
-    if array.dtype.kind not in "fc":
-        return
-    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    bad = non_finite(array).reshape(len(array), -1).any(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
+        wide = past_float32(array)
+        note = f" ({wide} finite {array.dtype} value(s) past float32's range among them)" if wide else ""
         raise EnsembleError(
             f"{what} holds NaN or infinite values in {len(rows)} row(s) of {len(array)} (first "
-            f"rows {rows[:5].tolist()}): conformal calibration needs finite rows; drop them first."
+            f"rows {rows[:5].tolist()}){note}: conformal calibration needs finite rows; drop them first."
         )
 
 

@@ -10,8 +10,9 @@ plain mean temperature-scaled on the fitting rows, the reference fitted as the e
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -140,7 +141,8 @@ def configured_combine(
     fit = fitters[method]
 
     def combine(indices: IntArray) -> FloatArray | None:
-        fitted = fit(np.asarray(indices, dtype=np.int64))
+        with _fallbacks_quiet():  # the fit of the full ensemble said them once
+            fitted = fit(np.asarray(indices, dtype=np.int64))
         if fitted is None or calibration is None:
             return None if fitted is None else fitted[1]
         try:
@@ -153,6 +155,18 @@ def configured_combine(
     if calibration is not None or joint:
         label += f", {(report.calibration or {})['method']} scaling refitted"
     return combine, label
+
+
+@contextlib.contextmanager
+def _fallbacks_quiet() -> Iterator[None]:
+    """The stacker's fallback warnings off while the curve refits it on the same rows per size."""
+    logger = logging.getLogger("ensemble.fitting.stacker_choice")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _fixed_weights(
