@@ -236,3 +236,15 @@ def test_calibrated_members_keep_their_labels_and_soups_refuse_mixed_orders(wine
     assert calibrated.classes == tuple(NAMES[::-1])
     with pytest.raises(EnsembleError, match="emit their classes in other orders"):
         ensemble.soup([a, b])
+
+
+def test_the_level_one_store_keys_a_reordered_member_apart(wine, runs):
+    """A store that holds a member's unaligned predictions never serves them to its aligned copy."""
+    x, _ = wine
+    orders, models = runs
+    store = ensemble.LevelOneStore()
+    blind = ensemble.build_ensemble(members(runs, named=False), combiners.MeanCombiner())
+    aligned = ensemble.build_ensemble(members(runs), combiners.MeanCombiner())
+    np.testing.assert_allclose(store.predictions(blind, x)[:, 1], models[1][1].predict_proba(x), atol=1e-5)
+    want = by_label(models[1][1], x, orders[1], NAMES)
+    np.testing.assert_allclose(store.predictions(aligned, x)[:, 1], want, atol=1e-5)
