@@ -43,7 +43,10 @@ def main(cfg: DictConfig) -> None:
     log.info("Serving %s (uvicorn logs the address)", catalog.names)
     settings = cfg.serve
     app = create_app(
-        catalog, max_body_bytes=int(settings.max_body_mb * 2**20), body_timeout_s=settings.body_timeout_s
+        catalog,
+        max_body_bytes=int(settings.max_body_mb * 2**20),
+        body_timeout_s=settings.body_timeout_s,
+        max_rows=settings.max_rows,
     )
     serve(
         app,

@@ -125,6 +125,17 @@ class Catalog:
         key, resolved = self.resolve(name, None)
         return key, resolved, self.registry.signature(key)
 
+    def paths(self) -> list[str]:
+        """The file-system paths this catalog serves from, as configured and resolved, longest
+        first: what an error shown to a client names by their last part only."""
+        found = {base for base, _ in self._bases.values()}
+        for name in self._single:
+            source = self.registry.stats(name).source
+            if not source.startswith("<in-memory"):
+                found.add(source)
+        found |= {os.path.realpath(path) for path in found} | {os.path.abspath(path) for path in found}
+        return sorted(found, key=len, reverse=True)
+
     def load_errors(self, name: str) -> dict[int, str | None]:
         """Each version of `name` with the error of its last load (None: loaded, or not tried)."""
         errors = {}

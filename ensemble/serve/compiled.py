@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from ensemble.errors import EnsembleError
 from ensemble.export.signature import input_specs, serving_function
+from ensemble.serve.feeds import nan_rows
 
 __all__ = ["compiled_predict"]
 
@@ -39,7 +40,8 @@ def compiled_predict(
         by input name) and returning NumPy arrays. Its `.function` is the
         underlying `tf.function` (`experimental_get_tracing_count()` shows it
         traced once). An input of the wrong shape raises `EnsembleError`
-        naming it, before anything runs.
+        naming it, before anything runs. A row with a NaN or infinite float input or
+        output is NaN in every float output, as in an ensemble's graph.
     """
     per_model = _CACHE.setdefault(model, {})
     if jit_compile not in per_model:
@@ -68,7 +70,9 @@ def _build(model: keras.Model, jit_compile: bool) -> Callable[[Any], dict[str, n
                     f"Input '{spec.name}': expected rows of shape {_rows(spec.shape)}, got an array "
                     f"of shape {tuple(tensor.shape)}."
                 )
-        return {key: value.numpy() for key, value in concrete(*args).items()}
+        outputs = {key: value.numpy() for key, value in concrete(*args).items()}
+        guarded: dict[str, np.ndarray] = nan_rows(dict(zip(names, args, strict=True)), outputs)
+        return guarded  # the non-finite-row rule, for a model without NonFiniteRows
 
     predict.function = function  # type: ignore[attr-defined]
     return predict

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from ensemble.serve.batcher import Batcher
+from ensemble.serve.feeds import finite_rows
 from ensemble.serve.loaded import (
     Loaded,
     label,
@@ -76,17 +77,20 @@ class Entry:
     batcher: Batcher = field(default_factory=lambda: Batcher())
 
     def open(self) -> Loaded:
-        """Load the model from its source, placed on its device (no bookkeeping)."""
+        """Load the model from its source, placed on its device (no bookkeeping); its call
+        answers NumPy with the non-finite-row rule (`finite_rows`), whatever the kind: a
+        member served alone has no `NonFiniteRows` layer of its own."""
         with tf.device(self.device):
             if self.kind == "onnx":  # placed by its session's providers, not tf.device
-                return load_onnx(self.source, self.device)
-            if self.kind == "ensemble":
+                loaded = load_onnx(self.source, self.device)
+            elif self.kind == "ensemble":
                 loaded = load_exported(self.source)
             else:
                 loaded = load_member_model(self.name, self.source, self.options)
-        if self.device is None:
-            return loaded
-        return dataclasses.replace(loaded, call=pinned(loaded.call, self.device))
+        call = loaded.call
+        if self.device is not None and self.kind != "onnx":
+            call = pinned(call, self.device)
+        return dataclasses.replace(loaded, call=finite_rows(call))
 
     def snapshot(self) -> ModelStats:
         """Its stats now; the caller holds the registry lock."""

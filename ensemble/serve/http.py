@@ -6,10 +6,14 @@
     GET  /healthz                                     200 while the server runs
     GET  /metrics                                     Prometheus text: requests, latency, loads
 
-Every error is `{"error": message}`: 404 for a model, version or path not served, 400 for a
-body that is not JSON or does not fit the model (naming the input and row), 413 for a body
-over `max_body_bytes`, 503 for a model that cannot be loaded (naming it; the next request
-retries), and 500, without a trace, for anything else. Parsing, loading and the model call
+Every error is `{"error": message}`: 404 for a model, version or path not served (a malformed
+version or verb says so), 400 for a body that is not JSON or does not fit the model (naming the
+input and row), 413 for a body over `max_body_bytes` or more rows than `max_rows`, 503 for a
+model that cannot be loaded (naming it; the next request retries) and, with `Retry-After`, for
+a predict past `max_in_flight` requests at once, and 500, without a trace, for anything else.
+An error or status names a model's file by its last part, never the server's directories (the
+log has the whole message). A single member answers NaN rows as an ensemble does
+(`ensemble.serve.feeds`). Parsing, loading and the model call
 run in worker threads, so the event loop never waits on a model and concurrent requests
 reach the registry together (its `batch_window_ms` then joins them into one call).
 
@@ -21,20 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-
-import tensorflow as tf
 
 from ensemble.errors import EnsembleError, ModelLoadError
 
 try:
     import anyio
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.convertors import Convertor, register_url_convertor
@@ -49,6 +49,14 @@ except ImportError as error:  # the optional extra
     ) from error
 
 from ensemble.serve.catalog import Catalog
+from ensemble.serve.metrics import RegistryCollector
+from ensemble.serve.public import (
+    MAX_VERSION_DIGITS,
+    is_invalid_input,
+    model_message,
+    public_message,
+    url_error,
+)
 from ensemble.serve.rest import RestError, metadata, parse_predict, predict_answer, status
 
 __all__ = ["create_app", "running", "serve"]
@@ -57,24 +65,38 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 << 20
 BODY_TIMEOUT_S = 30.0
+MAX_ROWS = 10_000
+MAX_IN_FLIGHT = 32
+RETRY_AFTER_S = 1
 _JSON = "application/json"
 
 
 def create_app(
-    catalog: Catalog, *, max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S
+    catalog: Catalog,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_rows: int | None = MAX_ROWS,
+    max_in_flight: int | None = MAX_IN_FLIGHT,
 ) -> Starlette:
     """The ASGI app answering TF Serving's REST API for the models of `catalog`; a body larger
-    than `max_body_bytes` is a 413, one slower than `body_timeout_s` a 408."""
+    than `max_body_bytes` is a 413, one slower than `body_timeout_s` a 408, a request of more
+    than `max_rows` rows a 413; past `max_in_flight` predict requests at once (reading, parsing
+    or running) the next is a 503 with Retry-After. None: no limit."""
     if max_body_bytes < 1 or not body_timeout_s > 0:
         raise EnsembleError(
             f"Expected max_body_bytes >= 1 and body_timeout_s > 0. Received: {max_body_bytes}, {body_timeout_s}"
         )
+    for option, value in (("max_rows", max_rows), ("max_in_flight", max_in_flight)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EnsembleError(f"Expected {option} to be an integer >= 1, or None. Received: {value!r}")
+    in_flight = [0]  # predict requests admitted and not yet answered (read on the event loop only)
     metrics = CollectorRegistry()
     requests = Counter("ensemble_requests", "Requests answered", ["model", "verb", "code"], registry=metrics)
     latency = Histogram(
         "ensemble_request_seconds", "Time to answer a request", ["model", "verb"], registry=metrics
     )
-    metrics.register(_RegistryCollector(catalog))
+    metrics.register(RegistryCollector(catalog))
 
     def endpoint(verb: str, work: Callable[[Request, str, int | None], Awaitable[Response]]) -> Any:
         async def answer(request: Request) -> Response:
@@ -83,18 +105,23 @@ def create_app(
             version = request.path_params.get("version")
             try:
                 response = await work(request, name, version)
-            except RestError as error:
-                response = _error(error.status, str(error))
-            except ModelLoadError as error:
-                response = _error(503, str(error))
-            except EnsembleError as error:  # the registry's checks of the feeds
-                response = _error(400, str(error))
+            except (RestError, ModelLoadError, EnsembleError) as error:
+                # RestError: its status; ModelLoadError: 503; others: the registry's checks, 400
+                code = error.status if isinstance(error, RestError) else 400
+                code = 503 if isinstance(error, ModelLoadError) else code
+                response = _error(code, public_message(str(error), catalog.paths()))
+                if code == 503:
+                    log.warning("%s %s: %s", request.method, request.url.path, error)
             except ClientDisconnect:  # nobody to answer: counted, not logged as a failure
                 response = Response(status_code=499)
             except Exception as error:
-                if _is_invalid_input(error):  # the model's own check of a value, e.g. an id out of range
+                if is_invalid_input(error):  # the model's own check of a value, e.g. an id out of range
                     response = _error(
-                        400, f"Model {name!r} cannot compute this input: {_model_message(error)}"
+                        400,
+                        public_message(
+                            f"Model {name!r} cannot compute this input: {model_message(error)}",
+                            catalog.paths(),
+                        ),
                     )
                 else:
                     log.exception("%s %s failed", request.method, request.url.path)
@@ -112,7 +139,8 @@ def create_app(
             if version not in errors:
                 raise RestError(404, f"Model {name!r} has no version {version}. Versions: {sorted(errors)}")
             errors = {version: errors[version]}
-        return JSONResponse(status(errors))
+        paths = catalog.paths()
+        return JSONResponse(status({v: e and public_message(e, paths) for v, e in errors.items()}))
 
     async def model_metadata(request: Request, name: str, version: int | None) -> Response:
         def describe() -> dict[str, Any]:
@@ -122,6 +150,20 @@ def create_app(
         return JSONResponse(await run_in_threadpool(describe))
 
     async def predict(request: Request, name: str, version: int | None) -> Response:
+        if max_in_flight is not None and in_flight[0] >= max_in_flight:
+            message = (
+                f"Model {name!r}: {in_flight[0]} predict requests are in flight, the limit of this "
+                f"server (create_app(max_in_flight=...)); retry after {RETRY_AFTER_S} s."
+            )
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            return JSONResponse({"error": message}, status_code=503, headers=headers)
+        in_flight[0] += 1
+        try:
+            return await admitted(request, name, version)
+        finally:
+            in_flight[0] -= 1
+
+    async def admitted(request: Request, name: str, version: int | None) -> Response:
         try:
             with anyio.fail_after(body_timeout_s):
                 body = await _body(request, max_body_bytes)
@@ -130,7 +172,7 @@ def create_app(
 
         def run() -> bytes:
             key, _, signature = catalog.signature(name, version)
-            parsed = parse_predict(body, name, signature)
+            parsed = parse_predict(body, name, signature, max_rows=max_rows)
             return predict_answer(catalog.registry.predict(key, parsed.feeds), parsed, signature)
 
         return Response(await run_in_threadpool(run), media_type=_JSON)
@@ -144,12 +186,15 @@ def create_app(
     async def http_error(request: Request, error: Exception) -> Response:  # 404, 405 from routing
         code = error.status_code if isinstance(error, HTTPException) else 500
         detail = error.detail if isinstance(error, HTTPException) else "Internal error"
-        return _error(code, f"{detail}: {request.method} {request.url.path}")
+        path = request.url.path
+        hint = url_error(path) if code == 404 else None
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        return _error(code, f"{detail}: {request.method} {shown}" + (f". {hint}" if hint else ""))
 
     routes = []
     for prefix in (
         "/v1/models/{name:ensemble_model}",
-        "/v1/models/{name:ensemble_model}/versions/{version:int}",
+        "/v1/models/{name:ensemble_model}/versions/{version:ensemble_version}",
     ):
         routes += [
             Route(prefix, endpoint("status", model_status), methods=["GET"]),
@@ -230,55 +275,22 @@ class _ModelName(Convertor[str]):
         return value
 
 
+class _Version(Convertor[int]):
+    """A version in a path: 1 to 18 digits (an int64, as in TF Serving); anything else is no
+    route, a JSON 404 that says why (`url_error`), never a 500 from `int()`."""
+
+    regex = f"[0-9]{{1,{MAX_VERSION_DIGITS}}}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
 register_url_convertor("ensemble_model", _ModelName())
-
-
-def _is_invalid_input(error: Exception) -> bool:
-    """A model call refused a value (TensorFlow's or onnxruntime's InvalidArgument)."""
-    if isinstance(error, tf.errors.InvalidArgumentError):
-        return True
-    kind = type(error)
-    return kind.__module__.startswith("onnxruntime") and kind.__name__ == "InvalidArgument"
-
-
-def _model_message(error: Exception) -> str:
-    """The line of a TensorFlow or onnxruntime error that says what was wrong, without the
-    graph's node names and the Python frames it was traced from."""
-    lines = []
-    for line in str(error).splitlines():
-        if not line or line[0].isspace() or line.startswith(("Graph execution error", "Detected at node")):
-            continue
-        lines.append(re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", line).strip())
-    return lines[-1] if lines else type(error).__name__
+register_url_convertor("ensemble_version", _Version())
 
 
 def _error(code: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=code)
-
-
-class _RegistryCollector:
-    """The registry's counters per registered model, read when /metrics is scraped."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-
-    def collect(self) -> Iterator[Any]:
-        report = self.catalog.registry.report()
-        families = {
-            "loads": CounterMetricFamily("ensemble_model_loads", "Loads of the model", labels=["model"]),
-            "failures": CounterMetricFamily("ensemble_model_load_failures", "Failed loads", labels=["model"]),
-            "evictions": CounterMetricFamily("ensemble_model_evictions", "LRU evictions", labels=["model"]),
-            "model_calls": CounterMetricFamily(
-                "ensemble_model_calls", "Calls of the model", labels=["model"]
-            ),
-        }
-        loaded = GaugeMetricFamily(
-            "ensemble_model_loaded", "1 while the model is in memory", labels=["model"]
-        )
-        for name, stats in report["models"].items():
-            for key, family in families.items():
-                family.add_metric([name], stats[key])
-            loaded.add_metric([name], float(stats["loaded"]))
-        yield from families.values()
-        yield loaded
-        yield GaugeMetricFamily("ensemble_resident_memory_bytes", "Process RSS", value=report["rss_bytes"])

@@ -22,6 +22,7 @@ from ensemble.export.versions import list_versions
 from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.members.load import load_member
 from ensemble.members.saved_model import SavedModelLayer
+from ensemble.serve.feeds import lossless_cast
 from ensemble.types import PathLike, Tensor
 
 __all__ = [
@@ -246,7 +247,8 @@ def tracing_count(loaded: Loaded | None) -> int:
 
 
 def checked_feeds(name: str, specs: Mapping[str, tf.TensorSpec], x: Any) -> dict[str, np.ndarray]:
-    """`x` as one checked NumPy array per input name, in the specs' dtypes."""
+    """`x` as one checked NumPy array per input name, in the specs' dtypes; a cast that would
+    change a value (`lossless_cast`) is an `EnsembleError` naming the model, input and row."""
     if isinstance(x, Mapping):
         missing = sorted(set(specs) - set(x))
         if missing:
@@ -262,7 +264,11 @@ def checked_feeds(name: str, specs: Mapping[str, tf.TensorSpec], x: Any) -> dict
     feeds = {}
     for key, value in values.items():
         spec = specs[key]
-        array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+        try:
+            array = lossless_cast(key, np.asarray(value), spec.dtype.as_numpy_dtype)
+        except EnsembleError as error:
+            message = str(error)
+            raise EnsembleError(f"Model {name!r}: {message[:1].lower()}{message[1:]}") from None
         if not spec.shape.is_compatible_with(array.shape):
             expected = tuple(spec.shape.as_list())
             where = "" if len(specs) == 1 else f" {key!r}"

@@ -157,13 +157,15 @@ class ModelRegistry:
             x: one array (a single-input model) or a dict of arrays by input name.
 
         Returns:
-            A NumPy array for a member; the output dict of NumPy arrays for an ensemble.
+            A NumPy array for a member; the output dict of NumPy arrays for an ensemble. A row
+                with a NaN or infinite float input or output is NaN in every float output.
 
         Raises:
             KeyError: for an unknown name; the message lists the registered names.
             ModelLoadError: when the model cannot be loaded (naming it; the next request
                 retries).
-            EnsembleError: when `x` does not match its inputs (naming the expected shape).
+            EnsembleError: when `x` does not match its inputs (naming the expected shape), or a
+                cast would change a value (`feeds.lossless_cast`: naming the input and row).
         """
         with self._lock:  # once for a loaded model, and once more to count the call
             entry = self._entry(name)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from ensemble.errors import EnsembleError
+from ensemble.serve.feeds import bool_row, lossless_cast
 from ensemble.serve.loaded import SINGLE_OUTPUT, ModelSignature
 
 __all__ = ["PredictRequest", "RestError", "metadata", "parse_predict", "predict_answer", "status"]
@@ -52,9 +53,11 @@ class PredictRequest:
     rows: bool  # the row format (`instances`), else columnar (`inputs`)
 
 
-def parse_predict(body: bytes, model: str, signature: ModelSignature) -> PredictRequest:
+def parse_predict(
+    body: bytes, model: str, signature: ModelSignature, *, max_rows: int | None = None
+) -> PredictRequest:
     """The predict `body` for `model`, checked against its `signature`; `RestError` (400) naming
-    the field, input or instance that is wrong."""
+    the field, input or instance that is wrong, 413 for more rows than `max_rows` (None: any)."""
     try:
         request = json.loads(body, parse_float=_float, parse_int=_int)
     except RestError:
@@ -82,7 +85,9 @@ def parse_predict(body: bytes, model: str, signature: ModelSignature) -> Predict
     specs = signature.inputs
     rows = "instances" in request
     values = _by_row(request["instances"], specs) if rows else _by_column(request["inputs"], specs)
-    feeds = {key: _array(key, values[key], specs[key], rows) for key in specs}
+    _check_rows(values, max_rows)
+    booleans = b"true" in body or b"false" in body
+    feeds = {key: _array(key, values[key], specs[key], rows, booleans) for key in specs}
     counts = {key: len(array) for key, array in feeds.items()}
     if len(set(counts.values())) > 1:
         raise RestError(400, f"Every input must have as many rows. Received rows per input: {counts}")
@@ -198,40 +203,53 @@ def _by_column(inputs: Any, specs: Mapping[str, tf.TensorSpec]) -> dict[str, Any
     return {next(iter(specs)): inputs}
 
 
-def _array(key: str, value: Any, spec: tf.TensorSpec, rows: bool) -> np.ndarray:
-    """`value` as an array of `spec`'s dtype and shape, or a 400 naming the input and row."""
+def _array(key: str, value: Any, spec: tf.TensorSpec, rows: bool, booleans: bool) -> np.ndarray:
+    """`value` as an array of `spec`'s dtype and shape, or a 400 naming the input and row.
+    `booleans`: the body may hold `true` or `false` (NumPy reads them as 1 and 0 among numbers,
+    so a numeric input looks for them)."""
     try:
         array = np.asarray(value)
     except ValueError:
         raise RestError(400, f"Input {key!r}: {_ragged(value, rows)}") from None
     dtype = spec.dtype.as_numpy_dtype
-    allowed = _KINDS.get(np.dtype(dtype).kind, "")
+    kind = np.dtype(dtype).kind
+    if kind in "fiu" and (array.dtype.kind == "b" or booleans):
+        row = 0 if array.dtype.kind == "b" else bool_row(value)
+        if row is not None:
+            raise RestError(
+                400,
+                f"Input {key!r}, row {row}: a boolean (true or false), where it takes {spec.dtype.name} numbers.",
+            )
+    allowed = _KINDS.get(kind, "")
     if array.dtype.kind not in allowed:
         received = {"U": "strings", "S": "strings", "O": "nulls, objects or mixed values"}.get(
             array.dtype.kind, f"{array.dtype} values"
         )
-        raise RestError(400, f"Input {key!r} takes {spec.dtype.name} numbers. Received: {received}")
+        takes = "booleans (true or false)" if kind == "b" else f"{spec.dtype.name} numbers"
+        raise RestError(400, f"Input {key!r} takes {takes}. Received: {received}")
     expected = tuple(spec.shape.as_list())
     if not spec.shape.is_compatible_with(array.shape):
         shape = f"instances of shape {expected[1:]}" if rows else f"shape {expected}"
         received = f"instances of shape {array.shape[1:]}" if rows else f"shape {array.shape}"
         raise RestError(400, f"Input {key!r} takes {shape} (None: any). Received: {received}")
-    if array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        bad = (array < info.min) | (array > info.max)
-        if bad.any():
-            raise RestError(
-                400, f"Input {key!r}, row {_first_row(bad)}: a value outside {spec.dtype.name}'s range."
-            )
-    with np.errstate(over="ignore"):  # an overflow is the 400 below, not a warning
-        cast = array.astype(dtype)
-    if np.dtype(dtype).kind == "f" and array.dtype.kind == "f":
-        overflow = np.isfinite(array) & ~np.isfinite(cast)
-        if overflow.any():
-            raise RestError(
-                400, f"Input {key!r}, row {_first_row(overflow)}: a value too large for {spec.dtype.name}."
-            )
-    return cast
+    try:
+        return lossless_cast(key, array, dtype)
+    except EnsembleError as error:
+        raise RestError(400, str(error)) from None
+
+
+def _check_rows(values: Mapping[str, Any], max_rows: int | None) -> None:
+    """A 413 for a request of more rows than `max_rows`, before any array is made of them."""
+    if max_rows is None:
+        return
+    count = max((len(v) if isinstance(v, list) else 1 for v in values.values()), default=0)
+    if count > max_rows:
+        raise RestError(
+            413,
+            f"The request has {count} rows, over the limit of {max_rows} rows per request: send "
+            f"fewer rows per request, or raise the limit (serve.max_rows, create_app(max_rows=...); "
+            f"null/None for no limit).",
+        )
 
 
 def _ragged(value: Any, rows: bool) -> str:
@@ -247,10 +265,6 @@ def _ragged(value: Any, rows: bool) -> str:
             if shapes[i] != shapes[0]:
                 return f"{what} {i} has shape {shapes[i]}, {what} 0 has shape {shapes[0]}."
     return "the values are not a rectangular array of numbers."
-
-
-def _first_row(mask: np.ndarray) -> int:
-    return int(np.argwhere(mask)[0][0])
 
 
 def _float(text: str) -> float:
