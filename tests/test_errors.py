@@ -62,13 +62,13 @@ LOAD_ERRORS = [
     ("ckpt", {}, r"Member 'm': .*pass architecture="),
     (
         "ckpt",
-        {"architecture": "tests.test_errors.wrong_architecture", "scope": "net"},
+        {"architecture": "tests.test_errors.wrong_architecture", "scope": "net", "safe_mode": False},
         r"Member 'm': .*no variable 'net/dense_\d+/kernel' for weight 'dense_\d+/kernel' .*"
         r"Its variables under 'net': \['net/dense_0/bias', 'net/dense_0/kernel'",
     ),
     (
         "ckpt",
-        {"architecture": "tests.test_errors.wrong_shapes", "scope": "net"},
+        {"architecture": "tests.test_errors.wrong_shapes", "scope": "net", "safe_mode": False},
         r"Member 'm': .*'net/dense_0/kernel' .* has shape \(8, 4\), but weight 'dense_0/kernel' .* expects \(8, 5\)",
     ),
 ]

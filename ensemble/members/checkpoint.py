@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
@@ -11,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ensemble.members.keras_file import read_keras_file
 from ensemble.types import PathLike
 
 __all__ = [
@@ -24,11 +28,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Architecture = Union[str, "PathLike", Mapping[str, Any], Callable[[], keras.Model], keras.Model]
-"""A `.keras` file, a Keras model config, a builder (or its dotted import path), or a model."""
+"""A `.keras`/`.h5`/`.json` file, a Keras model config, a builder (or the name Keras registered it
+under; its dotted import path only with `safe_mode=False`), or a model."""
 
 _OBJECT_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Bookkeeping a TF1 Saver or a TF2 Checkpoint writes beside the model's variables.
 _NOT_MODEL = ("global_step", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH", "optimizer")
+# An architecture string ending so is a file: read, never imported (a config is data).
+_FILES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".json": "json"}
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*[.:][A-Za-z_]\w*")
 
 
 def resolve_checkpoint(path: str) -> str | None:
@@ -54,8 +62,8 @@ def read_checkpoint(
     caller); the caller's own model is never restored into: a copy is (`copy_model`)."""
     if architecture is None:
         raise ValueError(
-            "a checkpoint holds only variables: pass architecture= (a .keras file, a Keras "
-            "model config, or a builder) to restore them into."
+            "a checkpoint holds only variables: pass architecture= (a .keras, .h5 or .json file, "
+            "a Keras model config, or a builder) to restore them into."
         )
     model = build_architecture(architecture, safe_mode=safe_mode)
     if model is architecture:
@@ -65,17 +73,19 @@ def read_checkpoint(
 
 
 def build_architecture(architecture: Architecture, *, safe_mode: bool = True) -> keras.Model:
-    """A freshly built (randomly initialised) model from any accepted architecture form."""
+    """A freshly built (randomly initialised) model from any accepted architecture form.
+
+    A string is a file path or a registered name, and runs no code of its own: a builder named
+    by its import path (`"pkg.module.build"`) is imported only with `safe_mode=False`, since
+    importing a module runs it. A callable passed as such is the caller's own code, and called."""
     if isinstance(architecture, keras.Model):
         return architecture
     if isinstance(architecture, Mapping):
         model = keras.saving.deserialize_keras_object(dict(architecture), safe_mode=safe_mode)
     elif callable(architecture):
         model = architecture()
-    elif str(architecture).endswith(".keras"):
-        model = keras.saving.load_model(architecture, compile=False, safe_mode=safe_mode)
     else:
-        model = _import(str(architecture))()
+        model = _from_string(os.fspath(architecture), safe_mode)
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected the architecture to give a keras.Model. Received: {model!r}")
     return model
@@ -161,13 +171,38 @@ def _bookkeeping(key: str) -> bool:
     return any(part in key for part in _NOT_MODEL) or key.rsplit("/", 1)[-1].startswith("Adam")
 
 
+def _from_string(text: str, safe_mode: bool) -> Any:
+    """The model a file path, a registered builder's name or (unsafe) an import path gives."""
+    kind = _FILES.get(os.path.splitext(text)[1].lower())
+    if kind is not None:  # a file, whether or not it exists: never an import
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"architecture file {text!r} does not exist.")
+        if kind != "json":
+            return read_keras_file(text, kind, safe_mode=safe_mode)
+        with open(text, encoding="utf-8") as f:
+            return keras.saving.deserialize_keras_object(json.load(f), safe_mode=safe_mode)
+    # Builders already registered by code that ran (`keras.saving.register_keras_serializable`).
+    registered = keras.saving.get_registered_object(text)
+    if registered is not None:
+        return registered()
+    if not _DOTTED.fullmatch(text):
+        raise ValueError(
+            "Expected the architecture as a .keras, .h5 or .json file, a Keras config, a builder "
+            "or its name registered with keras.saving.register_keras_serializable ('package>name'), "
+            f"or a model. Received: architecture={text!r}"
+        )
+    if safe_mode:
+        raise ValueError(
+            f"architecture={text!r} names a builder by its import path, and importing a module runs "
+            "its code, which safe_mode=True forbids. Pass the builder itself, register it with "
+            "keras.saving.register_keras_serializable and pass its 'package>name', or, if you trust "
+            "that module, load with safe_mode=False."
+        )
+    return _import(text)()
+
+
 def _import(dotted: str) -> Callable[[], keras.Model]:
     module, _, attr = dotted.replace(":", ".").rpartition(".")
-    if not module:
-        raise ValueError(
-            f"Expected the architecture as a .keras path, a config, a builder or a dotted "
-            f"'module.function' path. Received: {dotted!r}"
-        )
     builder = getattr(importlib.import_module(module), attr)
     if not callable(builder):
         raise TypeError(f"Architecture builder {dotted!r} is not callable.")

@@ -32,7 +32,7 @@ DEFAULT_INPUT = "features"
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "keras": ("safe_mode", "custom_objects"),
     "h5": ("safe_mode", "custom_objects"),
-    "saved_model": ("tags", "signature"),
+    "saved_model": ("tags", "signature", "safe_mode"),
     "checkpoint": ("architecture", "scope", "variable_map", "safe_mode"),
     "object": (),
 }
@@ -79,8 +79,12 @@ def load_member(
             first). `build_ensemble` aligns members by label, so runs that encoded the labels
             in different orders combine class by class; None leaves the columns unnamed.
         **options: what the format's reader takes (`FORMAT_OPTIONS`):
-            `safe_mode` (`.keras`/`.h5` files and architectures: a `Lambda` layer's code runs
-            only with `safe_mode=False`; opt out only for files you trust), `custom_objects`
+            `safe_mode` (default True; opt out only for sources you trust as you would code:
+            `.keras`/`.h5` files and architectures run a `Lambda` layer's code, and an
+            architecture's dotted import path is imported, only with `safe_mode=False`; a
+            SavedModel, whose graph is code, is refused while its signature or its loading
+            would run an op of `ensemble.members.untrusted.UNSAFE_OPS`: file-system,
+            checkpoint, debugger or Python-calling ops), `custom_objects`
             (`.keras`/`.h5`); `tags`, `signature` (a SavedModel's
             MetaGraph tags, e.g. `["serve"]` for TF1, and signature key); `architecture`,
             `scope`, `variable_map` (a checkpoint: the model to restore into, as a `.keras`

@@ -18,6 +18,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from ensemble.members.untrusted import check_graph_ops
 from ensemble.rows import input_values
 from ensemble.types import Tensor
 
@@ -37,7 +38,8 @@ class SavedModelLayer(keras.layers.Layer):
     `tags` selects the MetaGraph of a TF1 SavedModel (`["serve"]` when None and
     the SavedModel has several). The output is the only one of the signature
     unless `output_key` names one. A TF1 SavedModel's variables are frozen into
-    constants, so the ensemble exports as one self-contained SavedModel.
+    constants, so the ensemble exports as one self-contained SavedModel. With
+    `safe_mode`, a graph holding `untrusted.UNSAFE_OPS` is refused before it loads.
     """
 
     def __init__(
@@ -47,13 +49,20 @@ class SavedModelLayer(keras.layers.Layer):
         tags: Sequence[str] | None = None,
         signature: str = "serving_default",
         output_key: str | None = None,
+        safe_mode: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(trainable=False, **kwargs)
         self.filepath = str(filepath)
         self.tags = list(tags) if tags is not None else None
         self.signature = signature
-        if _is_tf1(self.filepath):
+        self.safe_mode = bool(safe_mode)
+        metas = _read_meta_graphs(self.filepath)
+        if self.safe_mode:  # checked before loading, which runs restore, init and resource ops
+            check_graph_ops(self.filepath, metas, self.tags, signature)
+        if not any(
+            meta.object_graph_def.nodes for meta in metas
+        ):  # no TF2 object graph: a TF1 codebase wrote it
             self._signature = _FrozenTF1Signature(self.filepath, self.tags, signature)
         else:
             self._signature = _TF2Signature(self.filepath, self.tags, signature)
@@ -109,6 +118,7 @@ class SavedModelLayer(keras.layers.Layer):
                 "tags": self.tags,
                 "signature": self.signature,
                 "output_key": self.output_key,
+                "safe_mode": self.safe_mode,
             }
         )
         return config
@@ -133,11 +143,6 @@ def _in_safe_mode() -> bool:
     from keras.src.saving import serialization_lib
 
     return serialization_lib.in_safe_mode() is not False
-
-
-def _is_tf1(path: str) -> bool:
-    """A SavedModel without a TF2 object graph was written by a TF1 graph/session codebase."""
-    return not any(meta.object_graph_def.nodes for meta in _read_meta_graphs(path))
 
 
 def _read_meta_graphs(path: str) -> list[Any]:
