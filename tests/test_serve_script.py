@@ -44,7 +44,7 @@ def test_the_readmes_override_of_models_parses():
     line = next(line for line in section.splitlines() if "serve.models=" in line)
     override = re.search(r"'(serve\.models=.*)'", line).group(1)  # type: ignore[union-attr]
     models = serve_config(override).serve.models
-    assert sorted(models) == ["digits", "zoo"] and str(models.digits).endswith("/export")
+    assert sorted(models) == ["digits", "mlp"] and str(models.digits) == "exports/digits"
 
 
 def test_models_from_the_command_line(tmp_path):
