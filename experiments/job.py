@@ -287,6 +287,11 @@ def finish(
     if output_dir is not None and cfg.export.enabled:
         result.update(export(model, cfg, output_dir, data))
     if output_dir is not None:
-        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        write_metrics(result, output_dir)
     return result
+
+
+def write_metrics(result: dict[str, Any], output_dir: str) -> None:
+    """`result` as the run directory's `metrics.json`."""
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)

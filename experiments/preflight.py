@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from ensemble import EnsembleError
-from ensemble.export.saved_model import MANIFEST, _check_parent, _check_target
+from ensemble.export.saved_model import MANIFEST, check_parent, check_target
 from ensemble.export.tflite import QUANTIZATIONS
 
 __all__ = ["BOOLEANS", "EXTRAS", "check_export", "missing_packages"]
@@ -96,7 +96,7 @@ def _check_place(path: str, options: DictConfig) -> None:
     key = f"export.dir={options.dir!r}"
     try:
         if options.get("versioned", False):
-            _check_parent(target, "Export base")
+            check_parent(target, "Export base")
             if os.path.lexists(target) and not os.path.isdir(target):
                 raise EnsembleError(f"Export base {target} is not a directory of versions.")
             if os.path.isfile(os.path.join(target, MANIFEST)):
@@ -104,7 +104,7 @@ def _check_place(path: str, options: DictConfig) -> None:
             if os.path.isdir(target) and not os.access(target, os.W_OK | os.X_OK):
                 raise PermissionError(f"Export base {target}: no permission to write in it.")
         else:
-            _check_target(target, bool(options.get("overwrite", False)))
+            check_target(target, bool(options.get("overwrite", False)))
     except (OSError, EnsembleError) as error:
         hint = f" Create {os.path.dirname(target)} first." if isinstance(error, FileNotFoundError) else ""
         raise EnsembleError(f"{key}: {error}{hint}") from None

@@ -13,24 +13,19 @@ TFLite variants.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from typing import Any
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ensemble import EnsembleView
-from ensemble.evaluate import console_ending, write_figures, write_report
-from experiments.job import Evaluated, check_writable, finish, fit_and_evaluate
+from ensemble.evaluate import console_ending
+from experiments.job import check_writable, fit_and_evaluate
+from experiments.outcome import close_run
 from experiments.preflight import check_export
 
 __all__ = ["run"]
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
@@ -41,45 +36,11 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
         check_writable(output_dir)
     check_export(cfg, output_dir)
     job = fit_and_evaluate(cfg, output_dir)
-    result = job.result
     if job.report.task == "classification":  # the share of members that disagree with the ensemble
-        result["ensemble"]["disagreement"] = float(np.mean(job.outputs["disagreement"]))
-    try:
-        result = finish(result, job.model, cfg, job.output_dir, job.data)
-    except Exception as error:
-        if job.output_dir is None:
-            raise
-        result = {**result, "export_dir": None, "export_error": f"{type(error).__name__}: {error}"}
-        try:
-            with open(os.path.join(job.output_dir, "metrics.json"), "w") as f:
-                json.dump(result, f, indent=2)
-            _write_report(job, result, cfg)
-        except Exception:  # the export's error is the one to see
-            log.exception("Writing metrics.json and report.md after the failed export failed too")
-        log.error("The export failed; metrics.json and report.md in %s say what was done", job.output_dir)
-        raise
-    if job.output_dir is not None:
-        _write_report(job, result, cfg)
+        job.result["ensemble"]["disagreement"] = float(np.mean(job.outputs["disagreement"]))
+    result = close_run(job, cfg)
     print(console_ending(result, job.output_dir))
     return result
-
-
-def _write_report(job: Evaluated, result: dict[str, Any], cfg: DictConfig) -> None:
-    """The figures and report.md into the run directory; a failed export is said so."""
-    assert job.output_dir is not None
-    names = EnsembleView.of(job.model).member_names
-    extras = {"fit_report": job.report, "model": job.model, "ood_outputs": job.ood_outputs}
-    figures = write_figures(job.data.y_test, job.outputs, names, result, job.output_dir, **extras)
-    failed = "export_error" in result
-    shown = {k: v for k, v in result.items() if k != "export_dir"} if failed else result
-    path = os.path.join(job.output_dir, "report.md")
-    write_report(path, shown, figures, OmegaConf.to_yaml(cfg, resolve=True))
-    if failed:
-        with open(path) as f:
-            text = f.read()
-        note = f"## Export\n\nFailed, nothing exported: {result['export_error']}\n\n## Config\n"
-        with open(path, "w") as f:
-            f.write(text.replace("## Config\n", note, 1))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import signal
+import subprocess
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -154,3 +159,29 @@ def fit_report(level_one, targets, *, task="classification", method="none", fitt
         targets=targets,
     )
     return dataclasses.replace(report, **changes)
+
+
+@contextlib.contextmanager
+def serving_port(server: subprocess.Popen[str], timeout_s: float) -> Iterator[int]:
+    """The port an `experiments.serve` subprocess says uvicorn listens on (its output read
+    until then, within `timeout_s`); at the end the server is stopped with SIGINT and, when
+    the block raised nothing, must have exited cleanly."""
+    log = []
+    try:
+        port = None
+        deadline = time.monotonic() + timeout_s
+        while port is None and time.monotonic() < deadline and server.poll() is None:
+            line = server.stdout.readline()  # type: ignore[union-attr]
+            log.append(line)
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            port = found and int(found.group(1))
+        assert port, "".join(log)[-3000:]
+        yield port
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    assert server.returncode == 0, "".join(log)[-3000:]

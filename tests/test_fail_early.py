@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -21,7 +19,7 @@ import ensemble
 from experiments import preflight
 from experiments.preflight import check_export
 from experiments.run import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, serving_port
 from tests.test_readme import ROOT, readme
 
 SERVING = "Serving over HTTP: TF Serving's REST API"
@@ -159,26 +157,9 @@ def test_readme_versioned_serving_example_runs_in_its_order(tmp_path):
     server = subprocess.Popen(
         f"exec {start} serve.port=0", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **shell
     )
-    log = []
-    try:
-        port = None
-        deadline = time.monotonic() + 180
-        while port is None and time.monotonic() < deadline and server.poll() is None:
-            line = server.stdout.readline()  # type: ignore[union-attr]
-            log.append(line)
-            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = found and int(found.group(1))
-        assert port, "".join(log)[-3000:]
+    with serving_port(server, 180) as port:
         newest, version_1 = (ask(command, port) for command in asks)
         (row,) = newest["predictions"]  # an ensemble answers every output per row
         assert {"prediction", "member_predictions"} <= set(row)
         assert abs(sum(row["prediction"]) - 1) < 1e-5
         np.testing.assert_allclose(np.ravel(version_1["outputs"]), row["prediction"], atol=1e-6)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-    assert server.returncode == 0, "".join(log)[-3000:]

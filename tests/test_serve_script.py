@@ -6,17 +6,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, serving_port
 from tests.test_readme import ROOT, readme
 
 SECTION = "Serving over HTTP: TF Serving's REST API"
@@ -87,16 +85,7 @@ def test_readme_curl_example_works_as_written(tmp_path):
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    log = []
-    try:
-        port = None
-        deadline = time.monotonic() + 300
-        while port is None and time.monotonic() < deadline and server.poll() is None:
-            line = server.stdout.readline()  # type: ignore[union-attr]
-            log.append(line)
-            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = found and int(found.group(1))
-        assert port, "".join(log)[-3000:]
+    with serving_port(server, 300) as port:
         command = ask.replace("127.0.0.1:8501", f"127.0.0.1:{port}")
         if shutil.which("curl"):
             answer = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60).stdout
@@ -113,11 +102,3 @@ def test_readme_curl_example_works_as_written(tmp_path):
         assert np.array_equal(sent[0], load_digits().data[0])  # the README's row is digits' first
         member = ensemble.load_member(str(zoo / "mlp.keras"), name="mlp")
         np.testing.assert_allclose(row, member.predict(np.asarray(sent), verbose=0)[0], atol=1e-5)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-    assert server.returncode == 0, "".join(log)[-3000:]

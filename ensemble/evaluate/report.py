@@ -67,7 +67,9 @@ def write_report(
     lines += conformal_section(result)
     for title, file in figure_files.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
-    if "export_dir" in result:
+    if "export_error" in result:  # the export failed late; what was done is still reported
+        lines += ["## Export", "", f"Failed, nothing exported: {result['export_error']}", ""]
+    elif "export_dir" in result:
         lines += ["## Export", "", f"One SavedModel at `{result['export_dir']}` (verified by reloading).", ""]
     if "tflite" in result:
         variants = {

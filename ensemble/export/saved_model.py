@@ -42,7 +42,14 @@ from ensemble.graph.conformal import conformal_config
 from ensemble.graph.view import EnsembleView
 from ensemble.types import PathLike
 
-__all__ = ["MANIFEST", "export_saved_model", "export_version", "read_manifest"]
+__all__ = [
+    "MANIFEST",
+    "check_parent",
+    "check_target",
+    "export_saved_model",
+    "export_version",
+    "read_manifest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ def export_saved_model(
     """
     view = EnsembleView.of(model)
     target = os.path.abspath(os.fspath(path))
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
 
     def write(directory: str) -> None:
         _write(view, directory, config, jit_compile)
@@ -127,7 +134,7 @@ def export_version(
     for name, value, least in (("version", version, 0), ("keep", keep, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise EnsembleError(f"Expected {name} to be an integer >= {least} or None. Received: {value!r}")
-    _check_parent(base, "Export base")
+    check_parent(base, "Export base")
     if os.path.lexists(base) and not os.path.isdir(base):
         raise EnsembleError(f"Export base {base} is not a directory; expected a directory of versions.")
     if os.path.isfile(os.path.join(base, MANIFEST)):
@@ -149,7 +156,9 @@ def read_manifest(path: PathLike) -> dict[str, Any]:
     return result
 
 
-def _check_target(target: str, overwrite: bool) -> None:
+def check_target(target: str, overwrite: bool) -> None:
+    """An error unless an export may be written at `target` (its parent checked too); also what
+    a job checks before any work (`experiments.preflight`)."""
     if os.path.isfile(target):
         raise EnsembleError(f"Export path {target} is a file; expected a directory to write.")
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
@@ -158,7 +167,7 @@ def _check_target(target: str, overwrite: bool) -> None:
         )
     if os.path.lexists(target) and not os.path.exists(target) and not overwrite:
         raise FileExistsError(f"Export path {target} is a broken symlink; pass overwrite=True to replace it.")
-    _check_parent(target, "Export path")
+    check_parent(target, "Export path")
     _check_is_export(target)
 
 
@@ -183,7 +192,8 @@ def _check_is_export(target: str) -> None:
         )
 
 
-def _check_parent(target: str, what: str) -> None:
+def check_parent(target: str, what: str) -> None:
+    """An error unless `target`'s parent directory exists and may be written in."""
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{what} {target}: its parent directory does not exist.")
