@@ -43,6 +43,7 @@ __all__ = [
     "remove_entry",
     "save_array",
     "staging_dir",
+    "swap_into_place",
 ]
 
 LOCK = ".lock"
@@ -147,28 +148,64 @@ def remove_abandoned_writes(parent: str) -> list[str]:
 
 
 def exchange(a: str, b: str) -> bool:
-    """Swap the entries at `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`, any mix
-    of file, directory and symlink); False, with nothing done, where the system cannot."""
-    call = _renameat2()
+    """Swap the entries at `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`, macOS
+    `renamex_np(RENAME_SWAP)`; any mix of file, directory and symlink); False, with nothing
+    done, where the system or the filesystem cannot (ENOSYS, EINVAL, EOPNOTSUPP, ENOTSUP)."""
+    call = _exchange_call()
     if call is None:
         return False
-    if call(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+    if call(os.fsencode(a), os.fsencode(b)) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+    if code in _NO_EXCHANGE:
         return False  # an old kernel, or a filesystem without it (some network ones)
     raise OSError(code, os.strerror(code), a, None, b)
 
 
-def _renameat2() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
+def _exchange_call() -> Callable[[bytes, bytes], int] | None:
+    """`(a, b) -> 0 or -1 (errno set)`, the system's one-step exchange; None where it has none."""
+    if sys.platform.startswith("linux"):
+        name, argtypes = (
+            "renameat2",
+            [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint],
+        )
+    elif sys.platform == "darwin":
+        name, argtypes = "renamex_np", [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+    else:
         return None
-    call = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
-    if call is None:
+    function = getattr(ctypes.CDLL(None, use_errno=True), name, None)  # glibc >= 2.28, macOS 10.12
+    if function is None:
         return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return cast("Callable[..., int]", call)
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    call = cast("Callable[..., int]", function)
+    if name == "renamex_np":
+        return lambda a, b: call(a, b, 0x2)  # RENAME_SWAP
+    return lambda a, b: call(-100, a, -100, b, 0x2)  # AT_FDCWD, RENAME_EXCHANGE
+
+
+def swap_into_place(written: str, target: str, aside: str) -> bool:
+    """Put the directory `written` at `target`, whose existing entry (a directory, or a symlink
+    to one) ends at `written`'s name, to be removed by the caller. One step where `exchange`
+    can (True); else `target` is renamed to `aside`, then `written` to `target` (False): for
+    the moment between the two renames `target` is absent, and a writer killed there leaves
+    the old entry at `aside` (`remove_abandoned` gives it back). Nothing at `target`: one rename.
+    """
+    if not os.path.lexists(target):
+        os.rename(written, target)
+        return True
+    if exchange(written, target):
+        return True
+    os.rename(target, aside)  # os.replace cannot replace a non-empty directory
+    try:
+        os.rename(written, target)
+    except BaseException:
+        os.rename(aside, target)  # put the old one back
+        raise
+    os.rename(aside, written)  # where the caller removes the old one, as after an exchange
+    return False
 
 
 def _lock(path: str, *, wait: bool) -> int | None:
@@ -225,11 +262,4 @@ def _move_into_place(written: str, target: str, retired: str, overwrite: bool, w
     if not os.path.isdir(target):
         os.replace(written, target)  # atomic for a file, or onto a missing path
         return
-    if exchange(written, target):  # the old one is now at `written`, removed with the staging
-        return
-    os.rename(target, retired)  # os.replace cannot replace a non-empty directory
-    try:
-        os.rename(written, target)
-    except BaseException:
-        os.rename(retired, target)  # put the old one back
-        raise
+    swap_into_place(written, target, retired)  # the old one ends at `written`, removed with the staging

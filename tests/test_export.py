@@ -203,18 +203,13 @@ def test_an_existing_export_is_never_half_overwritten(tmp_path, mixed_ensemble, 
     with pytest.raises(RuntimeError, match="disk full"):
         ensemble.export_saved_model(model, path, overwrite=True)
     assert _listing(path) == before
-    # No debris beside it: `export` is a symlink into its store of versions, which holds only it.
-    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export", "members"]
-    assert os.readlink(path) == os.path.join(".export.versions", "1")
-    assert os.listdir(tmp_path / ".export.versions") == ["1"]
+    # No debris beside it: `export` is a plain directory, and nothing else was left.
+    assert sorted(os.listdir(tmp_path)) == ["export", "members"] and not os.path.islink(path)
     monkeypatch.undo()
 
     replaced = ensemble.export_saved_model(model, path, overwrite=True, config="x: 1\n")
     assert replaced == path and os.path.exists(os.path.join(path, "assets.extra", "config.yaml"))
-    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export", "members"]
-    assert os.readlink(path) == os.path.join(".export.versions", "2")
-    # The replaced version stays until the next export, for readers that resolved the link.
-    assert sorted(os.listdir(tmp_path / ".export.versions")) == ["1", "2"]
+    assert sorted(os.listdir(tmp_path)) == ["export", "members"] and not os.path.islink(path)
 
 
 def test_export_errors(tmp_path, mixed_ensemble, monkeypatch):

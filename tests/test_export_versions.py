@@ -1,5 +1,5 @@
-"""Exports in versions (`base/<n>/`), overwrites with no moment without a complete export,
-refusal of what is no export, and the removal of what killed writers left."""
+"""Exports in versions (`base/<n>/`), overwrites of a plain directory with no moment without a
+complete export, refusal of what is no export, and the removal of what killed writers left."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def test_versions_are_integer_directories_written_in_one_step(tmp_path, model, f
     assert ensemble.read_manifest(base / "2") == {"config": "c: 2\n"}
     assert ensemble.export_version(model, base, keep=2) == os.fspath(base / "8")
     assert ensemble.list_versions(base) == [7, 8]
-    assert sorted(os.listdir(base)) == ["7", "8", "9", "notes"]  # the dead staging folder went too
+    # The dead staging folder went too; the highest number published is recorded beside.
+    assert sorted(os.listdir(base)) == [versions.HIGHEST, "7", "8", "9", "notes"]
     for bad in ({"version": -1}, {"version": True}, {"keep": 0}):
         with pytest.raises(ensemble.EnsembleError, match=r"Expected (version|keep) to be an integer"):
             ensemble.export_version(model, base, **bad)
@@ -78,17 +79,15 @@ def test_versions_are_integer_directories_written_in_one_step(tmp_path, model, f
         ensemble.export_saved_model(model, base, overwrite=True)
 
 
-def test_overwrite_points_the_path_at_the_new_version(tmp_path, model, fake_write):
+def test_overwrite_replaces_the_plain_directory(tmp_path, model, fake_write):
     path = tmp_path / "export"
     ensemble.export_saved_model(model, path, config="v: 1\n")
-    assert os.readlink(path) == os.path.join(".export.versions", "1")
+    assert path.is_dir() and not path.is_symlink()
     for number in (2, 3):
         ensemble.export_saved_model(model, path, overwrite=True, config=f"v: {number}\n")
         assert ensemble.read_manifest(path) == {"config": f"v: {number}\n"}
-        assert os.readlink(path) == os.path.join(".export.versions", str(number))
-    # A replaced version stays until the next export is in place, for readers that resolved it.
-    assert sorted(os.listdir(tmp_path / ".export.versions")) == ["2", "3"]
-    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export"]
+        assert path.is_dir() and not path.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # the replaced ones are gone
 
 
 def test_overwrite_refuses_a_directory_that_is_no_export(tmp_path, model, fake_write):
@@ -100,19 +99,25 @@ def test_overwrite_refuses_a_directory_that_is_no_export(tmp_path, model, fake_w
     assert os.listdir(mine) == ["thesis.tex"] and sorted(os.listdir(tmp_path)) == ["results"]
     (tmp_path / "empty").mkdir()  # an empty directory is no export to keep
     ensemble.export_saved_model(model, tmp_path / "empty")
-    assert os.path.islink(tmp_path / "empty")
+    assert not os.path.islink(tmp_path / "empty") and ensemble.read_manifest(tmp_path / "empty")
 
 
-def test_a_legacy_export_directory_is_swapped_for_the_link(tmp_path, model, fake_write, monkeypatch):
+def legacy_layout(model, path) -> None:
+    """An export as earlier versions of this code left it: `path` a relative symlink to
+    `.NAME.versions/1` beside it."""
+    parent, name = os.path.split(os.fspath(path))
+    os.makedirs(os.path.join(parent, f".{name}.versions"), exist_ok=True)
+    ensemble.export_saved_model(model, os.path.join(parent, f".{name}.versions", "1"))
+    os.symlink(os.path.join(f".{name}.versions", "1"), path, target_is_directory=True)
+
+
+def test_a_legacy_export_link_becomes_a_plain_directory(tmp_path, model, fake_write):
     path = tmp_path / "export"
-    monkeypatch.setattr(versions, "LINKS", False)  # as earlier versions of this code wrote it
-    ensemble.export_saved_model(model, path, config="old\n")
-    assert path.is_dir() and not path.is_symlink()
-    monkeypatch.setattr(versions, "LINKS", True)
+    legacy_layout(model, path)
+    assert os.path.islink(path) and ensemble.read_manifest(path) == {"config": None}
     ensemble.export_saved_model(model, path, overwrite=True, config="new\n")
-    assert os.path.islink(path) and ensemble.read_manifest(path) == {"config": "new\n"}
-    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export"]
-    assert os.listdir(tmp_path / ".export.versions") == ["1"]
+    assert path.is_dir() and not path.is_symlink() and ensemble.read_manifest(path) == {"config": "new\n"}
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # the hidden store is gone
 
 
 def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, fake_write):
@@ -120,12 +125,12 @@ def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, 
 
     path, gone = tmp_path / "export", dead_pid()
     ensemble.export_saved_model(model, path)
-    store = tmp_path / ".export.versions"
+    store = tmp_path / ".export.versions"  # of earlier versions of this code, no longer used
     debris = [
         tmp_path / f".export.partial-{gone}-ab12",  # a staging folder of a dead writer
         tmp_path / ".export.partial-k3x9_q1z",  # of an earlier version of this code, old
-        store / f".partial-{gone}-cd34",
-        store / "5",  # a version published by a writer killed before its swap
+        store,
+        store / "5",
     ]
     for folder in debris:
         folder.mkdir()
@@ -133,6 +138,7 @@ def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, 
     os.remove(debris[1] / LOCK)
     os.utime(debris[1], (time.time() - 7200,) * 2)
     os.symlink(os.path.join(".export.versions", "5"), tmp_path / f".export.link-{gone}-ef56")
+    (tmp_path / ".export.lock").touch()  # the lock file of a writer killed while it held it
     live = tmp_path / f".export.partial-{gone}-live"  # its lock is held: in use, whatever its pid
     live.mkdir()
     held = os.open(live / LOCK, os.O_RDWR | os.O_CREAT)
@@ -141,8 +147,7 @@ def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, 
         ensemble.export_saved_model(model, path, overwrite=True)
     finally:
         os.close(held)
-    assert sorted(os.listdir(tmp_path)) == [f".export.partial-{gone}-live", ".export.versions", "export"]
-    assert sorted(os.listdir(store)) == ["1", "2"]  # the stray version 5 went first
+    assert sorted(os.listdir(tmp_path)) == [f".export.partial-{gone}-live", "export"]
 
     # The same for any atomic write (caches, training-row records, TFLite files).
     (tmp_path / f".rows.npy.partial-{gone}-gh78").mkdir()
@@ -151,8 +156,9 @@ def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path, model, 
     np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), np.arange(3))
 
 
-# Loads the export in a loop, as a server would (resolving the link once per load), and probes
-# the path itself in a thread; stops by itself after `iterations`, `seconds` or the stop file.
+# Loads the export in a loop, as the registry does (a load during which the manifest's identity
+# changed is done again: it may pair one export's graph with the next one's variables), and
+# probes the path itself in a thread; stops after `iterations`, `seconds` or the stop file.
 _READER = textwrap.dedent(
     """
     import json, os, sys, threading, time
@@ -160,6 +166,10 @@ _READER = textwrap.dedent(
     path, out, stop, iterations, seconds = sys.argv[1:]
     x = tf.constant(np.linspace(-1, 1, 16, dtype="float32").reshape(2, 8))
     predictions, failures, probes, misses, done = [], [], [0], [0], threading.Event()
+    again = [0]
+    def identity():
+        with open(os.path.join(path, "assets.extra", "manifest.json")) as f:
+            return json.load(f)["identity"]
     def probe():
         while not done.is_set():
             probes[0] += 1
@@ -171,15 +181,23 @@ _READER = textwrap.dedent(
     start = time.time()
     while (len(predictions) + len(failures) < int(iterations) and time.time() - start < float(seconds)
            and not os.path.exists(stop)):
+        before = identity()
         try:
-            served = tf.saved_model.load(os.path.realpath(path)).signatures["serving_default"](features=x)
-            predictions.append(served["prediction"].numpy().tolist())
-            open(stop + ".up", "w").close()
+            served = tf.saved_model.load(path).signatures["serving_default"](features=x)
         except Exception as error:
-            failures.append(repr(error)[:500])
+            if identity() == before:
+                failures.append(repr(error)[:500])
+            else:
+                again[0] += 1
+            continue
+        if identity() != before:
+            again[0] += 1
+            continue
+        predictions.append(served["prediction"].numpy().tolist())
+        open(stop + ".up", "w").close()
     done.set()
     json.dump({"predictions": predictions, "failures": failures, "probes": probes[0],
-               "misses": misses[0]}, open(out, "w"))
+               "misses": misses[0], "again": again[0]}, open(out, "w"))
     """
 )
 
@@ -205,13 +223,13 @@ def test_a_reader_in_a_loop_never_fails_while_the_export_is_overwritten(tmp_path
     finally:
         reader.kill()
     seen = json.loads(out.read_text())
-    print("reader:", len(seen["predictions"]), "loads,", seen["probes"], "probes of the path")
+    print("reader:", len(seen["predictions"]), "loads,", seen["again"], "again,", seen["probes"], "probes")
     assert seen["failures"] == [] and seen["misses"] == 0 and seen["probes"] > 100
     which = [
         next(i for i, e in enumerate(expected) if np.allclose(p, e, atol=1e-6)) for p in seen["predictions"]
     ]
     assert len(which) >= 10 and which == sorted(which) and which[-1] == 5, which
-    assert sorted(os.listdir(tmp_path)) == [".export.versions", "export", "reader.json", "stop", "stop.up"]
+    assert sorted(os.listdir(tmp_path)) == ["export", "reader.json", "stop", "stop.up"]
 
 
 _WRITER = textwrap.dedent(
@@ -229,19 +247,19 @@ _WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_kill_9_mid_export_leaves_the_earlier_export_or_none(tmp_path, monkeypatch):
+def test_kill_9_mid_export_leaves_the_earlier_export_or_none(tmp_path):
     import tensorflow as tf
 
     earlier, later = (np.asarray(small_ensemble(v)(X)["prediction"]) for v in (0, 1))
-    trials = {"first": None, "legacy": False, "link": True, "link-again": True}  # earlier export?
+    trials = {"first": None, "legacy-link": "link", "dir": "dir", "dir-again": "dir"}  # earlier one
     rng = np.random.default_rng(14)
     writers = {}
-    for name, links in trials.items():
+    for name, earlier_layout in trials.items():
         (tmp_path / name).mkdir()
-        if links is not None:
-            monkeypatch.setattr(versions, "LINKS", links)
+        if earlier_layout == "link":
+            legacy_layout(small_ensemble(0), tmp_path / name / "export")
+        elif earlier_layout == "dir":
             ensemble.export_saved_model(small_ensemble(0), tmp_path / name / "export")
-    monkeypatch.setattr(versions, "LINKS", True)
     for name in trials:  # all at once: the imports of four processes overlap
         writers[name] = subprocess.Popen(
             [sys.executable, "-c", _WRITER, os.fspath(tmp_path / name / "export")],
@@ -269,5 +287,5 @@ def test_kill_9_mid_export_leaves_the_earlier_export_or_none(tmp_path, monkeypat
         else:
             print(name, "holds nothing")
         ensemble.export_saved_model(small_ensemble(2), path, overwrite=True)  # cleans what was left
-        assert sorted(os.listdir(tmp_path / name)) == [".export.versions", "export"], name
-        assert len(os.listdir(tmp_path / name / ".export.versions")) <= 2, name
+        assert sorted(os.listdir(tmp_path / name)) == ["export"], name
+        assert not os.path.islink(path), name

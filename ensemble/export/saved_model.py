@@ -17,7 +17,8 @@ column as `prediction` scores them (TF Serving's classify answer, in one signatu
 
 `assets.extra/` (the SavedModel place for files a library adds beside the
 graph) holds `manifest.json` (members, sources, task, width, combiner,
-library versions) and, when given, the resolved config as `config.yaml`.
+library versions, and an `identity` new at every export, by which a server
+tells a replaced export) and, when given, the resolved config as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import uuid
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -34,7 +36,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ensemble.atomic import atomic_path
 from ensemble.errors import EnsembleError
 from ensemble.export import versions
 from ensemble.export.signature import input_specs, serving_function
@@ -53,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST = os.path.join("assets.extra", "manifest.json")
+MANIFEST = versions.MANIFEST
 CONFIG = os.path.join("assets.extra", "config.yaml")
 
 
@@ -67,12 +68,12 @@ def export_saved_model(
 ) -> str:
     """Write `model` (from `build_ensemble`) as one SavedModel directory at `path`.
 
-    `path` becomes a relative symlink to `.NAME.versions/<n>` beside it (NAME its base name),
-    written there completely before `path` is pointed at it. An overwrite points `path` at the
-    new version in one step (`os.replace` of the symlink), so at every moment `path` holds one
-    complete export, then removes the replaced one (see `ensemble.export.versions`); an export
-    left as a real directory by earlier versions of this code is swapped the same way (Linux).
-    For TF Serving's `base/<version>/` layout use `export_version`.
+    `path` is a plain directory. An overwrite writes the new export completely in a staging
+    folder beside it, then exchanges the two directories in one step (Linux, macOS), so at
+    every moment `path` holds one complete export, and deletes the old one; where no exchange
+    exists, the old one is renamed aside first (a moment with no export). An export left as a
+    symlink by earlier versions of this code becomes a plain directory the same way (see
+    `ensemble.export.versions`). For TF Serving's `base/<version>/` layout use `export_version`.
 
     Args:
         model: an ensemble built by `build_ensemble`.
@@ -85,7 +86,7 @@ def export_saved_model(
             and the gain on CPU is modest (see the benchmark). TFLite converts it as usual.
 
     Returns:
-        The absolute path written (`path`, not the version it points at).
+        The absolute path written.
     """
     view = EnsembleView.of(model)
     target = os.path.abspath(os.fspath(path))
@@ -94,11 +95,7 @@ def export_saved_model(
     def write(directory: str) -> None:
         _write(view, directory, config, jit_compile)
 
-    if versions.LINKS:
-        versions.swap_in(target, write, lambda: _check_again(target, overwrite))
-    else:  # no symlinks or flock (Windows): a plain directory, renamed into place
-        with atomic_path(target, overwrite=overwrite, what="export") as staging:
-            write(staging)
+    versions.swap_in(target, write, lambda: _check_again(target, overwrite))
     log.info("Exported ensemble %r to %s", model.name, target)
     return target
 
@@ -120,8 +117,9 @@ def export_version(
     Args:
         model: an ensemble built by `build_ensemble`.
         base: the directory of versions (made when missing; its parent must exist).
-        version: the version to write; None for one past the highest there. An existing
-            version is an error.
+        version: the version to write; None for one past the highest ever published there
+            (a removed newest version's number is not used again). An existing version is an
+            error; a removed one may be written again.
         keep: once the new version is in place, remove all but the newest `keep` versions
             (never the one just written); None keeps them all.
         config, jit_compile: as for `export_saved_model`.
@@ -218,7 +216,9 @@ def _write(
 
     os.makedirs(os.path.join(directory, "assets.extra"), exist_ok=True)
     with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(_manifest(view, specs), f, indent=2)
+        # This export's identity, new at every export (an ONNX file made from the model has
+        # none): how a server tells an export replaced on disk (`versions.ExportWatch`).
+        json.dump({**_manifest(view, specs), "identity": uuid.uuid4().hex}, f, indent=2)
     if config is not None:
         if not isinstance(config, str):  # a mapping, possibly an OmegaConf DictConfig
             from omegaconf import OmegaConf

@@ -1,47 +1,76 @@
-"""Exports on disk, in versions: `base/<n>/` as TF Serving reads them, and an unversioned path
-that is a symlink to the newest version of a hidden store beside it, swapped in one step.
+"""Exports on disk: an unversioned export is a plain directory, replaced by a directory exchange;
+a base of versions `base/<n>/` is the layout TF Serving reads.
 
-Layout of an unversioned export at `runs/export`:
+An unversioned export at `runs/export` is an ordinary directory: `shutil.rmtree`,
+`shutil.copytree`, `cp -r` and `tar` handle it as any other. An overwrite writes the new export
+in a staging folder beside it (`runs/.export.partial-<pid>-<random>/export`), then exchanges the
+two directories in one step, Linux `renameat2(RENAME_EXCHANGE)` or macOS
+`renamex_np(RENAME_SWAP)`, and deletes the old tree, now in the staging folder. Every `open`
+under `runs/export` finds the old export or the new one, whole; a process that holds files of
+the old one open keeps reading them (the old tree is unlinked, never rewritten).
 
-    runs/export -> .export.versions/3      (a relative symlink)
-    runs/.export.versions/3/               (the SavedModel)
+Fallback, where there is no exchange (other systems) or the filesystem refuses it (EINVAL,
+ENOSYS, EOPNOTSUPP: some network filesystems): the old directory is renamed aside into the
+staging folder, then the new one renamed in. For the moment between these two renames
+`runs/export` is absent; a writer killed there leaves the old export aside, and the next writer
+to the path renames it back before anything else.
+
+Writers of one path take turns: each holds `flock` on `runs/.export.lock`, removed when it is
+done. What a killed writer left (staging folders, `.export.lock`, and the `.export.link-*` or
+`.export.versions/` store of exports written as symlinks by earlier versions of this code) is
+removed by the next writer; an export that is such a symlink becomes a plain directory at its
+next overwrite, by the same exchange.
+
+One load is several opens: `tf.saved_model.load` reads `saved_model.pb`, then `variables/`
+(about 0.3 s later for a small ensemble), so a load that spans an overwrite can pair one export's
+graph with the next one's variables. `ExportWatch` tells whether the export at a path is still
+the one read: the `stamp` of its directory and manifest (inode, mtime, size: two `stat`s), and
+when that changed, the manifest's `identity` (new at every export). The registry takes one
+before each load and looks again after it (loading again when it changed), and before every
+answer.
 
 A version is written in a staging folder inside its base (`.partial-<pid>-<random>`, which no
 integer parser takes for a version) and renamed to `<n>` in one step, so a version is complete
-or absent. An overwrite publishes the next version in the store, then replaces the symlink with
-`os.replace` (one `rename(2)`): every `open` under `runs/export` at any instant resolves to one
-complete version, and a writer killed at any point leaves the old or the new one there.
-
-One load is several opens: `tf.saved_model.load` reads `saved_model.pb`, then (about 0.3 s
-later for a small ensemble) `variables/`, each through the path, so a load that spans a swap
-can pair the graph of one version with the variables of the next and fail. A reader that must
-never fail resolves the link once, `tf.saved_model.load(os.path.realpath(path))`, as TF Serving
-resolves `base/<n>`; for such readers the replaced version stays in the store until the next
-export to the path is in place (then it, and whatever a killed writer left, is removed).
+or absent. The highest number ever published is recorded in `base/.highest-version` (a file, no
+version to TF Serving), so a removed newest version's number is never handed out again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from ensemble.atomic import exchange, remove_abandoned, remove_entry, staging_dir
+from ensemble.atomic import atomic_path, remove_abandoned, remove_entry, staging_dir, swap_into_place
 
 try:
     import fcntl
-except ImportError:  # Windows: no store of versions, the path is a plain directory
+except ImportError:  # Windows: no flock; writers of one path must not overlap
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LINKS", "current_version", "list_versions", "prune", "publish", "store_of", "swap_in"]
+__all__ = [
+    "HIGHEST",
+    "MANIFEST",
+    "ExportWatch",
+    "export_dir",
+    "highest_published",
+    "list_versions",
+    "prune",
+    "publish",
+    "stamp",
+    "swap_in",
+]
 
 STAGING = ".partial-"
 RETIRED = ".retired-"
-LINKS = os.name == "posix" and fcntl is not None  # where the unversioned path is a symlink
+HIGHEST = ".highest-version"  # the highest version number ever published in a base
+MANIFEST = os.path.join("assets.extra", "manifest.json")  # what makes a directory an export
 _VERSION = re.compile(r"[0-9]+")
 
 
@@ -51,25 +80,42 @@ def list_versions(base: str) -> list[int]:
     return sorted({number for number, _ in _versions(base)})
 
 
+def highest_published(base: str) -> int:
+    """The highest version ever published in `base` (recorded, or on disk); 0 for none."""
+    try:
+        with open(os.path.join(base, HIGHEST)) as f:
+            recorded = int(f.read().strip() or 0)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        recorded = 0
+    return max(recorded, *list_versions(base), 0)
+
+
 def publish(base: str, write: Callable[[str], None], version: int | None = None) -> int:
     """`write(directory)` a new version in a staging folder inside `base`, then rename it to
-    `base/<version>` (None: one past the highest) in one step; returns the version written.
-    Abandoned staging and retired folders of `base` are removed first."""
+    `base/<version>` (None: one past the highest ever published, `highest_published`) in one
+    step; returns the version written. Abandoned staging and retired folders go first."""
     remove_abandoned(base, RETIRED)
     with staging_dir(base, STAGING) as staging:
         written = os.path.join(staging, "export")
         write(written)
-        while True:
-            number = version if version is not None else max(list_versions(base), default=0) + 1
-            try:
-                os.rename(written, os.path.join(base, str(number)))  # fails onto a non-empty one
-                return number
-            except OSError as error:
-                taken = error.errno in (errno.EEXIST, errno.ENOTEMPTY)
-                if taken and version is not None:
-                    raise FileExistsError(f"Version {number} of {base} already exists.") from None
-                if not taken:
-                    raise  # else another writer took this number meanwhile: take the next
+        with _locked(base):  # writers of one base choose and record numbers in turn
+            highest = highest_published(base)
+            number = version if version is not None else highest + 1
+            while True:
+                try:
+                    os.rename(written, os.path.join(base, str(number)))  # fails onto a non-empty one
+                    break
+                except OSError as error:
+                    taken = error.errno in (errno.EEXIST, errno.ENOTEMPTY)
+                    if taken and version is not None:
+                        raise FileExistsError(f"Version {number} of {base} already exists.") from None
+                    if not taken:
+                        raise
+                    number += 1  # made meanwhile by a writer that is not this code
+            if number > highest:
+                with atomic_path(os.path.join(base, HIGHEST)) as staged, open(staged, "w") as f:
+                    f.write(f"{number}\n")
+    return number
 
 
 def prune(base: str, keep: int, *, spare: int | None = None) -> list[int]:
@@ -85,37 +131,85 @@ def prune(base: str, keep: int, *, spare: int | None = None) -> list[int]:
     return [n for n, _ in gone]
 
 
-def store_of(target: str) -> str:
-    """The hidden store of versions of the unversioned export at `target`."""
-    parent, name = os.path.split(target)
-    return os.path.join(parent, f".{name}.versions")
-
-
-def current_version(target: str) -> int | None:
-    """The version of the store that `target` points at; None when it is not such a symlink."""
-    if not os.path.islink(target):
+def stamp(directory: str, manifest: str) -> tuple[int, ...] | None:
+    """What changes when the export at `directory` is replaced, republished or rewritten: the
+    device, inode and mtime of the directory and of its `manifest`, and the manifest's size;
+    None when either is missing. Two `stat` calls: cheap enough to take before every answer."""
+    try:
+        folder, file = os.stat(directory), os.stat(os.path.join(directory, manifest))
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    pointed = os.path.normpath(os.path.join(os.path.dirname(target), os.readlink(target)))
-    folder, name = os.path.split(pointed)
-    return int(name) if folder == store_of(target) and _VERSION.fullmatch(name) else None
+    return (folder.st_dev, folder.st_ino, folder.st_mtime_ns, file.st_ino, file.st_mtime_ns, file.st_size)
 
 
-def swap_in(target: str, write: Callable[[str], None], check: Callable[[], None]) -> int:
-    """Publish `write`'s export in the store of `target`, call `check()` (which may refuse),
-    then point `target` at it in one step; the replaced export and any debris go after.
-    Writers of one `target` take turns (a lock on its store)."""
-    store = store_of(target)
-    with _locked(store):
-        replaced = current_version(target)
-        older = [n for n in list_versions(store) if replaced is not None and n < replaced]
-        _clean(target, store, spare=max(older, default=None))  # the one it replaced stays too
-        number = publish(store, write)
-        try:
+def export_dir(path: str) -> str | None:
+    """The export directory `path` names, its symlinks resolved: an export, or the highest
+    version of a TF Serving base `path/<n>/`; None when it names no export."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return os.path.realpath(path)
+    versions = list_versions(path) if os.path.isdir(path) else []
+    for version in reversed(versions):
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, MANIFEST)):
+            return os.path.realpath(candidate)
+    return None
+
+
+@dataclass
+class ExportWatch:
+    """Whether the export at `source` (`export_dir`: a TF Serving base's newest version) is
+    still the one read when this was made: the directory and manifest `stamp` (two `stat`s)
+    first, and when those changed, the manifest's `identity` (new at every export)."""
+
+    source: str
+    directory: str | None = field(init=False)
+    stamp: tuple[int, ...] | None = field(init=False)
+    identity: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.directory, self.stamp = self._now()
+        self.identity = _identity(self.directory)
+
+    def _now(self) -> tuple[str | None, tuple[int, ...] | None]:
+        directory = export_dir(self.source)
+        return directory, None if directory is None else stamp(directory, MANIFEST)
+
+    def replaced(self) -> bool:
+        """True when the export there now is another one (or none)."""
+        directory, now = self._now()
+        if now is not None and (directory, now) == (self.directory, self.stamp):
+            return False
+        identity = _identity(directory)
+        if now is None or identity is None or identity != self.identity:
+            return True
+        self.directory, self.stamp = directory, now  # touched, or copied over: the same export
+        return False
+
+
+def _identity(directory: str | None) -> str | None:
+    if directory is None:
+        return None
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            identity = json.load(f).get("identity")
+    except (OSError, ValueError, AttributeError):  # gone, half-read or not an object
+        return None
+    return identity if isinstance(identity, str) else None
+
+
+def swap_in(target: str, write: Callable[[str], None], check: Callable[[], None]) -> None:
+    """`write(directory)` the new export in a staging folder beside `target`, call `check()`
+    (which may refuse), then put it at `target` (`_point`); the old tree and any debris go
+    after. Writers of one `target` take turns (a lock beside it)."""
+    parent, name = os.path.split(target)
+    with _locked(os.path.join(parent, f".{name}.lock"), remove=True):
+        _clean(target)
+        with staging_dir(parent, f".{name}.partial-", target=target) as staging:
+            written = os.path.join(staging, name)
+            write(written)
             check()
-            _point(target, store, number)
-        finally:
-            _clean(target, store, spare=replaced)  # ours when refused; the replaced one stays
-    return number
+            _point(written, target, os.path.join(staging, f"{name}.old"))
+        _clean(target)
 
 
 def _versions(base: str) -> list[tuple[int, str]]:
@@ -127,53 +221,50 @@ def _versions(base: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _point(target: str, store: str, number: int) -> None:
+def _point(written: str, target: str, aside: str) -> None:
+    """The new export in place of the old (an export, an empty directory, a symlink of earlier
+    versions of this code, or nothing), in one step where the system can."""
+    if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
+        os.rmdir(target)  # an empty directory is no export to keep
+    swap_into_place(written, target, aside)
+
+
+def _clean(target: str) -> None:
+    """Under the lock: what killed writers (of this code, or of earlier versions of it that
+    made `target` a symlink into `.NAME.versions/`) left beside `target`."""
     parent, name = os.path.split(target)
-    link = os.path.join(parent, f".{name}.link-{os.getpid()}-{secrets.token_hex(4)}")
-    os.symlink(os.path.join(os.path.basename(store), str(number)), link, target_is_directory=True)
-    if not os.path.isdir(target) or os.path.islink(target):
-        os.replace(link, target)  # onto a symlink or nothing: one rename(2)
-        return
-    # A real directory (an export of an earlier version of this code, or an empty one).
-    if not exchange(link, target):  # where no one-step swap exists, a moment with no export
-        os.rename(target, os.path.join(store, f"{RETIRED}legacy"))
-        os.replace(link, target)
-    shutil.rmtree(link, ignore_errors=True)  # the old directory now sits at `link`'s name
-
-
-def _clean(target: str, store: str, *, spare: int | None) -> None:
-    """Under the store's lock: everything in the store but the version `target` points at (and
-    `spare`), and the symlinks (or swapped-out directories) a killed writer left beside it."""
+    store = os.path.join(parent, f".{name}.versions")
     legacy = os.path.join(store, f"{RETIRED}legacy")
     if os.path.isdir(legacy) and not os.path.lexists(target):
-        os.rename(legacy, target)  # a writer was killed in the moment below: give it back
-    current = current_version(target)
-    with os.scandir(store) as entries:
-        for entry in entries:
-            if entry.name not in (str(current), str(spare)):
-                remove_entry(entry.path)
-    parent, name = os.path.split(target)
+        os.rename(legacy, target)  # an earlier writer was killed while `target` was aside
+    remove_abandoned(parent, f".{name}.partial-", target=target)  # gives a `.old` back first
     for leftover in os.listdir(parent):
         if leftover.startswith(f".{name}.link-"):
             remove_entry(os.path.join(parent, leftover))
-    remove_abandoned(parent, f".{name}.partial-")  # staging folders of earlier versions of this code
+    if os.path.isdir(store) and not os.path.islink(target):
+        shutil.rmtree(store, ignore_errors=True)  # `target` no longer points into it
 
 
 @contextlib.contextmanager
-def _locked(store: str) -> Iterator[None]:
-    """Hold `flock` on the store directory itself (no lock file); remove the store when it is
-    left empty. A writer that waited for a store removed meanwhile makes it again."""
+def _locked(path: str, *, remove: bool = False) -> Iterator[None]:
+    """Hold `flock` on `path` (a directory, or a lock file made here and, with `remove`, removed
+    when released). A writer that waited for a lock file removed meanwhile takes a new one."""
+    if fcntl is None:
+        yield
+        return
     while True:
-        os.makedirs(store, exist_ok=True)
-        fd = os.open(store, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.fstat(fd), os.stat(store)):
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
                 break
+        except FileNotFoundError:
+            pass
         os.close(fd)
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(store)  # only when empty
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         os.close(fd)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from ensemble.errors import EnsembleError
 from ensemble.export.saved_model import MANIFEST
 from ensemble.export.signature import serving_function
-from ensemble.export.versions import list_versions
+from ensemble.export.versions import ExportWatch, export_dir
 from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.members.load import load_member
 from ensemble.members.saved_model import SavedModelLayer
@@ -74,6 +74,7 @@ class Loaded:
     sizes: tuple[int, int] | None = None  # parameters and bytes, where no variables tell them
     outputs: dict[str, tf.TensorSpec] | None = None  # None: one output, named SINGLE_OUTPUT
     signatures: dict[str, tuple[str, ...]] | None = None  # None: serving_default, every output
+    watch: ExportWatch | None = None  # an export's: whether the one on disk is still this one
 
     @functools.cached_property
     def signature(self) -> ModelSignature:
@@ -178,26 +179,22 @@ def load_member_model(name: str, source: PathLike | keras.Model, options: Mappin
     return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member, function=function)
 
 
-def export_dir(path: str) -> str | None:
-    """The export directory `path` names, resolved once: an export (through its symlink, so a
-    load never pairs one version's graph with the next one's variables during an overwrite),
-    or the highest version of a TF Serving base `path/<n>/`; None when it names no export."""
-    if os.path.isfile(os.path.join(path, MANIFEST)):
-        return os.path.realpath(path)
-    versions = list_versions(path) if os.path.isdir(path) else []
-    for version in reversed(versions):
-        candidate = os.path.join(path, str(version))
-        if os.path.isfile(os.path.join(candidate, MANIFEST)):
-            return os.path.realpath(candidate)
-    return None
-
-
-def load_exported(source: PathLike) -> Loaded:
-    """An exported ensemble (`export_dir`): its `serving_default` signature."""
-    directory = export_dir(os.fspath(source))
-    if directory is None:
-        raise EnsembleError(f"{os.fspath(source)!r} holds no exported ensemble (no {MANIFEST}).")
-    root = tf.saved_model.load(directory)
+def load_exported(source: PathLike, attempts: int = 3) -> Loaded:
+    """An exported ensemble (`export_dir`): its `serving_default` signature. A load during
+    which the export was replaced (its graph and variables may be of two exports) is done
+    again, up to `attempts` loads in all."""
+    for attempt in range(1, attempts + 1):
+        watch = ExportWatch(os.fspath(source))
+        if watch.directory is None:
+            raise EnsembleError(f"{os.fspath(source)!r} holds no exported ensemble (no {MANIFEST}).")
+        try:
+            root = tf.saved_model.load(watch.directory)
+        except Exception:
+            if attempt < attempts and watch.replaced():
+                continue
+            raise
+        if attempt == attempts or not watch.replaced():
+            break
     signature = root.signatures["serving_default"]
     specs = dict(signature.structured_input_signature[1])
     outputs = {key: _spec(value, key) for key, value in signature.structured_outputs.items()}
@@ -209,7 +206,13 @@ def load_exported(source: PathLike) -> Loaded:
         return signature(**feeds)
 
     return Loaded(
-        call=call, specs=specs, keep_alive=root, function=signature, outputs=outputs, signatures=signatures
+        call=call,
+        specs=specs,
+        keep_alive=root,
+        function=signature,
+        outputs=outputs,
+        signatures=signatures,
+        watch=watch,
     )
 
 

@@ -1,11 +1,14 @@
 """`ModelRegistry`: many named models, loaded on first use, served from many threads.
 
-Each entry is a member source (anything `load_member` takes), an exported
-ensemble (a SavedModel directory holding `assets.extra/manifest.json`) or an
-`.onnx` file (`export_onnx`, served by onnxruntime: the onnx extra). A model
-is loaded on its first `predict`, once even when many threads ask together,
-and its call is compiled once with a dynamic batch so no batch size retraces.
-Past `max_loaded` the least recently used model is dropped.
+Each entry is a member source (anything `load_member` takes), an exported ensemble (a SavedModel
+directory holding `assets.extra/manifest.json`) or an `.onnx` file (`export_onnx`, served by
+onnxruntime: the onnx extra). A model is loaded on its first `predict`, once even when many
+threads ask together, and its call is compiled once with a dynamic batch so no batch size
+retraces. Past `max_loaded` the least recently used model is dropped.
+
+An export is served as it is on disk now: before every answer two `stat`s (and the manifest's
+identity, when they changed) tell an export replaced or a version published again, which is
+loaded again first (the request waits; an export gone is the load's `ModelLoadError`).
 
 Locking: one registry lock guards the dicts and the LRU order (held only for
 bookkeeping, never while loading or predicting); one lock per entry serialises
@@ -169,9 +172,7 @@ class ModelRegistry:
         """
         with self._lock:  # once for a loaded model, and once more to count the call
             entry = self._entry(name)
-            loaded = self._touch(entry)
-        if loaded is None:
-            loaded = self._ensure_loaded(entry)
+        loaded = self._current(entry)
         feeds = checked_feeds(name, loaded.specs, x)
         batched = self.batch_window_ms > 0
         with self._lock:
@@ -189,7 +190,7 @@ class ModelRegistry:
         first if it is not in memory. Raises as `predict` does."""
         with self._lock:
             entry = self._entry(name)
-        return self._ensure_loaded(entry).signature
+        return self._current(entry).signature
 
     def stats(self, name: str) -> ModelStats:
         """A snapshot of the resources and use of model `name`."""
@@ -233,19 +234,25 @@ class ModelRegistry:
             self._lru.move_to_end(entry.name)
         return loaded
 
-    def _ensure_loaded(self, entry: Entry) -> Loaded:
+    def _current(self, entry: Entry) -> Loaded:
+        """`entry`'s model, loaded when not in memory, or again when it is an export replaced on
+        disk since (`ExportWatch`): the request waits for that load."""
         with self._lock:
             loaded = self._touch(entry)
-        if loaded is not None:
+        if loaded is not None and loaded.watch is not None and loaded.watch.replaced():
+            log.info("Model %r: its export was replaced on disk; loading it again", entry.name)
+            with self._lock:
+                evicted = entry.loaded is loaded and self._drop(entry)  # once, by the first to see it
+        elif loaded is not None:
             return loaded
+        else:
+            evicted = False
         with entry.lock:  # concurrent first requests wait here for one load
             with self._lock:
                 loaded = entry.loaded
             if loaded is None:
                 loaded = self._load(entry)
-                evicted = self._admit(entry, loaded)
-            else:
-                evicted = False
+                evicted |= self._admit(entry, loaded)
         if evicted:
             gc.collect()  # release the evicted models' graphs and variables now
         return loaded
