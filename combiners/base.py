@@ -17,6 +17,7 @@ from keras import ops
 
 __all__ = [
     "CLASSIFICATION",
+    "MULTILABEL",
     "REGRESSION",
     "TASKS",
     "Combiner",
@@ -28,10 +29,12 @@ __all__ = [
 ]
 
 # The task names, defined once for the whole project (`ensemble.types` re-exports them).
-Task = Literal["classification", "regression"]
+# "multilabel": k independent probabilities per row (k sigmoids), not one distribution.
+Task = Literal["classification", "regression", "multilabel"]
 CLASSIFICATION: Task = "classification"
 REGRESSION: Task = "regression"
-TASKS: tuple[Task, ...] = (CLASSIFICATION, REGRESSION)
+MULTILABEL: Task = "multilabel"
+TASKS: tuple[Task, ...] = (CLASSIFICATION, REGRESSION, MULTILABEL)
 
 # Annotations never import a backend (the keras-rs `types.py` convention).
 Tensor = Any
@@ -81,7 +84,8 @@ class Combiner(keras.layers.Layer):
     """Merges `(batch, members, width)` member predictions to `(batch, width)`.
 
     Args:
-        task: `"classification"` or `"regression"`, or None: `build_ensemble` then holds a
+        task: `"classification"`, `"regression"` or `"multilabel"` (where `supported_tasks`
+            has it), or None: `build_ensemble` then holds a
             copy configured for its task (from `get_config()`, so every constructor argument
             must be in it) and leaves this layer as it was.
         **kwargs: standard layer keyword arguments (`name`, `dtype`, ...).
@@ -93,7 +97,9 @@ class Combiner(keras.layers.Layer):
             `needs_features` use it; the others ignore it.
     """
 
-    supported_tasks: tuple[str, ...] = TASKS
+    # Multi-label support is opted into: a combiner whose state or output assumes one
+    # distribution per row (stacking, calibration) must not take k independent scores.
+    supported_tasks: tuple[str, ...] = (CLASSIFICATION, REGRESSION)
     # Whether member predictions may carry axes between members and width, `(batch, members,
     # ..., width)` (a per-token or per-pixel classifier): the combiner then merges position by
     # position. Combiners whose state is sized by members x width (stacking) cannot.

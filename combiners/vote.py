@@ -12,6 +12,7 @@ from keras import ops
 
 from combiners.base import (
     CLASSIFICATION,
+    MULTILABEL,
     Combiner,
     Tensor,
     first_argmax,
@@ -59,13 +60,19 @@ class VoteCombiner(Combiner):
       so an exact tie between classes stays one and goes to the lowest class
       index, as scikit-learn's `VotingClassifier` breaks it.
 
+    Under task="multilabel" each label is voted on alone: soft voting is the weighted mean of
+    the members' probabilities of it; hard voting, the weighted share of the members whose
+    score is >= 0.5 (a score of exactly 0.5 votes for the label), tallied exactly as above. An
+    exact tie is a share of exactly 0.5, which the 0.5 threshold reads as the label present:
+    a tie goes to the label, as a member's own 0.5 does.
+
     Args:
         voting: `"hard"` or `"soft"`.
         weights: one non-negative number per member, or None for uniform.
         **kwargs: `task` and standard layer keyword arguments.
     """
 
-    supported_tasks = (CLASSIFICATION,)
+    supported_tasks = (CLASSIFICATION, MULTILABEL)
     combines_positions = True
 
     def __init__(
@@ -87,13 +94,20 @@ class VoteCombiner(Combiner):
             return self._weighted_mean(member_predictions)
         width = member_predictions.shape[-1]
         members = member_predictions.shape[1]
-        winner = first_argmax(member_predictions)  # (batch, members, ...)
+        if self.task == MULTILABEL:  # a vote per label: for it (1) or against (0)
+            votes = ops.cast(ops.greater_equal(member_predictions, 0.5), "int32")
+        else:
+            votes = ops.one_hot(first_argmax(member_predictions), width, dtype="int32")
         integers = exact_vote_weights(self.member_weights, members)
         if integers is None:  # no exact integer tally: float32 weights, as the mean does
-            return self._weighted_mean(ops.one_hot(winner, width, dtype=member_predictions.dtype))
+            return self._weighted_mean(ops.cast(votes, member_predictions.dtype))
         shape = (1, members) + (1,) * (len(member_predictions.shape) - 2)
-        votes = ops.one_hot(winner, width, dtype="int32")
         tally = ops.sum(votes * ops.reshape(ops.convert_to_tensor(integers, dtype="int32"), shape), axis=1)
+        if self.task == MULTILABEL:  # the weighted share of members voting for each label
+            # Divided in float32 (exact for a tie: 2 * tally == total gives 0.5), so that a total
+            # past float16's range never becomes a float16 constant.
+            share = ops.cast(tally, "float32") / float(sum(integers))
+            return ops.cast(share, member_predictions.dtype)
         # Equal integer tallies give equal shares, distinct ones stay ordered (float32 holds
         # integers to 2**24). The total is summed at run time: a constant as large would not
         # survive a float16 export.

@@ -10,9 +10,19 @@ from typing import Literal, Union
 
 import numpy as np
 
-from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Task, Tensor
+from combiners.base import CLASSIFICATION, MULTILABEL, REGRESSION, TASKS, Task, Tensor
 
-__all__ = ["CLASSIFICATION", "REGRESSION", "TASKS", "Data", "OutputKind", "PathLike", "Task", "Tensor"]
+__all__ = [
+    "CLASSIFICATION",
+    "MULTILABEL",
+    "REGRESSION",
+    "TASKS",
+    "Data",
+    "OutputKind",
+    "PathLike",
+    "Task",
+    "Tensor",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 

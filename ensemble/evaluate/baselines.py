@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ensemble.evaluate.multilabel import evaluate_multilabel
 from ensemble.evaluate.ood import evaluate_ood
 
 # Before `ensemble.fitting`: its pipeline imports these two from here while this module loads.
@@ -69,6 +70,8 @@ def evaluate_ensemble(
     if view.task == "classification":
         labels = np.asarray(named_labels(y, view.classes))  # labels by name, as their columns
         result = _classification(view.member_names, labels, outputs, fit_report)
+    elif view.task == "multilabel":  # y: a (rows, labels) 0/1 matrix
+        result = evaluate_multilabel(view, y, outputs, fit_report)
     else:
         result = _regression(view.member_names, np.asarray(y), outputs, fit_report)
     if ood_outputs is None and x_ood is not None:

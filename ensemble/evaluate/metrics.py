@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics
@@ -14,6 +15,7 @@ __all__ = [
     "disagreement",
     "expected_calibration_error",
     "gaussian_nll",
+    "multilabel_metrics",
     "regression_metrics",
 ]
 
@@ -100,3 +102,38 @@ def disagreement(member_probabilities: np.ndarray, prediction: np.ndarray) -> fl
         )
     differs = member_probabilities.argmax(-1) != prediction.argmax(-1)[:, None]
     return float(differs.mean())
+
+
+def multilabel_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Per-label binary log loss, Brier score and ECE of independent label probabilities
+    `(rows, labels)` against a 0/1 matrix `y_true`, their means over labels (`nll`, `brier`,
+    `ece`), and, at the 0.5 threshold, subset accuracy (every label of a row right) and the
+    Hamming loss (the share of wrong labels). Per-label keys are `"nll/<label>"` (the label's
+    name, or its column index). The Brier score is scikit-learn's binary one, the mean squared
+    error of the positive probability; the ECE is `expected_calibration_error` of `[1 - p, p]`."""
+    y = np.asarray(y_true).astype("int64")
+    p = np.asarray(probabilities, dtype="float64")
+    if y.shape != p.shape or p.ndim != 2:
+        raise EnsembleError(
+            "Expected y_true and probabilities of one shape (rows, labels). "
+            f"Received: {y.shape} and {p.shape}."
+        )
+    names = [str(j) for j in range(p.shape[1])] if labels is None else [str(label) for label in labels]
+    result: dict[str, float] = {
+        "subset_accuracy": float(metrics.accuracy_score(y, (p >= 0.5).astype("int64"))),
+        "hamming_loss": float(metrics.hamming_loss(y, (p >= 0.5).astype("int64"))),
+    }
+    per_label: dict[str, list[float]] = {"nll": [], "brier": [], "ece": []}
+    for j, name in enumerate(names):
+        scores = {
+            "nll": float(metrics.log_loss(y[:, j], p[:, j], labels=[0, 1])),
+            "brier": float(metrics.brier_score_loss(y[:, j], p[:, j], pos_label=1)),
+            "ece": expected_calibration_error(y[:, j], np.stack([1 - p[:, j], p[:, j]], axis=-1)),
+        }
+        for metric, value in scores.items():
+            per_label[metric].append(value)
+            result[f"{metric}/{name}"] = value
+    result.update({metric: float(np.mean(values)) for metric, values in per_label.items()})
+    return result

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ensemble.evaluate.metrics import classification_metrics, regression_metrics
+from ensemble.evaluate.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from ensemble.evaluate.uncertainty import (
     adaptive_ece,
     aurc,
@@ -26,9 +26,11 @@ from ensemble.evaluate.uncertainty import (
 __all__ = [
     "CLASSIFICATION_METRICS",
     "COVERAGE_LEVELS",
+    "MULTILABEL_METRICS",
     "REGRESSION_METRICS",
     "SUMMARY_METRICS",
     "classification_suite",
+    "multilabel_suite",
     "regression_suite",
     "right_vs_wrong_auroc",
     "risk_coverage_points",
@@ -61,9 +63,14 @@ REGRESSION_METRICS = (
     "quantile_calibration_error",
 )
 
+# Means over labels, and the thresholded scores; per label, `"<metric>/<label>"` besides.
+MULTILABEL_METRICS = ("subset_accuracy", "hamming_loss", "nll", "brier", "ece")
+
 # The columns of the printed and comparison tables (metrics.json holds every metric).
 SUMMARY_METRICS = (
     "accuracy",
+    "subset_accuracy",
+    "hamming_loss",
     "nll",
     "brier",
     "ece",
@@ -94,6 +101,14 @@ def classification_suite(y: np.ndarray, probabilities: np.ndarray) -> dict[str, 
     }
 
 
+def multilabel_suite(
+    y: np.ndarray, probabilities: np.ndarray, labels: Sequence[str] | None = None
+) -> dict[str, float]:
+    """`multilabel_metrics`: per-label binary log loss, Brier and ECE, their means over labels,
+    subset accuracy and Hamming loss (at the 0.5 threshold)."""
+    return multilabel_metrics(y, probabilities, labels)
+
+
 def regression_suite(y: np.ndarray, prediction: np.ndarray, std: np.ndarray | None) -> dict[str, float]:
     """RMSE and MAE (pooled); with a predictive `std`, the Gaussian NLL, the coverage of the
     central 50/90/95% Gaussian intervals (`coverage_50`, ...) and the quantile calibration error."""
@@ -108,11 +123,13 @@ def regression_suite(y: np.ndarray, prediction: np.ndarray, std: np.ndarray | No
 def summary(rows: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """`rows` cut to the `SUMMARY_METRICS` they all have (in that order), plus any metric every
     row has that the suite does not know of (`disagreement`, a caller's own)."""
-    known = {*SUMMARY_METRICS, *CLASSIFICATION_METRICS, *REGRESSION_METRICS}
+    known = {*SUMMARY_METRICS, *CLASSIFICATION_METRICS, *REGRESSION_METRICS, *MULTILABEL_METRICS}
     shared = set.intersection(*(set(values) for values in rows.values())) if rows else set()
     first = next(iter(rows.values()), {})
     columns = [m for m in SUMMARY_METRICS if m in shared] + [
-        m for m in first if m in shared and m not in known
+        m
+        for m in first
+        if m in shared and m not in known and "/" not in m  # not per label
     ]
     return {name: {m: values[m] for m in columns} for name, values in rows.items()}
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.types import CLASSIFICATION, TASKS
+from ensemble.types import CLASSIFICATION, REGRESSION
 
 __all__ = [
     "FLOAT32_MAX",
@@ -84,8 +84,10 @@ def checked_predictions(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarr
     Targets come back as int64 labels `(rows,)` for classification and as
     float64 `(rows, width)` for regression.
     """
-    if task not in TASKS:
-        raise ValueError(f"Expected task to be one of {TASKS}. Received: task={task!r}")
+    if task not in (CLASSIFICATION, REGRESSION):  # multi-label rows: `multilabel_targets`
+        raise ValueError(
+            f"Expected task to be one of {(CLASSIFICATION, REGRESSION)}. Received: task={task!r}"
+        )
     predictions = np.asarray(P, dtype=np.float64)
     if predictions.ndim != 3:
         raise ValueError(

@@ -117,6 +117,13 @@ def add_conformal(
         `conformal_config` reads them back.
     """
     view = EnsembleView.of(model)
+    if view.task == "multilabel":
+        raise EnsembleError(
+            "add_conformal makes a set of classes from one distribution, or an interval for "
+            "regression targets; a multilabel ensemble's labels are independent probabilities, "
+            "which it does not cover (per-label conformal is not supported). Received: a "
+            "multilabel ensemble."
+        )
     alpha = _check_alpha(alpha)
     classification = view.task == "classification"
     methods = FIT_CLASS_METHODS if classification else REGRESSION_METHODS

@@ -11,10 +11,11 @@ import tensorflow as tf
 from combiners import MeanCombiner
 from ensemble.errors import EnsembleError
 from ensemble.fitting.level_one import LevelOneStore
+from ensemble.fitting.multilabel import fit_multilabel
 from ensemble.fitting.prepare import fitting_rows, forget_compiled
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
 from ensemble.graph.view import EnsembleView
-from ensemble.types import Data
+from ensemble.types import MULTILABEL, Data
 
 __all__ = ["fit_mean_weights"]
 
@@ -38,13 +39,14 @@ def fit_mean_weights(
     `method="selection"`: Caruana et al.'s greedy ensemble selection with
     replacement (`rounds` picks); `"optimal"`: non-negative weights summing to
     1 that minimise the NLL (MSE for regression). The weights end up in the
-    layer's config.
+    layer's config. A multilabel ensemble's weights are fitted per label, a `(members,
+    labels)` table (`ensemble.fitting.multilabel`).
 
     The fitting rows are checked and guarded as `ensemble.fit` does it (`store`, `level_one`,
     `level_one_unseen`, `allow_overlap`, `strategy`, `verbose` mean what they mean there).
 
     Returns:
-        The weights, one per member.
+        The weights, one per member (multilabel: `(members, labels)`).
     """
     view = EnsembleView.of(model)
     combiner = view.combiner
@@ -55,6 +57,22 @@ def fit_mean_weights(
         )
     if method not in ("selection", "optimal"):
         raise EnsembleError(f"Expected method 'selection' or 'optimal'. Received: {method!r}")
+    if view.task == MULTILABEL:  # one column of weights per label: `ensemble.fitting.multilabel`
+        report = fit_multilabel(
+            model,
+            x,
+            y,
+            method=method,
+            rounds=rounds,
+            store=store,
+            level_one=level_one,
+            level_one_unseen=level_one_unseen,
+            allow_overlap=allow_overlap,
+            strategy=strategy,
+            verbose=verbose,
+        )
+        fitted: np.ndarray = report.fitted
+        return fitted
     targets, level_one, _ = fitting_rows(
         view,
         x,

@@ -29,12 +29,13 @@ from ensemble.fitting.head import fit_combiner
 from ensemble.fitting.layered import fit_layered
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
+from ensemble.fitting.multilabel import fit_multilabel
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
 from ensemble.fitting.prepare import check_targets, fitting_rows, forget_compiled
 from ensemble.fitting.report import FitReport
 from ensemble.fitting.stacking import chosen_by_fit, fit_stacking
 from ensemble.graph.view import EnsembleView
-from ensemble.types import Data
+from ensemble.types import MULTILABEL, Data
 
 __all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
 
@@ -106,6 +107,23 @@ def fit(
         A `FitReport`.
     """
     view = EnsembleView.of(model)
+    if view.task == MULTILABEL:  # y is a (rows, labels) 0/1 matrix: weights per label
+        return fit_multilabel(
+            model,
+            x,
+            y,
+            method=method,
+            level_one=level_one,
+            level_one_unseen=level_one_unseen,
+            store=store,
+            allow_overlap=allow_overlap,
+            guard_rtol=guard_rtol,
+            guard_atol=guard_atol,
+            strategy=strategy,
+            verbose=verbose,
+            calibration=calibration,
+            **options,
+        )
     method = _resolve_method(view, method)
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")

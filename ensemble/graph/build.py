@@ -8,19 +8,21 @@ from typing import Any
 
 import keras
 
-from combiners.base import CLASSIFICATION, REGRESSION, TASKS, Combiner
+from combiners.base import CLASSIFICATION, MULTILABEL, REGRESSION, TASKS, Combiner
 from combiners.calibration import Calibration
 from ensemble.errors import EnsembleError
 from ensemble.graph.layers import (
     ClassificationUncertainty,
     FlatFeatures,
     MemberStack,
+    MultilabelUncertainty,
     NonFiniteRows,
     RegressionSpread,
     ResidualScale,
 )
 from ensemble.graph.member_outputs import member_pieces
 from ensemble.graph.model import EnsembleModel
+from ensemble.graph.multilabel import multilabel_members
 from ensemble.members.checks import check_class_outputs
 from ensemble.members.classes import aligned_members
 from ensemble.members.load import load_member
@@ -51,7 +53,8 @@ def build_ensemble(
             or a `{name: model}` mapping (plain models are wrapped by
             `load_member(model, name=...)`).
         combiner: a `combiners.Combiner` layer.
-        task: "classification" or "regression"; inferred from the members'
+        task: "classification", "regression" or "multilabel" (k independent probabilities
+            per row, `ensemble.graph.multilabel`; never inferred); inferred from the members'
             declared outputs when None, and checked against them when given.
         fuse: compute members of one architecture (chains of `Dense` layers of the same
             widths on the same input, see `ensemble.graph.fused`) as one batched computation.
@@ -64,7 +67,8 @@ def build_ensemble(
         A `keras.Model` whose inputs are the union of the members' named inputs
         (one tensor when there is one, else a dict) and whose output is a dict:
         `prediction` and `member_predictions` and, for classification,
-        `entropy`, `mutual_information`, `disagreement`; for regression, `std` (the
+        `entropy`, `mutual_information`, `disagreement` (for multilabel, means over labels
+        of binary scores: `MultilabelUncertainty`); for regression, `std` (the
         members' spread, or the combiner's `residual_std` where it has one: gradient
         boosting's held-out RMS residual, the same for every row). A
         classifier's combined probabilities pass a `combiners.Calibration` layer named
@@ -105,6 +109,9 @@ def build_ensemble(
     if task == CLASSIFICATION:
         uncertainty = ClassificationUncertainty(combiner.member_weights, name="uncertainty")
         outputs.update(uncertainty(member_predictions, prediction))
+    elif task == MULTILABEL:
+        weights = getattr(combiner, "label_weights", None) or combiner.member_weights
+        outputs.update(MultilabelUncertainty(weights, name="uncertainty")(member_predictions, prediction))
     else:
         scale = getattr(combiner, "residual_std", None)  # residual learners: a held-out RMS
         spread = RegressionSpread(name="std") if scale is None else ResidualScale(scale, name="std")
@@ -201,6 +208,8 @@ def _resolve_task(members: list[Member], task: str | None) -> tuple[Task, list[M
     regressor: the caller's member is left as it was)."""
     if task is not None and task not in TASKS:
         raise EnsembleError(f"Expected task in {TASKS} or None. Received: task={task!r}")
+    if task == MULTILABEL:
+        return task, multilabel_members(members)
     if task == REGRESSION:
         members = [_as_regressor(member) if member.output_inferred else member for member in members]
     classifiers = [m.name for m in members if m.output_kind is not None]

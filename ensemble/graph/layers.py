@@ -15,9 +15,11 @@ __all__ = [
     "ClassificationUncertainty",
     "FlatFeatures",
     "MemberStack",
+    "MultilabelUncertainty",
     "NonFiniteRows",
     "RegressionSpread",
     "ResidualScale",
+    "binary_entropy",
     "entropy",
 ]
 
@@ -27,6 +29,11 @@ _EPSILON = 1e-7
 def entropy(probabilities: Tensor) -> Tensor:
     """Shannon entropy in nats over the last axis (0 log 0 taken as 0)."""
     return -ops.sum(probabilities * ops.log(ops.clip(probabilities, _EPSILON, 1.0)), axis=-1)
+
+
+def binary_entropy(probabilities: Tensor) -> Tensor:
+    """Binary entropy in nats of each value, an independent probability (0 log 0 taken as 0)."""
+    return entropy(ops.stack([probabilities, 1.0 - probabilities], axis=-1))
 
 
 @keras.saving.register_keras_serializable(package="ensemble")
@@ -108,6 +115,63 @@ class ClassificationUncertainty(keras.layers.Layer):
 
     def compute_output_spec(self, member_predictions: Any, prediction: Any) -> dict[str, Any]:
         # One KerasTensor per output: a shared one would make them one graph output.
+        return {
+            key: keras.KerasTensor(tuple(prediction.shape[:-1]), dtype="float32")
+            for key in ("entropy", "mutual_information", "disagreement")
+        }
+
+
+@keras.saving.register_keras_serializable(package="ensemble")
+class MultilabelUncertainty(keras.layers.Layer):
+    """The uncertainty outputs of a multilabel ensemble, each the mean over labels of a
+    per-label score, the members weighed as the combiner weighs them: `weights` one per member,
+    or one per member per label `(members, labels)` (normalised per label; None: equally).
+
+    - `entropy`: the binary entropy of the ensemble's probability of each label.
+    - `mutual_information`: the binary entropy of the members' weighted mean minus their
+      weighted mean binary entropy (per label, floored at 0); 0 when the members agree exactly.
+    - `disagreement`: the weight of the members whose vote (score >= 0.5) differs from the
+      ensemble's (prediction >= 0.5).
+    """
+
+    def __init__(self, weights: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_member_weights(weights)
+
+    def set_member_weights(self, weights: Any) -> None:
+        """One weight per member, or a `(members, labels)` table, as the combiner holds them."""
+        if weights is not None and len(weights) and isinstance(weights[0], (list, tuple)):
+            self.member_weights: Any = [[float(w) for w in row] for row in weights]
+        else:
+            self.member_weights = validate_weights(weights)
+
+    def _weigh(self, values: Tensor) -> Tensor:
+        """The weighted mean over the members of `(batch, members, labels)`."""
+        if self.member_weights is None:
+            return ops.mean(values, axis=1)
+        table = ops.convert_to_tensor(self.member_weights, dtype=values.dtype)
+        table = table if len(table.shape) == 2 else ops.expand_dims(table, -1)
+        table = table / ops.sum(table, axis=0, keepdims=True)
+        return ops.sum(values * ops.expand_dims(table, 0), axis=1)
+
+    def call(self, member_predictions: Tensor, prediction: Tensor) -> dict[str, Tensor]:
+        mixture = self._weigh(member_predictions)
+        information = binary_entropy(mixture) - self._weigh(binary_entropy(member_predictions))
+        member_votes = ops.greater_equal(member_predictions, 0.5)
+        ensemble_votes = ops.expand_dims(ops.greater_equal(prediction, 0.5), 1)
+        differs = ops.cast(ops.not_equal(member_votes, ensemble_votes), prediction.dtype)
+        return {
+            "entropy": ops.mean(binary_entropy(prediction), axis=-1),
+            "mutual_information": ops.mean(ops.maximum(information, 0.0), axis=-1),
+            "disagreement": ops.mean(self._weigh(differs), axis=-1),
+        }
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"weights": self.member_weights})
+        return config
+
+    def compute_output_spec(self, member_predictions: Any, prediction: Any) -> dict[str, Any]:
         return {
             key: keras.KerasTensor(tuple(prediction.shape[:-1]), dtype="float32")
             for key in ("entropy", "mutual_information", "disagreement")

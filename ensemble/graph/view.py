@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from combiners.base import CLASSIFICATION, REGRESSION, Combiner
+from combiners.base import CLASSIFICATION, MULTILABEL, REGRESSION, Combiner
 from combiners.calibration import Calibration
 from ensemble.errors import EnsembleError
 from ensemble.graph.fused import FusedMembers
@@ -32,7 +32,7 @@ class EnsembleView:
     members: tuple[Member, ...]
     combiner: Combiner
     task: Task
-    width: int  # classes, or regression targets
+    width: int  # classes, labels (multilabel), or regression targets
     calibration: Calibration | None = None  # after the combiner, classification only
 
     @classmethod
@@ -51,6 +51,8 @@ class EnsembleView:
                 "functional model with Member layers, a combiner and a dict output with 'prediction')."
             )
         task: Task = REGRESSION if "std" in output else CLASSIFICATION
+        if combiners[0].task == MULTILABEL:  # the combiner is configured for its ensemble's task
+            task = MULTILABEL
         calibration = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
         return cls(model, members, combiners[0], task, int(output["prediction"].shape[-1]), calibration)
 
@@ -63,7 +65,7 @@ class EnsembleView:
     def classes(self) -> tuple[str, ...] | None:
         """The label of each column of the prediction (`build_ensemble` aligned every member to
         one order), or None when its columns are unnamed."""
-        return self.members[0].classes if self.task == CLASSIFICATION else None
+        return self.members[0].classes if self.task != REGRESSION else None
 
     @property
     def member_names(self) -> list[str]:

@@ -26,6 +26,7 @@ __all__ = [
     "check_class_outputs",
     "check_declared_output",
     "check_finite_weights",
+    "check_multilabel_outputs",
     "final_activation",
     "probe_inputs",
 ]
@@ -184,14 +185,39 @@ def _multilabel_error(
         if declared
         else "pass task='regression' to build_ensemble"
     )
+    multilabel = "load it without output and build with" if declared else "build with"
     return MemberError(
         member.name,
         f"{lead} its output ({shape}) {seen}: {width} independent sigmoids are multi-label "
         "scores, not one distribution over classes; their rows sum to "
         f"{sums.min():.4g} to {sums.max():.4g} on probe rows, not 1. For a classifier, end the "
         f"model in a softmax (Dense({width}, activation='softmax')), or choose its pre-sigmoid "
-        "output and load that with output='logits' (multi-label ensembles are not supported); "
-        f"for bounded regression targets, {regression}.",
+        f"output and load that with output='logits'; for multi-label scores, {multilabel} "
+        f"task='multilabel' (mean, vote and learned weights per label); for bounded regression "
+        f"targets, {regression}.",
+    )
+
+
+def check_multilabel_outputs(member: Member) -> None:
+    """`member` (as a multilabel ensemble holds it) emits independent probabilities: not a
+    softmax over k > 1 columns (one distribution, its columns tied), every probe value in [0, 1]."""
+    activation = final_activation(member.model) if member.output_key is None else None
+    width = member.width
+    if activation == "softmax" and member.output_kind == "probabilities" and (width or 2) > 1:
+        raise MemberError(
+            member.name,
+            f"under task='multilabel', but its model ends in a softmax over {width} columns: one "
+            "distribution over classes, whose columns are not independent label scores. End it in "
+            f"a sigmoid (Dense({width}, activation='sigmoid')), or build with task='classification'.",
+        )
+    values = _probe(member, source=False)
+    if values is None or np.all((values >= 0) & (values <= 1)):
+        return
+    raise MemberError(
+        member.name,
+        "under task='multilabel' its predictions must be independent probabilities in [0, 1], but "
+        f"they range over [{values.min():.4g}, {values.max():.4g}] on probe rows: logits? Load it "
+        "with output='logits' (each column then takes a sigmoid).",
     )
 
 

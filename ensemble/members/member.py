@@ -74,6 +74,7 @@ class Member(keras.Model):
         format: str | None = None,
         classes: Sequence[str] | None = None,
         columns: Sequence[int] | None = None,
+        multilabel: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -91,6 +92,9 @@ class Member(keras.Model):
         self.format = format
         self.classes = None if classes is None else tuple(str(label) for label in classes)
         self.columns = None if columns is None else tuple(int(column) for column in columns)
+        # In a multilabel ensemble each column is an independent probability: logits take a
+        # sigmoid each (not one softmax) and a single column stays one label.
+        self.multilabel = bool(multilabel)
         # Hashes of the rows that trained the source model, when this project trained it
         # (see ensemble.members.training_rows): what the leakage guard checks. Not part of the config.
         self.training_rows: np.ndarray | None = None
@@ -136,6 +140,7 @@ class Member(keras.Model):
             "format": self.format,
             "classes": self.classes,
             "columns": self.columns,
+            "multilabel": self.multilabel,
             "name": self.name,
             **changes,
         }
@@ -181,6 +186,8 @@ class Member(keras.Model):
             y = ops.expand_dims(y, -1)
         if self.output_kind is None:
             return y
+        if self.multilabel:
+            return ops.sigmoid(y) if self.output_kind == "logits" else y
         if y.shape[-1] == 1:
             # One sigmoid column (binary classifier): make it two class columns.
             positive = ops.sigmoid(y) if self.output_kind == "logits" else y
@@ -192,7 +199,7 @@ class Member(keras.Model):
         outputs = self.model.compute_output_spec(self._select_inputs(inputs))
         y = self._select_output(outputs)
         shape = (y.shape[0], 1) if len(y.shape) == 1 else tuple(y.shape)  # every axis, as call keeps it
-        if self.output_kind is not None and shape[-1] == 1:
+        if self.output_kind is not None and shape[-1] == 1 and not self.multilabel:
             shape = (*shape[:-1], 2)
         return keras.KerasTensor(shape, dtype="float32")
 
@@ -208,6 +215,7 @@ class Member(keras.Model):
                 "format": self.format,
                 "classes": None if self.classes is None else list(self.classes),
                 "columns": None if self.columns is None else list(self.columns),
+                "multilabel": self.multilabel,
             }
         )
         return config
