@@ -15,7 +15,7 @@ from ensemble.evaluate.report_sections import (
 from ensemble.evaluate.tables import cell, format_table, markdown_table
 from ensemble.types import PathLike
 
-__all__ = ["cell", "format_table", "markdown_table", "write_report"]
+__all__ = ["cell", "format_table", "leakage_section", "markdown_table", "write_report"]
 
 
 def conformal_section(result: Mapping[str, Any]) -> list[str]:
@@ -40,12 +40,43 @@ def conformal_section(result: Mapping[str, Any]) -> list[str]:
     return ["## Conformal prediction", "", line, ""]
 
 
+def leakage_section(result: Mapping[str, Any]) -> list[str]:
+    """What the leakage guard compared, and the members it could not check (no training-row
+    record was found for them): they are named, so an unguarded fit is never silent."""
+    guard = result.get("guard")
+    if not guard:
+        return []
+    if guard.get("checked") is False:
+        return ["## Leakage guard", "", f"Not run: {guard.get('reason', 'no reason given')}.", ""]
+    tolerance = guard.get("tolerance", {})
+    checked = ", ".join(f"`{name}`" for name in guard.get("training_rows", {})) or "none"
+    lines = [
+        f"{guard.get('rows_compared', 0)} fitting rows compared with the training rows of the members "
+        f"{checked} (rtol {tolerance.get('rtol', 0):g}, atol {tolerance.get('atol', 0):g}); "
+        f"overlapping rows: {guard.get('overlaps', {})}."
+    ]
+    unguarded = guard.get("unchecked", [])
+    if unguarded:
+        lines += [
+            "",
+            "Unguarded members (no training-row record was found, so the guard could not check "
+            "them): " + ", ".join(f"`{name}`" for name in unguarded) + ". Record their rows with "
+            "`ensemble.record_training_rows(source, x_train)`.",
+        ]
+    exact = guard.get("exact_only", [])
+    if exact:
+        names = ", ".join(f"`{name}`" for name in exact)
+        lines += ["", f"Matched bit for bit only (records of the previous format): {names}."]
+    return ["## Leakage guard", "", *lines, ""]
+
+
 def write_report(
     path: PathLike, result: Mapping[str, Any], figure_files: Mapping[str, str], config_yaml: str
 ) -> None:
     """`report.md`: what was run, the baselines and the ensemble (raw and calibrated), the gain
-    against the calibrated selected member, the uncertainty scores, OOD detection, the zoo's
-    skipped members, the figures inline, the export, the config."""
+    against the calibrated selected member, the leakage guard (naming unguarded members), the
+    uncertainty scores, OOD detection, the zoo's skipped members, the figures inline, the
+    export, the config."""
     split = result["data"]["rows"]
     lines = [
         f"# Ensemble report: {result['data']['name']}, {result['combiner']}",
@@ -61,6 +92,7 @@ def write_report(
     ]
     if "weights" in result:
         lines += ["Member weights: " + ", ".join(f"{k} {v:.3f}" for k, v in result["weights"].items()), ""]
+    lines += leakage_section(result)
     lines += uncertainty_section(result)
     lines += ood_section(result)
     lines += zoo_section(result)

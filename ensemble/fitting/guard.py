@@ -137,8 +137,10 @@ def guard_rows(
             _log_once(
                 member.name,
                 "none",
-                logging.INFO,
-                "Member %r carries no training-row record: the leakage guard cannot check it.",
+                logging.WARNING,
+                "Member %r carries no training-row record (none was found for its content, nor "
+                "beside its file): the leakage guard cannot check it, and the fit report names it "
+                "unguarded. Record its rows with ensemble.record_training_rows(source, x_train).",
             )
             continue
         inputs = member_inputs(member, x)
@@ -186,9 +188,9 @@ def check_leakage(
     to one of its training rows within the tolerance (the module's definition).
 
     Raises EnsembleError naming the members and overlap counts when any row overlaps, unless
-    `allow_overlap`. Members with no record (trained elsewhere) cannot be checked: that is
-    logged once per member. The answer is a dict `{member: overlapping rows}` that also says
-    what it compared (`GuardResult.as_dict()`).
+    `allow_overlap`. Members with no record (trained elsewhere) cannot be checked: a warning
+    says so once per member, and the answer lists them (`unchecked`). The answer is a dict
+    `{member: overlapping rows}` that also says what it compared (`GuardResult.as_dict()`).
     """
     return guard_rows(model, x, allow_overlap=allow_overlap, rtol=rtol, atol=atol)
 

@@ -39,6 +39,11 @@ class FitReport:
     # temperature; a cross-validated ridge's alpha): `chosen_by_fit`.
     chosen: dict[str, Any] | None = None
 
+    @property
+    def unguarded(self) -> list[str]:
+        """The members the leakage guard could not check (no training-row record was found)."""
+        return list(self.guard.get("unchecked", []))
+
     def as_dict(self) -> dict[str, Any]:
         """The report as plain values (what `metrics.json` records of the fit)."""
         record: dict[str, Any] = {

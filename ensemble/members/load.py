@@ -9,18 +9,22 @@ from typing import Any
 
 import keras
 
-from ensemble.errors import MemberError
+from ensemble.errors import EnsembleError, MemberError
 from ensemble.members.checkpoint import read_checkpoint, resolve_checkpoint
 from ensemble.members.checks import check_declared_output, check_finite_weights, final_activation
 from ensemble.members.classes import check_member_classes, checked_classes
+from ensemble.members.fingerprint import content_fingerprint
 from ensemble.members.keras_file import copy_model, read_keras_file
 from ensemble.members.member import OUTPUT_KINDS, InputSpec, Member
 from ensemble.members.saved_model import SavedModelLayer, is_saved_model_dir
-from ensemble.members.training_rows import load_training_rows
+from ensemble.members.training_rows import find_training_rows
 from ensemble.types import OutputKind, PathLike
 
 # final_activation is defined with the checks that read it, and read here and by ensemble.train.
-__all__ = ["DEFAULT_INPUT", "FORMATS", "FORMAT_OPTIONS", "detect_format", "final_activation", "load_member"]
+__all__ = [
+    "DEFAULT_INPUT", "FORMATS", "FORMAT_OPTIONS", "detect_format", "final_activation", "load_member",
+    "read_member",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +82,47 @@ def load_member(
             integers taken as their text; two for a single sigmoid column: the negative class
             first). `build_ensemble` aligns members by label, so runs that encoded the labels
             in different orders combine class by class; None leaves the columns unnamed.
-        **options: what the format's reader takes (`FORMAT_OPTIONS`):
-            `safe_mode` (default True; opt out only for sources you trust as you would code:
-            `.keras`/`.h5` files and architectures run a `Lambda` layer's code, and an
-            architecture's dotted import path is imported, only with `safe_mode=False`; a
-            SavedModel, whose graph is code, is refused while its signature or its loading
-            would run an op of `ensemble.members.untrusted.UNSAFE_OPS`: file-system,
-            checkpoint, debugger or Python-calling ops), `custom_objects`
-            (`.keras`/`.h5`); `tags`, `signature` (a SavedModel's
-            MetaGraph tags, e.g. `["serve"]` for TF1, and signature key); `architecture`,
-            `scope`, `variable_map` (a checkpoint: the model to restore into, as a `.keras`
-            file, a Keras config, a builder or its dotted path; the name scope of its TF1
-            variables; explicit `{weight path: checkpoint name}` pairs).
+        **options: what the format's reader takes (`FORMAT_OPTIONS`): `safe_mode` (default True;
+            opt out only for sources you trust as you would code: `.keras`/`.h5` files and
+            architectures run a `Lambda` layer's code, and an architecture's dotted import path
+            is imported, only with `safe_mode=False`; a SavedModel, whose graph is code, is
+            refused while its signature or its loading would run an op of
+            `ensemble.members.untrusted.UNSAFE_OPS`: file-system, checkpoint, debugger or
+            Python-calling ops), `custom_objects` (`.keras`/`.h5`); `tags`, `signature` (a
+            SavedModel's MetaGraph tags, e.g. `["serve"]` for TF1, and signature key);
+            `architecture`, `scope`, `variable_map` (a checkpoint: the model to restore into, as
+            a `.keras` file, a Keras config, a builder or its dotted path; the name scope of its
+            TF1 variables; explicit `{weight path: checkpoint name}` pairs).
 
     Returns:
-        A `Member` whose outputs equal the source model's.
+        A `Member` whose outputs equal the source model's, carrying the record of its training
+        rows when one is found by its content (`ensemble.members.training_rows`).
 
     Raises:
-        MemberError: naming the member, for a missing or unreadable source, an
-            unknown format or misplaced option, an output that cannot be chosen, a
-            declaration its outputs contradict (`output="logits"` on probabilities,
-            `"probabilities"` on rows that do not sum to one, a sigmoid over k > 1 columns
-            among them), `classes` that are not one distinct label per class column, or a
-            NaN/infinite weight.
+        MemberError: naming the member, for a missing or unreadable source, an unknown format
+            or misplaced option, an output that cannot be chosen, a declaration its outputs
+            contradict (`output="logits"` on probabilities, `"probabilities"` on rows that do
+            not sum to one, a sigmoid over k > 1 columns among them), `classes` that are not
+            one distinct label per class column, a NaN/infinite weight, or a damaged record.
     """
+    member = read_member(source, name=name, format=format, output=output, output_key=output_key,
+                         inputs=inputs, classes=classes, **options)  # fmt: skip
+    if member.format != "object":  # its record is found by what it is, wherever the file is
+        try:
+            rows = find_training_rows(str(member.source), content_fingerprint(member), name=name)
+        except EnsembleError as error:  # a damaged record: the error names its file
+            raise MemberError(name, str(error)) from error
+        member.training_rows = rows
+    log.info("Loaded member %r from %s (%s)", name, member.source, member.format)
+    return member
+
+
+def read_member(
+    source: PathLike | keras.Model, *, name: str, format: str = "auto", output: OutputKind | None = None,
+    output_key: str | int | None = None, inputs: str | Sequence[str] | None = None,
+    classes: Sequence[str] | None = None, **options: Any,
+) -> Member:  # fmt: skip
+    """`load_member` without the training-row record (to take a fingerprint when recording one)."""
     _check_name(name)
     fmt, label, checkpoint = _locate(name, source, format)
     misplaced = sorted(set(options) - set(FORMAT_OPTIONS[fmt]))
@@ -120,10 +141,7 @@ def load_member(
             model = read_keras_file(label, fmt, **options)
         elif fmt == "saved_model":
             key = None if output_key is None else str(output_key)
-            model, output_key = (
-                SavedModelLayer(label, output_key=key, **options),
-                None,
-            )  # it picked the output
+            model, output_key = SavedModelLayer(label, output_key=key, **options), None  # it picks
         else:
             model = read_checkpoint(
                 label if checkpoint is None else checkpoint, copy_model=copy_model, **options
@@ -132,11 +150,7 @@ def load_member(
         raise
     except Exception as error:  # Any reader's failure becomes one error naming member and path.
         raise MemberError(name, f"cannot load {fmt!r} source {label!r}: {error}") from error
-    member = _wrap(name, model, fmt, label, output, output_key, inputs, labels)
-    if fmt != "object":
-        member.training_rows = load_training_rows(label)
-    log.info("Loaded member %r from %s (%s)", name, label, fmt)
-    return member
+    return _wrap(name, model, fmt, label, output, output_key, inputs, labels)
 
 
 def _locate(name: str, source: PathLike | keras.Model, format: str) -> tuple[str, str, str | None]:

@@ -1,33 +1,72 @@
-"""The record of a member's training rows (the rows themselves, beside its file): what the
-leakage guard checks. Members this project trains carry one; `record_training_rows` gives one
-to a member trained by your own script.
+"""The record of a member's training rows (the rows themselves): what the leakage guard checks.
+Members this project trains carry one; `record_training_rows` gives one to a member trained by
+your own script.
 
-The record is `<file>.training_rows.npy`: a float32 matrix `(rows, features)` of the training
-rows as the ensemble feeds them (`ensemble.rows.flat_features`: named inputs flattened and
-joined in name order), 4 bytes per feature per row. Records of the previous format hold
-sorted uint64 hashes of each row's float32 bytes instead (`row_hashes`); they are still read,
-and the guard matches them exactly (see `ensemble.fitting.guard`).
+A record is found by what the member is, not by the path it was loaded from: copies, symbolic
+and hard links and moved files stay guarded. It is written in two places:
+
+- beside the model's file (links resolved): `<file>.training_rows.npy`, the rows alone (a
+  float32 matrix, as earlier versions wrote it; or their sorted uint64 hashes, `row_hashes`,
+  from older ones, which the guard matches exactly);
+- in a store keyed by the model's content fingerprint (`content_fingerprint`): a folder named
+  by `ENSEMBLE_TRAINING_ROWS_DIR`, else `$XDG_CACHE_HOME/ensemble/training_rows` (default
+  `~/.cache/ensemble/training_rows`), or the `store` argument. An entry `<fingerprint>.npz`
+  holds the rows, the fingerprint and the path recorded; `bound/` notes which model each record
+  beside a file was made for, while that record file is unchanged.
+
+`load_member` takes the record beside the file when it was made for the model there, else the
+store's record of that model's content. A record beside a file that now holds another model
+(replaced after recording) is refused, with a warning naming both. A record made before its
+model was saved (as the zoo does), or by an earlier version, is bound to the model the first
+time one loads it. A damaged record is an `EnsembleError` naming its file.
+
+The rows are float32 `(rows, features)`, as the ensemble feeds them
+(`ensemble.rows.flat_features`: named inputs flattened and joined in name order).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ensemble.atomic import save_array
+from ensemble.atomic import atomic_path, save_array
 from ensemble.errors import EnsembleError
 from ensemble.rows import flat_features
 from ensemble.types import Data, PathLike
 
 __all__ = [
+    "STORE_VARIABLE",
+    "Record",
+    "find_training_rows",
     "is_hash_record",
     "load_training_rows",
+    "read_record",
     "record_training_rows",
     "row_hashes",
     "training_rows_path",
+    "training_rows_store",
 ]
+
+log = logging.getLogger(__name__)
+
+STORE_VARIABLE = "ENSEMBLE_TRAINING_ROWS_DIR"
+"""The environment variable naming the store of records keyed by content fingerprint."""
+_SUFFIX = ".training_rows.npy"
+_HOW = "Record it again with ensemble.record_training_rows(source, x_train)"
+
+
+class Record(NamedTuple):
+    """A record read back: its rows, and for an entry of the store the fingerprint of the model
+    it was made for and where it was recorded ("" for a record beside a file)."""
+
+    rows: np.ndarray
+    fingerprint: str
+    source: str
 
 
 def row_hashes(x: Data) -> np.ndarray:
@@ -41,27 +80,55 @@ def row_hashes(x: Data) -> np.ndarray:
 
 
 def training_rows_path(source: PathLike) -> str:
-    """Where the training-row record of a member saved at `source` lives: beside it."""
-    return os.fspath(source).rstrip("/") + ".training_rows.npy"
+    """Where the record of a member saved at `source` lives beside it (links resolved)."""
+    return os.path.realpath(os.fspath(source)) + _SUFFIX
 
 
-def record_training_rows(source: PathLike, x: Data) -> str:
-    """Record which rows trained the member saved at `source` (the rows themselves, float32,
-    beside it, written atomically), so the leakage guard refuses to fit a combiner on them,
-    or on copies of them within its float tolerance; returns the record's path.
+def training_rows_store(store: PathLike | None = None) -> str:
+    """The folder of records keyed by content fingerprint: `store`, else the one
+    `ENSEMBLE_TRAINING_ROWS_DIR` names, else the user cache's `ensemble/training_rows`."""
+    if store is not None:
+        return os.fspath(store)
+    named = os.environ.get(STORE_VARIABLE)
+    if named:
+        return named
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "ensemble", "training_rows")
+
+
+def record_training_rows(
+    source: PathLike, x: Data, *, store: PathLike | None = None, **load_options: Any
+) -> str:
+    """Record which rows trained the member saved at `source`, so the leakage guard refuses to
+    fit a combiner on them, or on copies of them within its float tolerance; returns the path
+    of the record beside `source` (written atomically, as the store's).
 
     `x` is what the model was fitted on, as the ensemble feeds it (one array, or named arrays
     keyed by the member's input names). Its values must be finite: the guard compares rows by
-    distance. Recording again replaces the record."""
+    distance. When `source` exists it is loaded (with `load_options`, those of `load_member`,
+    e.g. a checkpoint's `architecture`) to take its fingerprint; a record made before the model
+    is saved is bound to it when it is first loaded. Recording again replaces the record."""
+    where = os.fspath(source)
     rows = np.ascontiguousarray(flat_features(x), dtype="float32")
     bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
     if bad.size:
         raise EnsembleError(
-            f"Expected finite training rows to record for {os.fspath(source)!r}. Received "
+            f"Expected finite training rows to record for {where!r}. Received "
             f"non-finite values in {bad.size} row(s), the first at row {int(bad[0])}."
         )
-    path = training_rows_path(source)
+    fingerprint = _fingerprint_of(where, load_options)
+    path = training_rows_path(where)
     save_array(path, rows)
+    if fingerprint:
+        try:
+            _write(_stored_path(fingerprint, store), Record(rows, fingerprint, os.path.realpath(where)))
+            _note_binding(path, fingerprint, store)
+        except OSError as error:
+            log.warning(
+                "Cannot write the training-row record of %s into the store %s (%s): copies of it "
+                "elsewhere are unguarded. Set %s to a writable folder.",
+                where, training_rows_store(store), error, STORE_VARIABLE,
+            )  # fmt: skip
     return path
 
 
@@ -70,19 +137,134 @@ def is_hash_record(record: np.ndarray) -> bool:
     return record.ndim == 1 and record.dtype == np.uint64
 
 
+def read_record(path: str) -> Record:
+    """The record in the file `path`; an `EnsembleError` naming it when it is damaged."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                missing = sorted({"rows", "fingerprint", "source"} - set(loaded.files))
+                if missing:
+                    raise ValueError(f"an archive without {missing}")
+                record = Record(loaded["rows"], str(loaded["fingerprint"]), str(loaded["source"]))
+            else:  # a bare matrix or row hashes: a record of an earlier version
+                record = Record(loaded, "", "")
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # Truncated, garbage, object arrays: never numpy's bare words.
+        raise EnsembleError(
+            f"The training-row record {path!r} is damaged: {type(error).__name__}: {error}. {_HOW}, "
+            "or delete the file (its member is then unguarded)."
+        ) from error
+    rows = record.rows
+    if not is_hash_record(rows) and (rows.ndim != 2 or rows.dtype != np.float32):
+        problem = f"{rows.dtype} of shape {rows.shape}"
+    elif not is_hash_record(rows) and not np.isfinite(rows).all():
+        problem = "non-finite values"
+    else:
+        return record
+    raise EnsembleError(
+        f"Expected a training-row record at {path!r}: a float32 (rows, features) matrix of finite "
+        f"values, or uint64 row hashes. Received: {problem}. {_HOW}."
+    )
+
+
 def load_training_rows(source: PathLike) -> np.ndarray | None:
-    """The training-row record beside `source`, or None when it has none: a float32 matrix
+    """The rows of the record beside `source`, or None when it has none: a float32 matrix
     `(rows, features)`, or, for a record of the previous format, its uint64 row hashes."""
     path = training_rows_path(source)
-    if not os.path.exists(path):
-        return None
-    record: np.ndarray = np.load(path, allow_pickle=False)
-    if is_hash_record(record):
-        return record
-    if record.ndim != 2 or record.dtype != np.float32:
-        raise EnsembleError(
-            f"Expected a training-row record at {path!r}: a float32 (rows, features) matrix, or "
-            f"uint64 row hashes. Received: {record.dtype} of shape {record.shape}. Record it "
-            "again with ensemble.record_training_rows(source, x_train)."
+    return read_record(path).rows if os.path.exists(path) else None
+
+
+def find_training_rows(
+    source: PathLike, fingerprint: str, *, name: str, store: PathLike | None = None
+) -> np.ndarray | None:
+    """The rows of the record of member `name`, loaded from `source` with content
+    `fingerprint`: the one beside `source` unless it was made for another model, else the
+    store's; None when it has none (a record beside it made for another model is then named in
+    a warning with `source`)."""
+    beside, stored = training_rows_path(source), _stored_path(fingerprint, store)
+    record = read_record(beside) if os.path.exists(beside) else None
+    owner = "" if record is None else _bound_to(beside, store)
+    if record is not None and owner in ("", fingerprint):
+        try:  # bound to this model: copies of it, and a replacement of it, are told apart
+            if not owner:  # made before its model, or by an earlier version: bound now
+                _note_binding(beside, fingerprint, store)
+            if not os.path.exists(stored):
+                _write(stored, Record(record.rows, fingerprint, beside))
+        except OSError as error:
+            log.warning("Cannot store the training-row record %s for copies of it: %s", beside, error)
+        return record.rows
+    if os.path.exists(stored):
+        entry = read_record(stored)
+        if entry.fingerprint != fingerprint:
+            raise EnsembleError(f"The training-row record {stored!r} is not this model's. {_HOW}.")
+        return entry.rows
+    if record is not None:
+        log.warning(
+            "Member %r: the training-row record %s was made for another model (content %s...), "
+            "not the one now at %s (content %s...): it is not used, and the leakage guard cannot "
+            "check this member. %s.",
+            name, beside, owner[:12], os.fspath(source), fingerprint[:12], _HOW,
+        )  # fmt: skip
+    return None
+
+
+def _fingerprint_of(source: str, load_options: dict[str, Any]) -> str:
+    """The content fingerprint of the model at `source`, or "" when there is none yet (or it
+    cannot be loaded without options the caller did not give)."""
+    from ensemble.members.fingerprint import content_fingerprint
+    from ensemble.members.load import read_member  # load_member reads records: import late
+
+    try:
+        member = read_member(source, name="recorded", **load_options)
+    except EnsembleError as error:
+        if load_options:
+            raise
+        if os.path.exists(source):
+            log.info("The record for %s is bound to its model when it is first loaded: %s", source, error)
+        return ""
+    return content_fingerprint(member)
+
+
+def _stored_path(fingerprint: str, store: PathLike | None) -> str:
+    return os.path.join(training_rows_store(store), fingerprint + ".npz")
+
+
+def _write(path: str, record: Record) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_path(path, what="training-row record") as staged, open(staged, "wb") as f:
+        np.savez(
+            f, rows=record.rows, fingerprint=np.array(record.fingerprint), source=np.array(record.source)
         )
-    return record
+
+
+def _binding_path(beside: str, store: PathLike | None) -> str:
+    key = hashlib.sha256(beside.encode()).hexdigest()[:32]
+    return os.path.join(training_rows_store(store), "bound", key + ".json")
+
+
+def _identity(path: str) -> list[int]:
+    """Which file `path` is now: rewriting it (recording again) changes this."""
+    stat = os.stat(path)
+    return [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+
+
+def _note_binding(beside: str, fingerprint: str, store: PathLike | None) -> None:
+    path = _binding_path(beside, store)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    note = {"record": beside, "identity": _identity(beside), "fingerprint": fingerprint}
+    with atomic_path(path, what="training-row binding") as staged, open(staged, "w") as f:
+        json.dump(note, f)
+
+
+def _bound_to(beside: str, store: PathLike | None) -> str:
+    """The fingerprint an unbound record `beside` was bound to when first loaded, while it is
+    the same file; "" when it never was, or was recorded again since."""
+    try:
+        with open(_binding_path(beside, store)) as f:
+            note = json.load(f)
+        same = note["record"] == beside and note["identity"] == _identity(beside)
+        return str(note["fingerprint"]) if same else ""
+    except (OSError, ValueError, KeyError, TypeError):  # no note, or an unreadable one: unbound
+        return ""
