@@ -1,7 +1,8 @@
 """A served answer comes from the model on disk now (invariant 8, issue 28 item 2): the registry
 notices an unversioned export overwritten on disk and a version removed and published again
 under its number, by the export's manifest identity, and loads again before it answers, through
-`ModelRegistry.predict` and over HTTP; an export left as it was is not loaded again."""
+`ModelRegistry.predict` and over HTTP; an export left as it was is not loaded again. A member file, a member's SavedModel or an `.onnx`
+file, which carry no identity, are watched by `os.stat` of what a load reads."""
 
 from __future__ import annotations
 
@@ -116,3 +117,42 @@ def test_over_http_a_replaced_export_and_a_republished_version_answer_anew(pair,
         shutil.rmtree(single)
         code, body = call(url, "/v1/models/single:predict", {"inputs": X.tolist()})
         assert code in (404, 503) and "single" in body["error"], body
+
+
+def _replace(path, write) -> None:
+    """`write(staging)` another model, then rename it over `path` in one step (as a deploy does)."""
+    staging = path.with_name("staging" + path.suffix)
+    write(staging)
+    os.replace(staging, path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_member_file_replaced_on_disk_is_loaded_again(tmp_path, suffix):
+    first, second = tiny_model(31), tiny_model(32)
+    answers = [np.asarray(model(X)) for model in (first, second)]
+    assert not np.allclose(answers[0], answers[1], atol=1e-3)
+    path = tmp_path / f"member{suffix}"
+    first.save(path)
+    registry = ensemble.ModelRegistry()
+    registry.register("member", path)
+    np.testing.assert_allclose(registry.predict("member", X), answers[0], atol=1e-6)
+    _replace(path, second.save)
+    np.testing.assert_allclose(registry.predict("member", X), answers[1], atol=1e-6)
+    registry.predict("member", X)
+    assert registry.stats("member").loads == 2
+    path.unlink()
+    with pytest.raises(ModelLoadError, match="member"):
+        registry.predict("member", X)
+
+
+def test_an_onnx_file_replaced_on_disk_is_loaded_again(pair, tmp_path):
+    pytest.importorskip("onnxruntime")
+    models, answers, _ = pair
+    path = tmp_path / "zoo.onnx"
+    ensemble.export_onnx(models[0], path)
+    registry = ensemble.ModelRegistry()
+    registry.register("zoo", path)
+    np.testing.assert_allclose(registry.predict("zoo", X)["prediction"], answers[0], atol=1e-5)
+    _replace(path, lambda staging: ensemble.export_onnx(models[1], staging))
+    np.testing.assert_allclose(registry.predict("zoo", X)["prediction"], answers[1], atol=1e-5)
+    assert registry.stats("zoo").loads == 2

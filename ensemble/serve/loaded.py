@@ -23,6 +23,7 @@ from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.members.load import load_member
 from ensemble.members.saved_model import SavedModelLayer
 from ensemble.serve.feeds import lossless_cast
+from ensemble.serve.watch import FileWatch, Watch
 from ensemble.types import PathLike, Tensor
 
 __all__ = [
@@ -74,7 +75,7 @@ class Loaded:
     sizes: tuple[int, int] | None = None  # parameters and bytes, where no variables tell them
     outputs: dict[str, tf.TensorSpec] | None = None  # None: one output, named SINGLE_OUTPUT
     signatures: dict[str, tuple[str, ...]] | None = None  # None: serving_default, every output
-    watch: ExportWatch | None = None  # an export's: whether the one on disk is still this one
+    watch: Watch | None = None  # whether the model on disk is still this one (None: in memory)
 
     @functools.cached_property
     def signature(self) -> ModelSignature:
@@ -165,6 +166,8 @@ def label(source: PathLike | keras.Model) -> str:
 
 def load_member_model(name: str, source: PathLike | keras.Model, options: Mapping[str, Any]) -> Loaded:
     """A member (anything `load_member` takes) with its call compiled once for every batch size."""
+    # Stamped before the load reads the files: a replacement during the load is seen next time.
+    watch = None if isinstance(source, keras.layers.Layer) else FileWatch(os.fspath(source))
     member = load_member(source, name=name, **options)
     specs = [
         tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)
@@ -176,7 +179,8 @@ def load_member_model(name: str, source: PathLike | keras.Model, options: Mappin
     def call(feeds: dict[str, np.ndarray]) -> Tensor:
         return function(*(feeds[spec.name] for spec in specs))
 
-    return Loaded(call=call, specs={spec.name: spec for spec in specs}, keep_alive=member, function=function)
+    specs_by_name = {spec.name: spec for spec in specs}
+    return Loaded(call=call, specs=specs_by_name, keep_alive=member, function=function, watch=watch)
 
 
 def load_exported(source: PathLike, attempts: int = 3) -> Loaded:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from ensemble.errors import EnsembleError
 from ensemble.export.onnx import ONNX_DTYPES, ONNX_MANIFEST_KEY, inference_session
 from ensemble.serve.loaded import Loaded
+from ensemble.serve.watch import FileWatch
 from ensemble.types import PathLike
 
 __all__ = ["load_onnx"]
@@ -28,6 +29,7 @@ def load_onnx(source: PathLike, device: str | None) -> Loaded:
     `/GPU:n` device it runs on CUDA device n (an error if onnxruntime has no CUDA), on a CPU
     device on the CPU, with no device on what onnxruntime has."""
     path = os.fspath(source)
+    watch = FileWatch(path)  # before the session reads the file
     session = inference_session(path, providers=_providers(device))
     specs = {node.name: _node_spec(path, node) for node in session.get_inputs()}
     outputs = {node.name: _node_spec(path, node) for node in session.get_outputs()}
@@ -47,6 +49,7 @@ def load_onnx(source: PathLike, device: str | None) -> Loaded:
         sizes=_sizes(path),
         outputs=outputs,
         signatures={"serving_default": tuple(sorted(names)), **signatures},
+        watch=watch,
     )
 
 
