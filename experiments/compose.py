@@ -19,12 +19,14 @@ import ensemble
 from ensemble.data import Dataset
 from ensemble.evaluate import format_table
 from experiments.job import build_from_config, finish, members_config
+from experiments.preflight import check_export
 
 __all__ = ["run"]
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Build the configured ensemble, evaluate it on the test split, export, write metrics.json."""
+    check_export(cfg, output_dir)  # before any member loads or trains
     data: Dataset = instantiate(cfg.data)
     model = build_from_config(cfg, data, members_config(cfg, data))
     model.summary()

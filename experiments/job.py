@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import ensemble
 from ensemble import EnsembleError, FitReport, LevelOneStore, Member
+from ensemble.atomic import atomic_path
 from ensemble.data import Dataset
 from ensemble.evaluate import format_table, summary
 from ensemble.runtime import configure_devices, is_chief, make_strategy
@@ -293,5 +294,5 @@ def finish(
 
 def write_metrics(result: dict[str, Any], output_dir: str) -> None:
     """`result` as the run directory's `metrics.json`."""
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    with atomic_path(os.path.join(output_dir, "metrics.json")) as staged, open(staged, "w") as f:
+        json.dump(result, f, indent=2)  # whole or absent: a sweep's comparison reads it

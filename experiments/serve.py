@@ -47,6 +47,7 @@ def main(cfg: DictConfig) -> None:
         max_body_bytes=int(settings.max_body_mb * 2**20),
         body_timeout_s=settings.body_timeout_s,
         max_rows=settings.max_rows,
+        max_in_flight=settings.max_in_flight,
     )
     serve(
         app,

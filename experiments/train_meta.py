@@ -14,12 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.job import finish, fit_and_evaluate
+from experiments.preflight import check_export
 
 __all__ = ["run"]
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> dict[str, Any]:
     """Members, the combiner fitted in the configured regime, then evaluation and export."""
+    check_export(cfg, output_dir)  # before any member loads or trains
     job = fit_and_evaluate(cfg, output_dir)
     return finish(job.result, job.model, cfg, job.output_dir, job.data)
 

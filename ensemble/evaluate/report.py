@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
+from ensemble.atomic import atomic_path
 from ensemble.evaluate.report_sections import (
     baselines_section,
     ood_section,
@@ -111,5 +111,5 @@ def write_report(
         }
         lines += ["TFLite variants against the float ensemble:", "", *markdown_table(variants), ""]
     lines += ["## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    with open(os.fspath(path), "w") as f:
+    with atomic_path(path) as staged, open(staged, "w") as f:
         f.write("\n".join(lines))

@@ -153,7 +153,7 @@ def create_app(
         if max_in_flight is not None and in_flight[0] >= max_in_flight:
             message = (
                 f"Model {name!r}: {in_flight[0]} predict requests are in flight, the limit of this "
-                f"server (create_app(max_in_flight=...)); retry after {RETRY_AFTER_S} s."
+                f"server (create_app(max_in_flight=...), serve.max_in_flight); retry after {RETRY_AFTER_S} s."
             )
             headers = {"Retry-After": str(RETRY_AFTER_S)}
             return JSONResponse({"error": message}, status_code=503, headers=headers)
