@@ -23,7 +23,16 @@ def validate_label_weights(weights: Iterable[Any]) -> list[list[float]]:
             "Expected per-label weights as a (members, labels) table, rows of one length. "
             f"Received: weights={rows!r}"
         )
-    table = [validate_weights(row) or [] for row in _columns(rows)]
+    table = []
+    for label, column in enumerate(_columns(rows)):
+        try:
+            table.append(validate_weights(column) or [])
+        except ValueError as error:  # which label's column, and the whole table
+            reason = str(error).split(" Received:")[0]
+            raise ValueError(
+                f"{reason} Each label's column (one weight per member) is judged on its own: label "
+                f"{label} (column {label}) is {column!r}. Received: weights={rows!r}"
+            ) from error
     return _columns(table)
 
 

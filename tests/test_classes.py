@@ -93,18 +93,21 @@ def test_build_ensemble_classes_sets_the_order_and_labels_fit_by_name(wine, runs
     np.testing.assert_allclose(
         first.predict(x, verbose=0), by_label(models[0][1], x, orders[0], order), atol=1e-5
     )
-    # Labels given by name are the columns they name; the same fit as their indices.
+    # Labels given by name are the columns they name. Integers would be ambiguous here: no
+    # member emits this order, so they are no member's encoding (a user's y in load_wine's own
+    # 0..2 would score the wrong columns, 4.6 nats instead of 0.24), and are refused.
     names = np.array([NAMES[label] for label in y])
-    indices = np.array([order.index(name) for name in names])
     fit_rows, test_rows = slice(0, None, 2), slice(1, None, 2)
     ensemble.fit(model, x[fit_rows], names[fit_rows], allow_overlap=True)
     by_name = model.predict(x, verbose=0)["prediction"]
-    ensemble.fit(model, x[fit_rows], indices[fit_rows], allow_overlap=True)
-    np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], by_name, atol=1e-6)
-    scored = ensemble.evaluate_ensemble(model, x[test_rows], names[test_rows])
-    assert (
-        scored["ensemble"] == ensemble.evaluate_ensemble(model, x[test_rows], indices[test_rows])["ensemble"]
-    )
+    scored = ensemble.evaluate_ensemble(model, x[test_rows], names[test_rows])["ensemble"]
+    expected = by_name[test_rows][np.arange(len(y[test_rows])), [order.index(n) for n in names[test_rows]]]
+    np.testing.assert_allclose(scored["nll"], -np.mean(np.log(np.clip(expected, 1e-7, 1))), rtol=1e-4)
+    refused = r"y: integer labels number the columns of the ensemble's classes .* an order no member emits"
+    with pytest.raises(EnsembleError, match=refused):
+        ensemble.fit(model, x[fit_rows], y[fit_rows], allow_overlap=True)
+    with pytest.raises(EnsembleError, match=refused):
+        ensemble.evaluate_ensemble(model, x[test_rows], y[test_rows])
     wrong = names[fit_rows].copy()
     wrong[4] = "class_9"
     with pytest.raises(EnsembleError, match=r"y, row 4: label 'class_9' is none of the ensemble's classes"):
@@ -248,3 +251,30 @@ def test_the_level_one_store_keys_a_reordered_member_apart(wine, runs):
     np.testing.assert_allclose(store.predictions(blind, x)[:, 1], models[1][1].predict_proba(x), atol=1e-5)
     want = by_label(models[1][1], x, orders[1], NAMES)
     np.testing.assert_allclose(store.predictions(aligned, x)[:, 1], want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("classes", "labels", "refused"),
+    [
+        ([2, 0, 1], [0, 1, 2, 0], "label 0 could be the class named '0' or column 0"),
+        ([1, 2, 3], [1, 2, 0, 1], "label 1 could be the class named '1' or column 1"),
+        ([0, 1, 2], [0, 1, 2, 0], None),  # 0..K-1 in order: the class named 'k' is column k
+        ([3, 7, 9], [0, 1, 2, 0], None),  # no label is a class's name: they can only be columns
+    ],
+)
+def test_integer_labels_where_the_classes_are_integers_text(classes, labels, refused):
+    rows = np.random.default_rng(1).normal(size=(4, 13)).astype("float32")
+    model = ensemble.build_ensemble(
+        [ensemble.load_member(_softmax_model(), name="a", classes=classes)], combiners.MeanCombiner()
+    )
+    if refused is None:
+        ensemble.evaluate_ensemble(model, rows, np.array(labels))
+        return
+    with pytest.raises(EnsembleError, match=rf"y: integer labels are ambiguous .*{refused}.*astype\(str\)"):
+        ensemble.evaluate_ensemble(model, rows, np.array(labels))
+    ensemble.evaluate_ensemble(model, rows, np.array([*map(str, classes), str(classes[0])]))  # by name
+
+
+def _softmax_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((13,)), keras.layers.Dense(3, activation="softmax")])

@@ -3,6 +3,8 @@ a class without a row refused, and `verbose=0` silent in every pass it reaches."
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,18 @@ def test_a_fit_that_learns_nothing_takes_rows_without_every_class(rows):
     model = ensemble_of(combiners.VoteCombiner())
     report = ensemble.fit(model, x, np.where(y == 2, 0, y), method="none")
     assert report.method == "none" and report.rows == ROWS
+
+
+def test_given_level_one_of_other_rows_or_order_is_named_in_a_warning(rows, caplog):
+    # Predictions passed as level_one (not out of fold) are spot-checked against the members'
+    # own on rows of x: in x's order, silent; reversed, a warning naming the member and row.
+    x, y = rows
+    model = ensemble_of(combiners.MeanCombiner())
+    level_one = np.asarray(model.predict(x, verbose=0)["member_predictions"])
+    ensemble.fit(model, x, y, method="optimal", level_one=level_one)
+    assert "level_one, row" not in caplog.text
+    ensemble.fit(model, x, y, method="optimal", level_one=level_one[::-1])
+    assert re.search(r"level_one, row 0: member 'm0' predicts .* but level_one holds", caplog.text)
+    caplog.clear()  # out of fold (level_one_unseen): models other than the members, no check
+    ensemble.fit(model, x, y, method="optimal", level_one=level_one[::-1], level_one_unseen=True)
+    assert "level_one, row" not in caplog.text

@@ -94,3 +94,32 @@ def test_a_calibration_no_temperature_fits_is_an_error_naming_it():
     y = model.predict(x, verbose=0)["prediction"].argmin(1)  # the members' least likely class
     with pytest.raises(ensemble.EnsembleError, match=r"calibration='temperature'.*no positive temperature"):
         ensemble.fit(model, x, y, calibration="temperature")
+
+
+@pytest.mark.parametrize("combiner", ["mean", "stack"])
+def test_every_fit_starts_from_the_combiner_as_built_method_none_included(combiner):
+    # An earlier fit's weights never carry into the next: after a fit that learned weights (or a
+    # stacker), fit(method='none') is the combiner as built, the plain (or geometric) mean,
+    # exactly as on a fresh ensemble; and fitting again equals one fit on a fresh ensemble.
+    def fresh():
+        layer = combiners.MeanCombiner() if combiner == "mean" else combiners.StackingCombiner()
+        return ensemble.build_ensemble([dense_classifier(i, name=f"m{i}") for i in range(3)], layer)
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(90, 8)).astype("float32"), np.arange(90) % 3
+    model = fresh()
+    members = np.asarray(model.predict(x, verbose=0)["member_predictions"], dtype="float64")
+    as_built = members.mean(1) if combiner == "mean" else special.softmax(np.log(members).mean(1), axis=-1)
+    learned = {"method": "optimal"} if combiner == "mean" else {}
+    ensemble.fit(model, x, y, allow_overlap=True, **learned)
+    fitted = model.predict(x, verbose=0)["prediction"]
+    assert np.abs(fitted - as_built).max() > 1e-3  # the fit changed something
+    report = ensemble.fit(model, x, y, method="none", allow_overlap=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], as_built, atol=1e-5)
+    assert report.member_weights is None or len(set(report.member_weights.values())) == 1
+    ensemble.fit(model, x, y, allow_overlap=True, **learned)
+    once = fresh()
+    ensemble.fit(once, x, y, allow_overlap=True, **learned)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0)["prediction"], once.predict(x, verbose=0)["prediction"], atol=1e-5
+    )

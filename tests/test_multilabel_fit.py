@@ -80,6 +80,14 @@ def test_weights_per_label_favour_the_member_better_on_that_label(data, members)
     )
     again = ensemble.fit_mean_weights(model, x[100:200], y[100:200], method="optimal")
     np.testing.assert_allclose(again, table, atol=1e-9)  # a refit starts from the same state
+    # method='none' after it: the combiner as built (the plain mean), not the learned table.
+    ensemble.fit(model, x[100:200], y[100:200], method="none")
+    after = model.predict(x[200:], verbose=0)
+    np.testing.assert_allclose(after["prediction"], members_out.mean(1), atol=1e-6)
+    q = np.clip(members_out.mean(1), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(
+        after["entropy"], np.mean(-(q * np.log(q) + (1 - q) * np.log(1 - q)), -1), atol=1e-5
+    )
 
 
 def test_metrics_match_scikit_learn(data, members):

@@ -256,7 +256,10 @@ ERRORS = [
         },
         r"Fold 1: expected width 2 as in fold 0\. Received: shape=\(3, 3\)",
     ),
-    ({"task": "ranking"}, r"Expected task 'classification' or 'regression'\. Received: task='ranking'"),
+    (
+        {"task": "ranking"},
+        r"Expected task in \('classification', 'regression', 'multilabel'\)\. Received: task='ranking'",
+    ),
     ({"y": np.eye(3)[Y12]}, r"Expected 1-D class labels for classification\. Received: y\.shape=\(12, 3\)"),
     ({"x": {"a": X12, "b": X12[:-1]}}, r"same rows\. Received: rows=\{'a': 12, 'b': 11\}"),
     ({"x": {}}, r"Expected at least one named input"),

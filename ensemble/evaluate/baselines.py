@@ -68,7 +68,9 @@ def evaluate_ensemble(
     if outputs is None:
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
     if view.task == "classification":
-        labels = np.asarray(named_labels(y, view.classes))  # labels by name, as their columns
+        labels = np.asarray(
+            named_labels(y, view.classes, emitted=view.order_emitted)
+        )  # labels by name, as their columns
         result = _classification(view.member_names, labels, outputs, fit_report)
     elif view.task == "multilabel":  # y: a (rows, labels) 0/1 matrix
         result = evaluate_multilabel(view, y, outputs, fit_report)

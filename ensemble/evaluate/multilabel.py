@@ -24,14 +24,18 @@ def evaluate_multilabel(view: EnsembleView, y: Any, outputs: dict[str, Any], rep
     """`members` ({name: metrics}), `mean` and `ensemble`, each `multilabel_suite` of `y` (a
     `(rows, labels)` 0/1 matrix); with `report` (a `FitReport`), `baselines` naming the selected
     member and the ensemble's gain in mean binary log loss against it (its NLL / the ensemble's)."""
-    labels = np.asarray(y)
-    if labels.ndim != 2 or labels.shape[1] != view.width or not np.isin(labels, (0, 1)).all():
-        raise EnsembleError(
-            f"Expected multilabel y as a (rows, {view.width}) matrix of 0 and 1, one column per label. "
-            f"Received: y of shape {labels.shape}."
-        )
-    members = np.asarray(outputs["member_predictions"], dtype="float64")
+    # The fit's check: it imports the fitting package, which imports this module's package.
+    from ensemble.fitting.multilabel import multilabel_targets
+
     prediction = np.asarray(outputs["prediction"], dtype="float64")
+    if len(prediction) == 0:
+        raise EnsembleError(
+            "Expected at least one test row to score the multilabel ensemble on. Received: an "
+            "empty split (0 rows)."
+        )
+    labels = multilabel_targets(y, view.width, len(prediction))
+    members = np.asarray(outputs["member_predictions"], dtype="float64")
+    _check_finite_outputs(view, prediction, members)
     names = view.classes
     result: dict[str, Any] = {
         "members": {
@@ -49,3 +53,19 @@ def evaluate_multilabel(view: EnsembleView, y: Any, outputs: dict[str, Any], rep
             "gain": {"nll_ratio": scores["nll"] / max(result["ensemble"]["nll"], 1e-12)},
         }
     return result
+
+
+def _check_finite_outputs(view: EnsembleView, prediction: np.ndarray, members: np.ndarray) -> None:
+    """An error naming the first test row whose scores are not finite (NaN or infinite values
+    in that row of x, or a member that answers NaN), and the member or ensemble answering so."""
+    answers = [(f"member {n!r}", members[:, i]) for i, n in enumerate(view.member_names)]
+    for who, values in [*answers, ("the ensemble", prediction)]:
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise EnsembleError(
+                f"Expected finite predictions of every test row. Received: {who}'s prediction of "
+                f"row {row} is {values[row].tolist()} ({int(bad.sum())} such row(s)): that row of x "
+                "holds NaN or infinite values (or float64 values past float32's range), or the "
+                "member answers NaN. Drop or impute those rows first."
+            )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.members.classes import check_integer_labels
 from ensemble.types import CLASSIFICATION, REGRESSION
 
 __all__ = [
@@ -112,11 +113,15 @@ def checked_predictions(P: Any, y: Any, task: str) -> tuple[np.ndarray, np.ndarr
     return predictions, checked_regression_targets(targets, width)
 
 
-def named_labels(labels: Any, classes: Sequence[str] | None, what: str = "y") -> Any:
+def named_labels(labels: Any, classes: Sequence[str] | None, what: str = "y", *, emitted: bool = True) -> Any:
     """Labels given by name (strings, or bytes) as their column indices among `classes` (an
-    ensemble's labels), an error naming the first row whose label is none of them; any other
-    labels as they came (`checked_labels` judges them)."""
+    ensemble's labels), an error naming the first row whose label is none of them; integer
+    labels as they came, once `check_integer_labels` found them unambiguous (`emitted`: some
+    member emits the ensemble's order as it comes); any other labels as they came
+    (`checked_labels` judges them)."""
     array = np.asarray(labels)
+    if classes is not None and array.ndim == 1 and array.dtype.kind in "iu":
+        check_integer_labels(array, classes, emitted=emitted, what=what)
     if classes is None or array.ndim != 1 or array.dtype.kind not in "OSU":
         return labels
     text = [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]

@@ -140,9 +140,9 @@ def fit_layered(
     return {"levels": reports, "final": final, "out_of_fold": out_of_fold}
 
 
-def _restore(combiner: Combiner, state: tuple[list[np.ndarray], list[float] | None]) -> None:
+def _restore(combiner: Combiner, state: tuple[Any, ...]) -> None:
     """Set a combiner's weights and member weights (a fit's result, or where it started)."""
-    weights, member_weights = state
+    weights, member_weights = state[:2]
     combiner.set_weights(weights)
     combiner.set_member_weights(member_weights)
 

@@ -26,10 +26,16 @@ from ensemble.fitting.cache import entry_path, member_fingerprint, read_entry, w
 from ensemble.graph.layers import MemberStack
 from ensemble.graph.view import EnsembleView
 from ensemble.members.member import Member
-from ensemble.rows import data_fingerprint, row_count
+from ensemble.rows import data_fingerprint, row_count, take_rows
 from ensemble.types import Data, PathLike
 
-__all__ = ["LevelOneStore", "distributed_level_one", "member_fingerprint", "member_inputs"]
+__all__ = [
+    "LevelOneStore",
+    "check_given_level_one",
+    "distributed_level_one",
+    "member_fingerprint",
+    "member_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +242,39 @@ def distributed_level_one(
     worker) predicting its shard; gathered back in row order and checked by row ids. The same
     pass as `LevelOneStore(strategy=strategy)`, without the cache."""
     return LevelOneStore(strategy=strategy, batch_size=batch_size, verbose=0).predictions(model, x)
+
+
+SPOT_ROWS = 8  # rows of x a given level_one is checked on: one small forward pass
+SPOT_RTOL = SPOT_ATOL = 1e-2  # wide enough for mixed precision, far below a wrong row's gap
+
+
+def check_given_level_one(view: EnsembleView, x: Data, level_one: np.ndarray) -> None:
+    """Given predictions not declared out of fold should be the members' own on the rows of
+    `x`, in their order: `SPOT_ROWS` rows spread over `x` are predicted by the members and
+    compared (within `SPOT_RTOL`, `SPOT_ATOL`). A difference is a WARNING naming the member and
+    row, not an error: predictions of models other than the members (a cross-validation of
+    one's own) differ by design, while predictions of other rows or in another order are the
+    mistake it is there to catch."""
+    rows = np.unique(np.linspace(0, len(level_one) - 1, min(SPOT_ROWS, len(level_one))).astype(int))
+    predicted = _members_model(view.model, list(view.members))(_feeds(view.model, take_rows(x, rows)))
+    actual = np.asarray(predicted, dtype="float64").reshape(len(rows), len(view.members), -1)
+    given = np.asarray(level_one[rows], dtype="float64").reshape(actual.shape)
+    wrong = ~np.isclose(given, actual, rtol=SPOT_RTOL, atol=SPOT_ATOL)
+    if not wrong.any():
+        return
+    at, member, _ = np.argwhere(wrong)[0]
+    row = int(rows[at])
+    log.warning(
+        "level_one, row %d: member %r predicts %s on row %d of x, but level_one holds %s (%d of "
+        "%d rows checked differ). Given predictions are taken as the members' predictions of x's "
+        "rows, in x's order: if they were made on other rows, in another order or by other "
+        "models, the fit is wrong. Predictions of models that never saw their rows (out of "
+        "fold) are passed with level_one_unseen=True.",
+        row,
+        view.members[member].name,
+        np.round(actual[at, member], 4).tolist(),
+        row,
+        np.round(given[at, member], 4).tolist(),
+        int(wrong.any(axis=(1, 2)).sum()),
+        len(rows),
+    )

@@ -24,7 +24,7 @@ from ensemble.errors import EnsembleError
 from ensemble.fitting.arrays import check_row_count
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult, guard_rows
 from ensemble.fitting.level_one import LevelOneStore
-from ensemble.fitting.prepare import check_finite, forget_compiled
+from ensemble.fitting.prepare import check_finite, forget_compiled, restore_initial_state
 from ensemble.fitting.report import FitReport
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
 from ensemble.graph.layers import MultilabelUncertainty
@@ -49,8 +49,11 @@ def multilabel_targets(y: Any, labels: int, rows: int) -> np.ndarray:
             f"Expected multilabel y of shape (rows, labels) = ({rows}, {labels}): one 0/1 column per "
             f"label the members score. Received: y of shape {targets.shape}."
         )
-    if targets.dtype.kind not in "biuf":
-        raise EnsembleError(f"Expected multilabel y of 0/1 numbers. Received: dtype {targets.dtype}.")
+    if targets.dtype.kind not in "biuf":  # strings "0"/"1" too: no guess at an encoding
+        raise EnsembleError(
+            f"Expected multilabel y of 0/1 numbers (each label absent or present). Received: "
+            f"dtype {targets.dtype}; row 0 is {targets[0].tolist() if rows else []}."
+        )
     bad = ~np.isin(targets, (0, 1))  # NaN too
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -172,13 +175,14 @@ def fit_multilabel(
         for index, name in enumerate(view.member_names):
             check_finite(level_one[:, index], f"Member {name!r}'s predictions of the (finite) fitting rows")
     fitted = None
+    restore_initial_state(combiner)  # the rows are good: nothing an earlier fit chose carries over
     if method != "none":
         fitted = label_weights(level_one, targets, method, rounds)
         combiner.set_label_weights(fitted.tolist())
-        for layer in model.layers:
-            if isinstance(layer, MultilabelUncertainty):
-                layer.set_member_weights(combiner.label_weights)
-        forget_compiled(model)
+    for layer in model.layers:
+        if isinstance(layer, MultilabelUncertainty):
+            layer.set_member_weights(combiner.label_weights or combiner.member_weights)
+    forget_compiled(model)
     losses = [binary_log_loss(level_one[:, i].astype("float64"), targets) for i in range(len(view.members))]
     best = int(np.argmin(losses))
     table = getattr(combiner, "label_weights", None)

@@ -18,7 +18,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from ensemble.errors import EnsembleError, MemberError
 from ensemble.fitting.arrays import check_probabilities
 from ensemble.rows import row_count, take_rows
-from ensemble.types import Data, Task
+from ensemble.types import CLASSIFICATION, MULTILABEL, TASKS, Data, Task
 
 __all__ = ["FitPredict", "OutOfFold", "fold_splits", "out_of_fold_predictions", "stack_out_of_fold"]
 
@@ -76,7 +76,8 @@ def stack_out_of_fold(
     `level_one` is `(rows, members, width)` in the order of `members`. For an ensemble's
     members (`fit_out_of_fold`), each member's predictions are checked as its outputs are,
     the member named: `width` columns when given, and class probabilities (each value in
-    [0, 1], each row summing to 1) with `probabilities`.
+    [0, 1], each row summing to 1) with `probabilities`; under `task="multilabel"` each value
+    an independent probability of its label, in [0, 1].
     """
     if not members:
         raise EnsembleError("Expected at least one member. Received: members={}")
@@ -88,6 +89,8 @@ def stack_out_of_fold(
             columns.append(_predict_folds(fit_predict, x, y, splits, verbose=verbose))
             if probabilities:
                 check_probabilities(columns[-1], "out-of-fold predictions")
+            if task == MULTILABEL:
+                _check_label_probabilities(columns[-1])
         except EnsembleError as error:
             raise MemberError(name, str(error)) from error
         if width is not None and columns[-1].shape[1] != width:
@@ -104,17 +107,18 @@ def stack_out_of_fold(
 
 def fold_splits(x: Data, y: np.ndarray, *, cv: int, task: Task, seed: int) -> list[Split]:
     """`cv` shuffled folds of the rows of `x`, as `(train, held_out)` index pairs: stratified
-    by class for classification (every fold holds every class), plain for regression."""
+    by class for classification (every fold holds every class), plain for regression and
+    multilabel rows (a `(rows, labels)` 0/1 `y`, which no one class stratifies)."""
     rows = row_count(x)
-    if task not in ("classification", "regression"):
-        raise EnsembleError(f"Expected task 'classification' or 'regression'. Received: task={task!r}")
+    if task not in TASKS:
+        raise EnsembleError(f"Expected task in {TASKS}. Received: task={task!r}")
     if cv < 2:
         raise EnsembleError(f"Expected cv >= 2 folds. Received: cv={cv}")
     if len(y) != rows:
         raise EnsembleError(f"Expected len(y) == {rows}, one target per row of x. Received: len(y)={len(y)}")
     if cv > rows:
         raise EnsembleError(f"Expected cv <= {rows}, the number of rows. Received: cv={cv}")
-    if task == "regression":
+    if task != CLASSIFICATION:
         splitter = KFold(cv, shuffle=True, random_state=seed)
         return list(splitter.split(np.zeros(rows)))
     if np.ndim(y) != 1:
@@ -164,6 +168,18 @@ def _predict_folds(
     for (_, held_out), output in zip(splits, outputs, strict=True):
         predictions[held_out] = output
     return predictions
+
+
+def _check_label_probabilities(predictions: np.ndarray) -> None:
+    """Multilabel out-of-fold predictions: each value a label's probability, in [0, 1]."""
+    outside = ~((predictions >= 0) & (predictions <= 1)).all(axis=1)  # NaN too
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise EnsembleError(
+            "Expected out-of-fold predictions of independent label probabilities, each in [0, 1] "
+            f"(a sigmoid's outputs). Received: row {row} is {np.round(predictions[row], 4).tolist()} "
+            f"({int(outside.sum())} such row(s)). Logits? Apply a sigmoid first."
+        )
 
 
 def _fold_ids(splits: list[Split]) -> np.ndarray:

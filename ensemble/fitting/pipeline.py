@@ -29,12 +29,19 @@ from ensemble.fitting.head import fit_combiner
 from ensemble.fitting.layered import fit_layered
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
-from ensemble.fitting.multilabel import fit_multilabel
+from ensemble.fitting.multilabel import fit_multilabel, multilabel_targets
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
-from ensemble.fitting.prepare import check_targets, fitting_rows, forget_compiled
+from ensemble.fitting.prepare import (
+    check_targets,
+    fitting_rows,
+    forget_compiled,
+    initial_state,
+    restore_initial_state,
+)
 from ensemble.fitting.report import FitReport
 from ensemble.fitting.stacking import chosen_by_fit, fit_stacking
 from ensemble.graph.view import EnsembleView
+from ensemble.rows import row_count
 from ensemble.types import MULTILABEL, Data
 
 __all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
@@ -107,6 +114,7 @@ def fit(
         A `FitReport`.
     """
     view = EnsembleView.of(model)
+    initial_state(view.combiner)  # recorded before any fit changes it: every fit starts there
     if view.task == MULTILABEL:  # y is a (rows, labels) 0/1 matrix: weights per label
         return fit_multilabel(
             model,
@@ -143,11 +151,13 @@ def fit(
         guard_atol=guard_atol,
         learning=method != "none" or calibration is not None,
     )
-    # The rows are good: the combiner fits (and is calibrated) from scratch. A fit refused
-    # above leaves the model as it was.
+    # The rows are good: the combiner fits (and is calibrated) from scratch, its weights and
+    # member weights as built (or loaded): what an earlier fit chose never carries into this
+    # one, method='none' included. A fit refused above leaves the model as it was.
+    restore_initial_state(view.combiner)
     if view.calibration is not None and not view.calibration.is_identity:
         view.calibration.set_scaling()
-        forget_compiled(model)
+    forget_compiled(model)
     fitted = None
     if method == "none":
         log.info(
@@ -155,11 +165,12 @@ def fit(
         )
     else:
         # The rows are checked and guarded, the predictions made: the fit function takes them
-        # as they are (unseen, as far as the guard could tell).
+        # as they are (unseen, as far as the guard could tell), and y as the caller gave it
+        # (labels by name are mapped again; integers are judged as the caller's, once more).
         fitted = _FITTERS[method](
             model,
             x,
-            targets,
+            y,
             level_one=level_one,
             level_one_unseen=True,
             strategy=strategy,
@@ -227,7 +238,10 @@ def fit_out_of_fold(
             f"Expected one builder per member {names}. Missing: {sorted(set(names) - set(builders))}; "
             f"not members: {sorted(set(builders) - set(names))}"
         )
-    check_targets(view, x, y)  # before any builder trains
+    if view.task == MULTILABEL:  # a (rows, labels) 0/1 matrix, checked as the multilabel fit does
+        multilabel_targets(y, view.width, row_count(x))
+    else:
+        check_targets(view, x, y)  # before any builder trains
     level_one, folds = stack_out_of_fold(
         {name: builders[name] for name in names},
         x,

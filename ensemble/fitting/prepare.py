@@ -26,7 +26,7 @@ from ensemble.fitting.arrays import (
     sum_tolerance,
 )
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, guard_rows
-from ensemble.fitting.level_one import LevelOneStore
+from ensemble.fitting.level_one import LevelOneStore, check_given_level_one
 from ensemble.graph.layers import ClassificationUncertainty
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
@@ -44,7 +44,8 @@ __all__ = [
     "restore_initial_state",
 ]
 
-CombinerState = tuple[list[np.ndarray], list[float] | None]  # its weights and member weights
+# Its weights, member weights and (a multilabel MeanCombiner's) per-label weight table.
+CombinerState = tuple[list[np.ndarray], list[float] | None, list[list[float]] | None]
 
 # Each combiner's state when a fit first saw it (as built, or as loaded from a file).
 _INITIAL_STATES: weakref.WeakKeyDictionary[Combiner, CombinerState] = weakref.WeakKeyDictionary()
@@ -104,6 +105,7 @@ def fitting_rows(
         level_one = check_level_one(view, level_one, len(targets))
         if level_one_unseen:
             return FittingRows(targets, level_one, None)
+        check_given_level_one(view, x, level_one)
     overlaps = guard_rows(
         view.model,
         x,
@@ -205,17 +207,23 @@ def initial_state(combiner: Combiner) -> CombinerState:
     state, so fitting twice gives what fitting a fresh ensemble once gives."""
     state = _INITIAL_STATES.get(combiner)
     if state is None:
-        weights = combiner.member_weights
-        state = ([np.array(w) for w in combiner.get_weights()], None if weights is None else list(weights))
+        weights, table = combiner.member_weights, getattr(combiner, "label_weights", None)
+        state = (
+            [np.array(w) for w in combiner.get_weights()],
+            None if weights is None else list(weights),
+            None if table is None else [list(row) for row in table],
+        )
         _INITIAL_STATES[combiner] = state
     return state
 
 
 def restore_initial_state(combiner: Combiner) -> None:
     """Set the combiner back to `initial_state`: what ran before does not carry into a fit."""
-    weights, member_weights = initial_state(combiner)
+    weights, member_weights, table = initial_state(combiner)
     combiner.set_weights(weights)
     combiner.set_member_weights(member_weights)
+    if table is not None:
+        combiner.set_label_weights(table)  # a multilabel MeanCombiner
 
 
 def forget_compiled(model: keras.Model) -> None:
@@ -237,7 +245,7 @@ def check_targets(view: EnsembleView, x: Data, y: Any) -> np.ndarray:
     rows = row_count(x)
     if rows == 0:
         raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
-    targets = np.asarray(named_labels(y, view.classes))
+    targets = np.asarray(named_labels(y, view.classes, emitted=view.order_emitted))
     check_row_count(targets, rows)
     width = view.width
     if view.task == "regression":

@@ -68,6 +68,12 @@ class EnsembleView:
         return self.members[0].classes if self.task != REGRESSION else None
 
     @property
+    def order_emitted(self) -> bool:
+        """Whether some member emits its columns in the ensemble's order as it comes (integer
+        labels then number that member's columns), not every one reordered by label."""
+        return any(member.columns is None for member in self.members)
+
+    @property
     def member_names(self) -> list[str]:
         return [member.name for member in self.members]
 

@@ -88,6 +88,14 @@ def final_activation(model: Any) -> str | None:
     return name
 
 
+# What the ensemble's own squashing would do to probabilities declared as logits.
+_SQUASH = {
+    "softmax": "softmax would flatten them",
+    "sigmoid": "squashing would flatten them: a sigmoid per label under task='multilabel', a "
+    "softmax under classification",
+}
+
+
 def check_declared_output(member: Member, activation: str | None) -> None:
     """`member`'s declared output kind against its source model's outputs. `activation` is
     that of the layer emitting the chosen output (None when unknown: the probe decides)."""
@@ -98,7 +106,7 @@ def check_declared_output(member: Member, activation: str | None) -> None:
         raise MemberError(
             member.name,
             f"output='logits', but its model ends in a {activation}: its outputs are "
-            "probabilities already (a second softmax would flatten them). Load it with "
+            f"probabilities already (a second {_SQUASH[activation]}). Load it with "
             "output='probabilities' (or leave output unset).",
         )
     # A softmax's rows sum to one. A sigmoid's do only as one column (a binary classifier);
@@ -122,7 +130,8 @@ def check_declared_output(member: Member, activation: str | None) -> None:
         raise MemberError(
             member.name,
             f"output='logits', but its rows are probabilities already ({sums} on probe rows): "
-            "a second softmax would flatten them. Load it with output='probabilities'.",
+            "a second softmax (or a multilabel ensemble's sigmoid) would flatten them. Load it "
+            "with output='probabilities'.",
         )
     if declared == "probabilities" and not probabilities:
         if _multilabel(values, activation):

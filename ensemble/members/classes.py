@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ensemble.errors import EnsembleError, MemberError
 from ensemble.members.member import Member
 
@@ -131,3 +133,34 @@ def aligned_members(members: list[Member], classes: Sequence[str] | None, task: 
     if moved:
         log.info("Members %s: columns reordered to the ensemble's classes %s.", moved, list(order))
     return result
+
+
+def check_integer_labels(labels: Any, classes: Sequence[str], *, emitted: bool, what: str = "y") -> None:
+    """Integer labels for an ensemble whose classes are named number its columns, which is only
+    what the caller meant where no other reading is open. Two are refused, naming why:
+
+    - the classes are integers' text in another order than 0..K-1 (`[2, 0, 1]`, or 1..K) and
+      some label is one of them: label 2 could be the class named '2' or column 2;
+    - no member emits the ensemble's order as it comes (`emitted` False: every member was
+      reordered by label, to a `classes=` order none was trained in), so the integers are no
+      member's encoding.
+
+    Labels by name (strings) are never ambiguous; those pass through `named_labels`."""
+    values = np.unique(np.asarray(labels)).tolist()
+    as_integers = [int(label) for label in classes if label.lstrip("-").isdigit()]
+    if len(as_integers) == len(classes) and as_integers != list(range(len(classes))):
+        clash = sorted(set(values) & set(as_integers))
+        if clash:
+            raise EnsembleError(
+                f"{what}: integer labels are ambiguous for this ensemble. Its classes are named "
+                f"{list(classes)} (column 0 is class {classes[0]!r}), so label {clash[0]} could be "
+                f"the class named {str(clash[0])!r} or column {clash[0]}. Pass the labels by name "
+                f"({what}.astype(str)), or give the classes in 0..K-1 order."
+            )
+    if not emitted:
+        raise EnsembleError(
+            f"{what}: integer labels number the columns of the ensemble's classes {list(classes)}, "
+            "an order no member emits as it comes (each was reordered by label), so they are no "
+            f"member's encoding. Pass the labels by name (np.asarray(class_names)[{what}] in your "
+            "encoding's order), or build the ensemble with classes= in that order."
+        )

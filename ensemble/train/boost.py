@@ -29,7 +29,14 @@ from ensemble.graph.build import build_ensemble
 from ensemble.members.member import Member
 from ensemble.rows import row_count, take_rows
 from ensemble.train.gradient_boost import gradient_boost
-from ensemble.train.members import check_labels, checked_targets, compiled, output_width, trained_member
+from ensemble.train.members import (
+    check_finite_x,
+    check_labels,
+    checked_targets,
+    compiled,
+    output_width,
+    trained_member,
+)
 from ensemble.types import CLASSIFICATION, Task
 
 __all__ = ["BuildFn", "bag", "boost"]
@@ -73,9 +80,11 @@ def boost(
         `build_ensemble(members, AdditiveCombiner(...))`.
 
     Raises:
-        EnsembleError: for labels that are not integer classes, a bad round count or
-            learning rate, or a first member no better than chance.
+        EnsembleError: for a row of x that is not finite (NaN, infinite, or float64 past
+            float32's range; named before anything trains), labels that are not integer
+            classes, a bad round count or learning rate, or a first member no better than chance.
     """
+    check_finite_x(x, "boost")  # before any round trains (float64 past float32's range too)
     labels = np.asarray(y)
     if np.issubdtype(labels.dtype, np.floating):
         return gradient_boost(
@@ -158,6 +167,7 @@ def bag(
     if members < 1:
         raise EnsembleError(f"Expected members >= 1. Received: {members}")
     rows = row_count(x)
+    check_finite_x(x, "bag")  # before any member trains (float64 past float32's range too)
     first, kind = compiled(build_fn(0), task)
     classes = output_width(first, x) if kind == CLASSIFICATION else None
     targets = checked_targets(y, rows, kind, "bag", classes)  # before anything trains

@@ -23,8 +23,8 @@ from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import as_numpy, flat_features, in_batches
-from ensemble.train.members import check_finite_rows, checked_targets, output_kind
-from ensemble.types import CLASSIFICATION, REGRESSION
+from ensemble.train.members import check_finite_rows, check_finite_x, checked_targets, output_kind
+from ensemble.types import CLASSIFICATION, MULTILABEL, REGRESSION
 
 __all__ = ["distill", "distillation_loss"]
 
@@ -72,12 +72,21 @@ def distill(
         training-row record is `x`, so the leakage guard refuses to fit a combiner on it.
 
     Raises:
-        EnsembleError: before anything trains, for a model that is no ensemble, a student
-            whose inputs or width do not match, a bad temperature or label weight, labels
-            missing for label_weight or not one valid label per row, or a row on which the
-            ensemble's outputs are not finite (named).
+        EnsembleError: before anything trains, for a model that is no ensemble (or is a
+            multilabel one, which it does not distill yet), a student whose inputs or width
+            do not match, a bad temperature or label weight, labels missing for label_weight
+            or not one valid label per row, or a row of x that is not finite (NaN, infinite,
+            or float64 past float32's range) or on which the ensemble's outputs are not
+            finite (named).
     """
     task = ensemble_task(model)
+    if task == MULTILABEL:  # before the student is loaded as a classifier and refused for its sigmoid
+        raise EnsembleError(
+            f"distill does not support task='multilabel' yet: it teaches one distribution over "
+            "classes (softmax cross entropy) or a regression mean, and a multilabel ensemble's "
+            f"labels are independent probabilities. Received: a multilabel ensemble of "
+            f"{int(model.output['prediction'].shape[-1])} labels (student {name!r})."
+        )
     if not temperature > 0 or not 0 <= label_weight <= 1:
         raise EnsembleError(
             f"Expected temperature > 0 and 0 <= label_weight <= 1. "
@@ -88,6 +97,7 @@ def distill(
     classify = task == CLASSIFICATION
     probe = load_member(student, name=name, output=output_kind(student) if classify else None)
     feeds = _feeds(x, model, student, name)
+    check_finite_x(x, f"Distilling {name!r}")  # the cause named, before the ensemble predicts
     rows, width = len(next(iter(feeds.values()))), int(model.output["prediction"].shape[-1])
     door = f"Distilling {name!r}"
     if y is not None:  # before the ensemble predicts x

@@ -5,6 +5,7 @@ finite values' own checks are `ensemble.fitting.arrays`', which every door share
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -19,6 +20,7 @@ from ensemble.types import CLASSIFICATION, REGRESSION, OutputKind, Task
 
 __all__ = [
     "check_finite_rows",
+    "check_finite_x",
     "check_labels",
     "checked_targets",
     "compiled",
@@ -97,9 +99,33 @@ def checked_targets(y: Any, rows: int, task: Task, door: str, classes: int | Non
 
 
 def check_finite_rows(values: np.ndarray, what: str) -> None:
-    """An error naming the first row of `values` that holds a NaN or an infinity (or a float64
-    value past float32's range, infinite in the float32 graph)."""
-    finite = ~non_finite(values).reshape(len(values), -1).any(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise EnsembleError(f"{what}: row {row} is not finite ({int((~finite).sum())} such rows).")
+    """An error naming the first row of `values` that holds a NaN or an infinity, or a float64
+    value past float32's range (infinite in the float32 graph: `non_finite`, the check every
+    door shares), with its columns, their values and which cause it is."""
+    array = np.asarray(values)
+    if array.ndim == 0 or array.size == 0:
+        return
+    bad = non_finite(array).reshape(len(array), -1)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not rows.size:
+        return
+    row = int(rows[0])
+    columns = np.flatnonzero(bad[row])
+    held = array.reshape(len(array), -1)[row, columns[:5]]
+    wide = (
+        f"; {array.dtype} values past float32's range (|value| > 3.4e38) are infinite in the float32 graph"
+        if np.isfinite(held).any()
+        else ""
+    )
+    raise EnsembleError(
+        f"{what}: row {row} is not finite ({len(rows)} such row(s)): column(s) "
+        f"{columns[:10].tolist()} (of the row flattened) hold {held.tolist()}{wide}. Drop or "
+        "impute those rows first."
+    )
+
+
+def check_finite_x(x: Any, door: str) -> None:
+    """Before anything trains on or predicts `x` (one array, or arrays by input name):
+    `check_finite_rows` of each input, naming `door` and the input."""
+    for name, values in x.items() if isinstance(x, Mapping) else [(None, x)]:
+        check_finite_rows(np.asarray(values), f"{door}: x" if name is None else f"{door}: x[{name!r}]")

@@ -25,7 +25,7 @@ from ensemble.members.member import Member
 from ensemble.members.saved_model import SavedModelLayer
 from ensemble.members.training_rows import is_hash_record
 from ensemble.rows import in_batches
-from ensemble.train.members import check_finite_rows, check_labels, checked_targets
+from ensemble.train.members import check_finite_rows, check_finite_x, check_labels, checked_targets
 from ensemble.types import REGRESSION
 
 __all__ = ["SOUP_METHODS", "soup"]
@@ -62,7 +62,8 @@ def soup(
     Raises:
         EnsembleError: for an unknown method, fewer than one member, members of different
             architectures (naming them and the first difference), a member without Keras weights
-            (a TF1 SavedModel), or "greedy" without rows.
+            (a TF1 SavedModel), "greedy" without rows, or a row of x that is not finite
+            (NaN, infinite, or float64 past float32's range).
     """
     if method not in SOUP_METHODS:
         raise EnsembleError(f"Expected method in {SOUP_METHODS}. Received: method={method!r}")
@@ -70,6 +71,8 @@ def soup(
         raise EnsembleError("soup needs at least one member.")
     if method == "greedy" and (x is None or y is None):
         raise EnsembleError("method='greedy' ranks members on rows: pass x and y.")
+    if x is not None:
+        check_finite_x(x, "Soup")  # the row and its cause named, before any member predicts
     wrapped = [m if isinstance(m, Member) else load_member(m, name=m.name) for m in members]
     _check_one_architecture(wrapped)
     weights = [[np.asarray(w) for w in m.model.weights] for m in wrapped]
