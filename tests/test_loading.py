@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import combiners
 import ensemble
 from tests.legacy_formats import (
     DenseNet,
@@ -197,3 +198,24 @@ def test_output_kind_is_not_inferred_for_an_output_key_of_a_multi_output_model(x
     member = ensemble.load_member(model, name="multi", output_key="logits")
     assert member.output_kind is None
     np.testing.assert_allclose(_member_output(member, x), np.asarray(model(x)["logits"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_in_memory_model_with_an_adapted_normalization_is_itself(nested):
+    # The member is a copy (freezing it leaves the caller's model alone); an adapted
+    # Normalization's mean and variance reach its call only through finalize_state, which
+    # Keras runs after loading variables and set_weights does not (the copy then scaled by
+    # mean 0 and variance 1: 0.97 off on wine).
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 5)) * [1, 10, 100, 1000, 0.1] + [5, -50, 500, 0, 1]).astype("float32")
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    keras.utils.set_random_seed(0)
+    head = keras.Sequential([keras.Input((5,)), norm, keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential([keras.Input((5,)), head]) if nested else head
+    member = ensemble.load_member(model, name="scaled", output="probabilities")
+    np.testing.assert_allclose(member.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    built = ensemble.build_ensemble([member], combiners.MeanCombiner())
+    np.testing.assert_allclose(
+        built.predict(x, verbose=0)["prediction"], model.predict(x, verbose=0), atol=1e-6
+    )

@@ -108,6 +108,24 @@ def _build_keras2(
     return model
 
 
+def _finalize_states(model: keras.Layer) -> None:
+    """What Keras does after loading a layer's variables (`load_own_variables`) and
+    `set_weights` does not: `finalize_state`, which turns an adapted `Normalization`'s
+    variables into the constants its call reads (without it the copy keeps the mean 0 and
+    variance 1 it was built with). Every layer, nested models' included."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize):
+            finalize()
+        stack.extend(getattr(layer, "layers", ()))
+
+
 def copy_model(model: keras.Model) -> keras.Model:
     """A copy with its own variables, so freezing the member never touches the caller's model."""
     try:
@@ -115,6 +133,7 @@ def copy_model(model: keras.Model) -> keras.Model:
         if not copy.built and model.built:
             copy.build_from_config(model.get_build_config())
         copy.set_weights(model.get_weights())
+        _finalize_states(copy)
         return copy
     except Exception as error:  # Subclassed models without a config cannot be copied.
         log.warning(
