@@ -43,11 +43,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def members(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[ensemble.Member]:
+    """Three members trained on the train rows only, trained once for the module: each test
+    builds its own ensemble over them (`build_ensemble` copies, leaving them as they are)."""
+    return [_member(seed, *splits["train"], f"m{seed}") for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
 def fitted(
-    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], members: list[ensemble.Member]
 ) -> tuple[keras.Model, dict[str, ensemble.Member]]:
     (x_train, y_train), (x_fit, y_fit) = splits["train"], splits["fit"]
-    members = [_member(seed, x_train, y_train, f"m{seed}") for seed in range(3)]
     model = ensemble.build_ensemble(members, StackingCombiner())
     ensemble.fit(model, x_fit, y_fit, C=1.0, calibration="temperature")
     x_all, y_all = np.concatenate([x_train, x_fit]), np.concatenate([y_train, y_fit])
@@ -72,9 +78,11 @@ def test_refit_keeps_the_fitted_combiner_and_calibration(
 
     # By hand: each new member alone, the meta-model's Dense in NumPy, then the temperature.
     level_one = np.stack([refits[name].predict(x_test, verbose=0) for name in view.member_names], axis=1)
-    kernel, bias = new_view.combiner.get_weights()
+    kernel, bias = new_view.combiner.meta_model_.get_weights()
+    mean_kernel = keras.ops.convert_to_numpy(new_view.combiner.mean_kernel_)  # the plain mean's block
     features = np.log(np.clip(level_one, 1e-7, 1)).reshape(len(x_test), -1)
-    combined = _softmax(features @ kernel + bias)
+    plain = np.log(np.clip(level_one, 1e-7, 1).mean(1))
+    combined = _softmax(features @ kernel + bias + plain @ mean_kernel)
     expected = _softmax(np.log(np.clip(combined, 1e-7, 1)) / temperature)
     outputs = refit.predict(x_test, verbose=0)
     np.testing.assert_allclose(outputs["prediction"], expected, atol=1e-5)
@@ -97,10 +105,11 @@ def test_the_guard_refuses_the_fitting_rows_after_a_refit(
 
 
 def test_learned_mean_weights_carry_over(
-    fitted: tuple[keras.Model, dict[str, ensemble.Member]], splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    fitted: tuple[keras.Model, dict[str, ensemble.Member]],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    members: list[ensemble.Member],
 ) -> None:
     _, refits = fitted
-    members = [_member(seed, *splits["train"], f"m{seed}") for seed in range(3)]
     model = ensemble.build_ensemble(members, MeanCombiner())
     ensemble.fit(model, *splits["fit"], method="optimal")
     weights = EnsembleView.of(model).combiner.member_weights
@@ -113,10 +122,11 @@ def test_learned_mean_weights_carry_over(
 
 
 def test_refit_refuses_what_the_guard_could_not_know(
-    fitted: tuple[keras.Model, dict[str, ensemble.Member]], splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    fitted: tuple[keras.Model, dict[str, ensemble.Member]],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    members: list[ensemble.Member],
 ) -> None:
     model, refits = fitted
-    x_train, y_train = splits["train"]
     x_fit = splits["fit"][0]
     with pytest.raises(EnsembleError, match=r"Missing: \['m2'\]"):
         ensemble.refit_full(model, {"m0": refits["m0"], "m1": refits["m1"]}, x_fit)
@@ -124,7 +134,7 @@ def test_refit_refuses_what_the_guard_could_not_know(
     with pytest.raises(EnsembleError, match=r"\['m2'\] carry no training-row record"):
         ensemble.refit_full(model, {**refits, "m2": unrecorded}, x_fit)
     # Retrained on the train rows only: the fitting rows are not in its record.
-    stale = _member(2, x_train, y_train, "m2")
+    stale = members[2]
     with pytest.raises(EnsembleError, match=r"member\(s\) \['m2'\] hold only"):
         ensemble.refit_full(model, {**refits, "m2": stale}, x_fit)
     with pytest.raises(EnsembleError, match="listed under the name"):

@@ -1,12 +1,14 @@
 """Small fitting sets (issue 27, item 1): the default stacker and temperature scaling on 15-30
 fitting rows, some of them all ranked right, against the member one would ship alone (chosen on
-the fitting rows) as it comes and the members' plain mean as it comes, on iris' test rows."""
+the fitting rows) as it comes and the members' plain mean as it comes, on the test rows of iris,
+wine and breast_cancer."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_iris, load_wine
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
@@ -15,6 +17,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import combiners
+import ensemble
 from combiners.stack import LOG_EPSILON
 from ensemble.fitting.stacker_choice import cross_validated_stacker
 from ensemble.fitting.temperature import Scaling, calibrated, fit_scaling
@@ -115,7 +119,7 @@ def test_fewer_rows_of_a_class_than_the_regression_needs_fall_back_and_say_so(le
     features, log_p = _features(pool[chosen])
     with caplog.at_level("WARNING", logger="ensemble.fitting.stacker_choice"):
         stacker = cross_validated_stacker(features, log_p, y_pool[chosen])
-    assert stacker.prior in ("raw", "mean_raw", "member") and stacker.C == 0
+    assert stacker.prior in ("raw", "mean_arith_raw", "mean_raw", "member", "mean_arith") and stacker.C == 0
     assert "only the candidates of at most one parameter" in caplog.text
     assert stacker.temperature is not None and stacker.as_dict()["candidate"] == stacker.prior
     caplog.clear()
@@ -124,16 +128,18 @@ def test_fewer_rows_of_a_class_than_the_regression_needs_fall_back_and_say_so(le
     with caplog.at_level("WARNING", logger="ensemble.fitting.stacker_choice"):
         stacker = cross_validated_stacker(features, log_p, y_pool[few])
     assert "nothing is fitted" in caplog.text and stacker.temperature == 1.0
-    assert stacker.prior in ("raw", "mean_raw") and set(stacker.cv_nll) == {
+    assert stacker.prior in ("raw", "mean_arith_raw", "mean_raw") and set(stacker.cv_nll) == {
         "raw 0",
         "raw 1",
         "raw 2",
         "raw 3",
+        "mean_arith_raw",
         "mean_raw",
     }
     alone = [_nll(y_pool[few], pool[few][:, j]) for j in range(pool.shape[1])]
+    alone.append(_nll(y_pool[few], pool[few].mean(1)))  # the plain mean as it comes
     np.testing.assert_allclose(
-        [stacker.cv_nll[f"raw {j}"] for j in range(4)], alone, atol=1e-6
+        [stacker.cv_nll[f"raw {j}"] for j in range(4)] + [stacker.cv_nll["mean_arith_raw"]], alone, atol=1e-6
     )  # log_loss clips at 1e-15, the graph at 1e-7
 
 
@@ -156,3 +162,68 @@ def test_the_ensemble_size_curve_does_not_repeat_the_fallback_warning(level_one,
         for size in range(1, pool.shape[1] + 1):
             assert combine(np.arange(size)) is not None
     assert "fewer than" not in caplog.text
+
+
+def _keras_member(x, y, seed, epochs, hidden):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((x.shape[1],)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", jit_compile=False)
+    model.fit(x, y, epochs=epochs, verbose=0)
+    return model
+
+
+def _numpy_nll(y, p):
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], LOG_EPSILON, 1.0))))
+
+
+@pytest.fixture(scope="module")
+def breast_cancer_draws():
+    """The draws where an adversarial pass found the default missing issue 27's target: three
+    tiny Keras members trained on 40% of breast_cancer, `ensemble.fit` with its defaults on 15
+    of the other rows, the rest the test split. Per seed: (test NLL over the better of the
+    selected member and the plain mean as they come, the accuracy it gives up to the selected
+    member, the chosen candidate)."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype("float32")
+    draws = {}
+    for seed in (2, 4, 5):
+        x_train, x_rest, y_train, y_rest = train_test_split(
+            x, y, train_size=0.4, random_state=seed, stratify=y
+        )
+        x_fit, x_test, y_fit, y_test = train_test_split(
+            x_rest, y_rest, train_size=15, random_state=seed, stratify=y_rest
+        )
+        members = {
+            f"m{i}": ensemble.load_member(
+                _keras_member(x_train, y_train, seed * 10 + i, epochs, hidden),
+                name=f"m{i}",
+                output="probabilities",
+            )
+            for i, (epochs, hidden) in enumerate(((3, 4), (8, 8), (15, 16)))
+        }
+        model = ensemble.build_ensemble(members, combiners.StackingCombiner())
+        report = ensemble.fit(model, x_fit, y_fit)
+        out = model.predict(x_test, verbose=0)
+        member = out["member_predictions"][:, list(members).index(report.selected_member["name"])]
+        plain = out["member_predictions"].mean(1)
+        best = min(_numpy_nll(y_test, member), _numpy_nll(y_test, plain))
+        shortfall = np.mean(member.argmax(1) == y_test) - np.mean(out["prediction"].argmax(1) == y_test)
+        draws[seed] = (_numpy_nll(y_test, out["prediction"]) / best, shortfall, report.chosen["candidate"])
+    return draws
+
+
+def test_breast_cancer_on_15_rows_meets_the_target_where_it_missed(breast_cancer_draws):
+    """Seeds 2 and 4 missed (1.37x, 1.35x) with only the geometric mean among the candidates;
+    with the plain mean among them and the one-standard-error rule they meet 1.05x. Seed 5
+    still misses (1.27x): m2's held-out NLL beats the plain mean's by more than a standard
+    error on the 15 rows and loses on the test split (on seed 3 the same margin rightly picks
+    m2): 15 rows cannot tell those apart, so it is bounded, not excused."""
+    for seed, (ratio, shortfall, chosen) in breast_cancer_draws.items():
+        assert shortfall <= 1e-12, (seed, chosen)
+        assert ratio <= (1.05 if seed in (2, 4) else 1.30), (seed, ratio, chosen)

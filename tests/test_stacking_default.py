@@ -3,9 +3,13 @@
 Keras members on digits: one that dominates among weak ones, and members that each see part
 of the image (they complement each other). The reference is each member temperature-scaled on
 the same fitting rows (a bounded 1-D search on scikit-learn's log-loss, not the library's fit).
+Then the members' plain mean as a candidate (issue 27, item 1): against NumPy's mean on held-out
+rows, through ONNX and `.keras`, and a config saved before it existed.
 """
 
 from __future__ import annotations
+
+import zipfile
 
 import keras
 import numpy as np
@@ -19,6 +23,7 @@ from sklearn.model_selection import train_test_split
 
 import combiners
 import ensemble
+from combiners.stack import LOG_EPSILON
 from ensemble.evaluate import classification_metrics
 
 pytestmark = pytest.mark.slow
@@ -108,3 +113,96 @@ def test_members_that_complement_each_other_beat_the_best_calibrated_one(splits)
     # The issue's target is ECE <= 0.02; on these 449 test rows the stacker reaches about 0.04
     # (15 equal-width bins: the estimate alone carries a bias of that order at this size).
     assert found["nll"] <= 0.8 * found["best_calibrated_nll"] and found["ece"] <= 0.05
+
+
+# The members' plain (arithmetic) mean among the candidates (issue 27, item 1).
+
+
+def _numpy_nll(y, p):
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], LOG_EPSILON, 1.0))))
+
+
+def _passing_member(j, members, classes, name):
+    """A Keras member that answers block `j` of its input (members' log-probabilities): p_j."""
+    inputs = keras.Input((members * classes,))
+    dense = keras.layers.Dense(classes, activation="softmax")
+    model = keras.Model(inputs, dense(inputs), name=name)
+    kernel = np.zeros((members * classes, classes), "float32")
+    kernel[j * classes : (j + 1) * classes] = np.eye(classes)
+    dense.set_weights([kernel, np.zeros(classes, "float32")])
+    return ensemble.load_member(model, name=name, output="probabilities")
+
+
+def _complementary_rows(rows, seed, members=3, classes=3):
+    """Members right but unsure (0.7) on 85% of rows, else sure of a wrong class, the true one
+    at 0.001: their plain mean beats each of them and their geometric mean, and is unsure."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(rows) % classes
+    p = np.full((rows, members, classes), 0.15)
+    p[np.arange(rows), :, y] = 0.7
+    for i, j in zip(*np.nonzero(rng.random((rows, members)) < 0.15), strict=True):
+        wrong = (y[i] + rng.integers(1, classes)) % classes
+        p[i, j] = 0.099
+        p[i, j, y[i]], p[i, j, wrong] = 0.001, 0.9
+    return np.log(p).reshape(rows, -1).astype("float32"), y, p
+
+
+@pytest.fixture(scope="module")
+def mean_chosen():
+    model = ensemble.build_ensemble(
+        [_passing_member(j, 3, 3, f"m{j}") for j in range(3)], combiners.StackingCombiner()
+    )
+    x, y, p = _complementary_rows(45, seed=0)  # 15 rows a class: the one-parameter candidates
+    return model, ensemble.fit(model, x, y), p, y
+
+
+def test_the_plain_mean_candidate_is_numpys_arithmetic_mean_on_held_out_rows(mean_chosen, tmp_path):
+    model, report, p, y = mean_chosen
+    chosen = report.chosen
+    assert chosen["candidate"] == "mean_arith" and 0 < chosen["temperature"] < 1  # it sharpens
+    assert report.member_weights is None  # the uncertainty outputs weigh the members equally
+    # As it comes it fits nothing: its held-out NLL (5 folds of 9 rows) is the mean's NLL.
+    assert chosen["held_out_nll"]["mean_arith_raw"] == pytest.approx(_numpy_nll(y, p.mean(1)), abs=1e-5)
+    x_test, _, p_test = _complementary_rows(200, seed=1)
+    expected = softmax(np.log(p_test.mean(1)) / chosen["temperature"], axis=1)
+    np.testing.assert_allclose(model.predict(x_test, verbose=0)["prediction"], expected, atol=1e-5)
+    np.testing.assert_allclose(report.fitted.predict_proba(x_test), expected, atol=1e-5)
+    from tests.test_onnx import assert_serves_like
+
+    assert_serves_like(model, ensemble.export_onnx(model, tmp_path / "m.onnx"), {"features": x_test[:12]})
+    path = tmp_path / "mean.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(x_test, verbose=0)["prediction"], expected, atol=1e-5)
+
+
+def test_a_stacker_config_saved_before_the_mean_feature_loads_and_predicts_as_before(tmp_path):
+    """A `.keras` file whose StackingCombiner config has no `mean_feature` key (and no mean
+    kernel among its weights) loads without it, and predicts what its Dense alone computes."""
+    old = ensemble.build_ensemble(
+        [_passing_member(j, 3, 3, f"m{j}") for j in range(3)], combiners.StackingCombiner(mean_feature=False)
+    )
+    x, y, _ = _complementary_rows(90, seed=2)
+    ensemble.fit(old, x, y, method="sklearn", C=0.5)
+    path = tmp_path / "old.keras"
+    old.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    text = entries["config.json"].decode()
+    assert text.count('"mean_feature": false') == 1
+    entries["config.json"] = text.replace(', "mean_feature": false', "").encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    reloaded = keras.saving.load_model(path)
+    combiner = ensemble.ensemble_combiner(reloaded)
+    assert combiner.mean_feature is False and combiner.mean_kernel_ is None
+    x_test, _, p_test = _complementary_rows(30, seed=3)
+    kernel, bias = combiner.meta_model_.get_weights()
+    expected = softmax(np.log(np.clip(p_test, LOG_EPSILON, 1)).reshape(30, -1) @ kernel + bias, axis=1)
+    np.testing.assert_allclose(reloaded.predict(x_test, verbose=0)["prediction"], expected, atol=1e-5)
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0)["prediction"],
+        old.predict(x_test, verbose=0)["prediction"],
+        atol=1e-6,
+    )

@@ -1,5 +1,6 @@
 """`fit_stacking`: the default stacking meta-model fitted the exact convex way, shrunk toward
-the members' best calibrated pool, and baked into the in-graph `Dense`."""
+the members' best calibrated pool, and baked into the in-graph `Dense` (and, for the
+arithmetic mean's block, the combiner's `mean_kernel_`)."""
 
 from __future__ import annotations
 
@@ -49,10 +50,13 @@ def fit_stacking(
     stacker`). With `C` None (the default), the candidates compete on held-out NLL over `cv`
     stratified folds of the fitting rows: the regression shrunk toward zero (what
     scikit-learn's `LogisticRegressionCV` fits) or toward the selected member temperature-
-    scaled, at each `C` of `stacker.CS`, and every member temperature-scaled alone, among
+    scaled, at each `C` of `stacker.CS`, every member and the members' arithmetic (plain) mean
+    temperature-scaled alone, and each of them and the geometric mean as they come, among
     those at least as accurate held out as the best member alone; so a dominant member is
-    never shrunk away. A given `C` fits the regression shrunk toward zero
-    (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS, then Newton steps
+    never shrunk away. The arithmetic mean and the regressions' use of its block need the
+    combiner's `mean_feature` (on for a `StackingCombiner()`; a combiner saved before it
+    existed fits without it, and says so). A given `C` fits the regression shrunk toward zero
+    on the `meta_features` (scikit-learn's `LogisticRegression(C=C)`). Solved by L-BFGS, then Newton steps
     (trust-ncg) to a gradient of `stacker.GTOL` (1e-9) on the mean objective. The uncertainty outputs weigh the members
     equally, or, when the stacker is one member, that member alone.
 
@@ -100,11 +104,20 @@ def fit_stacking(
         dtype="float64",
     )
     width = level_one.shape[-1]
+    mean_block = combiner.mean_kernel_
     if view.task == "classification":
         log_p = features[:, : level_one.shape[1] * width].reshape(level_one.shape)
         if C is None:
+            if mean_block is None:
+                log.info(
+                    "Stacking: %r has no arithmetic-mean block (mean_feature=False, or a config "
+                    "saved before it existed): the members' plain mean is not a candidate.",
+                    combiner.name,
+                )
             try:
-                estimator: Any = cross_validated_stacker(features, log_p, targets, cv=cv)
+                estimator: Any = cross_validated_stacker(
+                    features, log_p, targets, cv=cv, mean_feature=mean_block is not None
+                )
             except ValueError as error:  # too few rows of a class for the folds
                 raise EnsembleError(f"fit_stacking: {error}") from None
             _log_chosen(estimator, view.member_names)
@@ -137,6 +150,9 @@ def fit_stacking(
     assert dense is not None  # built with the ensemble
     dense.kernel.assign(kernel.astype("float32"))
     dense.bias.assign(bias.astype("float32"))
+    if mean_block is not None:  # zero unless the chosen stacker weighs the arithmetic mean
+        mean = getattr(estimator, "mean_kernel", None)
+        mean_block.assign(np.zeros((width, width), "float32") if mean is None else mean.astype("float32"))
     forget_compiled(model)
     return estimator
 
