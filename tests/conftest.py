@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# The store of training-row records keyed by content (ensemble.members.training_rows): one per
+# test process, inherited by its subprocesses, never the user's cache; removed at exit.
+os.environ.setdefault(
+    "ENSEMBLE_TRAINING_ROWS_DIR", os.path.join(tempfile.gettempdir(), f"ensemble-records-{os.getpid()}")
+)
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -21,6 +33,10 @@ import numpy as np
 import pytest
 
 from ensemble.fitting.report import FitReport
+
+_RECORDS = os.path.join(tempfile.gettempdir(), f"ensemble-records-{os.getpid()}")
+if os.environ["ENSEMBLE_TRAINING_ROWS_DIR"] == _RECORDS:  # this process's own, not a caller's
+    atexit.register(shutil.rmtree, _RECORDS, ignore_errors=True)
 
 FEATURES = 8
 CLASSES = 3
@@ -82,14 +98,74 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 # The experiments' tests share one small zoo: wine (no CNN: 13 features are not 8x8 images),
-# epochs capped, trained once per session into a temporary directory.
-TINY_ZOO = [f"zoo.members.{m}.train.epochs=40" for m in ("mlp", "deep_mlp", "linear", "wide")]
+# epochs capped (15 show every format and record; no test asserts more than beating chance),
+# trained once per run for every xdist worker (`trained_zoo`).
+TINY_ZOO = [f"zoo.members.{m}.train.epochs=15" for m in ("mlp", "deep_mlp", "linear", "wide")]
+
+
+def run_directory(tmp_path_factory: pytest.TempPathFactory, name: str, recipe: list[str]) -> Path:
+    """`<name>-<hash of recipe>` in the run's temporary directory, the same for every xdist
+    worker of the run (their own directories are its children), created where missing."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    directory = base / f"{name}-{hashlib.sha256(repr(recipe).encode()).hexdigest()[:12]}"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+def trained_zoo(tmp_path_factory: pytest.TempPathFactory, name: str, recipe: list[str]) -> list[str]:
+    """`recipe` with a `zoo.dir` whose members are trained: by the first worker to get there,
+    under an exclusive lock, while the others wait and then find nothing missing."""
+    from hydra.utils import instantiate
+
+    from experiments.zoo import ensure_zoo
+
+    zoo = run_directory(tmp_path_factory, name, recipe) / "zoo"
+    overrides = [*recipe, f"zoo.dir={zoo}"]
+    cfg = compose_config(*overrides)
+    with open(f"{zoo}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_zoo(cfg.zoo, instantiate(cfg.data), str(zoo))
+    return overrides
 
 
 @pytest.fixture(scope="session")
 def wine_overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    zoo = tmp_path_factory.mktemp("wine") / "zoo"
-    return ["data=wine", f"zoo.dir={zoo}", "export.tflite=[none,float16]", *TINY_ZOO]
+    """The wine zoo's overrides (`zoo.dir` last), its members trained. Tests read the zoo and
+    never write into it (`regime.refit_full` runs on a copy: see `copied_zoo`)."""
+    return trained_zoo(tmp_path_factory, "wine", ["data=wine", "export.tflite=[none,float16]", *TINY_ZOO])
+
+
+@pytest.fixture(scope="session")
+def tf_keras_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The models `tests/tf_keras_writer.py` saves with tf_keras 2.x (Keras 2), and their
+    predictions: written once per run, in a subprocess that imports tf_keras (this one never
+    does), for every worker (under a lock; `done` marks a complete write). Read only."""
+    out = run_directory(tmp_path_factory, "tf_keras", ["tests/tf_keras_writer.py"])
+    with open(out / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+            writer = Path(__file__).with_name("tf_keras_writer.py")
+            done = subprocess.run(
+                [sys.executable, str(writer), str(out / "models")],
+                env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr[-4000:]
+            (out / "done").touch()
+    return out / "models"
+
+
+def copied_zoo(overrides: list[str], directory: Path) -> list[str]:
+    """`overrides` with their `zoo.dir` replaced by a copy in `directory`, for a test that writes
+    into its zoo while other workers read the shared one."""
+    (source,) = (o.split("=", 1)[1] for o in overrides if o.startswith("zoo.dir="))
+    shutil.copytree(source, directory / "zoo")
+    return [o for o in overrides if not o.startswith("zoo.dir=")] + [f"zoo.dir={directory / 'zoo'}"]
 
 
 def compose_config(*overrides: str, config_name: str = "config"):  # type: ignore[no-untyped-def]

@@ -18,20 +18,24 @@ from tests.reference import predict_in_fresh_process
 
 pytestmark = pytest.mark.slow
 
-# Run once per member, in its own process: every run names its model `sequential`
-# and its layers `dense`, `dense_1`, exactly as separate training runs would.
+# One process trains every member as a separate run would: `clear_session` resets Keras's
+# name counters, so every run names its model `sequential` and its layers `dense`, `dense_1`
+# (asserted there), exactly as separate training runs would; one interpreter instead of one each.
 _TRAIN_RUN = textwrap.dedent(
     """
     import sys, keras
-    seed, stem = int(sys.argv[1]), sys.argv[2]
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(3, activation="softmax"),
-    ])
-    model.save(stem + ".keras")
-    model.save(stem + ".h5")
+    for seed, stem in zip(sys.argv[1::2], sys.argv[2::2]):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(int(seed))
+        model = keras.Sequential([
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ])
+        assert model.name == "sequential", model.name
+        assert [layer.name for layer in model.layers] == ["dense", "dense_1"], model.layers
+        model.save(stem + ".keras")
+        model.save(stem + ".h5")
     """
 )
 
@@ -40,15 +44,15 @@ _TRAIN_RUN = textwrap.dedent(
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for seed, run in ((1, "run_a"), (2, "run_b")):
-        subprocess.run(
-            [sys.executable, "-c", _TRAIN_RUN, str(seed), os.fspath(root / run)],
-            check=True,
-            env=env,
-            cwd=root,
-            capture_output=True,
-            timeout=300,
-        )
+    arguments = [str(a) for seed, run in ((1, "run_a"), (2, "run_b")) for a in (seed, root / run)]
+    subprocess.run(
+        [sys.executable, "-c", _TRAIN_RUN, *arguments],
+        check=True,
+        env=env,
+        cwd=root,
+        capture_output=True,
+        timeout=300,
+    )
     for seed, run in ((3, "tf1_a"), (4, "tf1_b")):  # the same TF1 scope and variable names
         write_tf1_saved_model(root / run, DenseNet.random(sizes=(8, 16, 3), seed=seed), scope="model")
     return root

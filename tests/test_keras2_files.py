@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -26,21 +25,14 @@ from ensemble.errors import MemberError
 # (a skip would hide a broken install).
 pytestmark = pytest.mark.slow  # the writer subprocess takes 15-30 s
 
-WRITER = Path(__file__).with_name("tf_keras_writer.py")
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The directory of tf_keras-written models and their recorded predictions."""
-    out = tmp_path_factory.mktemp("tf_keras")
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    done = subprocess.run(
-        [sys.executable, str(WRITER), str(out)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+def ref(tf_keras_files: Path) -> Path:
+    """The directory of tf_keras-written models and their recorded predictions (written once
+    per run by tests/conftest.py's `tf_keras_files`, shared with test_onnx)."""
+    return tf_keras_files
 
 
 def _predict(member: Any, ref: Path, model: str) -> np.ndarray:

@@ -56,8 +56,34 @@ def _logistic(features: np.ndarray, y: np.ndarray) -> LogisticRegression:
     return LogisticRegression(C=STACK["C"], tol=1e-12, max_iter=100_000).fit(features, y)
 
 
+@pytest.fixture(scope="module")
+def reference_levels(setup) -> dict[str, np.ndarray]:
+    """The levels in scikit-learn, fitted once for both `passthrough` cases (they share them):
+    the members' predictions, the levels' out-of-fold predictions on the fitting rows (stacker
+    by fold, mean) and the levels on the test rows (stacker fitted on every fitting row)."""
+    members = lambda x: np.stack([m.predict(x, verbose=0) for m in setup["members"]], axis=1)  # noqa: E731
+    x_fit, y_fit = setup["fit"]
+    level_one, test_one = members(x_fit), members(setup["test"])
+    out_of_fold = np.empty((len(x_fit), 2, 10))
+    for train, held_out in fold_splits(x_fit, y_fit, cv=3, task="classification", seed=0):
+        out_of_fold[held_out, 0] = _logistic(_log(level_one[train]), y_fit[train]).predict_proba(
+            _log(level_one[held_out])
+        )
+    out_of_fold[:, 1] = level_one.mean(1)
+    test_levels = np.stack(
+        [_logistic(_log(level_one), y_fit).predict_proba(_log(test_one)), test_one.mean(1)], 1
+    )
+    return {
+        "level_one": level_one,
+        "out_of_fold": out_of_fold,
+        "test_one": test_one,
+        "test_levels": test_levels,
+    }
+
+
+@pytest.mark.slow  # five scikit-learn fits at tol=1e-12 (the levels shared): about 15 s
 @pytest.mark.parametrize("passthrough", [False, True])
-def test_layers_match_the_recipe_in_scikit_learn(setup, passthrough: bool) -> None:
+def test_layers_match_the_recipe_in_scikit_learn(setup, reference_levels, passthrough: bool) -> None:
     combiner = LayeredCombiner(
         [StackingCombiner(name="stack"), MeanCombiner(name="mean")], passthrough=passthrough
     )
@@ -66,23 +92,14 @@ def test_layers_match_the_recipe_in_scikit_learn(setup, passthrough: bool) -> No
     report = ensemble.fit(model, x_fit, y_fit, cv=3, level_options=[STACK, {}], final_options=STACK)
     assert report.method == "layered" and report.regime == "holdout"
 
-    members = lambda x: np.stack([m.predict(x, verbose=0) for m in setup["members"]], axis=1)  # noqa: E731
-    level_one, x_test = members(x_fit), setup["test"]
-    out_of_fold = np.empty((len(x_fit), 2, 10))
-    for train, held_out in fold_splits(x_fit, y_fit, cv=3, task="classification", seed=0):
-        out_of_fold[held_out, 0] = _logistic(_log(level_one[train]), y_fit[train]).predict_proba(
-            _log(level_one[held_out])
-        )
-    out_of_fold[:, 1] = level_one.mean(1)
+    level_one, out_of_fold, test_one, test_levels = (
+        reference_levels[k] for k in ("level_one", "out_of_fold", "test_one", "test_levels")
+    )
     np.testing.assert_allclose(report.fitted["out_of_fold"], out_of_fold, atol=2e-3)
     final_in = np.concatenate([out_of_fold, level_one], axis=1) if passthrough else out_of_fold
     final = _logistic(_log(final_in), y_fit)
-    test_one = members(x_test)
-    test_levels = np.stack(
-        [_logistic(_log(level_one), y_fit).predict_proba(_log(test_one)), test_one.mean(1)], 1
-    )
     test_in = np.concatenate([test_levels, test_one], axis=1) if passthrough else test_levels
-    outputs = model.predict(x_test, verbose=0)
+    outputs = model.predict(setup["test"], verbose=0)
     np.testing.assert_allclose(outputs["prediction"], final.predict_proba(_log(test_in)), atol=2e-3)
     np.testing.assert_allclose(outputs["member_predictions"], test_one, atol=1e-6)
 
@@ -168,6 +185,7 @@ def test_regression_layers_match_ridge_on_the_mean_residual() -> None:
     np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], expected, atol=1e-4)
 
 
+@pytest.mark.slow  # two layered fits with cross-validated levels
 def test_fitting_twice_equals_one_fit_on_a_fresh_model(setup) -> None:
     """Each level's and the final combiner's fit start from the state the model was built with,
     not from the previous fit's: a Keras-trained level shows it (it trains from its weights)."""

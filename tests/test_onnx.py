@@ -30,7 +30,6 @@ from tests.legacy_formats import (
 )
 
 ATOL = 1e-5
-WRITER = Path(__file__).with_name("tf_keras_writer.py")
 
 
 def rows(n: int, seed: int = 0, features: int = FEATURES) -> np.ndarray:
@@ -229,19 +228,7 @@ def test_captured_tensors_become_constants_not_inputs(tmp_path):
     assert_serves_like(model, path, {"features": with_bad_rows(rows(8, seed=4))})
 
 
-@pytest.fixture(scope="module")
-def tf_keras_files(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tf_keras")
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    done = subprocess.run(
-        [sys.executable, str(WRITER), str(out)],
-        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
+# `tf_keras_files`: tests/conftest.py, written once per run and shared with test_keras2_files.
 
 
 @pytest.mark.slow
