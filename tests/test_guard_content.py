@@ -228,3 +228,26 @@ def test_a_saved_model_directory_is_guarded_through_a_link_and_a_copy(store, dat
         np.testing.assert_array_equal(member.training_rows, x[:TRAIN])
         model = ensemble.build_ensemble([member], combiners.MeanCombiner())
         assert ensemble.check_leakage(model, x, allow_overlap=True) == {name: TRAIN}
+
+
+@pytest.mark.parametrize("how", ["copied-then-replaced", "replaced-store-wiped"])
+def test_the_binding_travels_with_the_record(data, store, tmp_path, caplog, how):
+    """The note naming a record's model sits beside it (with the record's own hash), so the
+    files copied elsewhere and another model saved over the copy, or the file replaced where
+    the store never saw it (another machine, a cleared cache), keep no stale record."""
+    x, _ = data
+    path = tmp_path / "a.keras"
+    tiny(4).save(path)
+    ensemble.record_training_rows(path, x[:TRAIN])
+    if how == "copied-then-replaced":
+        (tmp_path / "other").mkdir()
+        for file in tmp_path.glob("a.keras*"):
+            shutil.copy(file, tmp_path / "other" / file.name)
+        path = tmp_path / "other" / "a.keras"
+    tiny(5).save(path)
+    if how == "replaced-store-wiped":
+        shutil.rmtree(store)
+        store.mkdir()
+    with caplog.at_level(logging.WARNING, logger="ensemble.members"):
+        member = ensemble.load_member(path, name="replaced")
+    assert member.training_rows is None and "made for another model" in caplog.text

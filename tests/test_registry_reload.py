@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -156,3 +157,25 @@ def test_an_onnx_file_replaced_on_disk_is_loaded_again(pair, tmp_path):
     _replace(path, lambda staging: ensemble.export_onnx(models[1], staging))
     np.testing.assert_allclose(registry.predict("zoo", X)["prediction"], answers[1], atol=1e-5)
     assert registry.stats("zoo").loads == 2
+
+
+def test_a_checkpoints_architecture_file_replaced_on_disk_is_loaded_again(tmp_path):
+    # A checkpoint member is its weights and the architecture file the load reads besides:
+    # another architecture (a sigmoid head on the same weights) renamed over it is noticed.
+    def net(final: str) -> keras.Model:
+        keras.utils.set_random_seed(1)
+        return keras.Sequential(
+            [keras.Input((TINY_FEATURES,)), keras.layers.Dense(3, activation=final, name="d")]
+        )
+
+    trained = net("softmax")
+    prefix = tf.train.Checkpoint(model=trained).write(str(tmp_path / "ckpt" / "c"))
+    trained.save(tmp_path / "arch.keras")
+    registry = ensemble.ModelRegistry()
+    registry.register("ck", prefix, architecture=str(tmp_path / "arch.keras"))
+    np.testing.assert_allclose(registry.predict("ck", X), np.asarray(trained(X)), atol=1e-6)
+    net("sigmoid").save(tmp_path / "staging.keras")
+    os.replace(tmp_path / "staging.keras", tmp_path / "arch.keras")
+    expected = ensemble.load_member(prefix, name="fresh", architecture=str(tmp_path / "arch.keras"))
+    np.testing.assert_allclose(registry.predict("ck", X), np.asarray(expected(X)), atol=1e-6)
+    assert registry.stats("ck").loads == 2

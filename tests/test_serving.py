@@ -44,3 +44,17 @@ def test_compiled_predict_with_named_inputs():
     np.testing.assert_allclose(
         ensemble.compiled_predict(model)(feeds)["prediction"], model(feeds)["prediction"], atol=1e-6
     )
+
+
+def test_compiled_predict_refuses_a_cast_that_changes_a_value():
+    # As the registry and HTTP feed an integer input: 1.7 is no integer and 2**33 + 1 wraps to
+    # 1 in int32; both would otherwise answer as the row [1, 1, 1, 1] does.
+    keras = pytest.importorskip("keras")
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    member = keras.Model(ids, keras.layers.Dense(3, activation="softmax")(keras.ops.cast(ids, "float32")))
+    predict = ensemble.compiled_predict(ensemble.build_ensemble([member], combiners.MeanCombiner()))
+    predict(np.ones((1, 4), "int64"))
+    with pytest.raises(ensemble.EnsembleError, match=r"Input 'features', row 0: 1\.7.*not an integer"):
+        predict(np.array([[1.7, 1, 1, 1]]))
+    with pytest.raises(ensemble.EnsembleError, match=r"Input 'features', row 0:.*outside int32's range"):
+        predict(np.array([[2**33 + 1, 1, 1, 1]], dtype="int64"))

@@ -47,6 +47,33 @@ def test_a_signature_that_reads_a_file_is_refused_naming_the_op(tmp_path):
     np.testing.assert_allclose(np.asarray(member(ROWS)), ROWS.sum(axis=1, keepdims=True) + 5)
 
 
+@pytest.mark.parametrize("kind", ["sampler", "proto"])
+def test_an_op_that_opens_a_file_named_by_an_attribute_is_refused(tmp_path, kind):
+    # No tensor names the file: the op's attribute does (a sampler's vocab_file, a proto op's
+    # descriptor_source), and the op opens it on load or on every call.
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a,0\nb,0\nc,1000\n")
+
+    def body(x):
+        if kind == "sampler":
+            sampled, _, _ = tf.random.fixed_unigram_candidate_sampler(
+                tf.zeros((1, 1), tf.int64), 1, 1, True, 3, vocab_file=os.fspath(vocab)
+            )
+            extra = tf.cast(sampled[0], tf.float32)
+        else:
+            _, (value,) = tf.io.decode_proto(
+                tf.constant([b""]), "tensorflow.TensorShapeProto", ["unknown_rank"], [tf.bool],
+                descriptor_source=os.fspath(vocab),
+            )  # fmt: skip
+            extra = tf.cast(tf.size(value), tf.float32)
+        return {"output_0": tf.reduce_sum(x, axis=1, keepdims=True) + extra}
+
+    path = _save_module(tmp_path / kind, body)
+    op = "FixedUnigramCandidateSampler" if kind == "sampler" else "DecodeProtoV2"
+    with pytest.raises(ensemble.MemberError, match=rf"'{op}' \(file-system"):
+        ensemble.load_member(path, name=kind)
+
+
 def test_a_signature_that_calls_python_is_refused(tmp_path):
     def call_python(x):
         y = tf.py_function(lambda t: t * 2.0, [x], tf.float32)

@@ -11,8 +11,12 @@ and hard links and moved files stay guarded. It is written in two places:
 - in a store keyed by the model's content fingerprint (`content_fingerprint`): a folder named
   by `ENSEMBLE_TRAINING_ROWS_DIR`, else `$XDG_CACHE_HOME/ensemble/training_rows` (default
   `~/.cache/ensemble/training_rows`), or the `store` argument. An entry `<fingerprint>.npz`
-  holds the rows, the fingerprint and the path recorded; `bound/` notes which model each record
-  beside a file was made for, while that record file is unchanged.
+  holds the rows, the fingerprint and the path recorded.
+
+Beside the record, `<file>.training_rows.json` names the model it was made for (its content
+fingerprint) and the record's own sha256: it travels with the files, so a copy of the files with
+another model saved over it, or a file replaced on a machine whose store never saw it, is told
+apart from the model the record was made for.
 
 `load_member` takes the record beside the file when it was made for the model there, else the
 store's record of that model's content. A record beside a file that now holds another model
@@ -122,7 +126,7 @@ def record_training_rows(
     if fingerprint:
         try:
             _write(_stored_path(fingerprint, store), Record(rows, fingerprint, os.path.realpath(where)))
-            _note_binding(path, fingerprint, store)
+            _note_binding(path, fingerprint)
         except OSError as error:
             log.warning(
                 "Cannot write the training-row record of %s into the store %s (%s): copies of it "
@@ -185,11 +189,18 @@ def find_training_rows(
     a warning with `source`)."""
     beside, stored = training_rows_path(source), _stored_path(fingerprint, store)
     record = read_record(beside) if os.path.exists(beside) else None
-    owner = "" if record is None else _bound_to(beside, store)
+    owner = "" if record is None else _bound_to(beside)
     if record is not None and owner in ("", fingerprint):
         try:  # bound to this model: copies of it, and a replacement of it, are told apart
             if not owner:  # made before its model, or by an earlier version: bound now
-                _note_binding(beside, fingerprint, store)
+                log.warning(
+                    "Member %r: the training-row record %s names no model (recorded before the "
+                    "model was saved, or by an earlier version): it is taken as the record of "
+                    "the model now at %s (content %s...) and bound to it. Record after saving "
+                    "to bind a record to its model when it is made.",
+                    name, beside, os.fspath(source), fingerprint[:12],
+                )  # fmt: skip
+                _note_binding(beside, fingerprint)
             if not os.path.exists(stored):
                 _write(stored, Record(record.rows, fingerprint, beside))
         except OSError as error:
@@ -239,32 +250,35 @@ def _write(path: str, record: Record) -> None:
         )
 
 
-def _binding_path(beside: str, store: PathLike | None) -> str:
-    key = hashlib.sha256(beside.encode()).hexdigest()[:32]
-    return os.path.join(training_rows_store(store), "bound", key + ".json")
+def _binding_path(beside: str) -> str:
+    """The note beside a record naming the model it was made for: `<file>.training_rows.json`.
+    It travels with the record (a copy of the files copies it) and holds the record's own
+    content hash, so recording again (or another record copied over it) unbinds it."""
+    return beside[: -len(".npy")] + ".json"
 
 
-def _identity(path: str) -> list[int]:
-    """Which file `path` is now: rewriting it (recording again) changes this."""
-    stat = os.stat(path)
-    return [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+def _identity(path: str) -> str:
+    """Which record `path` holds: the sha256 of its bytes (a copy keeps it, a new record not)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _note_binding(beside: str, fingerprint: str, store: PathLike | None) -> None:
-    path = _binding_path(beside, store)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    note = {"record": beside, "identity": _identity(beside), "fingerprint": fingerprint}
-    with atomic_path(path, what="training-row binding") as staged, open(staged, "w") as f:
+def _note_binding(beside: str, fingerprint: str) -> None:
+    note = {"fingerprint": fingerprint, "record_sha256": _identity(beside)}
+    with atomic_path(_binding_path(beside), what="training-row binding") as staged, open(staged, "w") as f:
         json.dump(note, f)
 
 
-def _bound_to(beside: str, store: PathLike | None) -> str:
-    """The fingerprint an unbound record `beside` was bound to when first loaded, while it is
-    the same file; "" when it never was, or was recorded again since."""
+def _bound_to(beside: str) -> str:
+    """The fingerprint of the model the record `beside` was made for (or bound to at its first
+    load), while it is the same record; "" when it never was, or was recorded again since."""
     try:
-        with open(_binding_path(beside, store)) as f:
+        with open(_binding_path(beside)) as f:
             note = json.load(f)
-        same = note["record"] == beside and note["identity"] == _identity(beside)
+        same = note["record_sha256"] == _identity(beside)
         return str(note["fingerprint"]) if same else ""
     except (OSError, ValueError, KeyError, TypeError):  # no note, or an unreadable one: unbound
         return ""

@@ -35,7 +35,9 @@ UNSAFE_OPS: dict[str, frozenset[str]] = {
         "CSVDataset CSVDatasetV2 ExperimentalCSVDataset SqlDataset ExperimentalSqlDataset LMDBDataset "
         "ExperimentalLMDBDataset MatchingFilesDataset ExperimentalMatchingFilesDataset CacheDataset "
         "CacheDatasetV2 SnapshotDataset SnapshotDatasetV2 SnapshotDatasetReader SaveDataset SaveDatasetV2 "
-        "LoadDataset DistributedSave DatasetToTFRecord ExperimentalDatasetToTFRecord"
+        "LoadDataset DistributedSave DatasetToTFRecord ExperimentalDatasetToTFRecord "
+        # Ops that open a file named by an attribute: a sampler's vocabulary file.
+        "FixedUnigramCandidateSampler"
     ),
     # Checkpoint files read or written anywhere; only a TF1 graph's restore op may hold a Restore
     # (the loader feeds it the SavedModel's own variables).
@@ -68,7 +70,7 @@ def check_graph_ops(path: str, metas: Sequence[Any], tags: Sequence[str] | None,
     walked: set[str] = set()
 
     def check(node: Any, where: str, allowed: frozenset[str] = frozenset()) -> None:
-        family = "file-system" if _prints_to_file(node) else _FAMILY.get(node.op)
+        family = "file-system" if _opens_a_named_file(node) else _FAMILY.get(node.op)
         if family and node.op not in allowed:
             found.append(f"op {node.op!r} ({family}, node {node.name!r}) in {where}")
         attrs = list(node.attr.values())
@@ -121,7 +123,12 @@ def _meta_graph(metas: Sequence[Any], tags: Sequence[str] | None) -> Any:
     return next((m for m in metas if set(m.meta_info_def.tags) == wanted), None)
 
 
-def _prints_to_file(node: Any) -> bool:
+def _opens_a_named_file(node: Any) -> bool:
+    """A PrintV2 to a file://, or a proto op whose descriptors come from a file (any source but
+    the binary's own, `local://`)."""
+    if node.op in ("DecodeProtoV2", "EncodeProto"):
+        source = node.attr["descriptor_source"].s if "descriptor_source" in node.attr else b"local://"
+        return source != b"local://"
     stream = node.attr["output_stream"].s if "output_stream" in node.attr else b""
     return node.op == "PrintV2" and bool(stream.startswith(b"file://"))
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ensemble.errors import EnsembleError
 from ensemble.export.signature import input_specs, serving_function
-from ensemble.serve.feeds import nan_rows
+from ensemble.serve.feeds import lossless_cast, nan_rows
 
 __all__ = ["compiled_predict"]
 
@@ -40,7 +40,8 @@ def compiled_predict(
         by input name) and returning NumPy arrays. Its `.function` is the
         underlying `tf.function` (`experimental_get_tracing_count()` shows it
         traced once). An input of the wrong shape raises `EnsembleError`
-        naming it, before anything runs. A row with a NaN or infinite float input or
+        naming it, before anything runs, as is a value the input's dtype would change (1.7 or
+        2**33 + 1 into an int32 input, `feeds.lossless_cast`). A row with a NaN or infinite float input or
         output is NaN in every float output, as in an ensemble's graph.
     """
     per_model = _CACHE.setdefault(model, {})
@@ -61,7 +62,10 @@ def _build(model: keras.Model, jit_compile: bool) -> Callable[[Any], dict[str, n
 
     def predict(x: Any) -> dict[str, np.ndarray]:
         values = [x[n] for n in names] if named else [x]
-        args = [tf.convert_to_tensor(v, dtype=s.dtype) for v, s in zip(values, specs, strict=True)]
+        args = [  # as the registry feeds them: a cast that would change a value is an error
+            tf.convert_to_tensor(lossless_cast(s.name, np.asarray(v), s.dtype.as_numpy_dtype), dtype=s.dtype)
+            for v, s in zip(values, specs, strict=True)
+        ]
         for tensor, spec in zip(args, specs, strict=True):
             # The concrete function checks no shape: a wrong one would fail deep in the graph,
             # or broadcast into an answer.

@@ -167,7 +167,10 @@ def label(source: PathLike | keras.Model) -> str:
 def load_member_model(name: str, source: PathLike | keras.Model, options: Mapping[str, Any]) -> Loaded:
     """A member (anything `load_member` takes) with its call compiled once for every batch size."""
     # Stamped before the load reads the files: a replacement during the load is seen next time.
-    watch = None if isinstance(source, keras.layers.Layer) else FileWatch(os.fspath(source))
+    files = tuple(
+        os.fspath(v) for k, v in options.items() if k == "architecture" and isinstance(v, (str, os.PathLike))
+    )
+    watch = None if isinstance(source, keras.layers.Layer) else FileWatch(os.fspath(source), files)
     member = load_member(source, name=name, **options)
     specs = [
         tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)

@@ -51,16 +51,21 @@ def file_stamp(path: str) -> tuple[tuple[int, ...], ...]:
 
 @dataclass
 class FileWatch:
-    """Whether the files at `path` (a member source or an `.onnx` file) are those stamped when
-    this was made, which is before the load reads them: a replacement during the load is seen
-    at the next answer."""
+    """Whether the files at `path` (a member source or an `.onnx` file) and at `also` (what the
+    load reads besides, e.g. a checkpoint's `architecture` file) are those stamped when this was
+    made, which is before the load reads them: a replacement during the load is seen at the next
+    answer."""
 
     path: str
-    stamp: tuple[tuple[int, ...], ...] = field(init=False)
+    also: tuple[str, ...] = ()
+    stamp: tuple[tuple[tuple[int, ...], ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stamp = file_stamp(self.path)
+        self.stamp = self._now()
+
+    def _now(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        return tuple(file_stamp(path) for path in (self.path, *self.also))
 
     def replaced(self) -> bool:
-        now = file_stamp(self.path)
-        return not now or now != self.stamp
+        now = self._now()
+        return not now[0] or now != self.stamp

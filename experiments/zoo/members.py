@@ -101,6 +101,7 @@ def ensure_zoo(zoo: DictConfig, data: Dataset, directory: str) -> list[str]:
         _remove(path + RECIPE_SUFFIX)
         record_training_rows(path, x)
         _save(model, path, spec.format)
+        record_training_rows(path, x)  # again, now the model is there: bound to its content
         with open(path + RECIPE_SUFFIX, "w") as f:
             f.write(recipe)
         trained.append(str(name))
