@@ -48,6 +48,7 @@ def main(cfg: DictConfig) -> None:
         body_timeout_s=settings.body_timeout_s,
         max_rows=settings.max_rows,
         max_in_flight=settings.max_in_flight,
+        max_answer_values=settings.max_answer_values,
     )
     serve(
         app,

@@ -158,6 +158,25 @@ def test_rows_past_max_rows_are_a_413_saying_the_cap_and_how_to_change_it(member
         assert code == 200 and len(answer["predictions"]) == len(x)
 
 
+def test_an_answer_past_max_answer_values_is_a_413_before_it_is_encoded(member):
+    # The body's size does not bound the answer's: a wide model on few rows answers more
+    # numbers than it was sent (the relu member: 3 outputs per row of FEATURES inputs).
+    model, root = member
+    catalog = Catalog(ensemble.ModelRegistry())
+    catalog.register("member", root / "relu.keras")
+    x = np.random.default_rng(2).normal(size=(5, FEATURES)).round(2).astype("float32")
+    width = int(np.asarray(model(x[:1])).shape[-1])
+    with running(create_app(catalog, max_answer_values=4 * width)) as url:
+        code, answer = call(url, "/v1/models/member:predict", {"instances": x.tolist()})
+        assert code == 413, answer
+        assert f"holds {5 * width} numbers" in answer["error"] and "max_answer_values" in answer["error"]
+        code, answer = call(url, "/v1/models/member:predict", {"instances": x[:4].tolist()})
+        assert code == 200
+        np.testing.assert_allclose(answer["predictions"], model(x[:4]), atol=1e-5)
+    with pytest.raises(ensemble.EnsembleError, match="max_answer_values to be an integer >= 1"):
+        create_app(catalog, max_answer_values=0)
+
+
 def test_predicts_past_max_in_flight_are_503_with_retry_after(member, monkeypatch):
     _, root = member
     catalog = Catalog(ensemble.ModelRegistry())

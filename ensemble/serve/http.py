@@ -48,6 +48,7 @@ except ImportError as error:  # the optional extra
         'installed. Install the extra: pip install -e ".[serve]"'
     ) from error
 
+from ensemble.serve import limits
 from ensemble.serve.catalog import Catalog
 from ensemble.serve.metrics import RegistryCollector
 from ensemble.serve.public import (
@@ -63,10 +64,6 @@ __all__ = ["create_app", "running", "serve"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 << 20
-BODY_TIMEOUT_S = 30.0
-MAX_ROWS = 10_000
-MAX_IN_FLIGHT = 32
 RETRY_AFTER_S = 1
 _JSON = "application/json"
 
@@ -74,22 +71,25 @@ _JSON = "application/json"
 def create_app(
     catalog: Catalog,
     *,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    body_timeout_s: float = BODY_TIMEOUT_S,
-    max_rows: int | None = MAX_ROWS,
-    max_in_flight: int | None = MAX_IN_FLIGHT,
+    max_body_bytes: int = limits.MAX_BODY_BYTES,
+    body_timeout_s: float = limits.BODY_TIMEOUT_S,
+    max_rows: int | None = limits.MAX_ROWS,
+    max_in_flight: int | None = limits.MAX_IN_FLIGHT,
+    max_answer_values: int | None = limits.MAX_ANSWER_VALUES,
 ) -> Starlette:
     """The ASGI app answering TF Serving's REST API for the models of `catalog`; a body larger
     than `max_body_bytes` is a 413, one slower than `body_timeout_s` a 408, a request of more
     than `max_rows` rows a 413; past `max_in_flight` predict requests at once (reading, parsing
-    or running) the next is a 503 with Retry-After. None: no limit."""
-    if max_body_bytes < 1 or not body_timeout_s > 0:
-        raise EnsembleError(
-            f"Expected max_body_bytes >= 1 and body_timeout_s > 0. Received: {max_body_bytes}, {body_timeout_s}"
-        )
-    for option, value in (("max_rows", max_rows), ("max_in_flight", max_in_flight)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise EnsembleError(f"Expected {option} to be an integer >= 1, or None. Received: {value!r}")
+    or running) the next is a 503 with Retry-After; an answer of more than `max_answer_values`
+    numbers (a wide model's outputs on many rows: each is about 20 bytes of JSON) a 413 naming
+    its size, before it is encoded. None: no limit."""
+    limits.check_limits(
+        max_body_bytes,
+        body_timeout_s,
+        max_rows=max_rows,
+        max_in_flight=max_in_flight,
+        max_answer_values=max_answer_values,
+    )
     in_flight = [0]  # predict requests admitted and not yet answered (read on the event loop only)
     metrics = CollectorRegistry()
     requests = Counter("ensemble_requests", "Requests answered", ["model", "verb", "code"], registry=metrics)
@@ -173,7 +173,9 @@ def create_app(
         def run() -> bytes:
             key, _, signature = catalog.signature(name, version)
             parsed = parse_predict(body, name, signature, max_rows=max_rows)
-            return predict_answer(catalog.registry.predict(key, parsed.feeds), parsed, signature)
+            outputs = catalog.registry.predict(key, parsed.feeds)
+            limits.check_answer_size(name, outputs, max_answer_values)
+            return predict_answer(outputs, parsed, signature)
 
         return Response(await run_in_threadpool(run), media_type=_JSON)
 
