@@ -7,12 +7,14 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize
 from hydra.core.global_hydra import GlobalHydra
 
 from experiments.benchmark import run
 
 
+@pytest.mark.slow  # 45-50 s on 2 cores: the whole benchmark, end to end
 def test_benchmark_smoke(tmp_path: Path) -> None:
     GlobalHydra.instance().clear()
     with initialize(version_base="1.3", config_path="../conf"):
