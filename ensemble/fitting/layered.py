@@ -26,7 +26,7 @@ from combiners.layered import LayeredCombiner
 from ensemble.errors import EnsembleError
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.out_of_fold import fold_splits
-from ensemble.fitting.prepare import fitting_rows, forget_compiled, initial_state
+from ensemble.fitting.prepare import CombinerState, fitting_rows, forget_compiled, initial_state
 from ensemble.graph.build import build_ensemble
 from ensemble.graph.view import EnsembleView
 from ensemble.members.load import load_member
@@ -121,7 +121,7 @@ def fit_layered(
             )
         _restore(fitted, start)
         reports.append(fit(alone, x, targets, level_one=level_one, **options, **fit_options))
-        states.append((fitted.get_weights(), fitted.member_weights))
+        states.append(_state(fitted))
         log.info("Level %r fitted on %d rows, out of fold over %d folds", level.name, len(targets), cv)
         stand_ins.append(_as_member(alone, level.name, view.task, view.classes))
     inputs = out_of_fold
@@ -135,14 +135,19 @@ def fit_layered(
     for level, state in zip(combiner.levels, states, strict=True):
         _restore(level, state)
     top_combiner = EnsembleView.of(top).combiner
-    _restore(combiner.final, (top_combiner.get_weights(), top_combiner.member_weights))
+    _restore(combiner.final, _state(top_combiner))
     forget_compiled(model)
     return {"levels": reports, "final": final, "out_of_fold": out_of_fold}
 
 
-def _restore(combiner: Combiner, state: tuple[Any, ...]) -> None:
+def _state(combiner: Combiner) -> CombinerState:
+    """A combiner's weights and member weights as a fit left them (no per-label table here)."""
+    return [np.array(w) for w in combiner.get_weights()], combiner.member_weights, None
+
+
+def _restore(combiner: Combiner, state: CombinerState) -> None:
     """Set a combiner's weights and member weights (a fit's result, or where it started)."""
-    weights, member_weights = state[:2]
+    weights, member_weights, _ = state
     combiner.set_weights(weights)
     combiner.set_member_weights(member_weights)
 
