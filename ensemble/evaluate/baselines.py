@@ -18,9 +18,6 @@ import numpy as np
 
 from ensemble.evaluate.multilabel import evaluate_multilabel
 from ensemble.evaluate.ood import evaluate_ood
-
-# Before `ensemble.fitting`: its pipeline imports these two from here while this module loads.
-from ensemble.evaluate.selection import noise_variance, selected_member
 from ensemble.evaluate.suite import (
     classification_suite,
     regression_suite,
@@ -28,6 +25,7 @@ from ensemble.evaluate.suite import (
     risk_coverage_points,
 )
 from ensemble.fitting.arrays import named_labels
+from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
 from ensemble.types import Data

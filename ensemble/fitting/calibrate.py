@@ -1,26 +1,21 @@
 """Post-hoc calibration: the ensemble's, fitted on the combiner's output for the fitting rows
-and set into the graph's `Calibration` layer (what `ensemble.fit(calibration=...)` runs), and
-any member's (`calibrate_member`)."""
+and set into the graph's `Calibration` layer (what `ensemble.fit(calibration=...)` runs; a
+single member's is `ensemble.fitting.member_calibration`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import keras
 import numpy as np
 
-from combiners import MeanCombiner, VoteCombiner
+from combiners import VoteCombiner
 from ensemble.errors import EnsembleError
 from ensemble.fitting.prepare import forget_compiled
 from ensemble.fitting.temperature import Scaling, fit_scaling, fit_weights_and_temperature
-from ensemble.graph.build import build_ensemble
 from ensemble.graph.view import EnsembleView
-from ensemble.members.load import load_member
-from ensemble.members.member import Member
 from ensemble.types import Data
 
-__all__ = ["CALIBRATIONS", "calibrate", "calibrate_member", "check_calibration"]
+__all__ = ["CALIBRATIONS", "calibrate", "check_calibration"]
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +58,3 @@ def calibrate(
     forget_compiled(view.model)
     log.info("Calibration fitted on %d rows: %s", len(targets), scaling.as_dict())
     return scaling
-
-
-def calibrate_member(
-    member: Member | keras.Model, x: Data, y: Any, *, method: str = "temperature", **options: Any
-) -> Member:
-    """`member` with its class probabilities calibrated (temperature or vector scaling) on rows
-    `(x, y)` it did not train on: a new `Member` of the same name, inputs and training-row
-    record, whose model ends in a `Calibration` layer; it loads into `build_ensemble` and
-    exports like any member.
-
-    The rows are checked and guarded as `ensemble.fit` does it (`options`: `allow_overlap`,
-    `guard_rtol`, `guard_atol`, `store`, `strategy`, `verbose`). Fitting the ensemble's
-    combiner on the same rows reuses them (a one-parameter fit for temperature scaling).
-    """
-    from ensemble.fitting.pipeline import fit  # the pipeline imports this module
-
-    if not isinstance(member, Member):
-        member = load_member(member, name=member.name)
-    alone = build_ensemble([member], MeanCombiner(), task="classification", name=f"{member.name}_calibrated")
-    report = fit(alone, x, y, method="none", calibration=method, **options)
-    calibrated = keras.Model(alone.inputs, alone.output["prediction"], name=f"{member.name}_calibrated")
-    result = load_member(
-        calibrated,
-        name=member.name,
-        output="probabilities",
-        inputs=list(member.input_names),
-        classes=member.classes,
-    )
-    result.training_rows = member.training_rows
-    log.info("Member %r calibrated on %d rows: %s", member.name, report.rows, report.calibration)
-    return result

@@ -1,4 +1,5 @@
-"""`fit_layered`: a `LayeredCombiner` fitted leak-free, level by level.
+"""`fit_levels`: a `LayeredCombiner` fitted leak-free, level by level (`ensemble.fit` runs it,
+as `fit_layered`, for `method="layered"`).
 
 The members' predictions of the fitting rows (guarded as every fit is: no member trained on
 them) train each second-level combiner. The final combiner must not learn from a level's
@@ -8,13 +9,14 @@ the fold it did not see (as `stack_out_of_fold` does for members, one level up).
 the graph keeps are then fitted on every fitting row.
 
 Each level and the final combiner are fitted by `ensemble.fit` itself, in an ensemble of
-their own over the same members, so every combiner and fit method works at every level.
+their own over the same members, so every combiner and fit method works at every level. `fit`
+dispatches here, so it comes in as an argument (`fit_level`) rather than as an import.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -33,7 +35,7 @@ from ensemble.members.load import load_member
 from ensemble.rows import take_rows
 from ensemble.types import CLASSIFICATION, Data
 
-__all__ = ["fit_layered"]
+__all__ = ["fit_levels"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,12 @@ log = logging.getLogger(__name__)
 _SET_HERE = {"level_one", "level_one_unseen", "store", "allow_overlap", "strategy", "verbose", "calibration"}
 
 
-def fit_layered(
+def fit_levels(
     model: keras.Model,
     x: Data,
     y: Any,
     *,
+    fit_level: Callable[..., Any],
     cv: int = 5,
     seed: int = 0,
     level_options: Sequence[Mapping[str, Any]] | None = None,
@@ -61,6 +64,8 @@ def fit_layered(
     """Fit the `LayeredCombiner` of `model` on `(x, y)`, in place.
 
     Args:
+        fit_level: the fit of each level and of the final combiner, given their ensemble and
+            rows (`ensemble.fit`).
         cv, seed: the folds of the fitting rows (scikit-learn's `StratifiedKFold`, `KFold` for
             regression, shuffled with `seed`) for the levels' out-of-fold predictions.
         level_options: for each level, the options of its `ensemble.fit` (`method`, `C`,
@@ -72,8 +77,6 @@ def fit_layered(
         `{"levels": [FitReport per level], "final": FitReport, "out_of_fold": (rows, levels,
         width)}`; the final report's `level_one` is what the final combiner fitted on.
     """
-    from ensemble.fitting.pipeline import fit  # the pipeline dispatches to this function
-
     view = EnsembleView.of(model)
     combiner = view.combiner
     if not isinstance(combiner, LayeredCombiner):
@@ -113,14 +116,14 @@ def fit_layered(
             _restore(fitted, start)
             part = take_rows(x, train)
             try:
-                fit(alone, part, targets[train], level_one=level_one[train], **options, **fit_options)
+                fit_level(alone, part, targets[train], level_one=level_one[train], **options, **fit_options)
             except EnsembleError as error:
                 raise EnsembleError(f"Level {level.name!r}, fold {fold}: {error}") from error
             out_of_fold[held_out, index] = EnsembleView.of(alone).combine(
                 level_one[held_out], take_rows(x, held_out)
             )
         _restore(fitted, start)
-        reports.append(fit(alone, x, targets, level_one=level_one, **options, **fit_options))
+        reports.append(fit_level(alone, x, targets, level_one=level_one, **options, **fit_options))
         states.append(_state(fitted))
         log.info("Level %r fitted on %d rows, out of fold over %d folds", level.name, len(targets), cv)
         stand_ins.append(_as_member(alone, level.name, view.task, view.classes))
@@ -130,7 +133,7 @@ def fit_layered(
         inputs = np.concatenate([out_of_fold, level_one], axis=1)
     top = build_ensemble(stand_ins, combiner.final, task=view.task, name="final_level")
     _restore(EnsembleView.of(top).combiner, initial_state(combiner.final))
-    final = fit(top, x, targets, level_one=inputs, **options, **dict(final_options or {}))
+    final = fit_level(top, x, targets, level_one=inputs, **options, **dict(final_options or {}))
     # Every fit went through: the model takes the fitted states (a refusal above leaves it as it was).
     for level, state in zip(combiner.levels, states, strict=True):
         _restore(level, state)

@@ -19,16 +19,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from combiners import MeanCombiner, StackingCombiner
-from combiners.layered import LayeredCombiner
 from ensemble.errors import EnsembleError
-from ensemble.evaluate.selection import noise_variance, selected_member
 from ensemble.fitting.calibrate import calibrate, check_calibration
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult
 from ensemble.fitting.head import fit_combiner
-from ensemble.fitting.layered import fit_layered
+from ensemble.fitting.layered import fit_levels
 from ensemble.fitting.level_one import LevelOneStore
 from ensemble.fitting.mean_weights import fit_mean_weights
+from ensemble.fitting.methods import FIT_METHODS, resolve_method
 from ensemble.fitting.multilabel import fit_multilabel, multilabel_targets
 from ensemble.fitting.out_of_fold import FitPredict, stack_out_of_fold
 from ensemble.fitting.prepare import (
@@ -39,26 +37,20 @@ from ensemble.fitting.prepare import (
     restore_initial_state,
 )
 from ensemble.fitting.report import FitReport
+from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.stacking import chosen_by_fit, fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
 from ensemble.types import MULTILABEL, Data
 
-__all__ = ["FIT_METHODS", "FitReport", "fit", "fit_out_of_fold"]
+__all__ = ["FIT_METHODS", "FitReport", "fit", "fit_layered", "fit_out_of_fold"]
 
 log = logging.getLogger(__name__)
-
-FIT_METHODS = ("auto", "sklearn", "keras", "selection", "optimal", "layered", "none")
-"""`auto` picks by combiner: `sklearn` (`fit_stacking`) for a default stacker, `layered`
-(`fit_layered`) for a `LayeredCombiner`, `keras` (`fit_combiner`) for any other combiner with
-trainable weights, `none` for the rest;
-`selection` and `optimal` learn a `MeanCombiner`'s weights (`fit_mean_weights`)."""
 
 
 _FITTERS: dict[str, Callable[..., Any]] = {
     "sklearn": fit_stacking,
     "keras": fit_combiner,
-    "layered": fit_layered,
     "selection": functools.partial(fit_mean_weights, method="selection"),
     "optimal": functools.partial(fit_mean_weights, method="optimal"),
 }
@@ -132,7 +124,7 @@ def fit(
             calibration=calibration,
             **options,
         )
-    method = _resolve_method(view, method)
+    method = resolve_method(view, method)
     if method == "none" and options:
         raise EnsembleError(f"method='none' fits nothing. Received options: {sorted(options)}")
     check_calibration(view, calibration)
@@ -167,7 +159,7 @@ def fit(
         # The rows are checked and guarded, the predictions made: the fit function takes them
         # as they are (unseen, as far as the guard could tell), and y as the caller gave it
         # (labels by name are mapped again; integers are judged as the caller's, once more).
-        fitted = _FITTERS[method](
+        fitted = (fit_layered if method == "layered" else _FITTERS[method])(
             model,
             x,
             y,
@@ -199,6 +191,14 @@ def fit(
         calibration=None if scaling is None else scaling.as_dict(),
         chosen=chosen_by_fit(fitted, view.member_names),
     )
+
+
+def fit_layered(model: keras.Model, x: Data, y: Any, **options: Any) -> dict[str, Any]:
+    """Fit the `LayeredCombiner` of `model` on `(x, y)`, in place: `fit_levels`
+    (`ensemble.fitting.layered`) with `fit` for every level and the final combiner. `options`
+    are `fit_levels`' (`cv`, `seed`, `level_options`, `final_options`, and `fit`'s `store`,
+    `level_one`, `level_one_unseen`, `allow_overlap`, `strategy`, `verbose`)."""
+    return fit_levels(model, x, y, fit_level=fit, **options)
 
 
 def fit_out_of_fold(
@@ -261,31 +261,3 @@ def _guard_record(overlaps: dict[str, int] | None) -> dict[str, Any]:
     if isinstance(overlaps, GuardResult):
         return overlaps.as_dict()
     return {"checked": False, "reason": "level_one_unseen: predictions from models that never saw their rows"}
-
-
-def _resolve_method(view: EnsembleView, method: str) -> str:
-    if method not in FIT_METHODS:
-        raise EnsembleError(f"Expected method in {FIT_METHODS}. Received: method={method!r}")
-    combiner = view.combiner
-    if (method == "layered") != isinstance(combiner, LayeredCombiner) and method not in ("auto", "none"):
-        raise EnsembleError(
-            f"method={method!r}: a LayeredCombiner fits with method='layered' (or 'auto'), and only "
-            f"it. Received: {type(combiner).__name__} {combiner.name!r}"
-        )
-    if method == "auto":
-        if isinstance(combiner, LayeredCombiner):
-            return "layered"
-        if isinstance(combiner, StackingCombiner) and combiner.meta_model is None:
-            return "sklearn"
-        return "keras" if combiner.trainable_weights else "none"
-    if method == "keras" and not combiner.trainable_weights:
-        raise EnsembleError(
-            f"method='keras' trains a combiner's weights; {type(combiner).__name__} {combiner.name!r} "
-            "has none (a MeanCombiner learns weights with method='selection' or 'optimal')."
-        )
-    if method in ("selection", "optimal") and not isinstance(combiner, MeanCombiner):
-        raise EnsembleError(
-            f"method={method!r} learns a MeanCombiner's weights. Received: "
-            f"{type(combiner).__name__} {combiner.name!r}"
-        )
-    return method
