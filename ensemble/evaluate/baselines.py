@@ -28,6 +28,7 @@ from ensemble.fitting.arrays import named_labels
 from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
+from ensemble.tfdata import arrays_of
 from ensemble.types import Data
 
 __all__ = ["evaluate_ensemble", "noise_variance", "selected_member"]
@@ -38,7 +39,7 @@ Scores = dict[str, float]
 def evaluate_ensemble(
     model: keras.Model,
     x: Data,
-    y: np.ndarray,
+    y: np.ndarray | None = None,
     *,
     outputs: dict[str, np.ndarray] | None = None,
     fit_report: Any = None,
@@ -48,7 +49,8 @@ def evaluate_ensemble(
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Every member, their plain mean and the ensemble on `(x, y)` (a test split), scored with
-    the metric suite (`classification_suite`, `regression_suite`).
+    the metric suite (`classification_suite`, `regression_suite`); or `x` a `tf.data.Dataset`
+    of batches `(x, y)` and `y` None, read into arrays first (`ensemble.tfdata`).
 
     `outputs` are the model's outputs on `x` when the caller has them. Returns `members`
     ({name: metrics}, raw for classification), `mean`, `ensemble`; for classification also
@@ -63,6 +65,7 @@ def evaluate_ensemble(
     (`ood_outputs` when the caller has them).
     """
     view = EnsembleView.of(model)
+    x, y = arrays_of(x, y, where="evaluate_ensemble")
     if outputs is None:
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
     if view.task == "classification":
@@ -75,6 +78,7 @@ def evaluate_ensemble(
     else:
         result = _regression(view.member_names, np.asarray(y), outputs, fit_report)
     if ood_outputs is None and x_ood is not None:
+        x_ood, _ = arrays_of(x_ood, where="evaluate_ensemble (x_ood)", labels="ignored")
         ood_outputs = model.predict(x_ood, batch_size=batch_size, verbose=0)
     if ood_outputs is not None:
         result["ood"] = evaluate_ood(

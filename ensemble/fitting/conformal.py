@@ -46,6 +46,7 @@ from ensemble.graph.conformal import (
 from ensemble.graph.model import EnsembleModel
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
+from ensemble.tfdata import arrays_of
 from ensemble.types import Data
 
 __all__ = [
@@ -65,7 +66,7 @@ DEFAULT_CLASS_METHOD = "auto"  # the smallest sets at the coverage, deterministi
 def add_conformal(
     model: keras.Model,
     x: Data,
-    y: Any,
+    y: Any = None,
     *,
     alpha: float = 0.1,
     method: str | None = None,
@@ -86,7 +87,8 @@ def add_conformal(
         model: an ensemble from `build_ensemble` (fitted as it will be used; one that already
             has conformal outputs is calibrated again, its old ones replaced).
         x, y: calibration rows and their labels (or regression targets): held out from every
-            member's training and from the combiner's fit (the module's note).
+            member's training and from the combiner's fit (the module's note); or `x` a
+            `tf.data.Dataset` of batches `(x, y)` and `y` None.
         alpha: the miscoverage, in (0, 1): sets hold the label with probability >= 1 - alpha.
         method: classification "auto" (None's choice), "aps", "raps", "thr"; "auto": on a seeded
             `tuning_share` of the rows, the one of THR, APS and RAPS (RAPS tuned there too)
@@ -117,6 +119,7 @@ def add_conformal(
         `conformal_config` reads them back.
     """
     view = EnsembleView.of(model)
+    x, y = arrays_of(x, y, where="add_conformal")
     if view.task == "multilabel":
         raise EnsembleError(
             "add_conformal makes a set of classes from one distribution, or an interval for "

@@ -27,6 +27,7 @@ from ensemble.graph.layers import MemberStack
 from ensemble.graph.view import EnsembleView
 from ensemble.members.member import Member
 from ensemble.rows import data_fingerprint, row_count, take_rows
+from ensemble.tfdata import arrays_of
 from ensemble.types import Data, PathLike
 
 __all__ = [
@@ -78,8 +79,10 @@ class LevelOneStore:
         batch's predictions written into the one array returned: the pass holds little more
         than its result above `x`, and `x` is hashed in place, not copied. Where every member
         was computed by this call, the array of the memory store (no `directory`) is the one
-        it keeps: read-only.
+        it keeps: read-only. `x` may be a `tf.data.Dataset` of batches `x` or `(x, y)` (its
+        labels are dropped), read into arrays first.
         """
+        x, _ = arrays_of(x, where="LevelOneStore.predictions", labels="ignored")
         data_key = data_fingerprint(x)[:32]
         rows = row_count(x)
         members = list(EnsembleView.of(model).members)

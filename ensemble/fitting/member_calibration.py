@@ -14,6 +14,7 @@ from ensemble.fitting.pipeline import fit
 from ensemble.graph.build import build_ensemble
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
+from ensemble.tfdata import arrays_of
 from ensemble.types import Data
 
 __all__ = ["calibrate_member"]
@@ -22,10 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def calibrate_member(
-    member: Member | keras.Model, x: Data, y: Any, *, method: str = "temperature", **options: Any
+    member: Member | keras.Model, x: Data, y: Any = None, *, method: str = "temperature", **options: Any
 ) -> Member:
     """`member` with its class probabilities calibrated (temperature or vector scaling) on rows
-    `(x, y)` it did not train on: a new `Member` of the same name, inputs and training-row
+    `(x, y)` it did not train on (or `x` a `tf.data.Dataset` of batches `(x, y)`): a new `Member` of the same name, inputs and training-row
     record, whose model ends in a `Calibration` layer; it loads into `build_ensemble` and
     exports like any member.
 
@@ -33,6 +34,7 @@ def calibrate_member(
     `guard_rtol`, `guard_atol`, `store`, `strategy`, `verbose`). Fitting the ensemble's
     combiner on the same rows reuses them (a one-parameter fit for temperature scaling).
     """
+    x, y = arrays_of(x, y, where="calibrate_member")
     if not isinstance(member, Member):
         member = load_member(member, name=member.name)
     alone = build_ensemble([member], MeanCombiner(), task="classification", name=f"{member.name}_calibrated")

@@ -41,6 +41,7 @@ from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.stacking import chosen_by_fit, fit_stacking
 from ensemble.graph.view import EnsembleView
 from ensemble.rows import row_count
+from ensemble.tfdata import arrays_of
 from ensemble.types import MULTILABEL, Data
 
 __all__ = ["FIT_METHODS", "FitReport", "fit", "fit_layered", "fit_out_of_fold"]
@@ -59,7 +60,7 @@ _FITTERS: dict[str, Callable[..., Any]] = {
 def fit(
     model: keras.Model,
     x: Data,
-    y: Any,
+    y: Any = None,
     *,
     method: str = "auto",
     level_one: np.ndarray | None = None,
@@ -78,7 +79,8 @@ def fit(
     Args:
         model: the ensemble; only its combiner changes, members stay bit-identical.
         x, y: the fitting rows, which no member may have trained on (the leakage guard
-            checks members that carry a training-row record, `record_training_rows`).
+            checks members that carry a training-row record, `record_training_rows`); or
+            `x` a `tf.data.Dataset` of batches `(x, y)` and `y` None (`ensemble.tfdata`).
         method: one of `FIT_METHODS`; `auto` picks by combiner.
         level_one: the members' predictions of `x` made elsewhere, shape `(rows, members,
             width)`, reported as `regime="given"`. The guard still checks `x` against the
@@ -106,6 +108,7 @@ def fit(
         A `FitReport`.
     """
     view = EnsembleView.of(model)
+    x, y = arrays_of(x, y, where="fit")
     initial_state(view.combiner)  # recorded before any fit changes it: every fit starts there
     if view.task == MULTILABEL:  # y is a (rows, labels) 0/1 matrix: weights per label
         return fit_multilabel(
@@ -193,19 +196,20 @@ def fit(
     )
 
 
-def fit_layered(model: keras.Model, x: Data, y: Any, **options: Any) -> dict[str, Any]:
+def fit_layered(model: keras.Model, x: Data, y: Any = None, **options: Any) -> dict[str, Any]:
     """Fit the `LayeredCombiner` of `model` on `(x, y)`, in place: `fit_levels`
     (`ensemble.fitting.layered`) with `fit` for every level and the final combiner. `options`
     are `fit_levels`' (`cv`, `seed`, `level_options`, `final_options`, and `fit`'s `store`,
     `level_one`, `level_one_unseen`, `allow_overlap`, `strategy`, `verbose`)."""
+    x, y = arrays_of(x, y, where="fit_layered")
     return fit_levels(model, x, y, fit_level=fit, **options)
 
 
 def fit_out_of_fold(
     model: keras.Model,
     x: Data,
-    y: Any,
-    builders: Mapping[str, FitPredict],
+    y: Any = None,
+    builders: Mapping[str, FitPredict] | None = None,
     *,
     cv: int = 5,
     seed: int = 0,
@@ -221,6 +225,8 @@ def fit_out_of_fold(
 
     Args:
         model: the ensemble of final members, from `build_ensemble`.
+        x, y: the rows, as `fit` takes them (a `tf.data.Dataset` of `(x, y)` batches is read
+            into arrays first, so its rows split by index into folds).
         builders: for each member name of `model`, `fit_predict(x_train, y_train, x_predict)`
             training a fresh copy of that member and returning its predictions (class
             probabilities for a classifier): the zoo's recipes, or your own callables.
@@ -233,6 +239,9 @@ def fit_out_of_fold(
     """
     view = EnsembleView.of(model)
     names = view.member_names
+    x, y = arrays_of(x, y, where="fit_out_of_fold")
+    if builders is None:
+        raise EnsembleError(f"fit_out_of_fold: expected builders, one per member {names}. Received: None")
     if set(builders) != set(names):
         raise EnsembleError(
             f"Expected one builder per member {names}. Missing: {sorted(set(names) - set(builders))}; "

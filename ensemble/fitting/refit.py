@@ -22,6 +22,7 @@ from ensemble.graph.conformal import conformal_config
 from ensemble.graph.view import EnsembleView
 from ensemble.members.member import Member
 from ensemble.rows import row_count
+from ensemble.tfdata import arrays_of
 from ensemble.types import Data
 
 __all__ = ["refit_full"]
@@ -42,7 +43,8 @@ def refit_full(
             trained again on the training rows and `x_fit` together. Each must carry a
             training-row record (`Member.training_rows`, or `ensemble.record_training_rows`
             beside its file) that holds every row of `x_fit`.
-        x_fit: the rows the combiner of `model` was fitted on.
+        x_fit: the rows the combiner of `model` was fitted on (or a `tf.data.Dataset` of
+            them, batches `x` or `(x, y)`; its labels are not needed).
 
     Returns:
         A new ensemble of the replacements under a copy of the fitted combiner (its weights,
@@ -56,6 +58,7 @@ def refit_full(
             record is missing or does not hold every fitting row.
     """
     view = EnsembleView.of(model)
+    x_fit, _ = arrays_of(x_fit, where="refit_full", labels="ignored")
     if conformal_config(model) is not None:
         raise EnsembleError(
             "refit_full: the model has conformal outputs, calibrated on its current members; "

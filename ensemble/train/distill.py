@@ -23,6 +23,7 @@ from ensemble.graph.view import ensemble_task
 from ensemble.members.load import load_member
 from ensemble.members.member import Member
 from ensemble.rows import as_numpy, flat_features, in_batches
+from ensemble.tfdata import arrays_of
 from ensemble.train.members import check_finite_rows, check_finite_x, checked_targets, output_kind
 from ensemble.types import CLASSIFICATION, MULTILABEL, REGRESSION
 
@@ -54,7 +55,8 @@ def distill(
             class logits (no final activation) or probabilities (a final softmax), or a
             regression prediction. It is trained in place.
         x: the rows (an array, or arrays by input name); rows no member trained on transfer
-            the ensemble's knowledge best, but any rows work (labels are optional).
+            the ensemble's knowledge best, but any rows work (labels are optional). Or a
+            `tf.data.Dataset` of batches `x` or `(x, y)` (its labels are `y`; pass no `y`).
         epochs, batch_size, **fit_options: passed to `keras.Model.fit` (callbacks,
             validation_split, shuffle, verbose, ...), whose History is `result.history`.
         temperature: softens the ensemble's probabilities (classification; 1 keeps them).
@@ -80,6 +82,7 @@ def distill(
             finite (named).
     """
     task = ensemble_task(model)
+    x, y = arrays_of(x, y, where=f"distill {name!r}", labels="optional")
     if task == MULTILABEL:  # before the student is loaded as a classifier and refused for its sigmoid
         raise EnsembleError(
             f"distill does not support task='multilabel' yet: it teaches one distribution over "
