@@ -24,7 +24,8 @@ from ensemble.evaluate.suite import (
     right_vs_wrong_auroc,
     risk_coverage_points,
 )
-from ensemble.fitting.arrays import named_labels
+from ensemble.fitting.arrays import checked_labels, named_labels
+from ensemble.fitting.prepare import check_finite
 from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
@@ -67,11 +68,16 @@ def evaluate_ensemble(
     view = EnsembleView.of(model)
     x, y = arrays_of(x, y, where="evaluate_ensemble")
     if outputs is None:
+        for name, values in x.items() if isinstance(x, Mapping) else [(None, x)]:  # rows named
+            check_finite(values, "x" if name is None else f"x[{name!r}]", why="No metric is scored on them")
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
     if view.task == "classification":
-        labels = np.asarray(
-            named_labels(y, view.classes, emitted=view.order_emitted)
-        )  # labels by name, as their columns
+        labels = checked_labels(  # labels by name, as their columns
+            named_labels(y, view.classes, emitted=view.order_emitted),
+            view.width,
+            door="evaluate_ensemble",
+            columns="the ensemble's classes",
+        )
         result = _classification(view.member_names, labels, outputs, fit_report)
     elif view.task == "multilabel":  # y: a (rows, labels) 0/1 matrix
         result = evaluate_multilabel(view, y, outputs, fit_report)

@@ -150,6 +150,12 @@ def checked_labels(
     function (a prefix of the message), `columns` what the classes are the columns of."""
     labels = np.asarray(labels)
     prefix = _prefix(door)
+    if labels.dtype.kind == "b" and classes is not None and classes > 2:
+        raise EnsembleError(
+            f"{prefix}Expected integer class labels in {what}, 0 to {classes - 1} for the {classes} "
+            f"columns of {columns}. Received: booleans, which name only classes 0 and 1 (a mask "
+            "given for the labels?)."
+        )
     if labels.dtype.kind == "O":  # numbers held as objects are numbers; anything else is not
         with contextlib.suppress(TypeError, ValueError):
             labels = labels.astype(np.float64)

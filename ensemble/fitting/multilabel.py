@@ -11,7 +11,7 @@ columns) or chosen greedily (`ensemble_selection`). The rows rules are `ensemble
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -87,11 +87,32 @@ def check_multilabel_level_one(view: EnsembleView, level_one: Any, rows: int) ->
     return given.astype("float32")
 
 
-def label_weights(level_one: np.ndarray, targets: np.ndarray, method: str, rounds: int = 50) -> np.ndarray:
+def label_weights(
+    level_one: np.ndarray,
+    targets: np.ndarray,
+    method: str,
+    rounds: int = 50,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
     """The `(members, labels)` weights, each label's column fitted on its own as a binary
-    problem (`method` "optimal": minimal binary log loss; "selection": greedy selection)."""
+    problem (`method` "optimal": minimal binary log loss; "selection": greedy selection).
+
+    A label present in every fitting row, or in none, tells nothing of which member ranks it
+    better (the lowest loss is merely the most extreme member): its weights stay equal, with a
+    warning naming it (`names`, else its column)."""
     columns = []
+    members = level_one.shape[1]
     for label in range(targets.shape[1]):
+        if np.all(targets[:, label] == targets[0, label]):
+            log.warning(
+                "Label %s is %s in every one of the %d fitting rows: nothing there ranks the "
+                "members on it, so its weights stay equal.",
+                repr(names[label]) if names is not None else f"column {label}",
+                "present" if targets[0, label] else "absent",
+                len(targets),
+            )
+            columns.append(np.full(members, 1.0 / members))
+            continue
         p = level_one[:, :, label].astype("float64")
         binary = np.stack([1.0 - p, p], axis=-1)  # (rows, members, 2)
         y = targets[:, label].astype("int64")
@@ -177,7 +198,7 @@ def fit_multilabel(
     fitted = None
     restore_initial_state(combiner)  # the rows are good: nothing an earlier fit chose carries over
     if method != "none":
-        fitted = label_weights(level_one, targets, method, rounds)
+        fitted = label_weights(level_one, targets, method, rounds, names=view.classes)
         combiner.set_label_weights(fitted.tolist())
     for layer in model.layers:
         if isinstance(layer, MultilabelUncertainty):

@@ -121,9 +121,10 @@ def fitting_rows(
     return FittingRows(targets, level_one, overlaps)
 
 
-def check_finite(values: Any, what: str) -> None:
+def check_finite(values: Any, what: str, *, why: str = "A combiner cannot fit on them") -> None:
     """An error counting and naming the rows and columns of `values` that are NaN or infinite,
-    or float64 values past float32's range (infinite in the float32 graph: `non_finite`)."""
+    or float64 values past float32's range (infinite in the float32 graph: `non_finite`);
+    `why` says what they would break."""
     array = np.asarray(values)
     bad = non_finite(array)
     if not bad.any():
@@ -139,8 +140,8 @@ def check_finite(values: Any, what: str) -> None:
     )
     raise EnsembleError(
         f"{what} holds NaN or infinite values in {len(rows)} row(s) of {len(array)} (first rows "
-        f"{rows[:5].tolist()}), column(s) {columns[:10].tolist()} (of the row flattened).{note} A "
-        "combiner cannot fit on them: drop or impute those rows first."
+        f"{rows[:5].tolist()}), column(s) {columns[:10].tolist()} (of the row flattened).{note} {why}: "
+        "drop or impute those rows first."
     )
 
 

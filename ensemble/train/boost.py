@@ -171,6 +171,13 @@ def bag(
     first, kind = compiled(build_fn(0), task)
     classes = output_width(first, x) if kind == CLASSIFICATION else None
     targets = checked_targets(y, rows, kind, "bag", classes)  # before anything trains
+    loss = getattr(first, "loss", None)
+    if targets.ndim == 2 and kind == CLASSIFICATION and "sparse" in str(getattr(loss, "name", loss)):
+        raise EnsembleError(
+            f"bag: y holds rows of class probabilities (one-hot), but the learner is compiled with "
+            f"a sparse loss ({getattr(loss, 'name', loss)}) that takes integer labels. Pass the "
+            "labels, or compile with a categorical loss."
+        )
     rng = np.random.default_rng(seed)
     trained = []
     for index in range(members):
