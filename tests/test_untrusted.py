@@ -4,6 +4,7 @@ files, checkpoints or Python are refused before they load, and architecture stri
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+import combiners
 import ensemble
 from ensemble.members.untrusted import UNSAFE_OPS
 from tests.legacy_formats import DenseNet, write_tf2_checkpoint
@@ -175,3 +177,38 @@ def test_architecture_as_json_h5_or_registered_name_loads_in_safe_mode(tmp_path,
     for architecture in (tmp_path / "arch.json", os.fspath(tmp_path / "arch.h5"), "test_untrusted>blank"):
         member = ensemble.load_member(checkpoint, name="ck", architecture=architecture)
         np.testing.assert_allclose(np.asarray(member(X)), NET.predict(X), atol=1e-5)
+
+
+def test_a_served_export_whose_graph_writes_a_file_is_refused_before_it_loads(tmp_path):
+    """A SavedModel given a project export's manifest is served only if its graph passes the
+    same check as a member's: it never runs, in the registry or over HTTP (a 503 naming it)."""
+    from ensemble.serve.catalog import Catalog
+    from ensemble.serve.http import create_app, running
+    from tests.test_http_api import call
+
+    marker = tmp_path / "written"
+
+    def write(x):
+        with tf.control_dependencies([tf.io.write_file(os.fspath(marker), "ran")]):
+            return {"prediction": tf.nn.softmax(x)}
+
+    real = ensemble.build_ensemble(
+        [ensemble.load_member(keras.Sequential([keras.Input((2,)), keras.layers.Softmax()]), name="a")],
+        combiners.MeanCombiner(),
+    )
+    ensemble.export_saved_model(real, tmp_path / "real")
+    evil = _save_module(tmp_path / "evil", write)
+    shutil.copytree(tmp_path / "real" / "assets.extra", Path(evil) / "assets.extra")
+    registry = ensemble.ModelRegistry()
+    registry.register("evil", evil)
+    with pytest.raises(ensemble.EnsembleError, match=r"would run op 'WriteFile'.*runs no export whose graph"):
+        registry.predict("evil", ROWS)
+    catalog = Catalog(ensemble.ModelRegistry())
+    catalog.register("evil", evil)
+    catalog.register("real", tmp_path / "real")
+    with running(create_app(catalog)) as url:
+        code, body = call(url, "/v1/models/evil:predict", {"instances": ROWS.tolist()})
+        assert code == 503 and "WriteFile" in body["error"] and str(tmp_path) not in body["error"], body
+        code, body = call(url, "/v1/models/real:predict", {"instances": ROWS.tolist()})
+        assert code == 200, body  # a project export holds none of those ops
+    assert not marker.exists()

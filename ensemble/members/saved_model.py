@@ -15,10 +15,8 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 
-from ensemble.members.untrusted import check_graph_ops
+from ensemble.members.untrusted import check_graph_ops, read_meta_graphs
 from ensemble.rows import input_values
 from ensemble.types import Tensor
 
@@ -57,7 +55,7 @@ class SavedModelLayer(keras.layers.Layer):
         self.tags = list(tags) if tags is not None else None
         self.signature = signature
         self.safe_mode = bool(safe_mode)
-        metas = _read_meta_graphs(self.filepath)
+        metas = read_meta_graphs(self.filepath)
         if self.safe_mode:  # checked before loading, which runs restore, init and resource ops
             check_graph_ops(self.filepath, metas, self.tags, signature)
         if not any(
@@ -145,18 +143,6 @@ def _in_safe_mode() -> bool:
     return serialization_lib.in_safe_mode() is not False
 
 
-def _read_meta_graphs(path: str) -> list[Any]:
-    proto = saved_model_pb2.SavedModel()
-    pb = tf.io.gfile.join(path, "saved_model.pb")
-    if tf.io.gfile.exists(pb):
-        with tf.io.gfile.GFile(pb, "rb") as f:
-            proto.ParseFromString(f.read())
-    else:
-        with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pbtxt")) as f:
-            text_format.Parse(f.read(), proto)
-    return list(proto.meta_graphs)
-
-
 def _missing_signature(path: str, signature: str, available: Any) -> ValueError:
     return ValueError(
         f"SavedModel {path} has no signature {signature!r}. Available signatures: {sorted(available)}"
@@ -193,7 +179,7 @@ class _FrozenTF1Signature(tf.Module):
     def __init__(self, path: str, tags: list[str] | None, signature: str) -> None:
         super().__init__()
         if tags is None:
-            metas = _read_meta_graphs(path)
+            metas = read_meta_graphs(path)
             tags = list(metas[0].meta_info_def.tags) if len(metas) == 1 else ["serve"]
         with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
             meta = tf.compat.v1.saved_model.load(session, tags, path)

@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["UNSAFE_OPS", "check_graph_ops"]
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+
+__all__ = ["UNSAFE_OPS", "check_graph_ops", "read_meta_graphs"]
 
 
 def _ops(names: str) -> frozenset[str]:
@@ -144,3 +148,16 @@ def _tf2_functions(objects: Sequence[Any], signature: str) -> list[str]:
         for obj in (objects[i] for i in ids)
         for name in (obj.bare_concrete_function.concrete_function_name, *obj.function.concrete_functions)
     ]
+
+
+def read_meta_graphs(path: str) -> list[Any]:
+    """The MetaGraphs of the SavedModel at `path`, read from its proto alone (nothing runs)."""
+    proto = saved_model_pb2.SavedModel()
+    pb = tf.io.gfile.join(path, "saved_model.pb")
+    if tf.io.gfile.exists(pb):
+        with tf.io.gfile.GFile(pb, "rb") as f:
+            proto.ParseFromString(f.read())
+    else:
+        with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pbtxt")) as f:
+            text_format.Parse(f.read(), proto)
+    return list(proto.meta_graphs)

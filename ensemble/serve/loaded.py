@@ -22,6 +22,7 @@ from ensemble.export.versions import ExportWatch, export_dir
 from ensemble.members.checkpoint import resolve_checkpoint
 from ensemble.members.load import load_member
 from ensemble.members.saved_model import SavedModelLayer
+from ensemble.members.untrusted import check_graph_ops, read_meta_graphs
 from ensemble.serve.feeds import lossless_cast
 from ensemble.serve.watch import FileWatch, Watch
 from ensemble.types import PathLike, Tensor
@@ -189,11 +190,21 @@ def load_member_model(name: str, source: PathLike | keras.Model, options: Mappin
 def load_exported(source: PathLike, attempts: int = 3) -> Loaded:
     """An exported ensemble (`export_dir`): its `serving_default` signature. A load during
     which the export was replaced (its graph and variables may be of two exports) is done
-    again, up to `attempts` loads in all."""
+    again, up to `attempts` loads in all. A graph holding `untrusted.UNSAFE_OPS` is refused
+    before it loads, as `load_member` refuses it in safe mode."""
     for attempt in range(1, attempts + 1):
         watch = ExportWatch(os.fspath(source))
         if watch.directory is None:
             raise EnsembleError(f"{os.fspath(source)!r} holds no exported ensemble (no {MANIFEST}).")
+        # An export is a SavedModel, code: its graph is read before loading runs any of it.
+        try:
+            check_graph_ops(label(source), read_meta_graphs(watch.directory), None, "serving_default")
+        except ValueError as error:
+            found = str(error).split(". A SavedModel is code", 1)[0]
+            raise EnsembleError(
+                f"{found}. The server runs no export whose graph touches files, checkpoints, "
+                "debuggers or Python (an ensemble exported by this project holds none)."
+            ) from None
         try:
             root = tf.saved_model.load(watch.directory)
         except Exception:
