@@ -77,9 +77,17 @@ def _move(original, folder):
     return shutil.move(folder / "before" / "member.keras", folder / "moved.keras")
 
 
-@pytest.mark.parametrize(
-    "place", [_symlink, _hardlink, _copy, _move], ids=["symlink", "hardlink", "copy", "move"]
-)
+def _h5(original, folder):
+    """Re-saved in the legacy format: its weights load under other paths (no model name)."""
+    keras.models.load_model(original).save(folder / "resaved.h5")
+    return folder / "resaved.h5"
+
+
+_h5.__name__ = "h5"
+PLACES = [_symlink, _hardlink, _copy, _move, _h5]
+
+
+@pytest.mark.parametrize("place", PLACES, ids=["symlink", "hardlink", "copy", "move", "h5"])
 def test_a_recorded_member_is_guarded_wherever_its_file_is(recorded, data, tmp_path, place):
     x, y = data
     path = place(recorded, tmp_path)
@@ -108,13 +116,14 @@ def test_a_file_replaced_by_another_model_keeps_no_stale_record(data, store, tmp
     the first load binds it. Either way another model saved over the file is unguarded, said."""
     x, _ = data
     path = tmp_path / "replaced.keras"
+    first, other = (2, 3) if saved_first else (12, 13)  # the module's store keeps each one's record
     if saved_first:
-        tiny(2).save(path)
+        tiny(first).save(path)
     ensemble.record_training_rows(path, x[:TRAIN])
     if not saved_first:
-        tiny(2).save(path)
+        tiny(first).save(path)
         assert ensemble.load_member(path, name="first").training_rows is not None  # binds it
-    tiny(3).save(path)  # another model, its record not made again
+    tiny(other).save(path)  # another model, its record not made again
     with caplog.at_level(logging.WARNING, logger="ensemble.members"):
         member = ensemble.load_member(path, name=f"replaced_{saved_first}")
     assert member.training_rows is None
@@ -251,3 +260,19 @@ def test_the_binding_travels_with_the_record(data, store, tmp_path, caplog, how)
     with caplog.at_level(logging.WARNING, logger="ensemble.members"):
         member = ensemble.load_member(path, name="replaced")
     assert member.training_rows is None and "made for another model" in caplog.text
+
+
+def test_a_record_changed_beside_its_model_yields_to_the_bound_one(store, data, tmp_path, caplog):
+    """A record overwritten beside the model (not by `record_training_rows`) would weaken the
+    guard: the store's record, bound to this content when it was recorded, is used, every load."""
+    x, _ = data
+    path = tmp_path / "member.keras"
+    tiny(7).save(path)
+    ensemble.record_training_rows(path, x[:TRAIN])
+    np.save(training_rows_path(path), x[:5])  # the first 5 rows only
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ensemble"):
+            member = ensemble.load_member(path, name="tampered")
+        np.testing.assert_array_equal(member.training_rows, x[:TRAIN])
+        assert f"the store's record of it ({TRAIN} rows) is used" in caplog.text

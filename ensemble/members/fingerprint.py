@@ -3,8 +3,10 @@
 `member_fingerprint` (what the level-one store keys on) hashes the member's configuration
 (class, format, output kind and key, inputs, the wrapped model's config, less where it was
 read from) and its content. `content_fingerprint` (what the leakage guard finds a member's
-training-row record by) hashes the content alone: the wrapped model's class, the names,
-shapes, dtypes and values of all its Keras weights, and for a SavedModel member the variables
+training-row record by) hashes the content alone: the wrapped model's class, the order,
+shapes, dtypes and values of all its Keras weights (not their paths, which hold the model's
+name: a `.keras` file re-saved as `.h5` loads as `dense/kernel` where it was
+`sequential/dense/kernel`), and for a SavedModel member the variables
 and constants its signature captures and the signature's graph (which holds a frozen TF1
 graph's constants). So a copy, a link or a moved file hashes as its original, however it is
 named or declared (`name`, `output`, `inputs`, `classes`), while changing any weight, even by
@@ -44,16 +46,17 @@ def member_fingerprint(member: Member) -> str:
 def content_fingerprint(member: Member) -> str:
     """A sha256 of what `member`'s source model is (see the module docstring): alike for every
     load of one file or of its copies, whatever the member's name and declarations."""
-    digest = hashlib.sha256(b"ensemble.content/1\0")
+    digest = hashlib.sha256(b"ensemble.content/2\0")
     model = member.model
     _update(digest, "class", f"{type(model).__module__}.{type(model).__qualname__}".encode())
-    _update_content(digest, member)
+    _update_content(digest, member, by_path=False)
     return digest.hexdigest()
 
 
-def _update_content(digest: Any, member: Member) -> None:
-    for weight in member.weights:
-        _update_array(digest, f"weight:{weight.path}", np.asarray(weight.value.numpy()))
+def _update_content(digest: Any, member: Member, *, by_path: bool = True) -> None:
+    for index, weight in enumerate(member.weights):
+        label = f"weight:{weight.path}" if by_path else f"weight:{index}"
+        _update_array(digest, label, np.asarray(weight.value.numpy()))
     function = _signature_function(member.model)
     if function is not None:
         for variable in getattr(function, "variables", ()):

@@ -186,10 +186,21 @@ def find_training_rows(
     """The rows of the record of member `name`, loaded from `source` with content
     `fingerprint`: the one beside `source` unless it was made for another model, else the
     store's; None when it has none (a record beside it made for another model is then named in
-    a warning with `source`)."""
+    a warning with `source`). A record beside it bound to no model yields to the store's record
+    of this content: a record changed without `record_training_rows` never weakens the guard."""
     beside, stored = training_rows_path(source), _stored_path(fingerprint, store)
     record = read_record(beside) if os.path.exists(beside) else None
     owner = "" if record is None else _bound_to(beside)
+    if record is not None and not owner and os.path.exists(stored):
+        entry = read_record(stored)
+        if entry.fingerprint == fingerprint:  # this very model's, bound when it was recorded
+            log.warning(
+                "Member %r: the training-row record %s is not the one bound to this model (content "
+                "%s...; changed since, or copied from elsewhere): the store's record of it (%d rows) "
+                "is used. Record again (record_training_rows) if its training rows changed.",
+                name, beside, fingerprint[:12], len(entry.rows),
+            )  # fmt: skip
+            return entry.rows
     if record is not None and owner in ("", fingerprint):
         try:  # bound to this model: copies of it, and a replacement of it, are told apart
             if not owner:  # made before its model, or by an earlier version: bound now
