@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -63,6 +64,23 @@ def test_predict_serves_the_export_that_is_on_disk_now(pair, tmp_path):
     with pytest.raises(ModelLoadError, match="zoo"):
         registry.predict("zoo", X)
     assert registry.loaded == []
+
+
+def test_a_graph_written_over_in_place_under_its_old_manifest_is_loaded_again(pair, tmp_path):
+    """The manifest's identity stands for the export only while its graph and variables are
+    the ones beside it: their files copied over in place (the manifest kept) is a new model."""
+    _, answers, paths = pair
+    exports = [Path(p) for p in paths]
+    path = tmp_path / "export"
+    shutil.copytree(exports[0], path)
+    registry = ensemble.ModelRegistry()
+    registry.register("zoo", path)
+    np.testing.assert_allclose(registry.predict("zoo", X)["prediction"], answers[0], atol=1e-6)
+    shutil.copyfile(exports[1] / "saved_model.pb", path / "saved_model.pb")  # written over, same inode
+    shutil.rmtree(path / "variables")
+    shutil.copytree(exports[1] / "variables", path / "variables")
+    np.testing.assert_allclose(registry.predict("zoo", X)["prediction"], answers[1], atol=1e-6)
+    assert registry.stats("zoo").loads == 2
 
 
 def test_a_load_that_spans_an_overwrite_is_done_again(pair, tmp_path, monkeypatch):

@@ -134,12 +134,34 @@ def prune(base: str, keep: int, *, spare: int | None = None) -> list[int]:
 def stamp(directory: str, manifest: str) -> tuple[int, ...] | None:
     """What changes when the export at `directory` is replaced, republished or rewritten: the
     device, inode and mtime of the directory and of its `manifest`, and the manifest's size;
-    None when either is missing. Two `stat` calls: cheap enough to take before every answer."""
+    then (`GRAPH`) the inode, mtime and size of its graph and variable index (zeros for one
+    missing), which a graph written over in place, its manifest kept, changes. None when the
+    directory or manifest is missing. Four `stat` calls: cheap enough before every answer."""
     try:
         folder, file = os.stat(directory), os.stat(os.path.join(directory, manifest))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return (folder.st_dev, folder.st_ino, folder.st_mtime_ns, file.st_ino, file.st_mtime_ns, file.st_size)
+    graph: list[int] = []
+    for part in _GRAPH_FILES:
+        try:
+            found = os.stat(os.path.join(directory, part))
+            graph += [found.st_ino, found.st_mtime_ns, found.st_size]
+        except (FileNotFoundError, NotADirectoryError):
+            graph += [0, 0, 0]
+    return (
+        folder.st_dev,
+        folder.st_ino,
+        folder.st_mtime_ns,
+        file.st_ino,
+        file.st_mtime_ns,
+        file.st_size,
+        *graph,
+    )
+
+
+_GRAPH_FILES = ("saved_model.pb", os.path.join("variables", "variables.index"))
+GRAPH = slice(6, None)
+"""The part of a `stamp` that is the graph's and variables' files."""
 
 
 def export_dir(path: str) -> str | None:
@@ -182,7 +204,9 @@ class ExportWatch:
         identity = _identity(directory)
         if now is None or identity is None or identity != self.identity:
             return True
-        self.directory, self.stamp = directory, now  # touched, or copied over: the same export
+        if self.stamp is None or now[GRAPH] != self.stamp[GRAPH]:  # its graph written over
+            return True
+        self.directory, self.stamp = directory, now  # touched, or renamed: the same export
         return False
 
 
