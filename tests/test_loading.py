@@ -219,3 +219,10 @@ def test_an_in_memory_model_with_an_adapted_normalization_is_itself(nested):
     np.testing.assert_allclose(
         built.predict(x, verbose=0)["prediction"], model.predict(x, verbose=0), atol=1e-6
     )
+
+
+def test_a_keras_file_that_is_no_archive_is_named_as_such_not_as_missing(tmp_path):
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ensemble.MemberError, match=r"Member 'b'.*broken\.keras is not a \.keras archive"):
+        ensemble.load_member(path, name="b")

@@ -35,6 +35,11 @@ def read_keras_file(
     (tf_keras) file is translated, and what cannot be is a `Keras2Error` naming file and layer."""
     objects = dict(custom_objects or {})
     if fmt == "keras":
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):  # Keras would say "not found"
+            raise ValueError(
+                f"{path} is not a .keras archive (a zip of config.json and model.weights.h5): "
+                "truncated, or another format under a .keras name."
+            )
         version, config = _archive_config(path)
         if is_keras2_version(version):
             return _read_keras2_archive(path, version, config, objects, safe_mode)
