@@ -17,6 +17,12 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One BLAS/OpenMP thread a test process (and its subprocesses): the suite runs one xdist worker a
+# core, and a BLAS pool per worker sized to every core oversubscribes them; OpenBLAS then spins.
+# scikit-learn's LogisticRegressionCV on the stacking tests' 450 rows took 33 s so, 2 s on one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # The store of training-row records keyed by content (ensemble.members.training_rows): one per
 # test process, inherited by its subprocesses, never the user's cache; removed at exit.
@@ -31,8 +37,11 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ensemble.fitting.report import FitReport
+
+threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]))  # for a BLAS already loaded before this file
 
 _RECORDS = os.path.join(tempfile.gettempdir(), f"ensemble-records-{os.getpid()}")
 if os.environ["ENSEMBLE_TRAINING_ROWS_DIR"] == _RECORDS:  # this process's own, not a caller's
@@ -99,8 +108,14 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 # The experiments' tests share one small zoo: wine (no CNN: 13 features are not 8x8 images),
 # epochs capped (15 show every format and record; no test asserts more than beating chance),
-# trained once per run for every xdist worker (`trained_zoo`).
-TINY_ZOO = [f"zoo.members.{m}.train.epochs=15" for m in ("mlp", "deep_mlp", "linear", "wide")]
+# no refit (the early-stopped model is kept: one fit a member, not two; its record still holds
+# every train row, so the guard sees what the recipe trains on; tests/test_train_meta.py pins the
+# refit itself), trained once per run for every xdist worker (`trained_zoo`).
+TINY_ZOO = [
+    f"zoo.members.{m}.train.{key}"
+    for m in ("mlp", "deep_mlp", "linear", "wide")
+    for key in ("epochs=15", "refit=false")
+]
 
 
 def run_directory(tmp_path_factory: pytest.TempPathFactory, name: str, recipe: list[str]) -> Path:

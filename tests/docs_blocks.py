@@ -1,21 +1,31 @@
 """The code blocks of README.md and docs/**/*.md, and how each is run.
 
 A page's ```python blocks, and its hidden setup blocks (`<!-- setup` ... `-->`, Python code in
-an HTML comment: run, never shown), run in the order they appear in ONE fresh interpreter, so a
+an HTML comment: run, never shown), run in the order they appear in ONE fresh process, so a
 page may build on its earlier blocks; cwd is a fresh directory, the repository is on
 PYTHONPATH. Then every command of the page's ```bash blocks runs in that directory with bash,
 unless `RUN_ELSEWHERE` names the test that runs it (a server, or work of minutes) or `NOT_RUN`
 says why nothing here can (another machine's tools). A bash command in neither that this
 runner cannot run fails its page; see CONTRIBUTING.md.
+
+The fresh process is forked from a server (one per pytest worker and environment) that has
+imported `PRELOAD` and done nothing else: no TensorFlow op has run in it, so its runtime, Keras'
+global state, seeds, logging and tf.config are those of a fresh interpreter, and each page's
+changes to them, to cwd, env or sys.modules die with its own child. A page pays for its own
+work, not for importing TensorFlow again.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,7 @@ RUN_ELSEWHERE: dict[str, str] = {
     "python -m experiments.serve 'serve.models={digits: exports/digits, *": "tests/test_fail_early.py::test_readme_versioned_serving_example_runs_in_its_order",
     "curl -d * http://127.0.0.1:8501/v1/models/digits:predict": "tests/test_fail_early.py::test_readme_versioned_serving_example_runs_in_its_order",
     "curl -d * http://127.0.0.1:8501/v1/models/digits/versions/1:predict": "tests/test_fail_early.py::test_readme_versioned_serving_example_runs_in_its_order",
-    "python -m experiments.run +experiment=breast_cancer_seeds": "tests/test_config.py::test_experiment_option_composes_every_setting_of_its_sweep",
+    "python -m experiments.run +experiment=breast_cancer_seeds": "tests/test_config_groups.py::test_experiment_option_composes_every_setting_of_its_sweep",
     "python -m experiments.run +member@zoo.members.mlp2=mlp zoo.members.mlp2.train.seed=7": "tests/test_docs_blocks.py::test_the_add_a_member_command_composes_a_second_mlp",
     "python -m experiments.train_meta -m combiner=stack,select,weighted": "tests/test_train_meta.py::test_sweep_from_the_command_line",
     "python -m experiments.train_meta regime=oof": "tests/test_train_meta.py::test_oof_regime",
@@ -113,31 +123,136 @@ def environment(cwd: Path) -> dict[str, str]:
     }
 
 
-_DRIVER = """
-import json, sys
-ns = {"__name__": "__main__"}
-for block in json.load(open(sys.argv[1])):
-    exec(compile("\\n" * (block["line"] - 1) + block["code"], block["page"], "exec"), ns)
+# What every runnable page imports (TensorFlow comes with keras); a page runs after them, as it
+# would in a fresh interpreter whose first lines imported them.
+PRELOAD = ("numpy", "keras", "sklearn.datasets", "sklearn.model_selection", "sklearn.preprocessing")
+PRELOAD += ("combiners", "ensemble")
+# Read when used, never at import: a job may set them, all else must be the server's own
+# (pytest names the running test in its environment: one server serves every test).
+PER_JOB = ("ENSEMBLE_TRAINING_ROWS_DIR", "PYTEST_CURRENT_TEST")
+
+# The server: imports its arguments, answers "ready", then for each job (a JSON line) forks a
+# child that takes the job's cwd, env, argv and files, runs the blocks in a fresh `__main__`
+# namespace, and exits as `python` would; the server answers the child's exit code.
+_SERVER = r"""
+import importlib, json, os, signal, sys, traceback
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("ready", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:  # what a fresh `python` would have: the job's cwd, env, stdin, stdout, stderr, argv
+            os.chdir(job["cwd"])
+            os.environ.clear()
+            os.environ.update(job["env"])
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, job["stdout"], os.O_WRONLY | os.O_CREAT),
+                                    (2, job["stderr"], os.O_WRONLY | os.O_CREAT)):
+                os.dup2(os.open(path, flags), fd)
+            signal.alarm(job["timeout"])
+            sys.argv, sys.path[0] = job["argv"], job["path0"]
+            if "numpy" in sys.modules:  # seeded anew, as in a fresh interpreter (random is, at fork)
+                sys.modules["numpy"].random.seed()
+            ns = {"__name__": "__main__", **job["globals"]}
+            for block in job["blocks"]:
+                exec(compile("\n" * (block["line"] - 1) + block["code"], block["page"], "exec"), ns)
+            code = 0
+        except SystemExit as stop:  # as python exits: None is 0, an int itself, anything else printed, 1
+            code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+            if not isinstance(stop.code, (int, type(None))):
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])), flush=True)
 """
 
 
-def run_page(page: str, cwd: Path, timeout_s: float = 600) -> str:
-    """Runs the page's Python in one fresh interpreter, then its bash commands not listed;
-    returns what they printed. A failure raises AssertionError naming the page and line."""
+class _Server:
+    """A server process (`_SERVER`) started with `env`, having imported `preload`."""
+
+    def __init__(self, preload: tuple[str, ...], env: dict[str, str], timeout_s: float):
+        self.log = Path(tempfile.mkdtemp(prefix="docs-blocks-")) / "server.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _SERVER, *preload],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=self.log.parent,  # no stray module where pytest started is imported
+                env=env,
+                text=True,
+            )
+        atexit.register(self.process.kill)
+        assert self._answer(timeout_s) == "ready", f"the page server failed:\n{self.log.read_text()[-4000:]}"
+
+    def _answer(self, timeout_s: float) -> str:
+        assert self.process.stdout is not None
+        if not select.select([self.process.stdout], [], [], timeout_s)[0]:
+            self.process.kill()
+            raise AssertionError(f"the page server gave no answer in {timeout_s:.0f} s")
+        return self.process.stdout.readline().strip()
+
+    def run(self, job: dict[str, object], timeout_s: float) -> int:
+        """Runs one job in a forked child; its exit code (negative: the signal that ended it)."""
+        assert self.process.stdin is not None and self.process.poll() is None
+        self.process.stdin.write(json.dumps({**job, "timeout": max(1, round(timeout_s))}) + "\n")
+        self.process.stdin.flush()
+        return int(self._answer(timeout_s + 30))
+
+
+_SERVERS: dict[tuple[object, ...], _Server] = {}
+
+
+def run_python(
+    code: list[dict[str, object]],
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    *,
+    script: str | None = None,
+    preload: tuple[str, ...] = PRELOAD,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `code` (blocks: page, line, code) as `python -c` would in `cwd` with `env`, or as
+    `python script` would when `script` names the file it came from, in a child forked from the
+    worker's server for `preload` and `env` (started on first use); what `subprocess.run` would
+    return."""
+    shared = {k: v for k, v in env.items() if k not in PER_JOB}
+    key = (preload, tuple(sorted(shared.items())))
+    if key not in _SERVERS or _SERVERS[key].process.poll() is not None:
+        _SERVERS[key] = _Server(preload, shared, timeout_s)
+    files = Path(tempfile.mkdtemp(prefix="docs-blocks-"))
+    argv = [script] if script else ["-c"]
+    job = {
+        "blocks": code,
+        "cwd": str(cwd),
+        "env": env,
+        "stdout": str(files / "out"),
+        "stderr": str(files / "err"),
+        "argv": argv,
+        "path0": os.path.dirname(os.path.abspath(script)) if script else "",  # as python sets sys.path[0]
+        "globals": {"__file__": script} if script else {},
+    }
+    returncode = _SERVERS[key].run(job, timeout_s)
+    out, err = ((files / name).read_text() if (files / name).exists() else "" for name in ("out", "err"))
+    shutil.rmtree(files, ignore_errors=True)
+    return subprocess.CompletedProcess(argv, returncode, out, err)
+
+
+def run_page(page: str, cwd: Path, timeout_s: float = 600, *, preload: tuple[str, ...] = PRELOAD) -> str:
+    """Runs the page's Python in one fresh process (`run_python`), then its bash commands not
+    listed; returns what they printed. A failure raises AssertionError naming the page and line."""
     found = blocks(page)
     python = [b.__dict__ for b in found if b.language in ("python", "setup")]
     printed = []
     if python:
-        (cwd / ".blocks.json").write_text(json.dumps(python))
-        done = subprocess.run(
-            [sys.executable, "-c", _DRIVER, str(cwd / ".blocks.json")],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=environment(cwd),
-        )
-        assert done.returncode == 0, f"{page}: its Python failed:\n{done.stderr[-4000:]}"
+        done = run_python(python, cwd, environment(cwd), timeout_s, preload=preload)
+        assert done.returncode == 0, f"{page}: its Python failed ({done.returncode}):\n{done.stderr[-4000:]}"
         printed.append(done.stdout)
     for block in (b for b in found if b.language == "bash"):
         for command in commands(block):

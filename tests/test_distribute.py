@@ -122,12 +122,15 @@ def run_fresh(script: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# One fresh Python (devices are fixed at TF's start) splits its CPU into two logical devices and
+# checks both halves of `runtime=mirrored`: the sharded level-one pass, then `fit_combiner` under
+# the strategy against the same fit on one device. One child for both instead of one each.
 _MIRRORED = textwrap.dedent(
     """
     import json, numpy as np
     import ensemble, combiners
     ensemble.configure_devices(logical_cpus=2)
-    from ensemble.fitting import LevelOneStore, distributed_level_one
+    from ensemble.fitting import LevelOneStore, distributed_level_one, fit_combiner
     from ensemble.runtime import make_strategy
     from tests.conftest import dense_classifier
     strategy = make_strategy("mirrored")
@@ -136,51 +139,47 @@ _MIRRORED = textwrap.dedent(
     x = np.random.default_rng(0).normal(size=(1001, 8)).astype("float32")  # not a multiple of 2 x 64
     got = distributed_level_one(model, x, strategy, batch_size=64)
     want = LevelOneStore(verbose=0).predictions(model, x)
-    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "shape": list(got.shape),
-                      "gap": float(np.abs(got - want).max())}))
+    level_one = {"replicas": strategy.num_replicas_in_sync, "shape": list(got.shape),
+                 "gap": float(np.abs(got - want).max())}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = rng.integers(0, 3, size=512)
+    weights, losses = {}, {}
+    # The same MirroredStrategy again (a second one in this process would reuse its collective
+    # instance keys), and no strategy at all: make_strategy("default") is None.
+    for name, where in (("default", make_strategy("default")), ("mirrored", strategy)):
+        model = ensemble.build_ensemble(  # built anywhere: fit_combiner trains a replica in scope
+            [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
+        history = fit_combiner(model, x, y, epochs=5, batch_size=64, verbose=0, seed=0,
+                               validation_split=0.25, strategy=where)
+        weights[name] = [w.tolist() for w in ensemble.ensemble_combiner(model).get_weights()]
+        losses[name] = history.history["loss"] + history.history["val_loss"]
+    gap = max(float(np.abs(np.array(a) - np.array(b)).max())
+              for a, b in zip(weights["default"], weights["mirrored"]))
+    fit = {"replicas": strategy.num_replicas_in_sync, "gap": gap,
+           "loss_gap": float(np.abs(np.subtract(losses["default"], losses["mirrored"])).max())}
+    print(json.dumps({"level_one": level_one, "fit": fit}))
     """
 )
 
 
+@pytest.fixture(scope="module")
+def mirrored() -> dict:
+    """Both results of the `_MIRRORED` child, run once for the two tests below."""
+    return run_fresh(_MIRRORED)
+
+
 @pytest.mark.slow
-def test_mirrored_level_one_over_two_logical_devices_equals_one_device():
-    result = run_fresh(_MIRRORED)
+def test_mirrored_level_one_over_two_logical_devices_equals_one_device(mirrored):
+    result = mirrored["level_one"]
     # Equal to float32 rounding: a matmul's result may depend on its batch's size on this CPU
     # (1 ulp, about 1e-7); rows out of order would differ by far more.
     assert result["replicas"] == 2 and result["shape"] == [1001, 2, 3] and result["gap"] <= 1e-6
 
 
-_FIT = textwrap.dedent(
-    """
-    import json, numpy as np
-    import ensemble, combiners
-    ensemble.configure_devices(logical_cpus=2)
-    from ensemble.fitting import fit_combiner
-    from ensemble.runtime import make_strategy
-    from tests.conftest import dense_classifier
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(512, 8)).astype("float32")
-    y = rng.integers(0, 3, size=512)
-    weights, losses = {}, {}
-    for name in ("default", "mirrored"):
-        strategy = make_strategy(name)
-        model = ensemble.build_ensemble(  # built anywhere: fit_combiner trains a replica in scope
-            [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner())
-        history = fit_combiner(model, x, y, epochs=5, batch_size=64, verbose=0, seed=0,
-                               validation_split=0.25, strategy=strategy)
-        weights[name] = [w.tolist() for w in ensemble.ensemble_combiner(model).get_weights()]
-        losses[name] = history.history["loss"] + history.history["val_loss"]
-    gap = max(float(np.abs(np.array(a) - np.array(b)).max())
-              for a, b in zip(weights["default"], weights["mirrored"]))
-    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "gap": gap,
-                      "loss_gap": float(np.abs(np.subtract(losses["default"], losses["mirrored"])).max())}))
-    """
-)
-
-
 @pytest.mark.slow
-def test_fit_combiner_under_mirrored_equals_one_device():
-    result = run_fresh(_FIT)
+def test_fit_combiner_under_mirrored_equals_one_device(mirrored):
+    result = mirrored["fit"]
     assert result["replicas"] == 2
     # Same data, same seeded shuffle: the same combiner and losses within float error.
     assert result["gap"] < 1e-5 and result["loss_gap"] < 1e-5, result
@@ -213,11 +212,15 @@ _WORKER = textwrap.dedent(
 def test_two_workers_on_loopback_equal_one_process(tmp_path):
     import numpy as np
 
-    _succeed([_start(["-c", _WORKER, "default", str(tmp_path / "single.npz")])])
+    # The one-process reference runs beside the two workers (it waits on nothing; they wait on
+    # each other): three fresh processes at once instead of one, then two.
     _succeed(
         [
-            _start(["-c", _WORKER, "multi_worker", str(tmp_path / f"worker{i}.npz")], config)
-            for i, config in enumerate(_cluster(2))
+            _start(["-c", _WORKER, "default", str(tmp_path / "single.npz")]),
+            *(
+                _start(["-c", _WORKER, "multi_worker", str(tmp_path / f"worker{i}.npz")], config)
+                for i, config in enumerate(_cluster(2))
+            ),
         ]
     )
     reference = np.load(tmp_path / "single.npz")
@@ -262,19 +265,20 @@ def _job(overrides: list[str], run_dir: Path, tf_config: dict | None = None) -> 
 @pytest.mark.slow
 def test_the_main_job_under_each_strategy_equals_one_process(wine_overrides, tmp_path):
     # The Keras-trained stacker: its level-one pass and its training run under the strategy.
-    job = [*wine_overrides, "export=none", "combiner=stack_keras", "fit.epochs=10"]
-    # The zoo is trained already (`wine_overrides`): every job only loads it, so one process and
-    # the mirrored one run side by side, then the cluster.
+    # Two of the wine zoo's members and three epochs show it as well as four and ten: the
+    # assertions compare each run with the one-process run, metric by metric, to 1e-5.
+    fewer = ["~zoo.members.deep_mlp", "~zoo.members.wide"]
+    job = [*wine_overrides, *fewer, "export=none", "combiner=stack_keras", "fit.epochs=3"]
+    # The zoo is trained already (`wine_overrides`): every job only loads it, so one process, the
+    # mirrored one and the two workers of the cluster all run at once.
     _succeed(
         [
             _job(job, tmp_path / "single"),
             _job([*job, "runtime=mirrored", "runtime.logical_cpus=2"], tmp_path / "mirrored"),
-        ]
-    )
-    _succeed(
-        [
-            _job([*job, "runtime=multi_worker", "runtime.timeout_s=120"], tmp_path / f"worker{i}", config)
-            for i, config in enumerate(_cluster(2))
+            *(
+                _job([*job, "runtime=multi_worker", "runtime.timeout_s=120"], tmp_path / f"worker{i}", config)
+                for i, config in enumerate(_cluster(2))
+            ),
         ]
     )
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
@@ -282,7 +286,7 @@ def test_the_main_job_under_each_strategy_equals_one_process(wine_overrides, tmp
     assert not (tmp_path / "worker1" / "report.md").exists()
     for run in ("mirrored", "worker0"):
         result = json.loads((tmp_path / run / "metrics.json").read_text())
-        assert result["members"] == single["members"]
+        assert result["members"] == single["members"] and len(single["members"]) == 2
         for metric, value in single["ensemble"].items():
             assert result["ensemble"][metric] == pytest.approx(value, abs=1e-5), (run, metric)
 

@@ -27,24 +27,30 @@ _SERVE = textwrap.dedent(
     for blocked in ("ensemble", "combiners", "keras"):
         sys.modules[blocked] = None  # any import of them now raises ImportError
     import numpy as np, tensorflow as tf
-    path, feeds_file, out_file = sys.argv[1:]
-    feeds = dict(np.load(feeds_file))
+    path, *files = sys.argv[1:]
     loaded = tf.saved_model.load(path)
-    results = {}
-    for key, function in loaded.signatures.items():
-        for name, value in function(**{k: tf.constant(v) for k, v in feeds.items()}).items():
-            results[f"{key}/{name}"] = value.numpy()
-    np.savez(out_file, **results)
+    for feeds_file, out_file in zip(files[::2], files[1::2]):  # one batch after another
+        feeds = dict(np.load(feeds_file))
+        results = {}
+        for key, function in loaded.signatures.items():
+            for name, value in function(**{k: tf.constant(v) for k, v in feeds.items()}).items():
+                results[f"{key}/{name}"] = value.numpy()
+        np.savez(out_file, **results)
     """
 )
 
 
-def serve_in_fresh_process(path: str, feeds: dict[str, np.ndarray], tmp_path) -> dict[str, np.ndarray]:
-    feeds_file, out_file = tmp_path / "feeds.npz", tmp_path / "out.npz"
-    np.savez(feeds_file, **feeds)
+def serve_in_fresh_process(
+    path: str, batches: list[dict[str, np.ndarray]], tmp_path
+) -> list[dict[str, np.ndarray]]:
+    """Every signature's outputs for each batch of feeds, from one fresh process."""
+    files = []
+    for i, feeds in enumerate(batches):
+        files += [tmp_path / f"feeds{i}.npz", tmp_path / f"out{i}.npz"]
+        np.savez(files[-2], **feeds)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", _SERVE, path, os.fspath(feeds_file), os.fspath(out_file)],
+        [sys.executable, "-c", _SERVE, path, *map(os.fspath, files)],
         cwd=tmp_path,
         env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True,
@@ -52,13 +58,14 @@ def serve_in_fresh_process(path: str, feeds: dict[str, np.ndarray], tmp_path) ->
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return dict(np.load(out_file))
+    return [dict(np.load(out)) for out in files[1::2]]
 
 
-@pytest.fixture
-def mixed_ensemble(tmp_path):
-    """Members from a .keras file, an .h5 file, a TF2 SavedModel and a TF1 SavedModel."""
-    sources = tmp_path / "members"
+@pytest.fixture(scope="module")
+def mixed_ensemble(tmp_path_factory):
+    """Members from a .keras file, an .h5 file, a TF2 SavedModel and a TF1 SavedModel: built
+    once for the module (no test fits or changes it; each exports it into its own directory)."""
+    sources = tmp_path_factory.mktemp("mixed") / "members"
     sources.mkdir()
     nets = [DenseNet.random(sizes=(8, 16, 3), seed=s) for s in range(4)]
     nets[0].to_keras().save(sources / "a.keras")
@@ -82,16 +89,20 @@ def test_export_serves_without_member_files_or_this_project(tmp_path, mixed_ense
     batches = [rng.normal(size=(1, 8)).astype("float32"), rng.normal(size=(9, 8)).astype("float32")]
     expected = [{k: np.asarray(v) for k, v in model(x).items()} for x in batches]
     path = ensemble.export_saved_model(model, tmp_path / "export")
-    shutil.rmtree(sources)  # the export must not refer to them
-
-    for x, want in zip(batches, expected, strict=True):
-        served = serve_in_fresh_process(path, {"features": x}, tmp_path)
-        assert sorted(k for k in served if k.startswith("serving_default/")) == sorted(
-            f"serving_default/{k}" for k in want
-        )
-        for key, value in want.items():
-            np.testing.assert_allclose(served[f"serving_default/{key}"], value, atol=1e-6, err_msg=key)
-        np.testing.assert_allclose(served["prediction/prediction"], want["prediction"], atol=1e-6)
+    # The export must not refer to the member files: they are gone while it serves (moved
+    # away, and back for the module's other tests, which share the ensemble).
+    shutil.move(sources, tmp_path / "moved")
+    try:
+        answers = serve_in_fresh_process(path, [{"features": x} for x in batches], tmp_path)
+        for served, want in zip(answers, expected, strict=True):
+            assert sorted(k for k in served if k.startswith("serving_default/")) == sorted(
+                f"serving_default/{k}" for k in want
+            )
+            for key, value in want.items():
+                np.testing.assert_allclose(served[f"serving_default/{key}"], value, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(served["prediction/prediction"], want["prediction"], atol=1e-6)
+    finally:
+        shutil.move(tmp_path / "moved", sources)
 
 
 def test_manifest_and_config_travel_as_plain_files(tmp_path, mixed_ensemble):
@@ -204,12 +215,12 @@ def test_an_existing_export_is_never_half_overwritten(tmp_path, mixed_ensemble, 
         ensemble.export_saved_model(model, path, overwrite=True)
     assert _listing(path) == before
     # No debris beside it: `export` is a plain directory, and nothing else was left.
-    assert sorted(os.listdir(tmp_path)) == ["export", "members"] and not os.path.islink(path)
+    assert sorted(os.listdir(tmp_path)) == ["export"] and not os.path.islink(path)
     monkeypatch.undo()
 
     replaced = ensemble.export_saved_model(model, path, overwrite=True, config="x: 1\n")
     assert replaced == path and os.path.exists(os.path.join(path, "assets.extra", "config.yaml"))
-    assert sorted(os.listdir(tmp_path)) == ["export", "members"] and not os.path.islink(path)
+    assert sorted(os.listdir(tmp_path)) == ["export"] and not os.path.islink(path)
 
 
 def test_export_errors(tmp_path, mixed_ensemble, monkeypatch):
@@ -258,7 +269,7 @@ def test_overwrite_is_checked_again_when_the_export_moves_into_place(tmp_path, m
     with pytest.raises(FileExistsError, match="was created while this export was written"):
         ensemble.export_saved_model(model, target)
     assert (target / "theirs.txt").read_text() == "keep me"
-    assert sorted(os.listdir(tmp_path)) == ["export", "members"]
+    assert sorted(os.listdir(tmp_path)) == ["export"]
 
 
 def test_config_may_be_an_omegaconf_mapping(tmp_path, mixed_ensemble):

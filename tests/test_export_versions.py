@@ -217,7 +217,12 @@ def test_a_reader_in_a_loop_never_fails_while_the_export_is_overwritten(tmp_path
             time.sleep(0.2)  # until its first load, of version 1
         for model in models[1:]:
             ensemble.export_saved_model(model, path, overwrite=True)
-        time.sleep(1)
+        # Two more loads, the second begun after the first ended, so after the last export was
+        # in place: it must read version 5 (a fixed second was too short on a loaded machine).
+        for _ in range(2):
+            (tmp_path / "stop.up").unlink(missing_ok=True)
+            while not (tmp_path / "stop.up").exists() and reader.poll() is None:
+                time.sleep(0.05)
         stop.touch()
         reader.wait(timeout=60)
     finally:
@@ -232,51 +237,83 @@ def test_a_reader_in_a_loop_never_fails_while_the_export_is_overwritten(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["export", "reader.json", "stop", "stop.up"]
 
 
-_WRITER = textwrap.dedent(
+# The writers: one child imports the project once, then forks one writer per directory (nothing
+# runs between the import and the forks, as in `tests/fault_worker.py`), each a process of its
+# own that builds its model, says `ready <name> <pid>` and exports over what the directory holds;
+# the test SIGKILLs each by its pid. The child reaps its writers only once its stdin is closed
+# (every kill sent, so no pid is reused meanwhile), then prints `exit <name> <code>` for each.
+_WRITERS = textwrap.dedent(
     """
-    import os, sys
+    import json, os, sys, traceback
     sys.path.insert(0, os.getcwd())
     from tests.test_export_versions import small_ensemble
     import ensemble
-    model = small_ensemble(1)
-    print("ready", flush=True)
-    ensemble.export_saved_model(model, sys.argv[1], overwrite=True)
-    print("done", flush=True)
+    writers = {}
+    for name, path in json.loads(sys.argv[1]).items():
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                model = small_ensemble(1)
+                print("ready", name, os.getpid(), flush=True)
+                ensemble.export_saved_model(model, path, overwrite=True)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            os._exit(code)
+        writers[pid] = name
+    sys.stdin.read()
+    for pid, name in writers.items():
+        print("exit", name, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
     """
 )
 
 
 @pytest.mark.slow
 def test_kill_9_mid_export_leaves_the_earlier_export_or_none(tmp_path):
+    """Four writers, each SIGKILLed at a random moment of its export (over nothing, a legacy link,
+    a plain directory): what is left is the earlier export or the new one, whole, or nothing at
+    all; the next export cleans up. The writers are forked from one child that imported the
+    project (one import, not four); each is still a process of its own, killed as it writes."""
     import tensorflow as tf
 
     earlier, later = (np.asarray(small_ensemble(v)(X)["prediction"]) for v in (0, 1))
     trials = {"first": None, "legacy-link": "link", "dir": "dir", "dir-again": "dir"}  # earlier one
     rng = np.random.default_rng(14)
-    writers = {}
     for name, earlier_layout in trials.items():
         (tmp_path / name).mkdir()
         if earlier_layout == "link":
             legacy_layout(small_ensemble(0), tmp_path / name / "export")
         elif earlier_layout == "dir":
             ensemble.export_saved_model(small_ensemble(0), tmp_path / name / "export")
-    for name in trials:  # all at once: the imports of four processes overlap
-        writers[name] = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, os.fspath(tmp_path / name / "export")],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-    kills = {}  # each at a random moment after its own "ready", where its export runs
-    for (name, writer), delay in zip(writers.items(), rng.uniform(0.05, 2.5, len(writers)), strict=True):
-        assert writer.stdout.readline().strip() == "ready"
-        kills[name] = time.monotonic() + delay
-    for name, moment in sorted(kills.items(), key=lambda item: item[1]):
-        time.sleep(max(0.0, moment - time.monotonic()))
-        os.kill(writers[name].pid, signal.SIGKILL)
-    for name, writer in writers.items():
-        writer.wait(timeout=30)
+    delays = dict(zip(trials, rng.uniform(0.05, 2.5, len(trials)), strict=True))
+    server = subprocess.Popen(
+        [sys.executable, "-c", _WRITERS, json.dumps({n: os.fspath(tmp_path / n / "export") for n in trials})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    try:
+        pids, kills = {}, {}  # each killed at a random moment after its own "ready", where its export runs
+        while len(pids) < len(trials):
+            line = server.stdout.readline()
+            assert line, "the writers' child exited before every writer was ready"
+            if line.startswith("ready "):  # (anything else a writer prints is skipped)
+                _, name, pid = line.split()
+                pids[name], kills[name] = int(pid), time.monotonic() + delays[name]
+        for name, moment in sorted(kills.items(), key=lambda item: item[1]):
+            time.sleep(max(0.0, moment - time.monotonic()))
+            os.kill(pids[name], signal.SIGKILL)  # not reaped yet: the pid is still the writer's
+        out, _ = server.communicate("", timeout=60)
+    finally:
+        server.kill()
+    exits = {line.split()[1]: int(line.split()[2]) for line in out.splitlines() if line.startswith("exit ")}
+    assert server.returncode == 0 and set(exits) == set(trials), out
+    assert all(code in (0, -9) for code in exits.values()), exits  # killed, or finished before
+    for name in trials:
         path = tmp_path / name / "export"
         # Killed before its first export was in place: nothing there, never a half one.
         if trials[name] is not None or os.path.lexists(path):

@@ -98,7 +98,9 @@ def test_the_main_job_refuses_before_it_loads_data(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_export_that_fails_late_leaves_metrics_and_report(monkeypatch, tmp_path):
+def test_an_export_that_fails_late_leaves_metrics_and_report(monkeypatch, tmp_path, wine_overrides):
+    """The whole job up to its export, on two members of the shared wine zoo (trained once per
+    run and only read here, instead of a zoo of its own trained for this test)."""
     import experiments.job
 
     def failing_export(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -106,8 +108,7 @@ def test_an_export_that_fails_late_leaves_metrics_and_report(monkeypatch, tmp_pa
 
     monkeypatch.setattr(experiments.job, "export", failing_export)
     others = [f"~zoo.members.{m}" for m in ("deep_mlp", "wide", "cnn", "cnn_narrow")]
-    small = [f"zoo.members.{m}.train.epochs=5" for m in ("mlp", "linear")]
-    cfg = compose_config("data=wine", f"zoo.dir={tmp_path / 'zoo'}", *others, *small, "combiner=mean")
+    cfg = compose_config(*wine_overrides, *others, "combiner=mean")
     with pytest.raises(OSError, match="disk full"):
         run(cfg, output_dir=str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -1,24 +1,20 @@
 """Fault injection (invariant 4): SIGKILL the project's writers at random moments, N trials each.
 
-Three writers, each run by `tests/fault_worker.py` in a forked child of one worker server (which
-imports TensorFlow once) and killed with SIGKILL at a seeded random delay:
+This file holds the harness and the level-one cache's trials; `tests/test_fault_models.py` runs
+the same harness on the writers of saved models (zoo training, a SavedModel export).
 
-- level-one cache entries (`LevelOneStore(directory=...)`), with one planted corrupt entry that
-  the writer is to replace;
-- zoo training (`experiments.zoo.ensure_zoo`) of three members (`.keras`, `.h5`, SavedModel):
-  one retrained per trial, in place (its seed changed) or from scratch (deleted), the others
-  kept;
-- a SavedModel export over an earlier one (`export_saved_model(..., overwrite=True)`).
+Each writer is run by `tests/fault_worker.py` in a forked child of one worker server per test
+file (which imports TensorFlow once) and killed with SIGKILL at a seeded random delay. Here:
+level-one cache entries (`LevelOneStore(directory=...)`), with one planted corrupt entry that
+the writer is to replace.
 
 Each writer's first trial goes uninterrupted and is timed: its whole duration, and the span of
 its writes (from the phases the worker logs). Half the trials then kill at stratified uniform
 fractions of the whole run (counted from the fork), half at fractions of a write's span counted
-from that write's start as the child reports it (one of the six cache entries a trial writes;
-the retrained member's record, model and recipe; the whole export, or its directory swap and
-clean-up), so kills land in the writes and not only in the training or the predictions. After
-each kill the parent checks that nothing half-written is used and nothing valid is lost; then
-the next run (a fresh child, or the parent for the cache) must succeed, use what is complete,
-rebuild the rest, and (zoo, export) leave no debris behind.
+from that write's start as the child reports it (here one of the six cache entries a trial
+writes), so kills land in the writes and not only in the predictions. After each kill the parent
+checks that nothing half-written is used and nothing valid is lost; then the next run (here the
+parent) must succeed, use what is complete and rebuild the rest.
 
 A trial counts as a fault injected when the kill landed before the child finished (its exit is
 -9), and as survived when every check passed. The counts go to `fault_injection.json` in the
@@ -32,7 +28,6 @@ import json
 import os
 import random
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.fault_worker import PREFIX, ROOT, compose, dataset
+from tests.fault_worker import PREFIX, ROOT, dataset
 
 pytestmark = pytest.mark.slow
 
@@ -138,11 +133,16 @@ def _tail(directory: Path) -> str:
     return log.read_text()[-3000:] if log.exists() else "(no log)"
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A module's fork server (the body of each test file's `worker` fixture)."""
     server = Worker(tmp_path_factory.mktemp("fault_worker") / "server.log")
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    yield from serve(tmp_path_factory)
 
 
 class Trials:
@@ -200,7 +200,9 @@ class Trials:
         return counts
 
 
-def _span(log: Path, start: str, occurrence: int, end: Callable[[str], bool], *, first: bool = True) -> float:
+def write_span(
+    log: Path, start: str, occurrence: int, end: Callable[[str], bool], *, first: bool = True
+) -> float:
     """Seconds, in the child's timed phase log, from the `occurrence`-th phase starting with
     `start` to the phase after the first (or, not `first`, the last) phase from there for
     which `end` is true: the span of the writes a kill is aimed at."""
@@ -212,7 +214,7 @@ def _span(log: Path, start: str, occurrence: int, end: Callable[[str], bool], *,
     return float(timed[stop][0]) - float(timed[begin][0])
 
 
-def _sha(path: Path) -> str:
+def digest(path: Path) -> str:
     """A hash of a file, or of a directory's files (names and bytes)."""
     digest = hashlib.sha256()
     if path.is_dir():
@@ -223,7 +225,7 @@ def _sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _debris(directory: Path) -> list[str]:
+def debris_in(directory: Path) -> list[str]:
     """Staging, retired and link leftovers of the atomic writers in `directory`."""
     marks = (".partial-", ".retired-", ".link-", ".old")
     return sorted(p.name for p in directory.iterdir() if any(m in p.name for m in marks))
@@ -236,22 +238,10 @@ def _entry_written(phase: str) -> bool:
     return phase.startswith("write_entry") and phase.endswith(" end")
 
 
-def _saved(phase: str) -> bool:
-    return phase.startswith("_save") and phase.endswith(" end")  # the recipe is written next
-
-
-def _exported(phase: str) -> bool:
-    return phase == "export_saved_model end"
-
-
-def _cleaned(phase: str) -> bool:
-    return phase == "_clean end"  # the versions module's clean-up beside the export
-
-
 # Level-one cache entries
 
 
-def _small_members(directory: Path, count: int, seed: int, features: int, width: int) -> list[str]:
+def small_members(directory: Path, count: int, seed: int, features: int, width: int) -> list[str]:
     import keras
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -278,7 +268,7 @@ def test_level_one_writes_survive_sigkill(worker: Worker, tmp_path: Path) -> Non
     from ensemble.fitting.cache import read_entry
 
     started = time.monotonic()
-    paths = _small_members(tmp_path / "members", 3, 0, FEATURES, WIDTH)
+    paths = small_members(tmp_path / "members", 3, 0, FEATURES, WIDTH)
     model = ensemble.build_ensemble(
         [ensemble.load_member(p, name=f"m{i}") for i, p in enumerate(paths)], combiners.MeanCombiner()
     )
@@ -311,14 +301,14 @@ def test_level_one_writes_survive_sigkill(worker: Worker, tmp_path: Path) -> Non
             reference(seed)
         planted = cache / f"{references[seeds[1]][1][index % 3]}.npz"
         planted.write_bytes(b"PK\x03\x04" + os.urandom(64))  # a corrupt entry the writer must replace
-        corrupt = _sha(planted)
-        before = {p.name: _sha(p) for p in cache.glob("*.npz") if p != planted}
+        corrupt = digest(planted)
+        before = {p.name: digest(p) for p in cache.glob("*.npz") if p != planted}
         answer = worker.run("level_one", work / str(index), args(seeds), **(plan or {}))
         failures = []
         for name, sha in before.items():  # nothing valid lost
-            if not (cache / name).exists() or _sha(cache / name) != sha:
+            if not (cache / name).exists() or digest(cache / name) != sha:
                 failures.append(f"the valid entry {name} was lost or changed")
-        bad = {planted.name} if planted.exists() and _sha(planted) == corrupt else set()
+        bad = {planted.name} if planted.exists() and digest(planted) == corrupt else set()
         for path in sorted(cache.glob("*.npz")):  # nothing half-written at an entry's path
             if path.name in bad:
                 continue
@@ -353,7 +343,7 @@ def test_level_one_writes_survive_sigkill(worker: Worker, tmp_path: Path) -> Non
             again.predictions(model, dataset(seed, ROWS, FEATURES))
         if again.computed:
             failures.append(f"entries still missing after the recovery: {again.computed}")
-        leftover.update(_debris(cache))
+        leftover.update(debris_in(cache))
         return answer, failures
 
     worker.run("level_one", work / "setup", args([0]))
@@ -365,7 +355,7 @@ def test_level_one_writes_survive_sigkill(worker: Worker, tmp_path: Path) -> Non
         TRIALS["level_one"],
         answer["seconds"],
         # one entry's write (the span of the first), in turn each of the six a trial writes
-        [("write_entry", k, _span(log, "write_entry", 1, _entry_written)) for k in (1, 4, 2, 6, 3, 5)],
+        [("write_entry", k, write_span(log, "write_entry", 1, _entry_written)) for k in (1, 4, 2, 6, 3, 5)],
     )
     for index, plan in enumerate(trials.plan, start=1):
         answer, failures = trial(index, plan)
@@ -374,196 +364,4 @@ def test_level_one_writes_survive_sigkill(worker: Worker, tmp_path: Path) -> Non
     # leaves that folder until the same entry is written again (which never happens for a
     # valid one); report how many are left rather than fail on them.
     trials.extra["debris_left"] = sorted(leftover)
-    trials.report(tmp_path, started)
-
-
-# Zoo training
-
-
-ZOO_MEMBERS = {"mlp": 1, "deep_mlp": 2, "linear": 4}  # keras, h5, saved_model; their seeds
-
-
-def _zoo_overrides(zoo: Path, seeds: dict[str, int]) -> list[str]:
-    tiny = [
-        "data=wine",
-        f"zoo.dir={zoo}",
-        *(f"~zoo.members.{name}" for name in ("cnn", "cnn_narrow", "wide")),
-        "zoo.members.mlp.build.hidden=[8]",
-        "zoo.members.deep_mlp.build.hidden=[8,8]",
-    ]
-    for name, seed in seeds.items():
-        train = f"zoo.members.{name}.train"
-        tiny += [f"{train}.epochs=3", f"{train}.patience=1", f"{train}.refit=false", f"{train}.seed={seed}"]
-    return tiny
-
-
-def test_zoo_training_survives_sigkill(worker: Worker, tmp_path: Path) -> None:
-    from hydra.utils import instantiate
-
-    import ensemble
-    from ensemble.members.training_rows import load_training_rows
-    from experiments.zoo import EXTENSIONS, member_entries, stale_members
-    from experiments.zoo.members import RECIPE_SUFFIX
-
-    started = time.monotonic()
-    zoo, work = tmp_path / "zoo", tmp_path / "work"
-    seeds = dict(ZOO_MEMBERS)
-    cfg = compose(_zoo_overrides(zoo, seeds))
-    data = instantiate(cfg.data)
-    formats = {name: str(cfg.zoo.members[name].format) for name in seeds}
-
-    def files(name: str) -> list[Path]:
-        path = zoo / f"{name}{EXTENSIONS[formats[name]]}"
-        return [path, Path(f"{path}.training_rows.npy"), Path(f"{path}{RECIPE_SUFFIX}")]
-
-    def state(name: str) -> tuple[str, ...]:
-        return tuple(_sha(p) if p.exists() else "" for p in files(name))
-
-    def loaded(name: str, overrides: list[str]) -> np.ndarray:
-        spec = member_entries(compose(overrides).zoo, data, os.fspath(zoo))[name]
-        member = ensemble.load_member(spec.source, name=name, format=spec.format, **spec.options)
-        return np.asarray(member.predict(data.x_test, verbose=0))
-
-    worker.run("zoo", work / "setup", {"overrides": _zoo_overrides(zoo, seeds)})
-    predictions = dict(np.load(work / "setup" / "predictions.npz"))
-
-    def trial(index: int, plan: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-        """One member retrained: in place over its valid (now stale) self with a new seed, on odd
-        trials; from scratch with its old seed once deleted, on even ones. The others are kept."""
-        target = list(seeds)[index % len(seeds)]
-        if index % 2:
-            seeds[target] = 100 + index
-        else:
-            for path in files(target):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        kept = {name: state(name) for name in seeds if name != target}
-        overrides = _zoo_overrides(zoo, seeds)
-        answer = worker.run("zoo", work / str(index), {"overrides": overrides}, **(plan or {}))
-        failures = [
-            f"the valid member {name} was lost or changed" for name in kept if state(name) != kept[name]
-        ]
-        stale = set(stale_members(compose(overrides).zoo, data, os.fspath(zoo)))
-        complete = None  # the target's predictions, when the next run is to use it as it is
-        if target not in stale:
-            record = load_training_rows(files(target)[0])
-            if record is None or not np.array_equal(record, np.asarray(data.x_train, dtype="float32")):
-                failures.append(f"{target} is complete but its training-row record is missing or wrong")
-            try:
-                complete = loaded(target, overrides)
-            except Exception as error:
-                failures.append(f"{target} is complete but does not load: {type(error).__name__}: {error}")
-        # The next run: retrains exactly what is not complete, then every member loads.
-        recovery = worker.run("zoo", work / f"{index}-recovery", {"overrides": overrides}, check=False)
-        if recovery["exit"] != 0:
-            return answer, [*failures, f"the next run failed: {recovery['log']}"]
-        trained = json.loads((work / f"{index}-recovery" / "result.json").read_text())["trained"]
-        if set(trained) != stale:
-            failures.append(f"the next run trained {sorted(trained)}, expected the stale {sorted(stale)}")
-        fresh = dict(np.load(work / f"{index}-recovery" / "predictions.npz"))
-        if complete is not None and not np.allclose(complete, fresh[target], atol=ATOL, rtol=0):
-            failures.append(f"{target}: its predictions differ between two loads")
-        alike = [*kept, *([] if index % 2 else [target])]  # same seed and rows: the same member
-        for name in alike:  # (training is deterministic: the worker enables op determinism)
-            if not np.allclose(fresh[name], predictions[name], atol=ATOL, rtol=0):
-                failures.append(f"{name}: predicts otherwise than when it was trained before")
-        if stale_members(compose(overrides).zoo, data, os.fspath(zoo)):
-            failures.append("members still stale after the next run")
-        if debris := _debris(zoo):
-            failures.append(f"debris left after the next run: {debris}")
-        predictions.update(fresh)
-        return answer, failures
-
-    answer, failures = trial(0, None)
-    assert not failures, failures
-    trials = Trials(
-        "zoo",
-        TRIALS["zoo"],
-        answer["seconds"],
-        # the retrained member's writes: its training-row record, the model, the recipe
-        [("record_training_rows", 1, _span(work / "0" / "phases.log", "record_training_rows", 1, _saved))],
-    )
-    for index, plan in enumerate(trials.plan, start=1):
-        answer, failures = trial(index, plan)
-        trials.record(index - 1, answer, failures)
-    trials.report(tmp_path, started)
-
-
-# SavedModel export
-
-
-def test_export_survives_sigkill(worker: Worker, tmp_path: Path) -> None:
-    import tensorflow as tf
-
-    import combiners
-    import ensemble
-
-    started = time.monotonic()
-    count = TRIALS["export"]
-    x = dataset(1, 32, 8)
-    members = {v: _small_members(tmp_path / "members", 2, v, 8, 3) for v in range(count + 2)}
-    expected = {}
-    for version, paths in members.items():
-        model = ensemble.build_ensemble(
-            [ensemble.load_member(p, name=f"m{i}") for i, p in enumerate(paths)], combiners.MeanCombiner()
-        )
-        expected[version] = np.asarray(model(x, training=False)["prediction"])
-    path, work = tmp_path / "out" / "export", tmp_path / "work"
-    path.parent.mkdir()
-
-    def served(where: str) -> np.ndarray:
-        function = tf.saved_model.load(where).signatures["serving_default"]
-        (name,) = function.structured_input_signature[1]
-        return np.asarray(function(**{name: tf.constant(x)})["prediction"])
-
-    def which(where: str, versions: tuple[int, ...]) -> int | None:
-        got = served(where)
-        return next((v for v in versions if np.allclose(got, expected[v], atol=1e-5, rtol=0)), None)
-
-    def export(version: int, directory: Path, plan: dict[str, Any] | None = None, check: bool = True) -> dict:
-        args = {"members": members[version], "path": os.fspath(path)}
-        return worker.run("export", directory, args, **(plan or {}), check=check)
-
-    export(0, work / "setup")
-
-    def trial(index: int, plan: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-        old, new = index, index + 1
-        answer = export(new, work / str(index), plan)
-        failures = []
-        try:  # what a reader sees now: the old export or the new one, whole
-            found = which(os.path.realpath(path), (old, new))
-            if found is None:
-                failures.append("the export predicts neither the old version nor the new one")
-            if answer["exit"] == 0 and found != new:
-                failures.append(f"a finished export left version {found} in place")
-        except Exception as error:
-            failures.append(f"the export does not load after the kill: {type(error).__name__}: {error}")
-        recovery = export(new, work / f"{index}-recovery", check=False)  # must succeed, and clean up
-        if recovery["exit"] != 0:
-            return answer, [*failures, f"the next export failed: {recovery['log']}"]
-        try:
-            if which(os.fspath(path), (new,)) != new:
-                failures.append("the next export does not serve the new version")
-        except Exception as error:
-            failures.append(f"the next export does not load: {type(error).__name__}: {error}")
-        debris = _debris(path.parent) + (["export is a symlink"] if path.is_symlink() else [])
-        others = {p.name for p in path.parent.iterdir()} - {path.name}  # a plain directory alone
-        if debris or others:
-            failures.append(f"debris left after the next export: {debris + sorted(others)}")
-        return answer, failures
-
-    answer, failures = trial(0, None)
-    assert not failures, failures
-    log = work / "0" / "phases.log"
-    trials = Trials(
-        "export",
-        count,
-        answer["seconds"],
-        [  # the whole export, and its end: the directories exchanged, the old one and debris removed
-            ("export_saved_model start", 1, _span(log, "export_saved_model start", 1, _exported)),
-            ("_point", 1, _span(log, "_point", 1, _cleaned, first=False)),
-        ],
-    )
-    for index, plan in enumerate(trials.plan, start=1):
-        answer, failures = trial(index, plan)
-        trials.record(index - 1, answer, failures)
     trials.report(tmp_path, started)

@@ -89,9 +89,9 @@ def test_fit_combiner_trains_only_the_combiner(digits, unequal_members):
     _, _, x_hold, y_hold, x_test, _ = digits
     model = _ensemble(unequal_members, combiners.StackingCombiner())
     before = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])
-    history = fit_combiner(model, x_hold, y_hold, epochs=60, verbose=0)
+    history = fit_combiner(model, x_hold, y_hold, epochs=20, verbose=0)  # 20 lower the loss as 60 did
     after = classification_metrics(y_hold, model.predict(x_hold, verbose=0)["prediction"])
-    assert isinstance(history, keras.callbacks.History) and len(history.history["loss"]) == 60
+    assert isinstance(history, keras.callbacks.History) and len(history.history["loss"]) == 20
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert after["nll"] < before["nll"]
     # The ensemble predicts with the trained combiner: the head and the graph share it.
@@ -120,8 +120,10 @@ def test_members_are_bit_identical_after_fitting(digits, unequal_members):
     model = _ensemble(unequal_members, combiners.StackingCombiner(passthrough=True))
     members = ensemble.ensemble_members(model)
     before = {m.name: [w.copy() for w in m.get_weights()] for m in members}
-    fit_combiner(model, x_hold, y_hold, epochs=5, verbose=0)
-    fit_stacking(model, x_hold, y_hold)
+    # Two epochs of Keras training and one scikit-learn fit at a given C (no cross-validation
+    # over C) each write the combiner's weights: that is what could touch the members.
+    fit_combiner(model, x_hold[:150], y_hold[:150], epochs=2, verbose=0)
+    fit_stacking(model, x_hold[:150], y_hold[:150], C=1.0)
     for m in members:
         for w, original in zip(m.get_weights(), before[m.name], strict=True):
             assert w.tobytes() == original.tobytes(), m.name
@@ -141,7 +143,10 @@ def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passt
     # At a given C it is scikit-learn's multinomial LogisticRegression, at its exact optimum.
     fit_rows = LevelOneStore().predictions(model, x_hold)
     fit_features = np.asarray(combiner.meta_features(fit_rows, x_hold if passthrough else None), "float64")
-    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=100_000).fit(fit_features, y_hold)
+    # Newton-CG reaches tol=1e-12 in some 16 Newton steps (a second) where L-BFGS takes 5000
+    # iterations (20 s): the same objective, an optimum at least as tight.
+    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=100_000, solver="newton-cg")
+    reference.fit(fit_features, y_hold)
 
     def objective(kernel: np.ndarray, bias: np.ndarray) -> float:  # C * sum(NLL) + ||W||^2 / 2
         z = fit_features @ kernel + bias
@@ -197,7 +202,9 @@ def test_stacking_beats_the_mean_when_members_differ(digits, unequal_members):
     _, _, x_hold, y_hold, x_test, y_test = digits
     mean = _ensemble(unequal_members, combiners.MeanCombiner())
     stack = _ensemble(unequal_members, combiners.StackingCombiner())
-    fit_stacking(stack, x_hold, y_hold)
+    # The default (cross-validated) stacker on 250 of the fitting rows: half the fit, and still
+    # far past the bar (measured 0.29x the mean's test NLL, 0.28x on all 503 rows).
+    fit_stacking(stack, x_hold[:250], y_hold[:250])
     mean_nll = classification_metrics(y_test, mean.predict(x_test, verbose=0)["prediction"])["nll"]
     stack_nll = classification_metrics(y_test, stack.predict(x_test, verbose=0)["prediction"])["nll"]
     assert stack_nll <= 0.9 * mean_nll, (stack_nll, mean_nll)
@@ -255,7 +262,7 @@ def test_leakage_guard(tmp_path, digits, unequal_members, caplog):
         fit_stacking(model, mixed, np.concatenate([y_hold, y_train[:7]]))
     assert check_leakage(model, mixed, allow_overlap=True) == {"good": 7, "overconfident": 7}
     with caplog.at_level(logging.INFO, logger="ensemble.fitting"):
-        fit_stacking(model, x_hold, y_hold)  # held-out rows: fine
+        fit_stacking(model, x_hold[:150], y_hold[:150], C=1.0)  # held out: fine (C given: no search)
     assert check_leakage(model, x_hold) == {"good": 0, "overconfident": 0}
 
 

@@ -31,7 +31,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def ref(tf_keras_files: Path) -> Path:
     """The directory of tf_keras-written models and their recorded predictions (written once
-    per run by tests/conftest.py's `tf_keras_files`, shared with test_onnx)."""
+    per run by tests/conftest.py's `tf_keras_files`, shared with test_onnx_serving)."""
     return tf_keras_files
 
 

@@ -95,13 +95,14 @@ def test_classification_run_writes_metrics_report_plots_and_export(wine_override
     assert serving.structured_outputs["prediction_set"].dtype == tf.bool
 
 
-# Two members, one a .keras file and one a SavedModel, 10 epochs: the regression outputs and
-# their arithmetic (noise variance, each member's std) are checked, not the members' quality.
+# Two members, one a .keras file and one a SavedModel, 10 epochs, no refit (one fit a member):
+# the regression outputs and their arithmetic (noise variance, each member's std) are checked,
+# not the members' quality.
 SMALL_DIABETES = [
     "data=diabetes",
     "~zoo.members.deep_mlp",
     "~zoo.members.wide",
-    *(f"zoo.members.{m}.train.epochs=10" for m in ("mlp", "linear")),
+    *(f"zoo.members.{m}.train.{key}" for m in ("mlp", "linear") for key in ("epochs=10", "refit=false")),
 ]
 
 

@@ -167,7 +167,7 @@ def test_the_plain_mean_candidate_is_numpys_arithmetic_mean_on_held_out_rows(mea
     expected = softmax(np.log(p_test.mean(1)) / chosen["temperature"], axis=1)
     np.testing.assert_allclose(model.predict(x_test, verbose=0)["prediction"], expected, atol=1e-5)
     np.testing.assert_allclose(report.fitted.predict_proba(x_test), expected, atol=1e-5)
-    from tests.test_onnx import assert_serves_like
+    from tests.test_onnx_serving import assert_serves_like
 
     assert_serves_like(model, ensemble.export_onnx(model, tmp_path / "m.onnx"), {"features": x_test[:12]})
     path = tmp_path / "mean.keras"

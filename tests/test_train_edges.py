@@ -40,7 +40,7 @@ def teacher():
     for seed in (1, 2):
         model = classifier(seed=seed)
         model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-        model.fit(X, Y, epochs=20, verbose=0)
+        model.fit(X, Y, epochs=5, verbose=0)  # no test asks more of it than answers of its kind
         members.append(ensemble.load_member(model, name=f"t{seed}"))
     return ensemble.build_ensemble(members, MeanCombiner())
 
@@ -49,13 +49,15 @@ def test_a_softmax_layer_is_a_softmax(teacher):
     student = ensemble.distill(teacher, classifier(softmax_layer=True), X, epochs=2, verbose=0)
     assert student.output_kind == "probabilities"
     boosted = ensemble.boost(
-        lambda i: strong(softmax_layer=True, seed=i), X, Y, rounds=1, epochs=20, verbose=0
-    )
+        lambda i: strong(softmax_layer=True, seed=i), X, Y, rounds=1, epochs=5, verbose=0
+    )  # five epochs: better than chance, which is all boosting needs to keep the member
     assert ensemble.ensemble_members(boosted)[0].output_kind == "probabilities"
 
 
 def test_k_is_the_classes_in_y_as_scikit_learn_counts_it():
-    model = ensemble.boost(lambda i: strong(width=10, seed=i), X, Y, rounds=2, epochs=20, verbose=0)
+    # Five epochs leave the first member imperfect and better than chance: its weight then
+    # shows K (3 classes in y, not 10 outputs), whatever its error.
+    model = ensemble.boost(lambda i: strong(width=10, seed=i), X, Y, rounds=2, epochs=5, verbose=0)
     votes = model.predict(X, verbose=0)["member_predictions"][:, 0].argmax(-1)
     error = np.mean(votes != Y)  # round 0 trains on uniform weights
     expected = np.log((1 - error) / error) + np.log(3 - 1)  # K = 3 classes in y, not 10 outputs
