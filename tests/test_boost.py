@@ -42,6 +42,7 @@ def boosted(digits):
     return model, seen
 
 
+@pytest.mark.slow
 def test_samme_weights_and_vote_match_numpy(digits, boosted):
     x, y = digits
     model, seen = boosted
@@ -79,6 +80,7 @@ def test_the_guard_knows_what_trained_the_members(digits, boosted):
     assert len(clean) == 6 and not any(clean.values()) and not clean.unchecked
 
 
+@pytest.mark.slow
 def test_it_exports_like_any_ensemble(digits, boosted, tmp_path):
     import tensorflow as tf
 
@@ -91,6 +93,7 @@ def test_it_exports_like_any_ensemble(digits, boosted, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
+@pytest.mark.slow
 def test_boosting_stops_at_a_perfect_member_and_refuses_chance():
     x = np.repeat(np.eye(2, 64, dtype="float32"), 20, axis=0)
     y = np.repeat([0, 1], 20)
@@ -117,6 +120,7 @@ def test_boosting_stops_at_a_perfect_member_and_refuses_chance():
         ensemble.boost(chance, x, y.astype(str), rounds=3)  # float targets: gradient boosting
 
 
+@pytest.mark.slow
 def test_bagging_trains_each_member_on_its_bootstrap_rows(digits):
     x, y = digits
     # One epoch: the rows each member trained on and the mean are what is checked, not accuracy.
@@ -129,6 +133,7 @@ def test_bagging_trains_each_member_on_its_bootstrap_rows(digits):
     np.testing.assert_allclose(out["prediction"], out["member_predictions"].mean(1), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bagged_regression():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 3)).astype("float32")

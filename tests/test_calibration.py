@@ -160,6 +160,7 @@ def test_vector_scaling_reaches_an_independent_optimum_and_beats_temperature(hel
 @pytest.mark.parametrize(
     "method, names", [("temperature", None), ("vector", ["overconfident"]), ("vector", None)]
 )
+@pytest.mark.slow
 def test_layer_in_the_graph_equals_numpy_in_predict_and_saved_model(
     tmp_path, digits, members, probabilities, method, names
 ):
@@ -226,6 +227,7 @@ def test_fit_with_temperature_then_a_plain_fit_resets_to_the_identity(digits, me
     np.testing.assert_array_equal(model.predict(x_test, verbose=0)["prediction"], before)
 
 
+@pytest.mark.slow
 def test_joint_weights_and_temperature_never_lose_to_sequential(digits, members, probabilities):
     _, _, x_hold, y_hold, x_test, _ = digits
     model = _build(members)
@@ -325,6 +327,7 @@ def test_vector_scaling_stays_bounded_when_a_class_is_separable(held_out):
     assert max(abs(v) for v in vector.scale) < 50 and max(abs(b) for b in vector.bias) < 50
 
 
+@pytest.mark.slow
 def test_a_member_calibrated_alone_loads_exports_and_keeps_its_record(tmp_path, digits, members):
     x_train, y_train, x_hold, y_hold, x_test, _ = digits
     keras.saving.save_model(members["overconfident"], tmp_path / "over.keras")

@@ -120,6 +120,7 @@ def test_combiner_option_instantiates(compose_config: Any, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("combiner"), ids=options("combiner"))
+@pytest.mark.slow
 def test_combiner_arguments_are_handed_over_as_plain_values(compose_config: Any, option: str) -> None:
     # A ListConfig kept by a layer cannot be saved to `.keras`; `_convert_: all` prevents it.
     cfg = combiner_config(compose_config, option)
@@ -143,6 +144,7 @@ def assert_fit_partial(fit: Any) -> None:
     assert_plain(dict(fit.keywords))
 
 
+@pytest.mark.slow
 def test_a_fit_override_replaces_the_combiners_own_fit(compose_config: Any) -> None:
     assert instantiate(compose_config("combiner=stack", "fit=keras").fit).keywords["method"] == "keras"
     assert instantiate(compose_config("combiner=select", "fit=optimal").fit).keywords["method"] == "optimal"
@@ -166,6 +168,7 @@ def fitting_problem(method: str) -> tuple[Any, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("option", options("fit"), ids=options("fit"))
+@pytest.mark.slow
 def test_fit_option_instantiates_and_fits(compose_config: Any, option: str) -> None:
     fit = instantiate(compose_config(f"fit={option}").fit)
     assert_fit_partial(fit)
@@ -231,6 +234,7 @@ def test_every_zoo_member_trains_with_the_shared_defaults(compose_config: Any) -
 
 
 @pytest.mark.parametrize("option", options("experiment"), ids=options("experiment"))
+@pytest.mark.slow
 def test_experiment_option_composes_every_setting_of_its_sweep(compose_config: Any, option: str) -> None:
     cfg = compose(config_name="config", overrides=[f"+experiment={option}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params

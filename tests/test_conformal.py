@@ -108,6 +108,7 @@ def measured(classifier, rows):
 
 
 @pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.slow
 def test_coverage_on_held_out_rows(measured, name):
     _, config, report = measured[name]
     print(name, config["method"], config["k_reg"], config["lambda_reg"], report)  # the measures
@@ -237,6 +238,7 @@ def test_outputs_unchanged_and_the_caller_model_untouched(classifier, rows):
     assert sum("conformal" in layer.name for layer in again.layers) == 1
 
 
+@pytest.mark.slow
 def test_exports_carry_the_sets(rows, measured, tmp_path):
     x, _ = rows
     feed = x[CALIBRATION : CALIBRATION + 300].copy()
@@ -263,6 +265,7 @@ def test_exports_carry_the_sets(rows, measured, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_randomized_sets_export_to_a_saved_model_only(rows, measured, tmp_path):
     x, _ = rows
     feed = x[CALIBRATION : CALIBRATION + 2000].copy()

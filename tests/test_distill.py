@@ -67,6 +67,7 @@ def test_loss_is_hintons_in_numpy():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(regression), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_student_matches_its_ensemble_on_its_rows(digits, teacher):
     x, _ = digits
     rows = x[500:1300]
@@ -85,6 +86,7 @@ def test_a_student_matches_its_ensemble_on_its_rows(digits, teacher):
     assert not result.trainable and not result.trainable_weights  # frozen like any member
 
 
+@pytest.mark.slow
 def test_a_probability_student_with_labels_and_temperature(digits, teacher, tmp_path):
     x, y = digits
     result = ensemble.distill(
@@ -102,6 +104,7 @@ def test_a_probability_student_with_labels_and_temperature(digits, teacher, tmp_
     assert both.predict(x[:4], verbose=0)["prediction"].shape == (4, 10)
 
 
+@pytest.mark.slow
 def test_the_uncertainty_head_learns_the_mutual_information(digits, teacher, tmp_path):
     x, _ = digits
     rows = x[500:1300]
@@ -125,6 +128,7 @@ def test_the_uncertainty_head_learns_the_mutual_information(digits, teacher, tmp
     np.testing.assert_allclose(served["mutual_information"], mi[:5], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_regression_student_learns_the_mean():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 3)).astype("float32")

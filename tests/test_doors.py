@@ -279,6 +279,7 @@ def _assert_same(a: keras.Model, b: keras.Model) -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_keras_fit_starts_from_the_initial_weights_whatever_ran_before():
     options = {"method": "keras", "epochs": 3, "seed": 0, "verbose": 0}
     fresh = stacked()
@@ -293,6 +294,7 @@ def test_a_keras_fit_starts_from_the_initial_weights_whatever_ran_before():
     _assert_same(after_sklearn, fresh)
 
 
+@pytest.mark.slow
 def test_one_optimizer_given_twice_starts_fresh_each_time():
     optimizer = keras.optimizers.Adam(0.01)
     fresh = stacked()

@@ -188,6 +188,7 @@ def test_a_member_listed_under_another_name():
         ensemble.build_ensemble({"b": _members(("a", 1, {}))[0]}, combiners.MeanCombiner())
 
 
+@pytest.mark.slow
 def test_non_tensorflow_backend_is_a_clear_error():
     env = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(

@@ -172,6 +172,7 @@ def test_saved_model_cli_reads_and_runs_the_signature(tmp_path, mixed_ensemble):
     )
 
 
+@pytest.mark.slow
 def test_multi_input_ensemble_names_its_signature_inputs(tmp_path):
     model = two_input_ensemble()
     path = ensemble.export_saved_model(model, tmp_path / "export")
@@ -193,6 +194,7 @@ def _listing(directory):
     )
 
 
+@pytest.mark.slow
 def test_an_existing_export_is_never_half_overwritten(tmp_path, mixed_ensemble, monkeypatch):
     model, _ = mixed_ensemble
     path = ensemble.export_saved_model(model, tmp_path / "export")
@@ -242,6 +244,7 @@ def test_export_errors(tmp_path, mixed_ensemble, monkeypatch):
     assert not (tmp_path / "plain").exists() and not (tmp_path / "denied").exists()
 
 
+@pytest.mark.slow
 def test_xla_compiled_export_gives_the_same_outputs(tmp_path, mixed_ensemble):
     model, _ = mixed_ensemble
     path = ensemble.export_saved_model(model, tmp_path / "xla", jit_compile=True)

@@ -52,6 +52,7 @@ def served(path) -> np.ndarray:
     return np.asarray(function(features=tf.constant(X))["prediction"])
 
 
+@pytest.mark.slow
 def test_an_export_is_a_plain_directory_that_copies_load_alone(exported, models, tmp_path):
     _, answers = models
     assert os.path.isdir(exported) and not os.path.islink(exported)
@@ -74,6 +75,7 @@ def test_an_export_is_a_plain_directory_that_copies_load_alone(exported, models,
     assert sorted(os.listdir(tmp_path)) == ["copytree", "cp", "export.tar", "untarred"]
 
 
+@pytest.mark.slow
 def test_an_overwrite_exchanges_the_directories(models, tmp_path, monkeypatch):
     (first, second), answers = models
     path = tmp_path / "export"
@@ -94,6 +96,7 @@ def test_an_overwrite_exchanges_the_directories(models, tmp_path, monkeypatch):
     np.testing.assert_allclose(held(features=tf.constant(X))["prediction"], answers[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_without_an_exchange_the_old_export_is_renamed_aside_and_given_back(models, tmp_path, monkeypatch):
     (first, second), answers = models
     path = tmp_path / "export"
@@ -120,6 +123,7 @@ def test_without_an_exchange_the_old_export_is_renamed_aside_and_given_back(mode
     np.testing.assert_allclose(served(path), answers[1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_overwrite_never_shows_a_missing_or_half_written_directory(models, tmp_path):
     # What the exchange guarantees: every open by path under `export` finds one whole export.
     # A directory listing is several reads of one directory; one that began in the old tree

@@ -119,6 +119,7 @@ def test_sklearn_stacker_is_refitted_on_the_subset_meta_features(rows):
     np.testing.assert_allclose(combine(np.array(subset)), reference.predict_proba(test_features), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_regression_stacker_refits_ridge_on_the_subset_mean_residual():
     rng = np.random.default_rng(5)
     y = rng.normal(size=(2 * ROWS, 1))
@@ -167,6 +168,7 @@ COMBINERS = {
 }
 
 
+@pytest.mark.slow
 def test_refit_with_every_member_is_the_fitted_ensemble(tmp_path):
     """The one test on a real (tiny) ensemble: for each combiner, refitting it on every member
     gives the ensemble's own test predictions; then the job's figures are all written."""
@@ -199,6 +201,7 @@ def test_refit_with_every_member_is_the_fitted_ensemble(tmp_path):
 @pytest.mark.parametrize(
     ("method", "calibrated"), [("sklearn", True), ("none", False)], ids=["fitted", "raw"]
 )
+@pytest.mark.slow
 def test_the_mean_curve_is_fitted_on_the_fitting_rows_as_the_ensemble_is(
     rows, tmp_path, monkeypatch, method, calibrated
 ):

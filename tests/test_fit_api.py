@@ -210,6 +210,7 @@ def test_progress_display_is_not_recorded_as_a_fit_option():
     assert report.options == {"epochs": 2}
 
 
+@pytest.mark.slow
 def test_weights_set_after_construction_survive_the_ensembles_copy():
     class Weighted(combiners.Combiner):  # a user's combiner on the base's weighted mean
         def _combine(self, member_predictions, features):

@@ -98,6 +98,7 @@ def test_a_calibration_no_temperature_fits_is_an_error_naming_it():
 
 
 @pytest.mark.parametrize("combiner", ["mean", "stack"])
+@pytest.mark.slow
 def test_every_fit_starts_from_the_combiner_as_built_method_none_included(combiner):
     # An earlier fit's weights never carry into the next: after a fit that learned weights (or a
     # stacker), fit(method='none') is the combiner as built, the plain (or geometric) mean,

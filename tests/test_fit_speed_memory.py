@@ -63,6 +63,7 @@ def _reference_fit(
 @pytest.mark.parametrize(
     "passthrough, validation_split", [(False, 0.0), (True, 0.25)], ids=["plain", "passthrough_validation"]
 )
+@pytest.mark.slow
 def test_the_fit_is_keras_fit_on_the_level_one_predictions(
     steps_per_execution, passthrough, validation_split
 ):
@@ -178,6 +179,7 @@ def test_fingerprint_of_named_inputs_and_what_changes_it():
 
 
 @pytest.mark.parametrize("view", ["c_contiguous", "strided"])
+@pytest.mark.slow
 def test_fingerprinting_does_not_copy_x(view):
     big = np.ones((200 * 2**20 // 4 // 64, 64), dtype="float32")  # 200 MB
     x = big if view == "c_contiguous" else big[:, ::2]

@@ -85,6 +85,7 @@ def _ensemble(members, combiner, **kw):
     )
 
 
+@pytest.mark.slow
 def test_fit_combiner_trains_only_the_combiner(digits, unequal_members):
     _, _, x_hold, y_hold, x_test, _ = digits
     model = _ensemble(unequal_members, combiners.StackingCombiner())
@@ -130,6 +131,7 @@ def test_members_are_bit_identical_after_fitting(digits, unequal_members):
 
 
 @pytest.mark.parametrize("passthrough", [False, True], ids=["stack", "stack-passthrough"])
+@pytest.mark.slow
 def test_sklearn_baked_layer_equals_predict_proba(digits, unequal_members, passthrough):
     _, _, x_hold, y_hold, x_test, _ = digits
     model = _ensemble(unequal_members, combiners.StackingCombiner(passthrough=passthrough))
@@ -198,6 +200,7 @@ def test_sklearn_baked_binary_and_regression():
     )
 
 
+@pytest.mark.slow
 def test_stacking_beats_the_mean_when_members_differ(digits, unequal_members):
     _, _, x_hold, y_hold, x_test, y_test = digits
     mean = _ensemble(unequal_members, combiners.MeanCombiner())
@@ -211,6 +214,7 @@ def test_stacking_beats_the_mean_when_members_differ(digits, unequal_members):
 
 
 @pytest.mark.parametrize("method", ["selection", "optimal"])
+@pytest.mark.slow
 def test_learned_mean_weights_end_up_in_the_config(digits, unequal_members, method):
     _, _, x_hold, y_hold, x_test, _ = digits
     model = _ensemble(unequal_members, combiners.MeanCombiner())
@@ -318,6 +322,7 @@ def test_stacking_warns_when_cross_validation_picks_the_weakest_penalty(caplog):
 
 
 @pytest.mark.parametrize("passthrough", [False, True])
+@pytest.mark.slow
 def test_noise_variance_from_level_one_equals_the_ensembles_own_outputs(passthrough):
     xr, yr, regressors = _regression_members()
     model = _ensemble(regressors, combiners.StackingCombiner(passthrough=passthrough), task="regression")

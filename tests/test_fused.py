@@ -69,6 +69,7 @@ def _members(kinds: list[str]) -> list[ensemble.Member]:
         (["mlp", "narrow", "mlp"], [["mlp0", "mlp2"]]),
     ],
 )
+@pytest.mark.slow
 def test_fused_graph_equals_unfused_in_every_output(kinds, groups):
     members = _members(kinds)
     plain = ensemble.build_ensemble(members, combiners.MeanCombiner())
@@ -200,6 +201,7 @@ def test_non_finite_rows_stay_nan_when_fused():
         assert np.isfinite(value[[0, 2, 3]]).all(), key
 
 
+@pytest.mark.slow
 def test_fused_ensemble_round_trips_keras_file_and_saved_model(tmp_path):
     members = _members(["mlp", "small", "mlp"])
     fused = ensemble.build_ensemble(members, combiners.StackingCombiner(), fuse=True)
@@ -219,6 +221,7 @@ def test_fused_ensemble_round_trips_keras_file_and_saved_model(tmp_path):
     assert ensemble.read_manifest(ensemble.export_saved_model(unfused, tmp_path / "plain"))["fused"] == []
 
 
+@pytest.mark.slow
 def test_fitting_a_fused_ensemble_equals_fitting_the_unfused_one():
     rng = np.random.default_rng(3)
     x_train, x_hold = _rows(60, seed=4), _rows(90, seed=5)
@@ -253,6 +256,7 @@ def test_rewiring_a_fitted_conformal_ensemble_with_and_without_fusion_keeps_its_
         with_fusion(model, None)
 
 
+@pytest.mark.slow
 def test_export_onnx_fuses_on_request_and_answers_as_the_unfused_ensemble(tmp_path):
     from ensemble.export import read_onnx_manifest, run_onnx
 

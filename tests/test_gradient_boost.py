@@ -94,6 +94,7 @@ def boosted(regression):
     return ensemble.boost(build, x, y, rounds=8, learning_rate=0.3, validation_fraction=0.2, seed=3), learners
 
 
+@pytest.mark.slow
 def test_prediction_weights_bias_and_std_match_numpy(regression, boosted):
     x, y = regression
     model, learners = boosted
@@ -113,6 +114,7 @@ def test_prediction_weights_bias_and_std_match_numpy(regression, boosted):
         np.testing.assert_array_equal(member.training_rows, x[~held])
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_members_up_to_numpys_best_round(regression):
     x, y = regression
     # Large steps overfit the 40 fit rows quickly, so the held-out error turns up early.
@@ -125,6 +127,7 @@ def test_early_stopping_keeps_the_members_up_to_numpys_best_round(regression):
     np.testing.assert_allclose(model.predict(x, verbose=0)["prediction"], reference, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_targets_and_the_default_learning_rate(regression):
     x, y = regression
     targets = np.stack([y, 2 * x[:, 4]], axis=1)
@@ -170,6 +173,7 @@ def test_boosted_mlps_beat_one_weak_learner_on_diabetes():
     assert boosted_rmse < alone_rmse - 0.02, (boosted_rmse, alone_rmse)  # measured 0.72 vs 0.77
 
 
+@pytest.mark.slow
 def test_exports_give_the_same_prediction_and_std_and_nan_rows_stay_nan(regression, boosted, tmp_path):
     import onnxruntime
     import tensorflow as tf
@@ -287,6 +291,7 @@ def test_the_boost_method_runs_gradient_boosting_on_diabetes_from_config():
 
 
 @pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+@pytest.mark.slow
 def test_a_keras_file_round_trip_keeps_the_combiner_and_the_std(regression, tmp_path):
     x, y = regression
 

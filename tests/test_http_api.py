@@ -85,6 +85,7 @@ def served(tmp_path_factory):
         )
 
 
+@pytest.mark.slow
 def test_a_member_file_in_both_formats(served):
     want = served.member.predict(X, verbose=0)
     code, answer = call(served.url, "/v1/models/member:predict", {"instances": X.tolist()})

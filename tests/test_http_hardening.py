@@ -47,6 +47,7 @@ def assert_clean(answer: dict) -> None:
 
 
 @pytest.mark.parametrize("window_ms", [0, 300])
+@pytest.mark.slow
 def test_a_value_the_model_refuses_is_a_400_and_fails_only_its_request(ids, window_ms):
     model, path = ids
     catalog = Catalog(ensemble.ModelRegistry(batch_window_ms=window_ms))
@@ -86,6 +87,7 @@ def test_names_that_no_url_or_scope_takes_are_refused(ids, name):
         Catalog(ensemble.ModelRegistry()).register(name, ids[1])
 
 
+@pytest.mark.slow
 def test_a_base_with_no_version_yet_serves_the_first_published(tmp_path):
     base = tmp_path / "base"
     base.mkdir()

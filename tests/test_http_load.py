@@ -200,6 +200,7 @@ def test_concurrent_http_requests_are_batched(sources):
     assert stats.model_calls < stats.calls, stats
 
 
+@pytest.mark.slow
 def test_a_model_corrupted_while_serving_fails_alone_and_recovers(sources):
     x = np.random.default_rng(3).normal(size=(3, FEATURES)).astype("float32")
     want = {name: references(sources, [[(name, x)]])[0][0] for name in "abc"}
@@ -240,6 +241,7 @@ def test_a_model_corrupted_while_serving_fails_alone_and_recovers(sources):
         assert registry.stats("a").last_error is None and "a" in registry.loaded
 
 
+@pytest.mark.slow
 def test_a_slow_model_call_does_not_block_the_event_loop(sources, monkeypatch):
     with serving(sources, "ab") as (url, registry):
         real = registry.predict

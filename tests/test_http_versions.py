@@ -50,6 +50,7 @@ def predict(url: str, path: str) -> dict[str, np.ndarray]:
     return columns(answer["predictions"])
 
 
+@pytest.mark.slow
 def test_the_newest_version_answers_unless_one_is_named(zoo):
     old, new = zoo.old.predict(X, verbose=0), zoo.new.predict(X, verbose=0)
     assert not np.allclose(old["prediction"], new["prediction"], atol=1e-3)  # the versions differ
@@ -84,6 +85,7 @@ def test_a_version_not_on_disk_is_a_404(zoo, version):
     assert zoo.registry.loaded == loaded and f"zoo@{version}" not in zoo.registry
 
 
+@pytest.mark.slow
 def test_versions_published_and_removed_while_serving(zoo):
     live = zoo.root / "live"
     live.mkdir()

@@ -106,6 +106,7 @@ def test_layers_match_the_recipe_in_scikit_learn(setup, reference_levels, passth
     np.testing.assert_allclose(outputs["member_predictions"], test_one, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_one_graph_that_saves_and_exports(setup, tmp_path) -> None:
     combiner = LayeredCombiner([StackingCombiner(name="stack"), MeanCombiner(name="mean")], passthrough=True)
     model = ensemble.build_ensemble(setup["members"], combiner)
@@ -151,6 +152,7 @@ def test_the_same_guard_and_clear_errors(setup) -> None:
         LayeredCombiner([MeanCombiner(name="a"), MeanCombiner(name="a")])
 
 
+@pytest.mark.slow
 def test_regression_layers_match_ridge_on_the_mean_residual() -> None:
     from sklearn.linear_model import Ridge
 

@@ -64,6 +64,7 @@ def x() -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["tf2_module", "keras_export", "tf1", "keras"])
+@pytest.mark.slow
 def test_a_member_retrained_in_place_is_keyed_by_what_is_loaded(tmp_path, x, fmt):
     old, new = DenseNet.random(SIZES, seed=1), DenseNet.random(SIZES, seed=2)
     path = _save(fmt, tmp_path / "member", old)

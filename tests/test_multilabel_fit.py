@@ -59,6 +59,7 @@ def _nll(y, p):
     return np.mean([metrics.log_loss(y[:, j], p[:, j], labels=[0, 1]) for j in range(y.shape[1])])
 
 
+@pytest.mark.slow
 def test_weights_per_label_favour_the_member_better_on_that_label(data, members):
     x, y = data
     model = _ensemble(members)
@@ -168,6 +169,7 @@ def test_given_level_one_and_refusals(data, members, tmp_path):
         ensemble.fit(guarded, x[50:150], y[50:150], method="optimal")
 
 
+@pytest.mark.slow
 def test_a_fitted_multilabel_ensemble_exports_and_reloads_as_it_predicts(data, members, tmp_path):
     import tensorflow as tf
 

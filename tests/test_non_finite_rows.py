@@ -72,6 +72,7 @@ def test_in_memory_paths(kind, rows):
 
 
 @pytest.mark.parametrize("kind", sorted(COMBINERS))
+@pytest.mark.slow
 def test_empty_batches(kind, rows, tmp_path):
     x, _ = rows
     model = make(COMBINERS[kind]())

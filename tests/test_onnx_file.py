@@ -30,6 +30,7 @@ def rows(n: int, seed: int = 0, features: int = FEATURES) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
 
 
+@pytest.mark.slow
 def test_manifest_travels_in_the_metadata_and_opset_is_honoured(tmp_path):
     model = two_input_ensemble()
     export = ensemble.export_saved_model(model, tmp_path / "export", config="combiner: mean\n")
@@ -134,6 +135,7 @@ _WITHOUT_ONNX = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_package_imports_and_export_names_it(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_ONNX, os.fspath(tmp_path / "m.onnx")],

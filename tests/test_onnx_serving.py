@@ -103,6 +103,7 @@ CLASSIFIERS = {
 
 
 @pytest.mark.parametrize("case", list(CLASSIFIERS), ids=list(CLASSIFIERS))
+@pytest.mark.slow
 def test_every_classification_combiner_serves_like_keras(case, classification_rows, tmp_path):
     paths, x_hold, y_hold = classification_rows
     combiner, fit = CLASSIFIERS[case]
@@ -177,6 +178,7 @@ def test_run_onnx_casts_feeds_as_the_signature_would_and_names_bad_ones(tmp_path
 
 
 @pytest.mark.parametrize("method", ["aps", "thr"])
+@pytest.mark.slow
 def test_conformal_prediction_sets_are_booleans_equal_to_keras(method, classification_rows, tmp_path):
     paths, x_hold, y_hold = classification_rows
     model = ensemble.build_ensemble(_members(paths), combiners.MeanCombiner())
@@ -196,6 +198,7 @@ def test_conformal_regression_intervals_equal_keras(method, tmp_path):
     assert_serves_like(model, path, {"features": with_bad_rows(_regression_rows(10, seed=4)[0])})
 
 
+@pytest.mark.slow
 def test_multi_input_ensemble_from_the_model_and_from_its_export(tmp_path):
     model = two_input_ensemble()
     feeds = {"image": rows(7, 1, features=4), "meta": rows(7, 2, features=2)}
@@ -256,6 +259,7 @@ def test_every_member_format_converts(tmp_path, tf_keras_files):
     assert_serves_like(model, ensemble.export_onnx(export, tmp_path / "from_export.onnx"), feeds)
 
 
+@pytest.mark.slow
 def test_dynamic_batch_of_one_seven_and_none(tmp_path):
     """onnxruntime runs a batch of no rows: empty outputs of the right shapes, as TensorFlow."""
     members = [ensemble.load_member(dense_classifier(s), name=f"m{s}") for s in range(2)]

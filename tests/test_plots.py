@@ -453,6 +453,7 @@ def _legend_texts(figure: Figure) -> list[str]:
 @pytest.mark.parametrize(
     ("method", "calibrated"), [("sklearn", True), ("none", False)], ids=["fitted", "raw"]
 )
+@pytest.mark.slow
 def test_reliability_draws_the_baselines_fitted_as_the_ensemble_is(
     overconfident, drawn, tmp_path, method, calibrated
 ):

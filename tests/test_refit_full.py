@@ -63,6 +63,7 @@ def fitted(
     return model, refits
 
 
+@pytest.mark.slow
 def test_refit_keeps_the_fitted_combiner_and_calibration(
     fitted: tuple[keras.Model, dict[str, ensemble.Member]], splits: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:

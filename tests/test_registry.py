@@ -40,6 +40,7 @@ def test_exported_from_package():
     assert ensemble.ModelRegistry is ModelRegistry
 
 
+@pytest.mark.slow
 def test_register_is_lazy_and_predict_loads(registry, sources):
     assert registry.names == ["a", "b", "c"]
     assert registry.loaded == []
@@ -55,6 +56,7 @@ def test_register_is_lazy_and_predict_loads(registry, sources):
     assert registry.stats("a").loads == 2
 
 
+@pytest.mark.slow
 def test_lru_eviction_order(sources):
     reg = ModelRegistry(max_loaded=2)
     for name, path in sources.items():

@@ -52,6 +52,7 @@ def assert_same(served: dict[str, np.ndarray], model: keras.Model, x) -> None:
         np.testing.assert_allclose(served[key], want, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_onnx_files_are_served_lazily_like_the_keras_model(models, files):
     registry = ModelRegistry()
     for name, path in files.items():
@@ -83,6 +84,7 @@ def test_a_float64_request_is_cast_and_multi_input_files_take_dicts(tmp_path):
         registry.predict("two", {"image": feeds["image"]})
 
 
+@pytest.mark.slow
 def test_lru_eviction_reloads_an_onnx_entry(models, files):
     registry = ModelRegistry(max_loaded=1)
     for name, path in files.items():
@@ -97,6 +99,7 @@ def test_lru_eviction_reloads_an_onnx_entry(models, files):
         np.testing.assert_array_equal(again[key], first[key])
 
 
+@pytest.mark.slow
 def test_concurrent_threads_get_serial_answers(models, files):
     registry = ModelRegistry()
     for name, path in files.items():

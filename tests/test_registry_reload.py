@@ -43,6 +43,7 @@ def pair(tmp_path_factory):
     return models, answers, paths
 
 
+@pytest.mark.slow
 def test_predict_serves_the_export_that_is_on_disk_now(pair, tmp_path):
     models, answers, _ = pair
     path = tmp_path / "export"
@@ -83,6 +84,7 @@ def test_a_graph_written_over_in_place_under_its_old_manifest_is_loaded_again(pa
     assert registry.stats("zoo").loads == 2
 
 
+@pytest.mark.slow
 def test_a_load_that_spans_an_overwrite_is_done_again(pair, tmp_path, monkeypatch):
     models, answers, _ = pair
     path = tmp_path / "export"
@@ -103,6 +105,7 @@ def test_a_load_that_spans_an_overwrite_is_done_again(pair, tmp_path, monkeypatc
     assert len(calls) == 2 and registry.stats("zoo").loads == 1
 
 
+@pytest.mark.slow
 def test_over_http_a_replaced_export_and_a_republished_version_answer_anew(pair, tmp_path):
     models, answers, exports = pair
     single, base = tmp_path / "single", tmp_path / "zoo"
@@ -146,6 +149,7 @@ def _replace(path, write) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.slow
 def test_a_member_file_replaced_on_disk_is_loaded_again(tmp_path, suffix):
     first, second = tiny_model(31), tiny_model(32)
     answers = [np.asarray(model(X)) for model in (first, second)]
@@ -164,6 +168,7 @@ def test_a_member_file_replaced_on_disk_is_loaded_again(tmp_path, suffix):
         registry.predict("member", X)
 
 
+@pytest.mark.slow
 def test_an_onnx_file_replaced_on_disk_is_loaded_again(pair, tmp_path):
     pytest.importorskip("onnxruntime")
     models, answers, _ = pair

@@ -11,6 +11,7 @@ from tests.conftest import dense_classifier, two_input_ensemble
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.slow
 def test_compiled_predict_matches_and_never_retraces(jit_compile):
     model = ensemble.build_ensemble(
         [dense_classifier(1, name="a"), dense_classifier(2, name="b")], combiners.StackingCombiner()

@@ -137,6 +137,7 @@ def test_errors_and_status_name_files_never_server_paths(tmp_path, caplog):
     assert secret in caplog.text  # the server's log keeps the whole message
 
 
+@pytest.mark.slow
 def test_rows_past_max_rows_are_a_413_saying_the_cap_and_how_to_change_it(member):
     model, root = member
     catalog = Catalog(ensemble.ModelRegistry())

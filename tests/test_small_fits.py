@@ -77,6 +77,7 @@ def _rows(name, y_pool, pool, rows, seed):
     return rng.choice(len(y_pool), rows, replace=False)
 
 
+@pytest.mark.slow
 def test_the_default_stacker_on_few_rows_is_no_worse_than_what_one_would_ship(level_one):
     """Issue 27's target, over 18 draws of fitting rows (15, 30, and 30 that every member ranks
     right; 6 seeds each): test NLL at most 1.05x the better of the selected member as it comes
@@ -218,6 +219,7 @@ def breast_cancer_draws():
     return draws
 
 
+@pytest.mark.slow
 def test_breast_cancer_on_15_rows_meets_the_target_where_it_missed(breast_cancer_draws):
     """Seeds 2 and 4 missed (1.37x, 1.35x) with only the geometric mean among the candidates;
     with the plain mean among them and the one-standard-error rule they meet 1.05x. Seed 5

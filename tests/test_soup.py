@@ -58,6 +58,7 @@ def members(weights):
     ]
 
 
+@pytest.mark.slow
 def test_uniform_soup_is_the_mean_of_the_weights(digits, recipes):
     x, _ = digits
     good = [w for i, w in enumerate(recipes) if i != 3]

@@ -42,6 +42,7 @@ def _model(members, combiner=None, **options):
     return ensemble.build_ensemble(members, combiner or combiners.StackingCombiner(), **options)
 
 
+@pytest.mark.slow
 def test_fit_and_evaluate_from_a_dataset_equal_the_arrays(rows, members):
     x, y = rows[0][9:], rows[1][9:]
     from_arrays, from_data = _model(members), _model(members)
@@ -97,6 +98,7 @@ def test_conformal_calibration_and_level_one_from_a_dataset(rows, members):
     np.testing.assert_array_equal(ensemble.LevelOneStore().predictions(model, _batches(x, y)), expected)
 
 
+@pytest.mark.slow
 def test_out_of_fold_refit_and_distill_from_a_dataset(rows, members):
     x, y = rows[0][9:], rows[1][9:]
 

@@ -45,6 +45,7 @@ def teacher():
     return ensemble.build_ensemble(members, MeanCombiner())
 
 
+@pytest.mark.slow
 def test_a_softmax_layer_is_a_softmax(teacher):
     student = ensemble.distill(teacher, classifier(softmax_layer=True), X, epochs=2, verbose=0)
     assert student.output_kind == "probabilities"
@@ -54,6 +55,7 @@ def test_a_softmax_layer_is_a_softmax(teacher):
     assert ensemble.ensemble_members(boosted)[0].output_kind == "probabilities"
 
 
+@pytest.mark.slow
 def test_k_is_the_classes_in_y_as_scikit_learn_counts_it():
     # Five epochs leave the first member imperfect and better than chance: its weight then
     # shows K (3 classes in y, not 10 outputs), whatever its error.
@@ -102,6 +104,7 @@ def test_a_row_the_teacher_answers_nan_is_named_before_training(teacher):
         np.testing.assert_array_equal(a, b)  # nothing trained
 
 
+@pytest.mark.slow
 def test_the_guard_sees_what_trained_a_student_and_a_soup(teacher):
     student = ensemble.distill(teacher, classifier(), X[:60], epochs=2, verbose=0)
     np.testing.assert_array_equal(student.training_rows, X[:60])

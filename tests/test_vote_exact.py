@@ -92,6 +92,7 @@ def test_digits_votes_match_voting_classifier():
     np.testing.assert_array_equal(np.asarray(shares).argmax(-1), voting.predict(x[1437:]))
 
 
+@pytest.mark.slow
 def test_large_integer_totals_fall_back_and_still_export(tmp_path):
     """Weights with no small common denominator vote in float32 (as the mean weighs) and
     convert to TFLite's builtin ops, float16 included."""
