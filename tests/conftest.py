@@ -183,18 +183,24 @@ def copied_zoo(overrides: list[str], directory: Path) -> list[str]:
     return [o for o in overrides if not o.startswith("zoo.dir=")] + [f"zoo.dir={directory / 'zoo'}"]
 
 
-def compose_config(*overrides: str, config_name: str = "config"):  # type: ignore[no-untyped-def]
+def compose_config(*overrides: str, config_name: str = "config", **options: Any):  # type: ignore[no-untyped-def]
     """An experiment's config (conf/<config_name>.yaml) with overrides, via Hydra's compose API
-    (global state cleared)."""
+    (global state cleared); `options` are `compose`'s (`return_hydra_config`)."""
     from hydra import compose, initialize
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize(version_base="1.3", config_path="../conf"):
-            return compose(config_name, overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides), **options)
     finally:
         GlobalHydra.instance().clear()
+
+
+@pytest.fixture(name="compose_config")
+def compose_config_fixture() -> Callable[..., Any]:
+    """`compose_config` as a fixture, for the tests that take it as an argument."""
+    return compose_config
 
 
 # The serving tests' models: tiny classifiers of 4 features and 3 classes, saved as .keras files.

@@ -4,14 +4,11 @@ complete or named."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose, initialize
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -21,16 +18,6 @@ from ensemble import EnsembleError
 from ensemble.data import SKLEARN_DATASETS, Dataset, load_dataset
 from experiments.job import load_members
 from tests.test_config_groups import options
-
-
-@pytest.fixture
-def compose_config() -> Iterator[Any]:
-    """`compose_config(*overrides)` composes `config`; the global Hydra state is cleared after."""
-    GlobalHydra.instance().clear()
-    with initialize(version_base="1.3", config_path="../conf"):
-        yield lambda *overrides: compose(config_name="config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-
 
 # Datasets.
 

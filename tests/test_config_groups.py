@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose, initialize
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
@@ -54,15 +51,6 @@ COMBINER_FITS = {
 
 # The method of each `conf/fit` option: one per method, and one named after each combiner option.
 FIT_OPTION_METHODS = {**{method: method for method in FIT_METHODS if method != "auto"}, **COMBINER_FITS}
-
-
-@pytest.fixture
-def compose_config() -> Iterator[Any]:
-    """`compose_config(*overrides)` composes `config`; the global Hydra state is cleared after."""
-    GlobalHydra.instance().clear()
-    with initialize(version_base="1.3", config_path="../conf"):
-        yield lambda *overrides: compose(config_name="config", overrides=list(overrides))
-    GlobalHydra.instance().clear()
 
 
 def assert_plain(value: Any, where: str = "config") -> None:
@@ -236,7 +224,7 @@ def test_every_zoo_member_trains_with_the_shared_defaults(compose_config: Any) -
 @pytest.mark.parametrize("option", options("experiment"), ids=options("experiment"))
 @pytest.mark.slow
 def test_experiment_option_composes_every_setting_of_its_sweep(compose_config: Any, option: str) -> None:
-    cfg = compose(config_name="config", overrides=[f"+experiment={option}"], return_hydra_config=True)
+    cfg = compose_config(f"+experiment={option}", return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params
     for key, values in params.items():
