@@ -25,7 +25,7 @@ from ensemble.evaluate.suite import (
     risk_coverage_points,
 )
 from ensemble.fitting.arrays import checked_labels, named_labels
-from ensemble.fitting.prepare import check_finite
+from ensemble.fitting.prepare import check_finite_inputs
 from ensemble.fitting.selected import noise_variance, selected_member
 from ensemble.fitting.temperature import calibrated, fit_scaling
 from ensemble.graph.view import EnsembleView
@@ -68,8 +68,7 @@ def evaluate_ensemble(
     view = EnsembleView.of(model)
     x, y = arrays_of(x, y, where="evaluate_ensemble")
     if outputs is None:
-        for name, values in x.items() if isinstance(x, Mapping) else [(None, x)]:  # rows named
-            check_finite(values, "x" if name is None else f"x[{name!r}]", why="No metric is scored on them")
+        check_finite_inputs(x, why="No metric is scored on them")  # the rows named, in x
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
     if view.task == "classification":
         labels = checked_labels(  # labels by name, as their columns

@@ -11,7 +11,7 @@ columns) or chosen greedily (`ensemble_selection`). The rows rules are `ensemble
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -24,7 +24,7 @@ from ensemble.errors import EnsembleError
 from ensemble.fitting.arrays import check_row_count
 from ensemble.fitting.guard import DEFAULT_ATOL, DEFAULT_RTOL, GuardResult, guard_rows
 from ensemble.fitting.level_one import LevelOneStore
-from ensemble.fitting.prepare import check_finite, forget_compiled, restore_initial_state
+from ensemble.fitting.prepare import check_finite, check_finite_inputs, forget_compiled, restore_initial_state
 from ensemble.fitting.report import FitReport
 from ensemble.fitting.selection import ensemble_selection, optimal_weights
 from ensemble.graph.layers import MultilabelUncertainty
@@ -176,8 +176,7 @@ def fit_multilabel(
     if rows == 0:
         raise EnsembleError("Expected at least one row to fit the combiner. Received: an empty split.")
     targets = multilabel_targets(y, view.width, rows)
-    for name, values in x.items() if isinstance(x, Mapping) else [("x", x)]:
-        check_finite(values, name if name == "x" else f"x[{name!r}]")
+    check_finite_inputs(x)
     if level_one is None and level_one_unseen:
         raise EnsembleError(
             "level_one_unseen=True says the given level_one predictions come from models that "

@@ -36,6 +36,7 @@ __all__ = [
     "FittingRows",
     "check_every_class",
     "check_finite",
+    "check_finite_inputs",
     "check_level_one",
     "check_targets",
     "fitting_rows",
@@ -91,11 +92,7 @@ def fitting_rows(
     targets = check_targets(view, x, y)
     if learning and view.task != "regression":
         check_every_class(targets, view.width)
-    if isinstance(x, Mapping):
-        for name, values in x.items():
-            check_finite(values, f"x[{name!r}]")
-    else:
-        check_finite(x, "x")
+    check_finite_inputs(x)
     if level_one is None and level_one_unseen:
         raise EnsembleError(
             "level_one_unseen=True says the given level_one predictions come from models that "
@@ -119,6 +116,12 @@ def fitting_rows(
         level_one = store.predictions(view.model, x)
         _check_member_predictions(view, level_one)
     return FittingRows(targets, level_one, overlaps)
+
+
+def check_finite_inputs(x: Data, *, why: str = "A combiner cannot fit on them") -> None:
+    """`check_finite` of each input of `x` (one array, or arrays by input name), named."""
+    for name, values in x.items() if isinstance(x, Mapping) else [(None, x)]:
+        check_finite(values, "x" if name is None else f"x[{name!r}]", why=why)
 
 
 def check_finite(values: Any, what: str, *, why: str = "A combiner cannot fit on them") -> None:
